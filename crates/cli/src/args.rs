@@ -1,0 +1,94 @@
+//! The command line.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::{Parser, Subcommand};
+
+/// Run large data migrations that finish: chunked by key, parallel, resumable after any crash.
+#[derive(Debug, Parser)]
+#[command(name = "godwit", version, about, long_about = None)]
+pub(crate) struct Args {
+    #[command(subcommand)]
+    pub(crate) command: Command,
+}
+
+impl Args {
+    pub(crate) fn quiet(&self) -> bool {
+        matches!(&self.command, Command::Run(run) if run.quiet)
+    }
+}
+
+#[derive(Debug, Subcommand)]
+pub(crate) enum Command {
+    /// Execute the plan until every step is done; running it again resumes.
+    Run(RunArgs),
+    /// Show the progress of the plan's run (works while it runs, from anywhere).
+    Status(StatusArgs),
+    /// Validate the plan against its databases without changing data.
+    Check(CheckArgs),
+    /// Build a SQLite demo database of old Vietnamese phone numbers and migrate it.
+    Demo(DemoArgs),
+}
+
+#[derive(Debug, clap::Args)]
+pub(crate) struct RunArgs {
+    /// The plan file (TOML).
+    pub(crate) plan: PathBuf,
+    /// Batches in flight in this process [default: 4 on servers, 2 on SQLite].
+    #[arg(long, value_parser = clap::value_parser!(u32).range(1..=1024))]
+    pub(crate) concurrency: Option<u32>,
+    /// Stop claiming batches after this long (e.g. 25s, 10m), finish those in flight, exit 75.
+    #[arg(long, value_parser = parse_duration)]
+    pub(crate) max_duration: Option<Duration>,
+    /// Forget the stored progress of this plan's run and start over (changed rows stay changed).
+    #[arg(long)]
+    pub(crate) restart: bool,
+    /// Print one JSON event per line on stdout instead of progress bars.
+    #[arg(long, conflicts_with = "quiet")]
+    pub(crate) json: bool,
+    /// Print only errors.
+    #[arg(long)]
+    pub(crate) quiet: bool,
+}
+
+#[derive(Debug, clap::Args)]
+pub(crate) struct StatusArgs {
+    /// The plan file (TOML).
+    pub(crate) plan: PathBuf,
+    /// Print one JSON object.
+    #[arg(long)]
+    pub(crate) json: bool,
+}
+
+#[derive(Debug, clap::Args)]
+pub(crate) struct CheckArgs {
+    /// The plan file (TOML).
+    pub(crate) plan: PathBuf,
+    /// Print one JSON object.
+    #[arg(long)]
+    pub(crate) json: bool,
+    /// Exit 1 when any finding has severity `warning`.
+    #[arg(long)]
+    pub(crate) deny_warnings: bool,
+}
+
+#[derive(Debug, clap::Args)]
+pub(crate) struct DemoArgs {
+    /// Customers to generate.
+    #[arg(long, default_value_t = 1_000_000)]
+    pub(crate) rows: u64,
+    /// Where to put demo.db.
+    #[arg(long, default_value = "godwit-demo")]
+    pub(crate) dir: PathBuf,
+    /// Batches in flight.
+    #[arg(long, value_parser = clap::value_parser!(u32).range(1..=1024))]
+    pub(crate) concurrency: Option<u32>,
+    /// Print one JSON event per line on stdout instead of progress bars.
+    #[arg(long)]
+    pub(crate) json: bool,
+}
+
+fn parse_duration(text: &str) -> Result<Duration, String> {
+    godwit::plan::parse_duration(text)
+}

@@ -1,0 +1,317 @@
+//! What each command does, and the exit code it ends with.
+
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use anyhow::Context;
+use godwit::plan::Plan;
+use godwit::{EventSink, RunErrorKind, RunOptions, RunOutcome, StopHandle, StopLevel};
+
+use crate::args::{Args, CheckArgs, Command, DemoArgs, RunArgs, StatusArgs};
+use crate::exit;
+use crate::progress::{self, Mode};
+
+pub(crate) async fn dispatch(args: Args) -> anyhow::Result<u8> {
+    match args.command {
+        Command::Run(a) => run(a).await,
+        Command::Status(a) => status(a).await,
+        Command::Check(a) => check(a).await,
+        Command::Demo(a) => demo(a).await,
+    }
+}
+
+/// Loads a plan, or prints every error in it.
+fn load(path: &Path) -> Result<Plan, u8> {
+    godwit::plan::load(path).map_err(|errors| {
+        for e in &errors.0 {
+            eprintln!("error: {e}");
+        }
+        exit::INVALID
+    })
+}
+
+/// SIGINT or SIGTERM once: stop claiming and let batches in flight commit. Twice: abort them.
+fn watch_signals(stop: StopHandle, quiet: bool) {
+    tokio::spawn(async move {
+        use tokio::signal::unix::{signal, SignalKind};
+        let (Ok(mut int), Ok(mut term)) = (
+            signal(SignalKind::interrupt()),
+            signal(SignalKind::terminate()),
+        ) else {
+            return;
+        };
+        loop {
+            tokio::select! {
+                _ = int.recv() => {}
+                _ = term.recv() => {}
+            }
+            if stop.level() == StopLevel::Run {
+                if !quiet {
+                    eprintln!(
+                        "stopping: finishing the batches in flight (signal again to abort them)"
+                    );
+                }
+                stop.request(StopLevel::Drain);
+            } else {
+                if !quiet {
+                    eprintln!("aborting: rolling back the batches in flight");
+                }
+                stop.request(StopLevel::Abort);
+            }
+        }
+    });
+}
+
+async fn run(args: RunArgs) -> anyhow::Result<u8> {
+    let plan = match load(&args.plan) {
+        Ok(p) => p,
+        Err(code) => return Ok(code),
+    };
+    let mode = Mode::pick(args.json, args.quiet);
+    let options = RunOptions {
+        concurrency: args.concurrency.map(|n| n as usize),
+        restart: if args.restart {
+            godwit::Restart::Forget
+        } else {
+            godwit::Restart::Resume
+        },
+    };
+    if args.restart && mode != Mode::Quiet && mode != Mode::Json {
+        eprintln!(
+            "restarting {:?}: stored progress is forgotten; rows already changed stay changed",
+            plan.name
+        );
+    }
+    execute(&plan, options, args.max_duration, mode).await
+}
+
+/// Runs a loaded plan with progress output and turns the outcome into an exit code.
+async fn execute(
+    plan: &Plan,
+    options: RunOptions,
+    max_duration: Option<Duration>,
+    mode: Mode,
+) -> anyhow::Result<u8> {
+    let (stop, signal) = godwit::stop_pair();
+    watch_signals(stop.clone(), mode == Mode::Quiet);
+    if let Some(budget) = max_duration {
+        let stop = stop.clone();
+        tokio::spawn(async move {
+            tokio::time::sleep(budget).await;
+            stop.request(StopLevel::Drain);
+        });
+    }
+    let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+    let renderer = progress::Renderer::spawn(mode, rx);
+    let started = Instant::now();
+    let outcome = godwit::run(plan, options, signal, EventSink::new(tx)).await;
+    renderer.finish(&outcome).await;
+    let elapsed = started.elapsed();
+    match outcome {
+        Ok(RunOutcome::Done) => {
+            if mode == Mode::Human {
+                summary(plan, elapsed).await;
+            }
+            Ok(exit::DONE)
+        }
+        Ok(RunOutcome::AlreadyDone) => {
+            if mode == Mode::Human {
+                eprintln!(
+                    "{:?} is already done; `godwit run --restart` runs it again",
+                    plan.name
+                );
+            }
+            Ok(exit::DONE)
+        }
+        Ok(RunOutcome::Stopped) => {
+            if mode != Mode::Quiet && mode != Mode::Json {
+                eprintln!(
+                    "stopped with work left after {:.1}s; run the same command again to resume",
+                    elapsed.as_secs_f64()
+                );
+            }
+            Ok(exit::STOPPED)
+        }
+        Ok(RunOutcome::Failed(message)) => {
+            eprintln!("error: {}: {message}", plan.path.display());
+            Ok(exit::FAILED)
+        }
+        Err(e) => {
+            eprintln!("error: {}: {e}", plan.path.display());
+            Ok(match e.kind() {
+                RunErrorKind::Invalid => exit::INVALID,
+                RunErrorKind::Database => exit::FAILED,
+            })
+        }
+    }
+}
+
+async fn summary(plan: &Plan, elapsed: Duration) {
+    let Ok(Some(status)) = godwit::status(plan).await else {
+        return;
+    };
+    for step in &status.steps {
+        eprintln!(
+            "  {:<24} {:>12} rows in {:>6} batches",
+            step.name,
+            progress::thousands(step.rows_done),
+            progress::thousands(step.batches_done)
+        );
+    }
+    eprintln!("{:?} done in {:.1}s", plan.name, elapsed.as_secs_f64());
+}
+
+async fn status(args: StatusArgs) -> anyhow::Result<u8> {
+    let plan = match load(&args.plan) {
+        Ok(p) => p,
+        Err(code) => return Ok(code),
+    };
+    let status = godwit::status(&plan)
+        .await
+        .with_context(|| format!("{}: cannot read the state database", args.plan.display()))?;
+    let status = status.unwrap_or_else(|| progress::not_started(&plan));
+    if args.json {
+        println!("{}", serde_json::to_string(&status)?);
+    } else {
+        print!("{}", progress::status_table(&status));
+    }
+    Ok(exit::DONE)
+}
+
+async fn check(args: CheckArgs) -> anyhow::Result<u8> {
+    let name_guess = args
+        .plan
+        .file_stem()
+        .map(|s| s.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    let report = match godwit::plan::load(&args.plan) {
+        Ok(plan) => godwit::check::check(&plan).await,
+        Err(errors) => godwit::check::CheckReport::from_plan_errors(&name_guess, &errors),
+    };
+    if args.json {
+        println!("{}", serde_json::to_string(&report)?);
+    } else {
+        for p in &report.problems {
+            println!("problem: {}", p.message);
+            if let Some(fix) = &p.fix {
+                println!("  fix: {fix}");
+            }
+        }
+        for f in &report.findings {
+            println!(
+                "{} [{}]: step {:?}: {}",
+                f.severity, f.code, f.step, f.message
+            );
+            if let Some(fix) = &f.fix {
+                println!("  fix: {fix}");
+            }
+        }
+        if report.valid {
+            println!("{}: plan {:?} is valid", args.plan.display(), report.plan);
+        }
+    }
+    let warned = report.findings.iter().any(|f| f.severity == "warning");
+    Ok(if !report.valid {
+        exit::INVALID
+    } else if args.deny_warnings && warned {
+        exit::FAILED
+    } else {
+        exit::DONE
+    })
+}
+
+async fn demo(args: DemoArgs) -> anyhow::Result<u8> {
+    let mode = Mode::pick(args.json, false);
+    let say = |line: String| {
+        if mode == Mode::Human || mode == Mode::Plain {
+            eprintln!("{line}");
+        }
+    };
+    let built = Instant::now();
+    let demo = godwit::demo::prepare(&args.dir, args.rows)
+        .await
+        .with_context(|| format!("cannot build the demo database in {}", args.dir.display()))?;
+    say(format!(
+        "built {} with {} customers, {} of them with an old 11-digit number ({:.1}s)",
+        demo.db_path.display(),
+        progress::thousands(demo.rows),
+        progress::thousands(demo.old_numbers),
+        built.elapsed().as_secs_f64()
+    ));
+    let samples = demo_samples(&demo).await?;
+    say("running examples/vn-phones.toml".to_string());
+    let started = Instant::now();
+    let options = RunOptions {
+        concurrency: args.concurrency.map(|n| n as usize),
+        ..RunOptions::default()
+    };
+    let code = execute(&demo.plan, options, None, mode).await?;
+    if code != exit::DONE {
+        return Ok(code);
+    }
+    let elapsed = started.elapsed().as_secs_f64();
+    let after = demo_samples_after(&demo, &samples).await?;
+    let left = {
+        let url = godwit::driver::DbUrl::new(demo.plan.database.clone());
+        let mut conn = godwit_db_connect(&url).await?;
+        godwit::demo::count_old(conn.as_mut()).await?
+    };
+    say(format!(
+        "rewrote {} phone numbers in {elapsed:.1}s ({} rows/s); {left} old numbers left",
+        progress::thousands(demo.old_numbers - left),
+        progress::thousands(((demo.old_numbers - left) as f64 / elapsed.max(1e-9)) as i64),
+    ));
+    for ((id, before), now) in samples.iter().zip(after) {
+        say(format!("  customer {id}: {before} -> {now}"));
+    }
+    Ok(exit::DONE)
+}
+
+async fn godwit_db_connect(
+    url: &godwit::driver::DbUrl,
+) -> anyhow::Result<Box<dyn godwit::driver::Conn>> {
+    Ok(godwit::connect(url).await?)
+}
+
+async fn demo_samples(demo: &godwit::demo::Demo) -> anyhow::Result<Vec<(i64, String)>> {
+    let url = godwit::driver::DbUrl::new(demo.plan.database.clone());
+    let mut conn = godwit_db_connect(&url).await?;
+    let rows = conn
+        .query(
+            "SELECT id, phone FROM customers WHERE length(phone) = 11 ORDER BY id LIMIT 3",
+            &[],
+        )
+        .await?;
+    Ok(rows
+        .iter()
+        .map(|r| {
+            (
+                r.get(0).as_i64().unwrap_or_default(),
+                r.get(1).as_str().unwrap_or_default().to_string(),
+            )
+        })
+        .collect())
+}
+
+async fn demo_samples_after(
+    demo: &godwit::demo::Demo,
+    samples: &[(i64, String)],
+) -> anyhow::Result<Vec<String>> {
+    let url = godwit::driver::DbUrl::new(demo.plan.database.clone());
+    let mut conn = godwit_db_connect(&url).await?;
+    let mut out = Vec::new();
+    for (id, _) in samples {
+        let rows = conn
+            .query(
+                "SELECT phone FROM customers WHERE id = ?",
+                &[godwit::driver::Value::Int(*id)],
+            )
+            .await?;
+        out.push(
+            rows.first()
+                .and_then(|r| r.get(0).as_str().map(str::to_string))
+                .unwrap_or_default(),
+        );
+    }
+    Ok(out)
+}

@@ -1,0 +1,414 @@
+//! Progress output: bars on a terminal, a plain line every few seconds otherwise, JSON events
+//! with `--json`, nothing but errors with `--quiet`.
+
+use std::collections::HashMap;
+use std::io::IsTerminal;
+use std::time::{Duration, Instant};
+
+use godwit::state::{RunStatus, StepStatus};
+use godwit::{Event, RunError, RunOutcome};
+use indicatif::{MultiProgress, ProgressBar, ProgressDrawTarget, ProgressStyle};
+use serde_json::json;
+use tokio::sync::{mpsc, oneshot};
+
+/// How often a plain progress line is printed when stderr is not a terminal.
+const PLAIN_EVERY: Duration = Duration::from_secs(5);
+/// At most one `batch_done` JSON event per step this often; the others are counted in it.
+const JSON_BATCH_EVERY: Duration = Duration::from_secs(1);
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Mode {
+    Human,
+    Plain,
+    Json,
+    Quiet,
+}
+
+impl Mode {
+    pub(crate) fn pick(json: bool, quiet: bool) -> Mode {
+        if json {
+            Mode::Json
+        } else if quiet {
+            Mode::Quiet
+        } else if std::io::stderr().is_terminal() {
+            Mode::Human
+        } else {
+            Mode::Plain
+        }
+    }
+}
+
+#[derive(Default)]
+struct StepProgress {
+    rows_done: i64,
+    rows_total: Option<i64>,
+    batches: i64,
+    started: Option<Instant>,
+    rows_at_start: i64,
+    bar: Option<ProgressBar>,
+    last_json: Option<Instant>,
+    unreported_batches: i64,
+    unreported_rows: i64,
+    done: bool,
+}
+
+pub(crate) struct Renderer {
+    stop: oneshot::Sender<()>,
+    task: tokio::task::JoinHandle<()>,
+    mode: Mode,
+}
+
+impl Renderer {
+    pub(crate) fn spawn(mode: Mode, mut rx: mpsc::UnboundedReceiver<Event>) -> Renderer {
+        let (stop, mut stopped) = oneshot::channel();
+        let task = tokio::spawn(async move {
+            let multi = MultiProgress::with_draw_target(ProgressDrawTarget::stderr());
+            let mut steps: HashMap<String, StepProgress> = HashMap::new();
+            let mut order: Vec<String> = Vec::new();
+            let mut tick = tokio::time::interval(PLAIN_EVERY);
+            tick.tick().await;
+            loop {
+                tokio::select! {
+                    event = rx.recv() => match event {
+                        Some(event) => handle(mode, &multi, &mut steps, &mut order, event),
+                        None => break,
+                    },
+                    _ = tick.tick() => {
+                        if mode == Mode::Plain {
+                            for name in &order {
+                                if let Some(p) = steps.get(name).filter(|p| !p.done) {
+                                    eprintln!("{}", plain_line(name, p));
+                                }
+                            }
+                        }
+                    }
+                    _ = &mut stopped => {
+                        while let Ok(event) = rx.try_recv() {
+                            handle(mode, &multi, &mut steps, &mut order, event);
+                        }
+                        break;
+                    }
+                }
+            }
+            for p in steps.values() {
+                if let Some(bar) = &p.bar {
+                    if !bar.is_finished() {
+                        bar.abandon();
+                    }
+                }
+            }
+        });
+        Renderer { stop, task, mode }
+    }
+
+    pub(crate) async fn finish(self, outcome: &Result<RunOutcome, RunError>) {
+        let _ = self.stop.send(());
+        let _ = self.task.await;
+        if self.mode == Mode::Json {
+            let (state, error) = match outcome {
+                Ok(RunOutcome::Done) | Ok(RunOutcome::AlreadyDone) => ("done", None),
+                Ok(RunOutcome::Stopped) => ("stopped", None),
+                Ok(RunOutcome::Failed(m)) => ("failed", Some(m.clone())),
+                Err(e) => ("error", Some(e.to_string())),
+            };
+            println!(
+                "{}",
+                json!({"event": "run_done", "state": state, "error": error})
+            );
+        }
+    }
+}
+
+fn rate(p: &StepProgress) -> f64 {
+    let secs = p.started.map_or(0.0, |s| s.elapsed().as_secs_f64());
+    if secs > 0.0 {
+        (p.rows_done - p.rows_at_start) as f64 / secs
+    } else {
+        0.0
+    }
+}
+
+fn plain_line(name: &str, p: &StepProgress) -> String {
+    let r = rate(p);
+    match p.rows_total {
+        Some(total) if total > 0 => {
+            let eta = if r > 0.0 {
+                format!(", ETA {:.0}s", (total - p.rows_done).max(0) as f64 / r)
+            } else {
+                String::new()
+            };
+            format!(
+                "{name}: {}/{} rows ({:.0}%), {} rows/s{eta}",
+                thousands(p.rows_done),
+                thousands(total),
+                p.rows_done as f64 * 100.0 / total as f64,
+                thousands(r as i64)
+            )
+        }
+        _ => format!(
+            "{name}: {} rows, {} rows/s",
+            thousands(p.rows_done),
+            thousands(r as i64)
+        ),
+    }
+}
+
+fn bar_for(multi: &MultiProgress, name: &str, p: &StepProgress) -> ProgressBar {
+    let bar = multi.add(ProgressBar::new(p.rows_total.unwrap_or(0).max(0) as u64));
+    let style = ProgressStyle::with_template(
+        "{prefix:<20} [{bar:30}] {human_pos}/{human_len} rows  {per_sec:>12}  ETA {eta}",
+    )
+    .unwrap_or_else(|_| ProgressStyle::default_bar())
+    .progress_chars("=> ");
+    bar.set_style(style);
+    bar.set_prefix(name.to_string());
+    bar.set_position(p.rows_done.max(0) as u64);
+    bar.reset_eta();
+    bar
+}
+
+fn handle(
+    mode: Mode,
+    multi: &MultiProgress,
+    steps: &mut HashMap<String, StepProgress>,
+    order: &mut Vec<String>,
+    event: Event,
+) {
+    if mode == Mode::Json {
+        json_event(steps, &event);
+    }
+    match event {
+        Event::RunStarted { plan, resumed } => {
+            if mode == Mode::Plain {
+                eprintln!("{} {plan:?}", if resumed { "resuming" } else { "starting" });
+            }
+        }
+        Event::StepStarted {
+            step,
+            rows_total,
+            rows_done,
+        } => {
+            let mut p = StepProgress {
+                rows_done,
+                rows_total,
+                rows_at_start: rows_done,
+                started: Some(Instant::now()),
+                ..StepProgress::default()
+            };
+            if mode == Mode::Human {
+                p.bar = Some(bar_for(multi, &step, &p));
+            }
+            if mode == Mode::Plain {
+                eprintln!("{step}: started");
+            }
+            if !order.contains(&step) {
+                order.push(step.clone());
+            }
+            steps.insert(step, p);
+        }
+        Event::StepEstimate { step, rows_total } => {
+            if let Some(p) = steps.get_mut(&step) {
+                p.rows_total = Some(rows_total);
+                if let Some(bar) = &p.bar {
+                    bar.set_length(rows_total.max(0) as u64);
+                }
+            }
+        }
+        Event::BatchDone { step, rows, .. } => {
+            if let Some(p) = steps.get_mut(&step) {
+                p.rows_done += rows;
+                p.batches += 1;
+                if let Some(bar) = &p.bar {
+                    bar.inc(rows.max(0) as u64);
+                }
+            }
+        }
+        Event::BatchRetry { error, delay, .. } => {
+            let line = format!("retrying in {:.1}s: {error}", delay.as_secs_f64());
+            match mode {
+                Mode::Human => {
+                    let _ = multi.println(line);
+                }
+                Mode::Plain => eprintln!("{line}"),
+                Mode::Json | Mode::Quiet => {}
+            }
+        }
+        Event::StepDone { step } => {
+            if let Some(p) = steps.get_mut(&step) {
+                p.done = true;
+                if let Some(bar) = &p.bar {
+                    if let Some(total) = p.rows_total {
+                        bar.set_length(total.max(p.rows_done).max(0) as u64);
+                    }
+                    bar.finish();
+                }
+                if mode == Mode::Plain {
+                    eprintln!("{step}: done, {} rows", thousands(p.rows_done));
+                }
+            }
+        }
+        Event::StepFailed { step, .. } => {
+            if let Some(p) = steps.get_mut(&step) {
+                p.done = true;
+                if let Some(bar) = &p.bar {
+                    bar.abandon();
+                }
+            }
+        }
+    }
+}
+
+fn json_event(steps: &mut HashMap<String, StepProgress>, event: &Event) {
+    let line = match event {
+        Event::RunStarted { plan, resumed } => {
+            json!({"event": "run_started", "plan": plan, "resumed": resumed})
+        }
+        Event::StepStarted {
+            step,
+            rows_total,
+            rows_done,
+        } => json!({
+            "event": "step_started", "step": step, "rows_total_estimate": rows_total, "rows_done": rows_done,
+        }),
+        Event::StepEstimate { step, rows_total } => {
+            json!({"event": "step_estimate", "step": step, "rows_total_estimate": rows_total})
+        }
+        Event::BatchDone {
+            step,
+            batch,
+            rows,
+            rows_affected,
+            duration,
+        } => {
+            let Some(p) = steps.get_mut(step) else {
+                return;
+            };
+            p.unreported_batches += 1;
+            p.unreported_rows += rows;
+            let due = p.last_json.is_none_or(|t| t.elapsed() >= JSON_BATCH_EVERY);
+            if !due {
+                return;
+            }
+            p.last_json = Some(Instant::now());
+            let line = json!({
+                "event": "batch_done", "step": step, "batch": batch, "rows": rows,
+                "rows_affected": rows_affected, "duration_seconds": duration.as_secs_f64(),
+                "batches_since_last": p.unreported_batches, "rows_since_last": p.unreported_rows,
+                "rows_done": p.rows_done + rows,
+            });
+            p.unreported_batches = 0;
+            p.unreported_rows = 0;
+            line
+        }
+        Event::BatchRetry {
+            step,
+            batch,
+            attempt,
+            error,
+            delay,
+        } => json!({
+            "event": "batch_retry", "step": step, "batch": batch, "attempt": attempt,
+            "error": error, "delay_seconds": delay.as_secs_f64(),
+        }),
+        Event::StepDone { step } => {
+            let rows = steps.get(step).map_or(0, |p| p.rows_done);
+            json!({"event": "step_done", "step": step, "rows_done": rows})
+        }
+        Event::StepFailed { step, error } => {
+            json!({"event": "error", "step": step, "error": error})
+        }
+    };
+    println!("{line}");
+}
+
+/// 1234567 → "1,234,567".
+pub(crate) fn thousands(n: i64) -> String {
+    let digits = n.unsigned_abs().to_string();
+    let mut out = String::with_capacity(digits.len() + digits.len() / 3 + 1);
+    if n < 0 {
+        out.push('-');
+    }
+    for (i, c) in digits.chars().enumerate() {
+        if i > 0 && (digits.len() - i).is_multiple_of(3) {
+            out.push(',');
+        }
+        out.push(c);
+    }
+    out
+}
+
+/// The status of a plan whose run was never started.
+pub(crate) fn not_started(plan: &godwit::plan::Plan) -> RunStatus {
+    RunStatus {
+        plan: plan.name.clone(),
+        state: "pending".into(),
+        error: None,
+        elapsed_seconds: 0.0,
+        steps: plan
+            .steps
+            .iter()
+            .map(|s| StepStatus {
+                name: s.name.clone(),
+                state: "pending".into(),
+                batches_done: 0,
+                batches_failed: 0,
+                rows_done: 0,
+                rows_skipped: 0,
+                rows_total_estimate: None,
+                rows_per_second: 0.0,
+                eta_seconds: None,
+                error: None,
+            })
+            .collect(),
+    }
+}
+
+/// The human form of `godwit status`.
+pub(crate) fn status_table(status: &RunStatus) -> String {
+    let mut out = format!(
+        "{}: {} ({:.1}s)\n",
+        status.plan, status.state, status.elapsed_seconds
+    );
+    out.push_str(&format!(
+        "{:<24} {:<8} {:>9} {:>23} {:>12} {:>8}\n",
+        "STEP", "STATE", "BATCHES", "ROWS", "ROWS/S", "ETA"
+    ));
+    for s in &status.steps {
+        let rows = match s.rows_total_estimate {
+            Some(total) => format!("{}/{}", thousands(s.rows_done), thousands(total)),
+            None => thousands(s.rows_done),
+        };
+        let eta = s
+            .eta_seconds
+            .map_or("-".to_string(), |e| format!("{e:.0}s"));
+        out.push_str(&format!(
+            "{:<24} {:<8} {:>9} {:>23} {:>12} {:>8}\n",
+            s.name,
+            s.state,
+            s.batches_done,
+            rows,
+            thousands(s.rows_per_second as i64),
+            eta
+        ));
+        if let Some(error) = &s.error {
+            out.push_str(&format!("  error: {error}\n"));
+        }
+    }
+    if let Some(error) = &status.error {
+        out.push_str(&format!("error: {error}\n"));
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn groups_thousands() {
+        assert_eq!(thousands(0), "0");
+        assert_eq!(thousands(999), "999");
+        assert_eq!(thousands(1000), "1,000");
+        assert_eq!(thousands(-1234567), "-1,234,567");
+    }
+}

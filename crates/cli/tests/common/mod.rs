@@ -1,0 +1,175 @@
+//! Test helpers: a database per backend, plan files in a temp dir, and the real binary.
+//!
+//! PostgreSQL and MariaDB come from `GODWIT_TEST_PG` and `GODWIT_TEST_MYSQL` (set by
+//! `scripts/test.sh`); a missing variable or server fails the test, it never skips.
+#![allow(dead_code)]
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+
+use godwit_driver::{Conn, ConnectOptions, DbUrl, Dialect, Value};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Backend {
+    Postgres,
+    MySql,
+    Sqlite,
+}
+
+/// One test's database, with names unique to the test so tests can share a server.
+pub struct TestDb {
+    pub backend: Backend,
+    pub url: String,
+    pub dir: tempfile::TempDir,
+    /// A prefix for this test's tables and plan names.
+    pub tag: String,
+}
+
+impl TestDb {
+    pub async fn new(backend: Backend) -> TestDb {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let tag = format!("t{}", &uuid_like()[..10]);
+        let url = match backend {
+            Backend::Postgres => std::env::var("GODWIT_TEST_PG").expect(
+                "GODWIT_TEST_PG is not set: run the tests with scripts/test.sh, which starts PostgreSQL",
+            ),
+            Backend::MySql => std::env::var("GODWIT_TEST_MYSQL").expect(
+                "GODWIT_TEST_MYSQL is not set: run the tests with scripts/test.sh, which starts MariaDB",
+            ),
+            Backend::Sqlite => format!("sqlite://{}/test.db", dir.path().display()),
+        };
+        let db = TestDb {
+            backend,
+            url,
+            dir,
+            tag,
+        };
+        // Creates the SQLite file; proves the servers answer.
+        let _ = db.connect_creating().await;
+        db
+    }
+
+    async fn connect_creating(&self) -> Box<dyn Conn> {
+        godwit_db::connect(
+            &DbUrl::new(self.url.clone()),
+            &ConnectOptions {
+                create_if_missing: true,
+            },
+        )
+        .await
+        .unwrap_or_else(|e| panic!("cannot connect to {}: {e}", DbUrl::new(self.url.clone())))
+    }
+
+    pub async fn conn(&self) -> Box<dyn Conn> {
+        self.connect_creating().await
+    }
+
+    pub fn dialect(&self) -> Dialect {
+        match self.backend {
+            Backend::Postgres => Dialect::Postgres,
+            Backend::MySql => Dialect::MySql,
+            Backend::Sqlite => Dialect::Sqlite,
+        }
+    }
+
+    /// A table name unique to this test.
+    pub fn table(&self, name: &str) -> String {
+        format!("{}_{name}", self.tag)
+    }
+
+    pub async fn exec(&self, sql: &str) {
+        let mut conn = self.conn().await;
+        conn.execute_unprepared(sql)
+            .await
+            .unwrap_or_else(|e| panic!("{sql}: {e}"));
+    }
+
+    pub async fn query(&self, sql: &str) -> Vec<Vec<Value>> {
+        let mut conn = self.conn().await;
+        conn.query(sql, &[])
+            .await
+            .unwrap_or_else(|e| panic!("{sql}: {e}"))
+            .into_iter()
+            .map(|r| r.into_values())
+            .collect()
+    }
+
+    pub async fn scalar(&self, sql: &str) -> i64 {
+        self.query(sql).await[0][0]
+            .as_i64()
+            .unwrap_or_else(|| panic!("{sql} gave no integer"))
+    }
+
+    /// Creates `name (id, hits, grp)` with one row per key in `keys`, `hits = 0` and
+    /// `grp = key % 3`.
+    pub async fn counter_table(&self, name: &str, keys: impl IntoIterator<Item = i64>) {
+        let id_type = match self.backend {
+            Backend::Sqlite => "INTEGER",
+            _ => "BIGINT",
+        };
+        self.exec(&format!(
+            "CREATE TABLE {name} (id {id_type} PRIMARY KEY, hits INT NOT NULL DEFAULT 0, grp INT NOT NULL)"
+        ))
+        .await;
+        let keys: Vec<i64> = keys.into_iter().collect();
+        for chunk in keys.chunks(5000) {
+            let values: Vec<String> = chunk
+                .iter()
+                .map(|k| format!("({k}, 0, {})", k % 3))
+                .collect();
+            self.exec(&format!(
+                "INSERT INTO {name} (id, hits, grp) VALUES {}",
+                values.join(", ")
+            ))
+            .await;
+        }
+    }
+
+    /// Writes a plan file into the test's directory.
+    pub fn plan(&self, file: &str, text: &str) -> PathBuf {
+        let path = self.dir.path().join(file);
+        std::fs::write(&path, text).expect("write plan");
+        path
+    }
+}
+
+pub fn uuid_like() -> String {
+    format!("{:032x}", rand::random::<u128>())
+}
+
+pub fn godwit() -> Command {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_godwit"));
+    cmd.env_remove("RUST_LOG");
+    cmd
+}
+
+pub fn run_cmd(args: &[&str]) -> Output {
+    godwit().args(args).output().expect("run godwit")
+}
+
+pub fn spawn(args: &[&str]) -> Child {
+    godwit()
+        .args(args)
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn godwit")
+}
+
+pub fn text(bytes: &[u8]) -> String {
+    String::from_utf8_lossy(bytes).into_owned()
+}
+
+pub fn path_str(p: &Path) -> &str {
+    p.to_str().expect("utf-8 path")
+}
+
+/// Declares one test per backend from an `async fn(Backend)`.
+#[macro_export]
+macro_rules! per_backend {
+    ($($name:ident),* $(,)?) => {
+        mod pg { $( #[tokio::test(flavor = "multi_thread", worker_threads = 2)] async fn $name() { super::$name($crate::common::Backend::Postgres).await } )* }
+        mod mysql { $( #[tokio::test(flavor = "multi_thread", worker_threads = 2)] async fn $name() { super::$name($crate::common::Backend::MySql).await } )* }
+        mod sqlite { $( #[tokio::test(flavor = "multi_thread", worker_threads = 2)] async fn $name() { super::$name($crate::common::Backend::Sqlite).await } )* }
+    };
+}

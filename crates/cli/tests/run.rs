@@ -1,0 +1,256 @@
+//! `godwit run` and `godwit status` end to end, on each database, through the real binary.
+
+mod common;
+
+use std::time::Duration;
+
+use common::{path_str, run_cmd, spawn, text, Backend, TestDb};
+use rand::Rng;
+
+fn counter_plan(db: &TestDb, table: &str, extra_defaults: &str, filter: Option<&str>) -> String {
+    let filter_line = filter
+        .map(|f| format!("where = \"{f}\"\n"))
+        .unwrap_or_default();
+    let and_filter = filter.map(|f| format!(" AND {f}")).unwrap_or_default();
+    format!(
+        r#"name = "{table}"
+database = "{url}"
+
+[defaults]
+batch_size = 7
+{extra_defaults}
+
+[[steps]]
+name = "count"
+table = "{table}"
+key = "id"
+{filter_line}sql = "UPDATE {table} SET hits = hits + 1 WHERE id BETWEEN :start AND :end{and_filter}"
+"#,
+        url = db.url
+    )
+}
+
+/// Every matching row is updated exactly once, others not at all, and `status --json` says so.
+async fn updates_each_matching_row_once(backend: Backend) {
+    let db = TestDb::new(backend).await;
+    let table = db.table("counter");
+    // Sparse keys: batches must still hold batch_size rows, not empty ranges.
+    db.counter_table(&table, (1..=200).map(|i| i * 13 - 500))
+        .await;
+    let plan = db.plan(
+        "plan.toml",
+        &counter_plan(&db, &table, "", Some("grp <> 0")),
+    );
+    let out = run_cmd(&["run", path_str(&plan), "--concurrency", "3"]);
+    assert_eq!(out.status.code(), Some(0), "stderr: {}", text(&out.stderr));
+
+    let wrong = db
+        .scalar(&format!(
+            "SELECT COUNT(*) FROM {table} WHERE (grp <> 0 AND hits <> 1) OR (grp = 0 AND hits <> 0)"
+        ))
+        .await;
+    assert_eq!(wrong, 0);
+
+    let out = run_cmd(&["status", path_str(&plan), "--json"]);
+    assert_eq!(out.status.code(), Some(0), "stderr: {}", text(&out.stderr));
+    let status: serde_json::Value = serde_json::from_slice(&out.stdout).expect("status is JSON");
+    let matching = db
+        .scalar(&format!("SELECT COUNT(*) FROM {table} WHERE grp <> 0"))
+        .await;
+    assert_eq!(status["state"], "done");
+    assert_eq!(status["steps"][0]["state"], "done");
+    assert_eq!(status["steps"][0]["rows_done"], matching);
+    assert_eq!(status["steps"][0]["batches_done"], (matching + 6) / 7);
+
+    // Running a finished plan again changes nothing.
+    let out = run_cmd(&["run", path_str(&plan)]);
+    assert_eq!(out.status.code(), Some(0));
+    let twice = db
+        .scalar(&format!("SELECT COUNT(*) FROM {table} WHERE hits > 1"))
+        .await;
+    assert_eq!(twice, 0);
+}
+
+/// kill -9 at random moments, again and again; every row still ends with exactly one hit.
+async fn exactly_once_across_kill_9(backend: Backend) {
+    let db = TestDb::new(backend).await;
+    let table = db.table("killed");
+    db.counter_table(&table, 1..=3000).await;
+    let plan = db.plan(
+        "plan.toml",
+        &counter_plan(&db, &table, "lease = \"1s\"", None),
+    );
+    let mut rng = rand::rng();
+    let mut finished = false;
+    for round in 0..40 {
+        let mut child = spawn(&["run", path_str(&plan), "--concurrency", "4", "--quiet"]);
+        let wait = Duration::from_millis(rng.random_range(50..600));
+        std::thread::sleep(wait);
+        match child.try_wait().expect("try_wait") {
+            Some(status) => {
+                let mut err = String::new();
+                use std::io::Read;
+                if let Some(mut e) = child.stderr.take() {
+                    let _ = e.read_to_string(&mut err);
+                }
+                assert_eq!(status.code(), Some(0), "round {round}: {err}");
+                finished = true;
+                break;
+            }
+            None => {
+                child.kill().expect("kill -9");
+                let _ = child.wait();
+            }
+        }
+    }
+    if !finished {
+        let out = run_cmd(&["run", path_str(&plan), "--quiet"]);
+        assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    }
+    let hits = db
+        .query(&format!(
+            "SELECT COUNT(*), MIN(hits), MAX(hits) FROM {table}"
+        ))
+        .await;
+    let (n, min, max) = (
+        hits[0][0].as_i64(),
+        hits[0][1].as_i64(),
+        hits[0][2].as_i64(),
+    );
+    assert_eq!((n, min, max), (Some(3000), Some(1), Some(1)));
+}
+
+/// Two processes on one plan at the same time split the work; no row is updated twice.
+async fn two_processes_share_one_run(backend: Backend) {
+    let db = TestDb::new(backend).await;
+    let table = db.table("shared");
+    db.counter_table(&table, 1..=2000).await;
+    let plan = db.plan("plan.toml", &counter_plan(&db, &table, "", None));
+    let a = spawn(&["run", path_str(&plan), "--quiet"]);
+    let b = spawn(&["run", path_str(&plan), "--quiet"]);
+    for child in [a, b] {
+        let out = child.wait_with_output().expect("wait");
+        assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    }
+    let bad = db
+        .scalar(&format!("SELECT COUNT(*) FROM {table} WHERE hits <> 1"))
+        .await;
+    assert_eq!(bad, 0);
+}
+
+/// A permanent error fails the run at once with exit 1, naming step, key range and code;
+/// `status` shows the failure.
+async fn permanent_error_fails_with_context(backend: Backend) {
+    let db = TestDb::new(backend).await;
+    let table = db.table("broken");
+    db.counter_table(&table, 1..=50).await;
+    let text_plan = format!(
+        r#"name = "{table}"
+database = "{url}"
+
+[[steps]]
+name = "divide"
+table = "{table}"
+key = "id"
+sql = "UPDATE {table} SET hits = no_such_column WHERE id BETWEEN :start AND :end"
+"#,
+        url = db.url
+    );
+    let plan = db.plan("plan.toml", &text_plan);
+    let out = run_cmd(&["run", path_str(&plan)]);
+    let err = text(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(err.contains("step \"divide\""), "{err}");
+    assert!(err.contains("keys 1..=50"), "{err}");
+    let code = match backend {
+        Backend::Postgres => "[42703]",
+        Backend::MySql => "[1054]",
+        Backend::Sqlite => "[1]",
+    };
+    assert!(err.contains(code), "{err}");
+    let out = run_cmd(&["status", path_str(&plan), "--json"]);
+    let status: serde_json::Value = serde_json::from_slice(&out.stdout).expect("JSON");
+    assert_eq!(status["state"], "failed");
+    assert_eq!(status["steps"][0]["batches_failed"], 1);
+}
+
+/// `--max-duration` stops claiming, exits 75, and the next run finishes the rest.
+async fn time_budget_stops_and_resumes(backend: Backend) {
+    let db = TestDb::new(backend).await;
+    let table = db.table("budget");
+    db.counter_table(&table, 1..=400).await;
+    let slow = match backend {
+        Backend::Postgres => "pg_sleep(0.05) IS NOT NULL",
+        Backend::MySql => "SLEEP(0.05) = 0",
+        // SQLite has no sleep: a recursive count takes a few milliseconds instead.
+        Backend::Sqlite => "(WITH RECURSIVE s(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM s WHERE i < 200000) SELECT COUNT(*) FROM s) > 0",
+    };
+    let text_plan = format!(
+        r#"name = "{table}"
+database = "{url}"
+
+[defaults]
+batch_size = 10
+
+[[steps]]
+name = "slow"
+table = "{table}"
+key = "id"
+sql = "UPDATE {table} SET hits = hits + 1 WHERE id BETWEEN :start AND :end AND {slow}"
+"#,
+        url = db.url
+    );
+    let plan = db.plan("plan.toml", &text_plan);
+    let out = run_cmd(&[
+        "run",
+        path_str(&plan),
+        "--max-duration",
+        "300ms",
+        "--concurrency",
+        "1",
+    ]);
+    assert_eq!(out.status.code(), Some(75), "{}", text(&out.stderr));
+    let done = db
+        .scalar(&format!("SELECT COUNT(*) FROM {table} WHERE hits = 1"))
+        .await;
+    assert!(done > 0 && done < 400, "{done} rows done after the budget");
+    let out = run_cmd(&["run", path_str(&plan), "--concurrency", "4"]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    let bad = db
+        .scalar(&format!("SELECT COUNT(*) FROM {table} WHERE hits <> 1"))
+        .await;
+    assert_eq!(bad, 0);
+}
+
+/// A stored run is not resumed with a changed plan; `--restart` starts it over.
+async fn changed_plan_is_refused_until_restart(backend: Backend) {
+    let db = TestDb::new(backend).await;
+    let table = db.table("changed");
+    db.counter_table(&table, 1..=30).await;
+    let plan = db.plan("plan.toml", &counter_plan(&db, &table, "", None));
+    assert_eq!(run_cmd(&["run", path_str(&plan)]).status.code(), Some(0));
+    let changed = counter_plan(&db, &table, "", Some("grp = 1"));
+    let plan = db.plan("plan.toml", &changed);
+    let out = run_cmd(&["run", path_str(&plan)]);
+    let err = text(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{err}");
+    assert!(
+        err.contains("step \"count\" changed") && err.contains("--restart"),
+        "{err}"
+    );
+    let out = run_cmd(&["run", path_str(&plan), "--restart"]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    let twice = db
+        .scalar(&format!("SELECT COUNT(*) FROM {table} WHERE hits = 2"))
+        .await;
+    assert_eq!(twice, 10);
+}
+
+per_backend!(
+    updates_each_matching_row_once,
+    exactly_once_across_kill_9,
+    two_processes_share_one_run,
+    permanent_error_fails_with_context,
+    time_budget_stops_and_resumes,
+    changed_plan_is_refused_until_restart,
+);

@@ -1,0 +1,27 @@
+//! Opens a connection from a URL, choosing the backend by its scheme at run time.
+//!
+//! This is godwit's counterpart of sqlx's `Any` driver: everything above it holds a
+//! `Box<dyn Conn>` and never names a backend. Each backend is a cargo feature, all on by default.
+#![deny(missing_docs)]
+
+use godwit_driver::{Conn, ConnectOptions, DbUrl, Error, Result};
+
+/// Connects to the database named by `url`: `postgres://` or `postgresql://`, `mysql://` or
+/// `mariadb://`, `sqlite://path`.
+///
+/// # Errors
+/// When the scheme is unknown or its backend was left out of the build, or the connection fails.
+pub async fn connect(url: &DbUrl, options: &ConnectOptions) -> Result<Box<dyn Conn>> {
+    let scheme = url.scheme().unwrap_or_default();
+    match scheme.as_str() {
+        #[cfg(feature = "postgres")]
+        "postgres" | "postgresql" => Ok(Box::new(godwit_driver_pg::connect(url, options).await?)),
+        #[cfg(feature = "mysql")]
+        "mysql" | "mariadb" => Ok(Box::new(godwit_driver_mysql::connect(url, options).await?)),
+        #[cfg(feature = "sqlite")]
+        "sqlite" => Ok(Box::new(godwit_driver_sqlite::connect(url, options).await?)),
+        _ => Err(Error::config(format!(
+            "unsupported database URL {url}: expected postgres://, mysql:// or sqlite://"
+        ))),
+    }
+}

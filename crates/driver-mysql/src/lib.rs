@@ -1,0 +1,285 @@
+//! The MySQL and MariaDB backend of godwit's driver interface, over sqlx.
+//!
+//! Errors are classified by the server's error number: deadlocks (1213), lock wait timeouts
+//! (1205) and too many connections (1040, 1203) are transient; statement timeouts (MySQL 3024,
+//! MariaDB 1969) are timeouts; lost connections (2006, 2013, 1927, 1053) mean connect again.
+//!
+//! The batch time limit uses MariaDB's `max_statement_time`, which covers every statement. MySQL's
+//! `max_execution_time` only covers `SELECT`, so on MySQL a stuck `UPDATE` ends at
+//! `innodb_lock_wait_timeout` instead.
+#![deny(missing_docs)]
+
+use std::str::FromStr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use godwit_driver::{
+    ColumnInfo, Conn, ConnectOptions, DbUrl, Dialect, Error, ErrorKind, IndexInfo, Result, Row,
+    TableInfo, TxOptions, Value,
+};
+use sqlx::mysql::{
+    MySqlArguments, MySqlConnectOptions, MySqlConnection, MySqlDatabaseError, MySqlRow,
+};
+use sqlx::{Column, ConnectOptions as _, MySql, Row as _, TypeInfo, ValueRef};
+
+/// A connection to a MySQL or MariaDB server.
+pub struct MySqlConn {
+    conn: MySqlConnection,
+    mariadb: bool,
+    /// The statement time limit last set on the session, to avoid setting it per batch.
+    statement_timeout: Option<Duration>,
+}
+
+/// Connects to the server named by a `mysql://` or `mariadb://` URL.
+///
+/// # Errors
+/// When the URL is malformed or the server cannot be reached.
+pub async fn connect(url: &DbUrl, _options: &ConnectOptions) -> Result<MySqlConn> {
+    // sqlx only knows the `mysql` scheme; MariaDB users often write `mariadb://`.
+    let raw = url.expose();
+    let normalized = match raw.strip_prefix("mariadb://") {
+        Some(rest) => format!("mysql://{rest}"),
+        None => raw.to_string(),
+    };
+    let opts = MySqlConnectOptions::from_str(&normalized)
+        .map_err(|e| Error::config(format!("invalid MySQL URL {url}: {e}")))?
+        .disable_statement_logging();
+    let conn = opts.connect().await.map_err(|e| {
+        let err = classify(e);
+        Error::new(
+            err.kind(),
+            err.code().map(str::to_string),
+            format!("cannot connect to {url}: {}", err.message()),
+        )
+    })?;
+    let mut conn = MySqlConn {
+        conn,
+        mariadb: false,
+        statement_timeout: None,
+    };
+    conn.mariadb = conn.server_version().await?.contains("MariaDB");
+    Ok(conn)
+}
+
+type Query<'q> = sqlx::query::Query<'q, MySql, MySqlArguments>;
+
+fn bind<'q>(mut query: Query<'q>, params: &'q [Value]) -> Query<'q> {
+    for param in params {
+        query = match param {
+            Value::Null => query.bind(None::<String>),
+            Value::Bool(b) => query.bind(*b),
+            Value::Int(n) => query.bind(*n),
+            Value::Float(f) => query.bind(*f),
+            Value::Decimal(s) | Value::Text(s) => query.bind(s.as_str()),
+            Value::Bytes(b) => query.bind(b.as_slice()),
+            Value::Json(j) => query.bind(j.to_string()),
+            // MySQL has no UUID type (MariaDB's accepts text): bind the canonical text.
+            Value::Uuid(u) => query.bind(u.hyphenated().to_string()),
+            Value::Date(d) => query.bind(*d),
+            Value::Time(t) => query.bind(*t),
+            Value::Timestamp(t) => query.bind(*t),
+            Value::TimestampTz(t) => query.bind(*t),
+        };
+    }
+    query
+}
+
+fn decode_row(row: &MySqlRow, columns: &Arc<[String]>) -> Result<Row> {
+    let mut values = Vec::with_capacity(columns.len());
+    for (idx, column) in row.columns().iter().enumerate() {
+        let raw = row.try_get_raw(idx).map_err(classify)?;
+        if raw.is_null() {
+            values.push(Value::Null);
+            continue;
+        }
+        let type_name = column.type_info().name();
+        let unsigned = type_name.ends_with("UNSIGNED");
+        let base = type_name.trim_end_matches(" UNSIGNED");
+        let value = match base {
+            "TINYINT" | "SMALLINT" | "MEDIUMINT" | "INT" | "BIGINT" | "YEAR" if unsigned => {
+                let n: u64 = row.try_get_unchecked(idx).map_err(classify)?;
+                i64::try_from(n).map_or_else(|_| Value::Decimal(n.to_string()), Value::Int)
+            }
+            "TINYINT" | "SMALLINT" | "MEDIUMINT" | "INT" | "BIGINT" | "YEAR" => {
+                Value::Int(row.try_get_unchecked(idx).map_err(classify)?)
+            }
+            "BOOLEAN" => Value::Bool(row.try_get_unchecked(idx).map_err(classify)?),
+            "FLOAT" => Value::Float(
+                row.try_get_unchecked::<f32, _>(idx)
+                    .map_err(classify)?
+                    .into(),
+            ),
+            "DOUBLE" => Value::Float(row.try_get_unchecked(idx).map_err(classify)?),
+            // DECIMAL travels as text in both protocols: keep it exact.
+            "DECIMAL" => Value::Decimal(row.try_get_unchecked(idx).map_err(classify)?),
+            "DATE" => Value::Date(row.try_get(idx).map_err(classify)?),
+            "TIME" => Value::Time(row.try_get(idx).map_err(classify)?),
+            "DATETIME" => Value::Timestamp(row.try_get(idx).map_err(classify)?),
+            "TIMESTAMP" => Value::TimestampTz(row.try_get(idx).map_err(classify)?),
+            "BINARY" | "VARBINARY" | "BLOB" | "TINYBLOB" | "MEDIUMBLOB" | "LONGBLOB" | "BIT"
+            | "GEOMETRY" => Value::Bytes(row.try_get_unchecked(idx).map_err(classify)?),
+            _ => Value::Text(row.try_get_unchecked(idx).map_err(classify)?),
+        };
+        values.push(value);
+    }
+    Ok(Row::new(columns.clone(), values))
+}
+
+/// Classifies by the server's error number; see the crate documentation.
+fn classify(err: sqlx::Error) -> Error {
+    match err {
+        sqlx::Error::Database(db) => {
+            let number = db
+                .try_downcast_ref::<MySqlDatabaseError>()
+                .map(MySqlDatabaseError::number);
+            let kind = match number {
+                Some(1213 | 1205 | 1040 | 1203 | 1614) => ErrorKind::Transient,
+                Some(3024 | 1969 | 1317) => ErrorKind::Timeout,
+                Some(2006 | 2013 | 1927 | 1053 | 2002 | 2003) => ErrorKind::Connection,
+                _ => ErrorKind::Permanent,
+            };
+            Error::new(kind, number.map(|n| n.to_string()), db.message())
+        }
+        sqlx::Error::Io(e) => Error::new(ErrorKind::Connection, None, e.to_string()),
+        sqlx::Error::Tls(e) => Error::new(ErrorKind::Connection, None, e.to_string()),
+        sqlx::Error::Protocol(e) => Error::new(ErrorKind::Connection, None, e),
+        sqlx::Error::Configuration(e) => Error::config(e.to_string()),
+        sqlx::Error::WorkerCrashed | sqlx::Error::PoolClosed | sqlx::Error::PoolTimedOut => {
+            Error::new(ErrorKind::Connection, None, err.to_string())
+        }
+        other => Error::permanent(other.to_string()),
+    }
+}
+
+fn text(value: &Value) -> String {
+    match value {
+        Value::Text(s) | Value::Decimal(s) => s.clone(),
+        Value::Bytes(b) => String::from_utf8_lossy(b).into_owned(),
+        Value::Int(n) => n.to_string(),
+        _ => String::new(),
+    }
+}
+
+/// Splits `db.table` into the schema (the connection's database when absent) and the table.
+fn schema_and_table(table: &str) -> (Value, Value) {
+    match table.split_once('.') {
+        Some((schema, name)) => (Value::Text(schema.into()), Value::Text(name.into())),
+        None => (Value::Null, Value::Text(table.into())),
+    }
+}
+
+#[async_trait]
+impl Conn for MySqlConn {
+    fn dialect(&self) -> Dialect {
+        Dialect::MySql
+    }
+
+    async fn execute(&mut self, sql: &str, params: &[Value]) -> Result<u64> {
+        let done = bind(sqlx::query(sql), params)
+            .execute(&mut self.conn)
+            .await
+            .map_err(classify)?;
+        Ok(done.rows_affected())
+    }
+
+    async fn query(&mut self, sql: &str, params: &[Value]) -> Result<Vec<Row>> {
+        let rows = bind(sqlx::query(sql), params)
+            .fetch_all(&mut self.conn)
+            .await
+            .map_err(classify)?;
+        let Some(first) = rows.first() else {
+            return Ok(Vec::new());
+        };
+        let columns: Arc<[String]> = first
+            .columns()
+            .iter()
+            .map(|c| c.name().to_string())
+            .collect();
+        rows.iter().map(|r| decode_row(r, &columns)).collect()
+    }
+
+    async fn execute_unprepared(&mut self, sql: &str) -> Result<u64> {
+        // A plain string runs through the simple/text protocol: unprepared, several statements.
+        let done = sqlx::Executor::execute(&mut self.conn, sql)
+            .await
+            .map_err(classify)?;
+        Ok(done.rows_affected())
+    }
+
+    async fn begin(&mut self, options: TxOptions) -> Result<()> {
+        if options.statement_timeout != self.statement_timeout {
+            let secs = options.statement_timeout.map_or(0.0, |d| d.as_secs_f64());
+            let set = if self.mariadb {
+                format!("SET SESSION max_statement_time = {secs:.3}")
+            } else {
+                format!(
+                    "SET SESSION max_execution_time = {}",
+                    (secs * 1000.0) as u64
+                )
+            };
+            self.execute_unprepared(&set).await?;
+            self.statement_timeout = options.statement_timeout;
+        }
+        self.execute_unprepared("START TRANSACTION").await.map(drop)
+    }
+
+    async fn commit(&mut self) -> Result<()> {
+        self.execute_unprepared("COMMIT").await.map(drop)
+    }
+
+    async fn rollback(&mut self) -> Result<()> {
+        self.execute_unprepared("ROLLBACK").await.map(drop)
+    }
+
+    async fn table_info(&mut self, table: &str) -> Result<Option<TableInfo>> {
+        let (schema, name) = schema_and_table(table);
+        let params = [schema.clone(), name.clone()];
+        let rows = self
+            .query(
+                "SELECT COLUMN_NAME, COLUMN_TYPE, IS_NULLABLE FROM information_schema.COLUMNS \
+                 WHERE TABLE_SCHEMA = COALESCE(?, DATABASE()) AND TABLE_NAME = ? \
+                 ORDER BY ORDINAL_POSITION",
+                &params,
+            )
+            .await?;
+        if rows.is_empty() {
+            return Ok(None);
+        }
+        let columns = rows
+            .iter()
+            .map(|r| ColumnInfo {
+                name: text(r.get(0)),
+                data_type: text(r.get(1)).to_ascii_lowercase(),
+                nullable: text(r.get(2)) == "YES",
+            })
+            .collect();
+        let stats = self
+            .query(
+                "SELECT INDEX_NAME, NON_UNIQUE, COLUMN_NAME FROM information_schema.STATISTICS \
+                 WHERE TABLE_SCHEMA = COALESCE(?, DATABASE()) AND TABLE_NAME = ? \
+                 ORDER BY INDEX_NAME, SEQ_IN_INDEX",
+                &params,
+            )
+            .await?;
+        let mut indexes: Vec<IndexInfo> = Vec::new();
+        for r in stats {
+            let index_name = text(r.get(0));
+            let column = text(r.get(2));
+            match indexes.last_mut() {
+                Some(last) if last.name == index_name => last.columns.push(column),
+                _ => indexes.push(IndexInfo {
+                    name: index_name,
+                    columns: vec![column],
+                    unique: r.get(1).as_i64() == Some(0),
+                }),
+            }
+        }
+        Ok(Some(TableInfo { columns, indexes }))
+    }
+
+    async fn server_version(&mut self) -> Result<String> {
+        let rows = self.query("SELECT VERSION()", &[]).await?;
+        Ok(rows.first().map(|r| text(r.get(0))).unwrap_or_default())
+    }
+}

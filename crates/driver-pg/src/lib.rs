@@ -1,0 +1,251 @@
+//! The PostgreSQL backend of godwit's driver interface, over sqlx.
+//!
+//! Errors are classified by SQLSTATE: serialization failures, deadlocks, lock timeouts and
+//! too-many-connections are transient; a cancelled statement (our `statement_timeout`) is a
+//! timeout; class 08 and the shutdown codes mean the connection is gone.
+#![deny(missing_docs)]
+
+use std::str::FromStr;
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use godwit_driver::{
+    quote_ident, ColumnInfo, Conn, ConnectOptions, DbUrl, Dialect, Error, ErrorKind, IndexInfo,
+    Result, Row, TableInfo, TxOptions, Value,
+};
+use sqlx::postgres::{PgArguments, PgConnectOptions, PgConnection, PgRow};
+use sqlx::{Column, ConnectOptions as _, Postgres, Row as _, TypeInfo, ValueRef};
+
+/// A connection to a PostgreSQL server.
+pub struct PgConn {
+    conn: PgConnection,
+}
+
+/// Connects to the server named by a `postgres://` URL.
+///
+/// # Errors
+/// When the URL is malformed or the server cannot be reached.
+pub async fn connect(url: &DbUrl, _options: &ConnectOptions) -> Result<PgConn> {
+    let opts = PgConnectOptions::from_str(url.expose())
+        .map_err(|e| Error::config(format!("invalid PostgreSQL URL {url}: {e}")))?
+        .application_name("godwit")
+        .disable_statement_logging();
+    let conn = opts.connect().await.map_err(|e| {
+        let err = classify(e);
+        Error::new(
+            err.kind(),
+            err.code().map(str::to_string),
+            format!("cannot connect to {url}: {}", err.message()),
+        )
+    })?;
+    Ok(PgConn { conn })
+}
+
+type Query<'q> = sqlx::query::Query<'q, Postgres, PgArguments>;
+
+fn bind<'q>(mut query: Query<'q>, params: &'q [Value]) -> Query<'q> {
+    for param in params {
+        query = match param {
+            Value::Null => query.bind(None::<String>),
+            Value::Bool(b) => query.bind(*b),
+            Value::Int(n) => query.bind(*n),
+            Value::Float(f) => query.bind(*f),
+            Value::Decimal(s) | Value::Text(s) => query.bind(s.as_str()),
+            Value::Bytes(b) => query.bind(b.as_slice()),
+            Value::Json(j) => query.bind(sqlx::types::Json(j)),
+            Value::Uuid(u) => query.bind(*u),
+            Value::Date(d) => query.bind(*d),
+            Value::Time(t) => query.bind(*t),
+            Value::Timestamp(t) => query.bind(*t),
+            Value::TimestampTz(t) => query.bind(*t),
+        };
+    }
+    query
+}
+
+fn decode_row(row: &PgRow, columns: &Arc<[String]>) -> Result<Row> {
+    let mut values = Vec::with_capacity(columns.len());
+    for (idx, column) in row.columns().iter().enumerate() {
+        let raw = row.try_get_raw(idx).map_err(classify)?;
+        if raw.is_null() {
+            values.push(Value::Null);
+            continue;
+        }
+        let get_err = |e| classify(e);
+        let value = match column.type_info().name() {
+            "BOOL" => Value::Bool(row.try_get(idx).map_err(get_err)?),
+            "INT2" => Value::Int(row.try_get::<i16, _>(idx).map_err(get_err)?.into()),
+            "INT4" => Value::Int(row.try_get::<i32, _>(idx).map_err(get_err)?.into()),
+            "INT8" => Value::Int(row.try_get::<i64, _>(idx).map_err(get_err)?),
+            "OID" => Value::Int(row.try_get::<sqlx::postgres::types::Oid, _>(idx).map_err(get_err)?.0.into()),
+            "FLOAT4" => Value::Float(row.try_get::<f32, _>(idx).map_err(get_err)?.into()),
+            "FLOAT8" => Value::Float(row.try_get::<f64, _>(idx).map_err(get_err)?),
+            "TEXT" | "VARCHAR" | "BPCHAR" | "NAME" | "CHAR" => {
+                Value::Text(row.try_get(idx).map_err(get_err)?)
+            }
+            "UUID" => Value::Uuid(row.try_get(idx).map_err(get_err)?),
+            "DATE" => Value::Date(row.try_get(idx).map_err(get_err)?),
+            "TIME" => Value::Time(row.try_get(idx).map_err(get_err)?),
+            "TIMESTAMP" => Value::Timestamp(row.try_get(idx).map_err(get_err)?),
+            "TIMESTAMPTZ" => Value::TimestampTz(row.try_get(idx).map_err(get_err)?),
+            "JSON" | "JSONB" => Value::Json(row.try_get(idx).map_err(get_err)?),
+            "BYTEA" => Value::Bytes(row.try_get(idx).map_err(get_err)?),
+            other => {
+                return Err(Error::permanent(format!(
+                    "column {} has type {other}, which godwit cannot read yet; cast it to text in the query",
+                    column.name()
+                )))
+            }
+        };
+        values.push(value);
+    }
+    Ok(Row::new(columns.clone(), values))
+}
+
+/// Classifies by SQLSTATE; see the crate documentation.
+fn classify(err: sqlx::Error) -> Error {
+    match err {
+        sqlx::Error::Database(db) => {
+            let code = db.code().map(|c| c.into_owned()).unwrap_or_default();
+            let kind = match code.as_str() {
+                "40001" | "40P01" | "55P03" | "53300" | "53000" | "53400" => ErrorKind::Transient,
+                "57014" => ErrorKind::Timeout,
+                "57P01" | "57P02" | "57P03" | "25P03" => ErrorKind::Connection,
+                c if c.starts_with("08") => ErrorKind::Connection,
+                _ => ErrorKind::Permanent,
+            };
+            Error::new(kind, Some(code), db.message())
+        }
+        sqlx::Error::Io(e) => Error::new(ErrorKind::Connection, None, e.to_string()),
+        sqlx::Error::Tls(e) => Error::new(ErrorKind::Connection, None, e.to_string()),
+        sqlx::Error::Protocol(e) => Error::new(ErrorKind::Connection, None, e),
+        sqlx::Error::Configuration(e) => Error::config(e.to_string()),
+        sqlx::Error::WorkerCrashed | sqlx::Error::PoolClosed | sqlx::Error::PoolTimedOut => {
+            Error::new(ErrorKind::Connection, None, err.to_string())
+        }
+        other => Error::permanent(other.to_string()),
+    }
+}
+
+fn text(value: &Value) -> String {
+    match value {
+        Value::Text(s) => s.clone(),
+        _ => String::new(),
+    }
+}
+
+#[async_trait]
+impl Conn for PgConn {
+    fn dialect(&self) -> Dialect {
+        Dialect::Postgres
+    }
+
+    async fn execute(&mut self, sql: &str, params: &[Value]) -> Result<u64> {
+        let done = bind(sqlx::query(sql), params)
+            .execute(&mut self.conn)
+            .await
+            .map_err(classify)?;
+        Ok(done.rows_affected())
+    }
+
+    async fn query(&mut self, sql: &str, params: &[Value]) -> Result<Vec<Row>> {
+        let rows = bind(sqlx::query(sql), params)
+            .fetch_all(&mut self.conn)
+            .await
+            .map_err(classify)?;
+        let Some(first) = rows.first() else {
+            return Ok(Vec::new());
+        };
+        let columns: Arc<[String]> = first
+            .columns()
+            .iter()
+            .map(|c| c.name().to_string())
+            .collect();
+        rows.iter().map(|r| decode_row(r, &columns)).collect()
+    }
+
+    async fn execute_unprepared(&mut self, sql: &str) -> Result<u64> {
+        // A plain string runs through the simple/text protocol: unprepared, several statements.
+        let done = sqlx::Executor::execute(&mut self.conn, sql)
+            .await
+            .map_err(classify)?;
+        Ok(done.rows_affected())
+    }
+
+    async fn begin(&mut self, options: TxOptions) -> Result<()> {
+        // One round trip: the settings are local to the transaction and vanish at its end.
+        let mut sql = String::from("BEGIN");
+        if let Some(timeout) = options.statement_timeout {
+            sql.push_str(&format!(
+                "; SET LOCAL statement_timeout = {}",
+                timeout.as_millis().max(1)
+            ));
+        }
+        if options.async_commit {
+            sql.push_str("; SET LOCAL synchronous_commit = off");
+        }
+        self.execute_unprepared(&sql).await.map(drop)
+    }
+
+    async fn commit(&mut self) -> Result<()> {
+        self.execute_unprepared("COMMIT").await.map(drop)
+    }
+
+    async fn rollback(&mut self) -> Result<()> {
+        self.execute_unprepared("ROLLBACK").await.map(drop)
+    }
+
+    async fn table_info(&mut self, table: &str) -> Result<Option<TableInfo>> {
+        let name = Value::Text(quote_ident(Dialect::Postgres, table));
+        let rows = self
+            .query(
+                "SELECT a.attname::text, format_type(a.atttypid, a.atttypmod), NOT a.attnotnull \
+                 FROM pg_attribute a \
+                 WHERE a.attrelid = to_regclass($1) AND a.attnum > 0 AND NOT a.attisdropped \
+                 ORDER BY a.attnum",
+                std::slice::from_ref(&name),
+            )
+            .await?;
+        if rows.is_empty() {
+            return Ok(None);
+        }
+        let columns = rows
+            .iter()
+            .map(|r| ColumnInfo {
+                name: text(r.get(0)),
+                data_type: text(r.get(1)),
+                nullable: r.get(2) == &Value::Bool(true),
+            })
+            .collect();
+        // Partial indexes are left out: a walk over every row cannot rely on them.
+        let index_rows = self
+            .query(
+                "SELECT c.relname::text, ix.indisunique, \
+                   (SELECT string_agg(a.attname, chr(31) ORDER BY k.ord) \
+                      FROM unnest(ix.indkey::int2[]) WITH ORDINALITY AS k(attnum, ord) \
+                      JOIN pg_attribute a ON a.attrelid = ix.indrelid AND a.attnum = k.attnum) \
+                 FROM pg_index ix JOIN pg_class c ON c.oid = ix.indexrelid \
+                 WHERE ix.indrelid = to_regclass($1) AND ix.indpred IS NULL AND ix.indisvalid",
+                std::slice::from_ref(&name),
+            )
+            .await?;
+        let indexes = index_rows
+            .iter()
+            .map(|r| IndexInfo {
+                name: text(r.get(0)),
+                unique: r.get(1) == &Value::Bool(true),
+                columns: text(r.get(2))
+                    .split('\u{1f}')
+                    .filter(|c| !c.is_empty())
+                    .map(str::to_string)
+                    .collect(),
+            })
+            .collect();
+        Ok(Some(TableInfo { columns, indexes }))
+    }
+
+    async fn server_version(&mut self) -> Result<String> {
+        let rows = self.query("SELECT version()", &[]).await?;
+        Ok(rows.first().map(|r| text(r.get(0))).unwrap_or_default())
+    }
+}

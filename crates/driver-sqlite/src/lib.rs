@@ -1,0 +1,245 @@
+//! The SQLite backend of godwit's driver interface, over sqlx.
+//!
+//! SQLite has one writer at a time. Connections open in WAL mode with a busy timeout, and
+//! transactions start with `BEGIN IMMEDIATE`, so concurrent batches queue for the write lock
+//! instead of failing with `SQLITE_BUSY` when a read lock cannot be upgraded.
+#![deny(missing_docs)]
+
+use std::str::FromStr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use godwit_driver::{
+    ColumnInfo, Conn, ConnectOptions, DbUrl, Dialect, Error, ErrorKind, IndexInfo, Result, Row,
+    TableInfo, TxOptions, Value,
+};
+use sqlx::sqlite::{
+    SqliteArguments, SqliteConnectOptions, SqliteConnection, SqliteJournalMode, SqliteRow,
+    SqliteSynchronous,
+};
+use sqlx::{Column, ConnectOptions as _, Row as _, Sqlite, TypeInfo, ValueRef};
+
+/// How long a writer waits for the lock before SQLite reports busy. Long, because with one
+/// writer every other batch waits its turn here.
+const BUSY_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// A connection to a SQLite database file.
+pub struct SqliteConn {
+    conn: SqliteConnection,
+}
+
+/// Opens the database named by a `sqlite://path` URL.
+///
+/// # Errors
+/// When the URL is malformed, or the file is missing and `create_if_missing` is off.
+pub async fn connect(url: &DbUrl, options: &ConnectOptions) -> Result<SqliteConn> {
+    let opts = SqliteConnectOptions::from_str(url.expose())
+        .map_err(|e| Error::config(format!("invalid SQLite URL {url}: {e}")))?
+        .create_if_missing(options.create_if_missing)
+        .journal_mode(SqliteJournalMode::Wal)
+        .synchronous(SqliteSynchronous::Normal)
+        .busy_timeout(BUSY_TIMEOUT)
+        .disable_statement_logging();
+    let conn = opts.connect().await.map_err(|e| {
+        let err = classify(e);
+        Error::new(
+            err.kind(),
+            err.code().map(str::to_string),
+            format!("cannot open {url}: {}", err.message()),
+        )
+    })?;
+    Ok(SqliteConn { conn })
+}
+
+type Query<'q> = sqlx::query::Query<'q, Sqlite, SqliteArguments<'q>>;
+
+fn bind<'q>(mut query: Query<'q>, params: &'q [Value]) -> Query<'q> {
+    for param in params {
+        query = match param {
+            Value::Null => query.bind(None::<String>),
+            Value::Bool(b) => query.bind(*b),
+            Value::Int(n) => query.bind(*n),
+            Value::Float(f) => query.bind(*f),
+            Value::Decimal(s) | Value::Text(s) => query.bind(s.as_str()),
+            Value::Bytes(b) => query.bind(b.as_slice()),
+            Value::Json(j) => query.bind(j.to_string()),
+            // SQLite has no UUID type; applications store them as text, so bind text.
+            Value::Uuid(u) => query.bind(u.hyphenated().to_string()),
+            Value::Date(d) => query.bind(*d),
+            Value::Time(t) => query.bind(*t),
+            Value::Timestamp(t) => query.bind(*t),
+            Value::TimestampTz(t) => query.bind(*t),
+        };
+    }
+    query
+}
+
+fn decode_row(row: &SqliteRow, columns: &Arc<[String]>) -> Result<Row> {
+    let mut values = Vec::with_capacity(columns.len());
+    for idx in 0..columns.len() {
+        let raw = row.try_get_raw(idx).map_err(classify)?;
+        if raw.is_null() {
+            values.push(Value::Null);
+            continue;
+        }
+        // SQLite types each value, not each column: decode by the value's storage class.
+        let class = raw.type_info().name().to_ascii_uppercase();
+        let value = match class.as_str() {
+            "INTEGER" | "BOOLEAN" => Value::Int(row.try_get::<i64, _>(idx).map_err(classify)?),
+            "REAL" => Value::Float(row.try_get::<f64, _>(idx).map_err(classify)?),
+            "BLOB" => Value::Bytes(row.try_get::<Vec<u8>, _>(idx).map_err(classify)?),
+            _ => Value::Text(row.try_get::<String, _>(idx).map_err(classify)?),
+        };
+        values.push(value);
+    }
+    Ok(Row::new(columns.clone(), values))
+}
+
+/// Turns a sqlx error into a driver error: `SQLITE_BUSY` and `SQLITE_LOCKED` are transient,
+/// I/O errors mean the connection is gone, the rest is permanent.
+fn classify(err: sqlx::Error) -> Error {
+    match err {
+        sqlx::Error::Database(db) => {
+            let code = db.code().map(|c| c.into_owned());
+            let primary = code
+                .as_deref()
+                .and_then(|c| c.parse::<i64>().ok())
+                .map(|c| c & 0xff);
+            let kind = match primary {
+                Some(5) | Some(6) => ErrorKind::Transient,
+                _ => ErrorKind::Permanent,
+            };
+            Error::new(kind, code, db.message())
+        }
+        sqlx::Error::Io(e) => Error::new(ErrorKind::Connection, None, e.to_string()),
+        sqlx::Error::Configuration(e) => Error::config(e.to_string()),
+        sqlx::Error::WorkerCrashed | sqlx::Error::PoolClosed | sqlx::Error::PoolTimedOut => {
+            Error::new(ErrorKind::Connection, None, err.to_string())
+        }
+        other => Error::permanent(other.to_string()),
+    }
+}
+
+fn text(value: &Value) -> String {
+    match value {
+        Value::Text(s) => s.clone(),
+        Value::Bytes(b) => String::from_utf8_lossy(b).into_owned(),
+        Value::Int(n) => n.to_string(),
+        _ => String::new(),
+    }
+}
+
+#[async_trait]
+impl Conn for SqliteConn {
+    fn dialect(&self) -> Dialect {
+        Dialect::Sqlite
+    }
+
+    async fn execute(&mut self, sql: &str, params: &[Value]) -> Result<u64> {
+        let done = bind(sqlx::query(sql), params)
+            .execute(&mut self.conn)
+            .await
+            .map_err(classify)?;
+        Ok(done.rows_affected())
+    }
+
+    async fn query(&mut self, sql: &str, params: &[Value]) -> Result<Vec<Row>> {
+        let rows = bind(sqlx::query(sql), params)
+            .fetch_all(&mut self.conn)
+            .await
+            .map_err(classify)?;
+        let Some(first) = rows.first() else {
+            return Ok(Vec::new());
+        };
+        let columns: Arc<[String]> = first
+            .columns()
+            .iter()
+            .map(|c| c.name().to_string())
+            .collect();
+        rows.iter().map(|r| decode_row(r, &columns)).collect()
+    }
+
+    async fn execute_unprepared(&mut self, sql: &str) -> Result<u64> {
+        // A plain string runs through the simple/text protocol: unprepared, several statements.
+        let done = sqlx::Executor::execute(&mut self.conn, sql)
+            .await
+            .map_err(classify)?;
+        Ok(done.rows_affected())
+    }
+
+    async fn begin(&mut self, _options: TxOptions) -> Result<()> {
+        self.execute_unprepared("BEGIN IMMEDIATE").await.map(drop)
+    }
+
+    async fn commit(&mut self) -> Result<()> {
+        self.execute_unprepared("COMMIT").await.map(drop)
+    }
+
+    async fn rollback(&mut self) -> Result<()> {
+        self.execute_unprepared("ROLLBACK").await.map(drop)
+    }
+
+    async fn table_info(&mut self, table: &str) -> Result<Option<TableInfo>> {
+        let rows = self
+            .query(
+                "SELECT name, type, \"notnull\", pk FROM pragma_table_info(?) ORDER BY cid",
+                &[Value::Text(table.to_string())],
+            )
+            .await?;
+        if rows.is_empty() {
+            return Ok(None);
+        }
+        let columns: Vec<ColumnInfo> = rows
+            .iter()
+            .map(|r| ColumnInfo {
+                name: text(r.get(0)),
+                data_type: text(r.get(1)).to_ascii_lowercase(),
+                nullable: r.get(2).as_i64() == Some(0),
+            })
+            .collect();
+        let mut indexes = Vec::new();
+        // An INTEGER PRIMARY KEY is the rowid itself and appears in no index list.
+        let pk: Vec<String> = rows
+            .iter()
+            .filter(|r| r.get(3).as_i64().unwrap_or(0) > 0)
+            .map(|r| text(r.get(0)))
+            .collect();
+        if !pk.is_empty() {
+            indexes.push(IndexInfo {
+                name: "PRIMARY KEY".into(),
+                columns: pk,
+                unique: true,
+            });
+        }
+        let list = self
+            .query(
+                "SELECT name, \"unique\" FROM pragma_index_list(?)",
+                &[Value::Text(table.to_string())],
+            )
+            .await?;
+        for index in list {
+            let name = text(index.get(0));
+            let cols = self
+                .query(
+                    "SELECT name FROM pragma_index_info(?) ORDER BY seqno",
+                    &[Value::Text(name.clone())],
+                )
+                .await?;
+            indexes.push(IndexInfo {
+                name,
+                columns: cols.iter().map(|c| text(c.get(0))).collect(),
+                unique: index.get(1).as_i64() == Some(1),
+            });
+        }
+        Ok(Some(TableInfo { columns, indexes }))
+    }
+
+    async fn server_version(&mut self) -> Result<String> {
+        let rows = self.query("SELECT sqlite_version()", &[]).await?;
+        Ok(format!(
+            "SQLite {}",
+            rows.first().map(|r| text(r.get(0))).unwrap_or_default()
+        ))
+    }
+}

@@ -1,0 +1,178 @@
+//! The one interface godwit speaks to every database through.
+//!
+//! A backend crate (`godwit-driver-pg`, `-mysql`, `-sqlite`) implements [`Conn`] for one
+//! database; the scheduler and the state store hold a `Box<dyn Conn>` chosen from the URL at run
+//! time, as sqlx's `Any` driver does. Drivers know nothing of plans, steps or progress: they run
+//! statements with bound [`Value`]s, manage one transaction at a time and classify errors into a
+//! matchable [`ErrorKind`] so the caller can decide whether to retry.
+//!
+//! Transactions are explicit (`begin`/`commit`/`rollback` on the connection) rather than a guard
+//! object, because a batch's transaction is handed between the scheduler (the user's SQL) and the
+//! state store (the record that the batch is done) and must stay one transaction.
+#![deny(missing_docs)]
+
+mod error;
+mod ident;
+mod placeholders;
+mod url;
+mod value;
+
+use std::time::Duration;
+
+use async_trait::async_trait;
+
+pub use crate::error::{Error, ErrorKind, Result};
+pub use crate::ident::quote_ident;
+pub use crate::placeholders::{references_param, rewrite_params, Rewritten};
+pub use crate::url::{redact_url, DbUrl};
+pub use crate::value::{KeyKind, Row, Value};
+
+/// The SQL dialect of a connection: decides placeholders, quoting and DDL.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Dialect {
+    /// PostgreSQL: `$1` placeholders, `"ident"`.
+    Postgres,
+    /// MySQL and MariaDB: `?` placeholders, `` `ident` ``.
+    MySql,
+    /// SQLite: `?` placeholders, `"ident"`.
+    Sqlite,
+}
+
+impl Dialect {
+    /// The placeholder for the `n`th (1-based) bound parameter.
+    pub fn param(self, n: usize) -> String {
+        match self {
+            Dialect::Postgres => format!("${n}"),
+            Dialect::MySql | Dialect::Sqlite => "?".to_string(),
+        }
+    }
+
+    /// The name users know the database by, for messages.
+    pub fn name(self) -> &'static str {
+        match self {
+            Dialect::Postgres => "PostgreSQL",
+            Dialect::MySql => "MySQL/MariaDB",
+            Dialect::Sqlite => "SQLite",
+        }
+    }
+}
+
+/// How a transaction is opened.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct TxOptions {
+    /// A database-side limit on each statement of the transaction, so a stuck batch is cancelled
+    /// by the server (and then retried) instead of hanging the run. Ignored where the database has
+    /// no such limit (SQLite).
+    pub statement_timeout: Option<Duration>,
+    /// Commit without waiting for the write-ahead log to reach disk (PostgreSQL's
+    /// `synchronous_commit = off`). Safe only when losing the last few commits on a server crash
+    /// loses their progress records too, which is the case when a batch and its record commit
+    /// together.
+    pub async_commit: bool,
+}
+
+/// A column of a table, as the database reports it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ColumnInfo {
+    /// The column's name as stored.
+    pub name: String,
+    /// The database's own name of the type (`integer`, `varchar(20)`, …), lower case.
+    pub data_type: String,
+    /// Whether the column accepts NULL.
+    pub nullable: bool,
+}
+
+/// An index of a table.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct IndexInfo {
+    /// The index's name.
+    pub name: String,
+    /// Its columns in order; expressions are left out.
+    pub columns: Vec<String>,
+    /// Whether it enforces uniqueness (a primary key counts).
+    pub unique: bool,
+}
+
+/// What [`Conn::table_info`] found about a table.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TableInfo {
+    /// The columns in table order.
+    pub columns: Vec<ColumnInfo>,
+    /// Every index, primary key included.
+    pub indexes: Vec<IndexInfo>,
+}
+
+impl TableInfo {
+    /// The column named `name`, compared as the database would for unquoted names.
+    pub fn column(&self, name: &str) -> Option<&ColumnInfo> {
+        self.columns.iter().find(|c| c.name == name).or_else(|| {
+            self.columns
+                .iter()
+                .find(|c| c.name.eq_ignore_ascii_case(name))
+        })
+    }
+
+    /// Whether some index starts with `column` (so a keyset walk on it is an index range scan),
+    /// and whether one such index is unique on that column alone.
+    pub fn key_index(&self, column: &str) -> (bool, bool) {
+        let leads = |i: &&IndexInfo| {
+            i.columns
+                .first()
+                .is_some_and(|c| c.eq_ignore_ascii_case(column))
+        };
+        let indexed = self.indexes.iter().any(|i| leads(&i));
+        let unique = self
+            .indexes
+            .iter()
+            .filter(leads)
+            .any(|i| i.unique && i.columns.len() == 1);
+        (indexed, unique)
+    }
+}
+
+/// One connection to one database.
+///
+/// Every method that talks to the database may fail with an [`Error`] whose [`ErrorKind`] says
+/// whether retrying makes sense. After an error of kind [`ErrorKind::Connection`] the connection
+/// is unusable: drop it and connect again.
+#[async_trait]
+pub trait Conn: Send {
+    /// The dialect to write SQL in for this connection.
+    fn dialect(&self) -> Dialect;
+
+    /// Runs one statement with bound parameters and returns the number of rows it affected.
+    async fn execute(&mut self, sql: &str, params: &[Value]) -> Result<u64>;
+
+    /// Runs a query with bound parameters and returns all its rows. Callers keep results small
+    /// (a batch's keys, a handful of state rows); nothing here streams.
+    async fn query(&mut self, sql: &str, params: &[Value]) -> Result<Vec<Row>>;
+
+    /// Runs SQL text without parameters, as the database's simple protocol would (used for
+    /// one-off statements that some databases refuse to prepare, such as `VACUUM`).
+    async fn execute_unprepared(&mut self, sql: &str) -> Result<u64>;
+
+    /// Opens a transaction. On SQLite it takes the write lock at once (`BEGIN IMMEDIATE`) so that
+    /// concurrent writers wait for the busy timeout instead of failing on lock upgrade.
+    async fn begin(&mut self, options: TxOptions) -> Result<()>;
+
+    /// Commits the open transaction.
+    async fn commit(&mut self) -> Result<()>;
+
+    /// Rolls the open transaction back.
+    async fn rollback(&mut self) -> Result<()>;
+
+    /// Describes a table, or returns `None` when it does not exist. `table` may be qualified
+    /// with a schema (`schema.table`).
+    async fn table_info(&mut self, table: &str) -> Result<Option<TableInfo>>;
+
+    /// The database server's version string, for messages and heartbeats.
+    async fn server_version(&mut self) -> Result<String>;
+}
+
+/// Options for opening a connection.
+#[derive(Debug, Clone, Default)]
+pub struct ConnectOptions {
+    /// SQLite only: create the database file when it does not exist. Off by default, so a typo
+    /// in a path is an error rather than a new empty database.
+    pub create_if_missing: bool,
+}

@@ -1,0 +1,345 @@
+//! `godwit check`: is the plan runnable as written, against the real databases, without
+//! changing any data?
+//!
+//! A *problem* makes the plan invalid (exit 2). A *finding* is advice about speed or safety and
+//! leaves the plan valid.
+
+use godwit_driver::{
+    quote_ident, references_param, rewrite_params, Conn, ConnectOptions, DbUrl, Dialect, Value,
+};
+use godwit_plan::{Plan, Step, StepKind};
+use serde::Serialize;
+
+/// What `check` found: the object `godwit check --json` prints.
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct CheckReport {
+    /// The plan's name.
+    pub plan: String,
+    /// Whether the plan can run (no problems).
+    pub valid: bool,
+    /// What must be fixed before the plan can run.
+    pub problems: Vec<Problem>,
+    /// Advice that does not make the plan invalid.
+    pub findings: Vec<Finding>,
+}
+
+/// Something that makes the plan invalid.
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct Problem {
+    /// The step concerned, if one.
+    pub step: Option<String>,
+    /// A stable code for machines (`missing-index-key`, `missing-table`, …).
+    pub code: Option<String>,
+    /// What is wrong, with file, line and column where known.
+    pub message: String,
+    /// A statement or change that would fix it.
+    pub fix: Option<String>,
+}
+
+/// Advice about speed or safety.
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct Finding {
+    /// The step concerned.
+    pub step: String,
+    /// A stable code for machines.
+    pub code: String,
+    /// `warning` or `info`.
+    pub severity: String,
+    /// What was found.
+    pub message: String,
+    /// What the database said that shows it, if anything.
+    pub evidence: Option<String>,
+    /// How to fix it.
+    pub fix: Option<String>,
+}
+
+impl CheckReport {
+    fn new(plan: &str) -> CheckReport {
+        CheckReport {
+            plan: plan.to_string(),
+            valid: true,
+            problems: Vec::new(),
+            findings: Vec::new(),
+        }
+    }
+
+    /// A report for a plan file that did not parse: every error is a problem.
+    pub fn from_plan_errors(plan: &str, errors: &godwit_plan::PlanErrors) -> CheckReport {
+        let mut report = CheckReport::new(plan);
+        for e in &errors.0 {
+            report.problem(None, None, e.to_string(), None);
+        }
+        report
+    }
+
+    fn problem(
+        &mut self,
+        step: Option<&str>,
+        code: Option<&str>,
+        message: String,
+        fix: Option<String>,
+    ) {
+        self.valid = false;
+        self.problems.push(Problem {
+            step: step.map(str::to_string),
+            code: code.map(str::to_string),
+            message,
+            fix,
+        });
+    }
+}
+
+/// Checks `plan` against its databases: they answer, every table and key column exists, each
+/// key has a unique index, chunked SQL uses `:start` and `:end` and prepares. Changes nothing:
+/// the one statement it tries runs on an empty key range inside a transaction it rolls back.
+pub async fn check(plan: &Plan) -> CheckReport {
+    let mut report = CheckReport::new(&plan.name);
+    let url = DbUrl::new(plan.database.clone());
+    let mut conn = match godwit_db::connect(&url, &ConnectOptions::default()).await {
+        Ok(c) => c,
+        Err(e) => {
+            report.problem(
+                None,
+                Some("unreachable-database"),
+                format!("{}: database: {e}", plan.path.display()),
+                None,
+            );
+            return report;
+        }
+    };
+    if let Some(state) = &plan.state_database {
+        if let Err(e) =
+            godwit_db::connect(&DbUrl::new(state.clone()), &ConnectOptions::default()).await
+        {
+            report.problem(
+                None,
+                Some("unreachable-database"),
+                format!("{}: [state] database: {e}", plan.path.display()),
+                None,
+            );
+        }
+    }
+    for step in &plan.steps {
+        check_step(&mut report, plan, step, conn.as_mut()).await;
+    }
+    report
+}
+
+fn at(plan: &Plan, step: &Step, key: &str) -> String {
+    let loc = step.key_locations.get(key).unwrap_or(&step.location);
+    format!("{}:{}:{}", plan.path.display(), loc.line, loc.column)
+}
+
+async fn check_step(report: &mut CheckReport, plan: &Plan, step: &Step, conn: &mut dyn Conn) {
+    let dialect = conn.dialect();
+    let name = step.name.as_str();
+    match &step.kind {
+        StepKind::Once { sql } => {
+            let upper = sql.trim_start().to_ascii_uppercase();
+            let outside_tx = upper.starts_with("VACUUM") || upper.contains(" CONCURRENTLY");
+            if outside_tx {
+                report.findings.push(Finding {
+                    step: name.to_string(),
+                    code: "non-transactional".into(),
+                    severity: "warning".into(),
+                    message: "this statement cannot run inside a transaction, so it is not atomic with its progress record: a crash right after it runs it again; make it idempotent (IF NOT EXISTS / IF EXISTS)".into(),
+                    evidence: None,
+                    fix: None,
+                });
+            }
+            if dialect == Dialect::MySql && is_ddl(&upper) {
+                report.findings.push(Finding {
+                    step: name.to_string(),
+                    code: "implicit-commit".into(),
+                    severity: "warning".into(),
+                    message: "MySQL commits DDL on its own, outside godwit's transaction: a crash right after it runs it again; make it idempotent".into(),
+                    evidence: None,
+                    fix: None,
+                });
+            }
+        }
+        StepKind::Chunked {
+            table,
+            key,
+            filter,
+            sql,
+        } => {
+            for param in ["start", "end"] {
+                if !references_param(sql, dialect, param) {
+                    report.problem(
+                        Some(name),
+                        Some("missing-range-parameter"),
+                        format!(
+                            "{}: step {name:?}: a chunked step's sql must use :{param} (the batch's {} key), or every batch would touch every row",
+                            at(plan, step, "sql"),
+                            if param == "start" { "first" } else { "last" }
+                        ),
+                        None,
+                    );
+                }
+            }
+            let Some(info) = table_or_problem(report, plan, step, conn, table).await else {
+                return;
+            };
+            let Some(_) = info.column(key) else {
+                report.problem(
+                    Some(name),
+                    Some("missing-column"),
+                    format!(
+                        "{}: step {name:?}: table {table} has no column {key}",
+                        at(plan, step, "key")
+                    ),
+                    None,
+                );
+                return;
+            };
+            let (indexed, unique) = info.key_index(key);
+            if !unique {
+                let fix = format!(
+                    "CREATE UNIQUE INDEX {} ON {} ({})",
+                    quote_ident(dialect, &format!("{}_{key}_key", table.replace('.', "_"))),
+                    quote_ident(dialect, table),
+                    quote_ident(dialect, key)
+                );
+                let (code, what) = if indexed {
+                    (
+                        "key-not-unique",
+                        "is indexed but not unique; batches need a key that names each row once",
+                    )
+                } else {
+                    (
+                        "missing-index-key",
+                        "has no index; every batch would scan the table",
+                    )
+                };
+                report.problem(
+                    Some(name),
+                    Some(code),
+                    format!(
+                        "{}: step {name:?}: the key {table}.{key} {what}",
+                        at(plan, step, "key")
+                    ),
+                    Some(fix),
+                );
+                return;
+            }
+            if let Err(message) = try_batch(conn, table, key, filter.as_deref(), sql).await {
+                report.problem(
+                    Some(name),
+                    Some("invalid-sql"),
+                    format!("{}: step {name:?}: {message}", at(plan, step, "sql")),
+                    None,
+                );
+            }
+        }
+        StepKind::Transform { .. } | StepKind::Copy { .. } => {
+            report.problem(
+                Some(name),
+                Some("unsupported-step"),
+                format!(
+                    "{}: step {name:?}: row transforms and copies are not supported by this version of godwit yet",
+                    at(plan, step, "name")
+                ),
+                None,
+            );
+        }
+    }
+}
+
+fn is_ddl(upper_sql: &str) -> bool {
+    ["CREATE ", "ALTER ", "DROP ", "RENAME ", "TRUNCATE "]
+        .iter()
+        .any(|w| upper_sql.starts_with(w))
+}
+
+async fn table_or_problem(
+    report: &mut CheckReport,
+    plan: &Plan,
+    step: &Step,
+    conn: &mut dyn Conn,
+    table: &str,
+) -> Option<godwit_driver::TableInfo> {
+    match conn.table_info(table).await {
+        Ok(Some(info)) => Some(info),
+        Ok(None) => {
+            report.problem(
+                Some(&step.name),
+                Some("missing-table"),
+                format!(
+                    "{}: step {:?}: table {table} does not exist",
+                    at(plan, step, "table"),
+                    step.name
+                ),
+                None,
+            );
+            None
+        }
+        Err(e) => {
+            report.problem(
+                Some(&step.name),
+                None,
+                format!(
+                    "{}: step {:?}: cannot inspect table {table}: {e}",
+                    at(plan, step, "table"),
+                    step.name
+                ),
+                None,
+            );
+            None
+        }
+    }
+}
+
+/// Runs the walk's first query and the batch statement on an empty range (first key after the
+/// last), inside a transaction that is rolled back, so that a typo in `where` or `sql` shows
+/// now rather than at the first batch.
+async fn try_batch(
+    conn: &mut dyn Conn,
+    table: &str,
+    key: &str,
+    filter: Option<&str>,
+    sql: &str,
+) -> Result<(), String> {
+    let dialect = conn.dialect();
+    let k = quote_ident(dialect, key);
+    let filter_sql = filter.map(|f| format!(" WHERE ({f})")).unwrap_or_default();
+    let probe = format!(
+        "SELECT {k} FROM {}{filter_sql} ORDER BY {k} LIMIT 1",
+        quote_ident(dialect, table)
+    );
+    let first = conn
+        .query(&probe, &[])
+        .await
+        .map_err(|e| format!("the key walk fails (check `where`): {e}"))?;
+    let Some(row) = first.first() else {
+        return Ok(());
+    };
+    let lowest = row.get(0).clone();
+    let rewritten = rewrite_params(sql, dialect, &["start", "end"]);
+    // start > end selects nothing in `BETWEEN :start AND :end`; with an integer key the
+    // range lowest-1..lowest-2 is empty for the other usual spellings too.
+    let (start, end) = match &lowest {
+        Value::Int(n) => (
+            Value::Int(n.saturating_sub(1)),
+            Value::Int(n.saturating_sub(2)),
+        ),
+        other => (other.clone(), other.clone()),
+    };
+    if !matches!(lowest, Value::Int(_)) {
+        // A non-integer range cannot be made empty by arithmetic; prepare without running.
+        return Ok(());
+    }
+    let params: Vec<Value> = rewritten
+        .order
+        .iter()
+        .map(|&i| if i == 0 { start.clone() } else { end.clone() })
+        .collect();
+    conn.begin(Default::default())
+        .await
+        .map_err(|e| e.to_string())?;
+    let result = conn.execute(&rewritten.sql, &params).await;
+    let _ = conn.rollback().await;
+    result
+        .map(drop)
+        .map_err(|e| format!("the batch statement fails: {e}"))
+}

@@ -1,0 +1,45 @@
+//! godwit runs large data migrations so that they finish: chunked by key, parallel, resumable
+//! after any crash, observable while they run.
+//!
+//! This crate is the library behind the `godwit` command. A Rust program can load a plan and
+//! run it the same way the command does:
+//!
+//! ```no_run
+//! # async fn example() -> Result<(), Box<dyn std::error::Error>> {
+//! let plan = godwit::plan::load(std::path::Path::new("examples/vn-phones.toml"))?;
+//! let (_stop, signal) = godwit::stop_pair();
+//! let outcome = godwit::run(&plan, godwit::RunOptions::default(), signal, godwit::EventSink::none()).await?;
+//! println!("{outcome:?}");
+//! # Ok(()) }
+//! ```
+//!
+//! The pieces live in their own crates and are re-exported here: [`plan`] (the plan file),
+//! [`driver`] (one interface over PostgreSQL, MySQL/MariaDB and SQLite), [`state`] (progress
+//! records and claims) and the scheduler ([`run`]).
+#![deny(missing_docs)]
+
+pub mod check;
+pub mod demo;
+mod status;
+
+pub use godwit_driver as driver;
+pub use godwit_plan as plan;
+pub use godwit_sched::{
+    default_concurrency, run, stop_pair, Event, EventSink, Restart, RunOptions, RunOutcome,
+    StopHandle, StopLevel, StopSignal,
+};
+pub use godwit_state as state;
+
+pub use crate::status::status;
+
+/// The error type of the scheduler: an invalid plan (nothing changed) or an unreachable
+/// database.
+pub use godwit_sched::{Error as RunError, ErrorKind as RunErrorKind};
+
+/// Opens a connection to the database at `url` (`postgres://`, `mysql://`, `sqlite://`).
+///
+/// # Errors
+/// When the URL is unsupported or the database cannot be reached.
+pub async fn connect(url: &driver::DbUrl) -> Result<Box<dyn driver::Conn>, driver::Error> {
+    godwit_db::connect(url, &driver::ConnectOptions::default()).await
+}

@@ -1,0 +1,237 @@
+//! The validated plan.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use crate::Location;
+
+/// A validated plan. Its `Debug` hides the passwords in its URLs.
+#[derive(Clone, PartialEq)]
+pub struct Plan {
+    /// Identifies the run in the state database.
+    pub name: String,
+    /// The database the steps change, `${VAR}` expanded.
+    pub database: String,
+    /// Where progress is kept, when not in `database`.
+    pub state_database: Option<String>,
+    /// `[defaults]`, as given (each step's own settings are already merged).
+    pub defaults: Settings,
+    /// The steps in file order.
+    pub steps: Vec<Step>,
+    /// `[expect] max_duration`: the go/no-go threshold of `estimate`.
+    pub expect_max_duration: Option<Duration>,
+    /// Read replicas to watch for lag.
+    pub replicas: Vec<String>,
+    /// The replica lag that pauses claiming.
+    pub max_replica_lag: Option<Duration>,
+    /// The plan file.
+    pub path: PathBuf,
+    /// The file's exact text, stored with the run.
+    pub text: String,
+}
+
+/// Hides `user:password@` passwords.
+fn redact(url: &str) -> String {
+    match (url.find("://"), url.rfind('@')) {
+        (Some(scheme_end), Some(at)) if at > scheme_end => {
+            let userinfo = &url[scheme_end + 3..at];
+            match userinfo.split_once(':') {
+                Some((user, _)) => format!("{}{user}:***{}", &url[..scheme_end + 3], &url[at..]),
+                None => url.to_string(),
+            }
+        }
+        _ => url.to_string(),
+    }
+}
+
+impl fmt::Debug for Plan {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Plan")
+            .field("name", &self.name)
+            .field("database", &redact(&self.database))
+            .field(
+                "state_database",
+                &self.state_database.as_deref().map(redact),
+            )
+            .field("defaults", &self.defaults)
+            .field("steps", &self.steps)
+            .field("expect_max_duration", &self.expect_max_duration)
+            .field(
+                "replicas",
+                &self.replicas.iter().map(|r| redact(r)).collect::<Vec<_>>(),
+            )
+            .field("max_replica_lag", &self.max_replica_lag)
+            .field("path", &self.path)
+            .finish_non_exhaustive()
+    }
+}
+
+/// One step of a plan.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Step {
+    /// Unique within the plan.
+    pub name: String,
+    /// Steps that must be done before this one starts.
+    pub after: Vec<String>,
+    /// `[defaults]` overridden by the step's own keys.
+    pub settings: Settings,
+    /// What the step does.
+    pub kind: StepKind,
+    /// Where the step's table starts in the file.
+    pub location: Location,
+    /// Where each of the step's keys was written.
+    pub key_locations: BTreeMap<String, Location>,
+}
+
+/// What a step does.
+#[derive(Debug, Clone, PartialEq)]
+pub enum StepKind {
+    /// `sql` without `table`: runs once.
+    Once {
+        /// The statement(s).
+        sql: String,
+    },
+    /// `table` + `key` + `sql`: runs once per key-range batch.
+    Chunked {
+        /// The table walked.
+        table: String,
+        /// Its unique, indexed key.
+        key: String,
+        /// `where`: only rows matching it are walked.
+        filter: Option<String>,
+        /// The batch statement, with `:start` and `:end`.
+        sql: String,
+    },
+    /// `table` + `key` + a script: rewrites rows.
+    Transform {
+        /// The table.
+        table: String,
+        /// Its key.
+        key: String,
+        /// Columns read (the key is always read).
+        columns: Vec<String>,
+        /// `where`.
+        filter: Option<String>,
+        /// The transform.
+        script: Script,
+    },
+    /// `into`: copies rows into another table, possibly from another database.
+    Copy {
+        /// The source database, when not the plan's.
+        source: Option<String>,
+        /// The source table.
+        table: String,
+        /// Its key.
+        key: String,
+        /// Columns copied; all when `None`.
+        columns: Option<Vec<String>>,
+        /// A SELECT with `:start`/`:end` replacing `columns`.
+        query: Option<String>,
+        /// `where`.
+        filter: Option<String>,
+        /// The target table in the plan's database.
+        into: String,
+        /// What to do when a row exists.
+        on_conflict: OnConflict,
+        /// An optional reshaping transform.
+        script: Option<Script>,
+    },
+}
+
+/// A per-row transform.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Script {
+    /// Lua source, inline or read from `file`.
+    Lua {
+        /// The source.
+        code: String,
+        /// Where it was read from, for `lua_file`.
+        file: Option<PathBuf>,
+    },
+    /// A program and its arguments, fed rows as JSON lines.
+    Command(Vec<String>),
+}
+
+/// What a copy does with a row whose key exists in the target.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum OnConflict {
+    /// Update it.
+    Update,
+    /// Keep the existing row.
+    Ignore,
+    /// Fail.
+    #[default]
+    Error,
+}
+
+/// What a transform does with a row it cannot process.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum OnRowError {
+    /// Fail the batch.
+    #[default]
+    Fail,
+    /// Record the row in the dead letters and go on.
+    Skip,
+}
+
+/// Settings of `[defaults]`, overridable per step.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Settings {
+    /// Rows per batch (where it starts, when adaptive).
+    pub batch_size: u64,
+    /// Attempts per batch for transient errors.
+    pub max_attempts: u32,
+    /// A worker silent this long loses its batches.
+    pub lease: Duration,
+    /// The database-side time limit of a batch's statements.
+    pub batch_timeout: Duration,
+    /// What a transform does with a bad row.
+    pub on_row_error: OnRowError,
+    /// The batch duration to adapt towards.
+    pub target_batch_time: Option<Duration>,
+    /// Whether the batch size adapts.
+    pub adaptive: bool,
+    /// The smallest adaptive batch.
+    pub min_batch_size: Option<u64>,
+    /// The largest adaptive batch.
+    pub max_batch_size: Option<u64>,
+    /// A rate limit.
+    pub max_rows_per_second: Option<f64>,
+    /// SQL whose true first column pauses claiming.
+    pub throttle_query: Option<String>,
+}
+
+impl Default for Settings {
+    fn default() -> Settings {
+        Settings {
+            batch_size: 1000,
+            max_attempts: 5,
+            lease: Duration::from_secs(30),
+            batch_timeout: Duration::from_secs(600),
+            on_row_error: OnRowError::Fail,
+            target_batch_time: None,
+            adaptive: true,
+            min_batch_size: None,
+            max_batch_size: None,
+            max_rows_per_second: None,
+            throttle_query: None,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn debug_hides_passwords() {
+        assert_eq!(
+            redact("postgres://app:s3cret@db/x"),
+            "postgres://app:***@db/x"
+        );
+        assert_eq!(redact("mysql://root@db/x"), "mysql://root@db/x");
+        assert_eq!(redact("sqlite://a.db"), "sqlite://a.db");
+    }
+}

@@ -1,0 +1,120 @@
+//! Running one claimed batch: its statement and its done record in one transaction.
+
+use std::time::{Duration, Instant};
+
+use godwit_driver::{Conn, Error, KeyKind, Result, TxOptions, Value};
+use godwit_state::{BatchOutcome, ClaimedBatch, StateStore};
+
+use crate::step::{StepCtx, StepWork};
+
+/// How a batch ended when it did not fail.
+pub(crate) enum Executed {
+    /// Committed with its done record.
+    Committed(BatchOutcome),
+    /// Another worker took the batch over after this one's lease ran out; with the default
+    /// state location nothing was committed.
+    Fenced,
+}
+
+/// Binds the batch's first and last key in the order the rewritten statement uses them.
+pub(crate) fn key_params(
+    kind: KeyKind,
+    order: &[usize],
+    batch: &ClaimedBatch,
+) -> Result<Vec<Value>> {
+    let missing = || Error::permanent("a chunked batch has no key range in the state tables");
+    let start = kind.decode(batch.start_key().ok_or_else(missing)?)?;
+    let end = kind.decode(batch.end_key().ok_or_else(missing)?)?;
+    Ok(order
+        .iter()
+        .map(|&i| if i == 0 { start.clone() } else { end.clone() })
+        .collect())
+}
+
+/// Runs `batch` on `conn`. On error the transaction may still be open: the caller rolls back
+/// or drops the connection.
+pub(crate) async fn execute(
+    ctx: &StepCtx,
+    conn: &mut dyn Conn,
+    batch: &ClaimedBatch,
+) -> Result<Executed> {
+    let run = ctx.run();
+    let tx = TxOptions {
+        statement_timeout: Some(ctx.settings().batch_timeout),
+        // Safe only when the done record shares the batch's transaction: a crash then loses
+        // the batch and its record together. The step's final record commits synchronously,
+        // which flushes every earlier commit.
+        async_commit: run.exactly_once(),
+    };
+    let started = Instant::now();
+    let rows_affected = match ctx.work() {
+        StepWork::Once { sql, outside_tx } if *outside_tx => {
+            // CREATE INDEX CONCURRENTLY and VACUUM refuse transactions: run, then record.
+            // `check` tells users such statements must be idempotent.
+            let n = conn.execute_unprepared(sql).await?;
+            conn.begin(tx).await?;
+            n
+        }
+        StepWork::Once { sql, .. } => {
+            conn.begin(tx).await?;
+            conn.execute_unprepared(sql).await?
+        }
+        StepWork::Chunked {
+            sql,
+            order,
+            key_kind,
+            ..
+        } => {
+            let kind = key_kind.get().copied().ok_or_else(|| {
+                Error::permanent("the step's key kind is unknown; its walk was not started")
+            })?;
+            let params = key_params(kind, order, batch)?;
+            conn.begin(tx).await?;
+            conn.execute(sql, &params).await?
+        }
+    };
+    let outcome = BatchOutcome {
+        rows_affected,
+        duration: started.elapsed(),
+    };
+    if run.exactly_once() {
+        if !StateStore::record_done(conn, batch, outcome).await? {
+            conn.rollback().await?;
+            return Ok(Executed::Fenced);
+        }
+        conn.commit().await?;
+        return Ok(Executed::Committed(outcome));
+    }
+    conn.commit().await?;
+    // At-least-once: the batch is committed; a crash before this record re-applies it.
+    if !run.state().record_done_here(batch, outcome).await? {
+        return Ok(Executed::Fenced);
+    }
+    Ok(Executed::Committed(outcome))
+}
+
+/// Exponential backoff with jitter: about 200 ms, 400 ms, 800 ms … capped at 30 s, each drawn
+/// between half and all of that so that workers that failed together retry apart.
+pub(crate) fn backoff(failed_attempts: i64) -> Duration {
+    let exp = failed_attempts.clamp(0, 20) as u32;
+    let ceiling = Duration::from_millis(200)
+        .saturating_mul(2u32.saturating_pow(exp))
+        .min(Duration::from_secs(30));
+    let fraction = 0.5 + rand::random::<f64>() * 0.5;
+    ceiling.mul_f64(fraction)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backoff_grows_and_is_capped() {
+        for attempt in 0..30 {
+            let d = backoff(attempt);
+            let ceiling = Duration::from_millis(200 * 2u64.pow(attempt.min(20) as u32))
+                .min(Duration::from_secs(30));
+            assert!(d <= ceiling && d >= ceiling / 2, "{attempt}: {d:?}");
+        }
+    }
+}

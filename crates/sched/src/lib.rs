@@ -1,0 +1,141 @@
+//! godwit's scheduler and workers: split each step into batches, claim, run, commit, retry.
+//!
+//! [`run`] is the whole life of a run in one process: it opens the state store, starts each step
+//! when the steps it comes `after` are done, and for each step keeps up to `concurrency`
+//! batches in flight. Any number of processes may call [`run`] on the same plan at once; they
+//! coordinate only through the state store's claims (see `godwit-state`).
+//!
+//! Where a batch lives, by file: [`walk`](crate::walk) finds its key range, `step.rs` claims it,
+//! `batch.rs` runs it and commits it with its done record, `run.rs` orders the steps.
+#![deny(missing_docs)]
+
+mod batch;
+mod events;
+mod pool;
+mod run;
+mod step;
+mod stop;
+mod walk;
+
+use std::fmt;
+
+pub use crate::events::{Event, EventSink};
+pub use crate::run::run;
+pub use crate::stop::{stop_pair, StopHandle, StopLevel, StopSignal};
+pub use godwit_state::Restart;
+
+/// How this process takes part in a run.
+#[derive(Debug, Clone)]
+pub struct RunOptions {
+    /// Batches in flight in this process; `None` picks a default for the database.
+    pub concurrency: Option<usize>,
+    /// Resume the stored run, or forget its progress first.
+    pub restart: Restart,
+}
+
+impl Default for RunOptions {
+    fn default() -> RunOptions {
+        RunOptions {
+            concurrency: None,
+            restart: Restart::Resume,
+        }
+    }
+}
+
+/// How a run ended in this process.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RunOutcome {
+    /// Every step is done.
+    Done,
+    /// The run was already done before this process started; nothing was changed.
+    AlreadyDone,
+    /// Stopped on request with work left; running again resumes.
+    Stopped,
+    /// A batch failed for good; the message names the step, key range and database code.
+    Failed(String),
+}
+
+/// Why a run could not be worked on at all.
+#[derive(Debug)]
+pub struct Error {
+    kind: ErrorKind,
+    message: String,
+}
+
+/// What kind of [`Error`] this is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ErrorKind {
+    /// The plan cannot run as written, or differs from the stored run: nothing was changed.
+    Invalid,
+    /// A database could not be reached or refused the state store's work.
+    Database,
+}
+
+impl Error {
+    pub(crate) fn invalid(message: impl Into<String>) -> Error {
+        Error {
+            kind: ErrorKind::Invalid,
+            message: message.into(),
+        }
+    }
+
+    pub(crate) fn database(context: &str, err: &godwit_driver::Error) -> Error {
+        let kind = match err.kind() {
+            godwit_driver::ErrorKind::Config => ErrorKind::Invalid,
+            _ => ErrorKind::Database,
+        };
+        Error {
+            kind,
+            message: format!("{context}: {err}"),
+        }
+    }
+
+    /// What kind of error this is.
+    pub fn kind(&self) -> ErrorKind {
+        self.kind
+    }
+}
+
+impl fmt::Display for Error {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.message)
+    }
+}
+
+impl std::error::Error for Error {}
+
+/// The default number of batches in flight for a database.
+///
+/// SQLite has a single writer, so a second batch can only overlap its key walk with the first's
+/// write. Servers take more; four keeps two cores busy without making batches wait on each
+/// other's locks.
+pub fn default_concurrency(dialect: godwit_driver::Dialect) -> usize {
+    match dialect {
+        godwit_driver::Dialect::Sqlite => 2,
+        godwit_driver::Dialect::Postgres | godwit_driver::Dialect::MySql => 4,
+    }
+}
+
+/// The text that identifies what a step changes; a stored run is resumed only when every
+/// step's definition is the same.
+pub fn step_definition(step: &godwit_plan::Step) -> String {
+    use godwit_plan::StepKind;
+    let value = match &step.kind {
+        StepKind::Once { sql } => serde_json::json!({ "kind": "once", "sql": sql }),
+        StepKind::Chunked {
+            table,
+            key,
+            filter,
+            sql,
+        } => serde_json::json!({
+            "kind": "chunked", "table": table, "key": key, "where": filter, "sql": sql,
+        }),
+        StepKind::Transform { table, key, .. } => {
+            serde_json::json!({ "kind": "transform", "table": table, "key": key })
+        }
+        StepKind::Copy {
+            table, key, into, ..
+        } => serde_json::json!({ "kind": "copy", "table": table, "key": key, "into": into }),
+    };
+    value.to_string()
+}

@@ -1,0 +1,299 @@
+//! The life of a run in one process: open the state, order the steps, keep leases alive.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use godwit_driver::DbUrl;
+use godwit_plan::Plan;
+use godwit_state::{ClaimedBatch, RunSpec, RunStart, RunState, StateStore, StepSpec};
+use tokio::sync::Semaphore;
+use tokio::task::JoinSet;
+
+use crate::pool::ConnPool;
+use crate::step::{self, StepCtx, StepResult};
+use crate::stop::{StopLevel, StopSignal};
+use crate::{
+    default_concurrency, step_definition, Error, Event, EventSink, RunOptions, RunOutcome,
+};
+
+/// How often the scheduler looks at the stored run (other processes' progress, a failure).
+const POLL: Duration = Duration::from_millis(250);
+
+/// Everything the steps of one run share in this process.
+pub(crate) struct RunCtx {
+    name: String,
+    state: StateStore,
+    pool: ConnPool,
+    exactly_once: bool,
+    worker: String,
+    permits: Arc<Semaphore>,
+    stop: StopSignal,
+    events: EventSink,
+    failed: AtomicBool,
+    /// Batches in flight here, with their lease, for the heartbeat.
+    in_flight: Mutex<HashMap<(String, i64), (ClaimedBatch, Duration)>>,
+}
+
+impl RunCtx {
+    pub(crate) fn name(&self) -> &str {
+        &self.name
+    }
+    pub(crate) fn state(&self) -> &StateStore {
+        &self.state
+    }
+    pub(crate) fn pool(&self) -> &ConnPool {
+        &self.pool
+    }
+    /// Whether the state lives in the plan's database, so a batch and its record commit
+    /// together.
+    pub(crate) fn exactly_once(&self) -> bool {
+        self.exactly_once
+    }
+    pub(crate) fn worker(&self) -> &str {
+        &self.worker
+    }
+    pub(crate) fn permits(&self) -> Arc<Semaphore> {
+        self.permits.clone()
+    }
+    pub(crate) fn stop(&self) -> &StopSignal {
+        &self.stop
+    }
+    pub(crate) fn events(&self) -> &EventSink {
+        &self.events
+    }
+    pub(crate) fn is_failed(&self) -> bool {
+        self.failed.load(Ordering::SeqCst)
+    }
+    pub(crate) fn mark_failed(&self) {
+        self.failed.store(true, Ordering::SeqCst);
+    }
+    pub(crate) fn track(&self, batch: &ClaimedBatch, lease: Duration) {
+        if let Ok(mut map) = self.in_flight.lock() {
+            map.insert(
+                (batch.step().to_string(), batch.number()),
+                (batch.clone(), lease),
+            );
+        }
+    }
+    pub(crate) fn untrack(&self, batch: &ClaimedBatch) {
+        if let Ok(mut map) = self.in_flight.lock() {
+            map.remove(&(batch.step().to_string(), batch.number()));
+        }
+    }
+}
+
+/// A name for this process in the claims it makes: host, pid and a random suffix.
+fn worker_name() -> String {
+    let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|h| h.trim().to_string())
+        .or_else(|_| std::env::var("HOSTNAME"))
+        .unwrap_or_else(|_| "localhost".into());
+    let suffix = uuid::Uuid::new_v4().simple().to_string();
+    format!("{host}:{}:{}", std::process::id(), &suffix[..8])
+}
+
+/// Works on the plan's run until every step is done, a batch fails for good, or `stop` asks
+/// to stop. Other processes may work on the same run at the same time.
+///
+/// # Errors
+/// [`crate::ErrorKind::Invalid`] when the plan cannot run (a step kind this version lacks, a
+/// stored run from a different plan); [`crate::ErrorKind::Database`] when a database cannot be
+/// reached. Nothing was changed in either case.
+pub async fn run(
+    plan: &Plan,
+    options: RunOptions,
+    stop: StopSignal,
+    events: EventSink,
+) -> Result<RunOutcome, Error> {
+    let data_url = DbUrl::new(plan.database.clone());
+    let state_url = plan
+        .state_database
+        .clone()
+        .map_or_else(|| data_url.clone(), DbUrl::new);
+    let exactly_once = state_url == data_url;
+    let pool = ConnPool::new(data_url.clone());
+    let probe = pool
+        .take()
+        .await
+        .map_err(|e| Error::database("cannot connect to the plan's database", &e))?;
+    let dialect = probe.dialect();
+    pool.give(probe);
+    let state_conn = godwit_db::connect(&state_url, &Default::default())
+        .await
+        .map_err(|e| Error::database("cannot connect to the state database", &e))?;
+    let state = StateStore::open(&state_url, state_conn)
+        .await
+        .map_err(|e| Error::database("cannot prepare the state tables", &e))?;
+
+    let concurrency = options
+        .concurrency
+        .unwrap_or_else(|| default_concurrency(dialect))
+        .max(1);
+    let ctx = Arc::new(RunCtx {
+        name: plan.name.clone(),
+        state,
+        pool,
+        exactly_once,
+        worker: worker_name(),
+        permits: Arc::new(Semaphore::new(concurrency)),
+        stop,
+        events,
+        failed: AtomicBool::new(false),
+        in_flight: Mutex::new(HashMap::new()),
+    });
+    let mut steps = Vec::with_capacity(plan.steps.len());
+    for step in &plan.steps {
+        steps.push(Arc::new(
+            StepCtx::new(ctx.clone(), step.clone(), dialect).map_err(Error::invalid)?,
+        ));
+    }
+
+    let spec = RunSpec {
+        name: plan.name.clone(),
+        plan_text: plan.text.clone(),
+        steps: plan
+            .steps
+            .iter()
+            .map(|s| StepSpec {
+                name: s.name.clone(),
+                definition: step_definition(s),
+            })
+            .collect(),
+    };
+    let start = ctx
+        .state
+        .begin_run(&spec, options.restart)
+        .await
+        .map_err(|e| Error::database("cannot start the run", &e))?;
+    if start == RunStart::AlreadyDone {
+        return Ok(RunOutcome::AlreadyDone);
+    }
+    match ctx.state.run_state(&plan.name).await {
+        Ok(Some(RunState::Failed)) => {
+            // Running a failed plan again retries what failed.
+            ctx.state
+                .requeue_failed(&plan.name)
+                .await
+                .map_err(|e| Error::database("cannot re-queue the failed batches", &e))?;
+        }
+        Ok(Some(RunState::Cancelled)) => {
+            return Err(Error::invalid(format!(
+                "the run {:?} was cancelled; start it over with `godwit run --restart`",
+                plan.name
+            )))
+        }
+        Ok(_) => {}
+        Err(e) => return Err(Error::database("cannot read the run", &e)),
+    }
+    ctx.events.send(Event::RunStarted {
+        plan: plan.name.clone(),
+        resumed: start == RunStart::Resumed,
+    });
+
+    let heartbeat = tokio::spawn(heartbeat(ctx.clone()));
+    let outcome = schedule(&ctx, plan, &steps).await;
+    heartbeat.abort();
+    outcome
+}
+
+/// Starts each step once the steps it comes after are done, until all are done.
+async fn schedule(
+    ctx: &Arc<RunCtx>,
+    plan: &Plan,
+    steps: &[Arc<StepCtx>],
+) -> Result<RunOutcome, Error> {
+    let mut running: JoinSet<(String, StepResult)> = JoinSet::new();
+    let mut here: HashMap<String, ()> = HashMap::new();
+    let mut failure: Option<String> = None;
+    let mut stop = ctx.stop.clone();
+    loop {
+        let stored = ctx
+            .state
+            .steps_done(&ctx.name)
+            .await
+            .map_err(|e| Error::database("cannot read the run's steps", &e));
+        let stored: HashMap<String, String> = match stored {
+            Ok(rows) => rows.into_iter().collect(),
+            Err(e) if running.is_empty() => return Err(e),
+            Err(_) => HashMap::new(),
+        };
+        if let Some(message) = failure.clone().or_else(|| stored_failure(&stored)) {
+            ctx.mark_failed();
+            if running.is_empty() {
+                let _ = ctx
+                    .state
+                    .set_run_state(&ctx.name, RunState::Failed, Some(&message))
+                    .await;
+                return Ok(RunOutcome::Failed(message));
+            }
+        }
+        let all_done = !stored.is_empty() && stored.values().all(|s| s == "done");
+        if all_done && running.is_empty() {
+            ctx.state
+                .set_run_state(&ctx.name, RunState::Done, None)
+                .await
+                .map_err(|e| Error::database("cannot record the run as done", &e))?;
+            return Ok(RunOutcome::Done);
+        }
+        if stop.level() >= StopLevel::Drain && running.is_empty() {
+            return Ok(RunOutcome::Stopped);
+        }
+        if !ctx.is_failed() && stop.level() == StopLevel::Run {
+            for (step, step_ctx) in plan.steps.iter().zip(steps) {
+                let done = |name: &str| stored.get(name).map(String::as_str) == Some("done");
+                let ready = !done(&step.name)
+                    && !here.contains_key(&step.name)
+                    && step.after.iter().all(|a| done(a));
+                if ready {
+                    here.insert(step.name.clone(), ());
+                    let step_ctx = step_ctx.clone();
+                    let name = step.name.clone();
+                    running.spawn(async move { (name, step::drive(step_ctx).await) });
+                }
+            }
+        }
+        tokio::select! {
+            Some(joined) = running.join_next(), if !running.is_empty() => {
+                match joined {
+                    Ok((name, StepResult::Done)) => { here.remove(&name); }
+                    Ok((name, StepResult::Stopped)) => { here.remove(&name); }
+                    Ok((_, StepResult::Failed(message))) => { failure.get_or_insert(message); }
+                    Err(e) => { failure.get_or_insert(format!("a step task ended unexpectedly: {e}")); }
+                }
+            }
+            _ = tokio::time::sleep(POLL) => {}
+            _ = stop.reached(StopLevel::Drain), if stop.level() < StopLevel::Drain => {}
+        }
+    }
+}
+
+fn stored_failure(stored: &HashMap<String, String>) -> Option<String> {
+    stored
+        .iter()
+        .find(|(_, state)| *state == "failed")
+        .map(|(name, _)| format!("step {name:?} failed in another process; see `godwit status`"))
+}
+
+/// Extends the leases of the batches in flight here, three times per lease.
+async fn heartbeat(ctx: Arc<RunCtx>) {
+    loop {
+        let batches: Vec<(ClaimedBatch, Duration)> = ctx
+            .in_flight
+            .lock()
+            .map(|m| m.values().cloned().collect())
+            .unwrap_or_default();
+        let shortest = batches
+            .iter()
+            .map(|(_, lease)| *lease)
+            .min()
+            .unwrap_or(Duration::from_secs(3));
+        for (batch, lease) in batches {
+            if let Err(e) = ctx.state.extend_lease(&batch, lease).await {
+                tracing::warn!(step = batch.step(), batch = batch.number(), error = %e, "could not extend a lease");
+            }
+        }
+        tokio::time::sleep((shortest / 3).max(Duration::from_millis(100))).await;
+    }
+}

@@ -1,0 +1,532 @@
+//! One step in one process: fix its walk, claim batches, keep `concurrency` of them in flight,
+//! and decide when it is finished.
+
+use std::sync::{Arc, OnceLock};
+use std::time::Duration;
+
+use godwit_driver::{rewrite_params, Conn, Dialect, Error, ErrorKind, KeyKind, Value};
+use godwit_plan::{Settings, Step, StepKind};
+use godwit_state::{ClaimedBatch, NewBatch, StepCompletion, StepRecord};
+use tokio::sync::OwnedSemaphorePermit;
+use tokio::task::JoinSet;
+
+use crate::batch::{self, Executed};
+use crate::run::RunCtx;
+use crate::stop::StopLevel;
+use crate::walk::KeyWalk;
+use crate::Event;
+
+/// How often a process with nothing to claim looks again, while other processes hold the
+/// step's last batches (their leases may run out).
+const IDLE_POLL: Duration = Duration::from_millis(250);
+
+/// What a step needs to run, prepared once per process.
+pub(crate) enum StepWork {
+    Once {
+        sql: String,
+        outside_tx: bool,
+    },
+    Chunked {
+        walk: KeyWalk,
+        sql: String,
+        /// For each positional parameter: 0 for `:start`, 1 for `:end`.
+        order: Vec<usize>,
+        key_kind: OnceLock<KeyKind>,
+    },
+}
+
+pub(crate) struct StepCtx {
+    run: Arc<RunCtx>,
+    step: Step,
+    work: StepWork,
+}
+
+/// How a step ended in this process.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum StepResult {
+    Done,
+    Failed(String),
+    Stopped,
+}
+
+impl StepCtx {
+    pub(crate) fn new(run: Arc<RunCtx>, step: Step, dialect: Dialect) -> Result<StepCtx, String> {
+        let work = match &step.kind {
+            StepKind::Once { sql } => StepWork::Once {
+                outside_tx: needs_autocommit(sql, dialect),
+                sql: sql.clone(),
+            },
+            StepKind::Chunked {
+                table,
+                key,
+                filter,
+                sql,
+            } => {
+                let rewritten = rewrite_params(sql, dialect, &["start", "end"]);
+                StepWork::Chunked {
+                    walk: KeyWalk::new(dialect, table, key, filter.as_deref()),
+                    sql: rewritten.sql,
+                    order: rewritten.order,
+                    key_kind: OnceLock::new(),
+                }
+            }
+            StepKind::Transform { .. } | StepKind::Copy { .. } => {
+                return Err(format!(
+                    "step {:?}: row transforms and copies are not supported by this version of godwit yet",
+                    step.name
+                ))
+            }
+        };
+        Ok(StepCtx { run, step, work })
+    }
+
+    pub(crate) fn run(&self) -> &RunCtx {
+        &self.run
+    }
+
+    pub(crate) fn work(&self) -> &StepWork {
+        &self.work
+    }
+
+    pub(crate) fn settings(&self) -> &Settings {
+        &self.step.settings
+    }
+
+    pub(crate) fn name(&self) -> &str {
+        &self.step.name
+    }
+
+    /// Names the batch in messages: step, key range and attempt.
+    fn describe(&self, batch: &ClaimedBatch) -> String {
+        let range = match (batch.start_key(), batch.end_key()) {
+            (Some(a), Some(b)) => format!(", keys {a}..={b}"),
+            _ => String::new(),
+        };
+        format!(
+            "step {:?}{range}, attempt {}/{}",
+            self.step.name,
+            batch.attempts() + 1,
+            self.step.settings.max_attempts
+        )
+    }
+}
+
+/// Statements that PostgreSQL or SQLite refuse inside a transaction block.
+fn needs_autocommit(sql: &str, dialect: Dialect) -> bool {
+    let words: Vec<String> = sql
+        .split_whitespace()
+        .take(4)
+        .map(|w| w.to_ascii_uppercase())
+        .collect();
+    let w = |i: usize| words.get(i).map(String::as_str).unwrap_or("");
+    match dialect {
+        Dialect::Postgres => {
+            w(0) == "VACUUM"
+                || (matches!(w(0), "CREATE" | "DROP" | "REINDEX")
+                    && words.iter().any(|x| x == "CONCURRENTLY"))
+                || (w(0) == "CREATE" && w(1) == "UNIQUE" && w(3) == "CONCURRENTLY")
+                || (w(0) == "CREATE" && w(1) == "DATABASE")
+                || (w(0) == "ALTER" && w(1) == "SYSTEM")
+        }
+        Dialect::Sqlite => w(0) == "VACUUM",
+        Dialect::MySql => false,
+    }
+}
+
+/// Fixes the step's walk (once per run, whoever comes first) and returns its record.
+async fn init(ctx: &StepCtx, conn: &mut dyn Conn) -> Result<StepRecord, godwit_driver::Error> {
+    let run = ctx.run();
+    let mut record = run.state().step_record(run.name(), ctx.name()).await?;
+    if !record.initialized {
+        record = match &ctx.work {
+            StepWork::Once { .. } => {
+                run.state()
+                    .init_step(run.name(), ctx.name(), None, None, false)
+                    .await?
+            }
+            StepWork::Chunked { walk, .. } => {
+                let upper = walk.upper_key(conn).await?;
+                let (kind, encoded) = match &upper {
+                    None | Some(Value::Null) => (None, None),
+                    Some(v) => {
+                        let kind = KeyKind::of(v).ok_or_else(|| {
+                            Error::permanent(format!(
+                                "step {:?}: the key column holds {v:?}; keys must be integers, text, UUIDs, dates or timestamps",
+                                ctx.name()
+                            ))
+                        })?;
+                        (Some(kind), Some(kind.encode(v)?))
+                    }
+                };
+                run.state()
+                    .init_step(
+                        run.name(),
+                        ctx.name(),
+                        kind.map(KeyKind::as_str),
+                        encoded.as_deref(),
+                        encoded.is_none(),
+                    )
+                    .await?
+            }
+        };
+    }
+    if let StepWork::Chunked { key_kind, .. } = &ctx.work {
+        if let Some(kind) = record.key_kind.as_deref().and_then(KeyKind::parse) {
+            let _ = key_kind.set(kind);
+        }
+    }
+    Ok(record)
+}
+
+/// Counts the step's rows in the background so that the first batch does not wait for it.
+fn spawn_count(ctx: Arc<StepCtx>, record: &StepRecord) {
+    let StepWork::Chunked { walk, key_kind, .. } = &ctx.work else {
+        return;
+    };
+    let (Some(kind), Some(upper)) = (key_kind.get().copied(), record.upper_key.clone()) else {
+        return;
+    };
+    let walk = walk.clone();
+    tokio::spawn(async move {
+        let run = ctx.run();
+        let counted = async {
+            let upper = kind.decode(&upper)?;
+            let mut conn = run.pool().take().await?;
+            let n = walk.count(conn.as_mut(), &upper).await?;
+            run.pool().give(conn);
+            run.state()
+                .set_rows_total(run.name(), ctx.name(), n)
+                .await?;
+            Ok::<i64, godwit_driver::Error>(n)
+        };
+        match counted.await {
+            Ok(n) => run.events().send(Event::StepEstimate {
+                step: ctx.name().to_string(),
+                rows_total: n,
+            }),
+            Err(e) => {
+                tracing::warn!(step = ctx.name(), error = %e, "could not count the step's rows")
+            }
+        }
+    });
+}
+
+/// Claims the next batch: one that was abandoned or released first, otherwise a new range.
+/// `None` when nothing is left to claim now.
+async fn claim(
+    ctx: &StepCtx,
+    conn: &mut dyn Conn,
+) -> Result<Option<ClaimedBatch>, godwit_driver::Error> {
+    let run = ctx.run();
+    let (state, name, worker) = (run.state(), ctx.name(), run.worker());
+    let lease = ctx.settings().lease;
+    loop {
+        if let Some(batch) = state
+            .claim_abandoned(run.name(), name, worker, lease)
+            .await?
+        {
+            return Ok(Some(batch));
+        }
+        let record = state.step_record(run.name(), name).await?;
+        if record.exhausted {
+            return Ok(None);
+        }
+        let new = match &ctx.work {
+            StepWork::Once { .. } => NewBatch {
+                start_key: None,
+                end_key: None,
+                n_rows: 0,
+                last: true,
+            },
+            StepWork::Chunked { walk, key_kind, .. } => {
+                let Some(kind) = key_kind.get().copied() else {
+                    return Err(Error::permanent("the step's walk was not started"));
+                };
+                let Some(upper) = record.upper_key.as_deref() else {
+                    state.mark_exhausted(run.name(), name, &record).await?;
+                    continue;
+                };
+                let upper = kind.decode(upper)?;
+                let after = record
+                    .cursor_key
+                    .as_deref()
+                    .map(|k| kind.decode(k))
+                    .transpose()?;
+                let range = walk
+                    .next_range(
+                        conn,
+                        kind,
+                        after.as_ref(),
+                        &upper,
+                        ctx.settings().batch_size,
+                    )
+                    .await?;
+                let Some(range) = range else {
+                    state.mark_exhausted(run.name(), name, &record).await?;
+                    continue;
+                };
+                NewBatch {
+                    start_key: Some(kind.encode(&range.first)?),
+                    end_key: Some(kind.encode(&range.last)?),
+                    n_rows: range.n_rows,
+                    last: range.reaches_end,
+                }
+            }
+        };
+        if let Some(batch) = state
+            .claim_new(run.name(), name, &record, new, worker, lease)
+            .await?
+        {
+            return Ok(Some(batch));
+        }
+        // Another worker advanced the cursor first: read it again.
+    }
+}
+
+/// Runs one claimed batch to its end in this process. `Err` carries the message of a batch
+/// that failed for good.
+async fn run_batch(
+    ctx: Arc<StepCtx>,
+    mut conn: Box<dyn Conn>,
+    batch: ClaimedBatch,
+    _permit: OwnedSemaphorePermit,
+) -> Result<(), String> {
+    let run = ctx.run();
+    run.track(&batch, ctx.settings().lease);
+    let mut stop = run.stop().clone();
+    let executed = tokio::select! {
+        r = batch::execute(&ctx, conn.as_mut(), &batch) => Some(r),
+        _ = stop.reached(StopLevel::Abort) => None,
+    };
+    run.untrack(&batch);
+    let Some(executed) = executed else {
+        // Dropping the connection mid-transaction makes the server roll the batch back.
+        drop(conn);
+        if let Err(e) = run.state().release(&batch).await {
+            tracing::warn!(step = ctx.name(), error = %e, "could not release an aborted batch; it returns when its lease ends");
+        }
+        return Ok(());
+    };
+    match executed {
+        Ok(Executed::Committed(outcome)) => {
+            run.pool().give(conn);
+            run.events().send(Event::BatchDone {
+                step: ctx.name().to_string(),
+                batch: batch.number(),
+                rows: batch.n_rows(),
+                rows_affected: outcome.rows_affected,
+                duration: outcome.duration,
+            });
+            Ok(())
+        }
+        Ok(Executed::Fenced) => {
+            run.pool().give(conn);
+            tracing::warn!(
+                step = ctx.name(),
+                batch = batch.number(),
+                "lease lost: another worker owns this batch now"
+            );
+            Ok(())
+        }
+        Err(e) => {
+            if e.kind() != ErrorKind::Connection && conn.rollback().await.is_ok() {
+                run.pool().give(conn);
+            }
+            let message = format!("{}: {e}", ctx.describe(&batch));
+            let retry = e.kind().is_retryable()
+                && batch.attempts() + 1 < i64::from(ctx.settings().max_attempts);
+            if retry {
+                let delay = batch::backoff(batch.attempts());
+                tracing::warn!(step = ctx.name(), batch = batch.number(), error = %message, "retrying");
+                run.events().send(Event::BatchRetry {
+                    step: ctx.name().to_string(),
+                    batch: batch.number(),
+                    attempt: batch.attempts() + 1,
+                    error: message,
+                    delay,
+                });
+                if let Err(e) = run.state().record_failure(&batch, &e, Some(delay)).await {
+                    tracing::warn!(step = ctx.name(), error = %e, "could not record a retry; the batch returns when its lease ends");
+                }
+                return Ok(());
+            }
+            if let Err(record_err) = run.state().record_failure(&batch, &e, None).await {
+                tracing::error!(step = ctx.name(), error = %record_err, "could not record a failed batch");
+            }
+            Err(message)
+        }
+    }
+}
+
+/// Works on a step until it is done, fails, or the run is asked to stop.
+pub(crate) async fn drive(ctx: Arc<StepCtx>) -> StepResult {
+    let run = ctx.run.clone();
+    let mut conn = match run.pool().take().await {
+        Ok(c) => c,
+        Err(e) => return StepResult::Failed(format!("step {:?}: {e}", ctx.name())),
+    };
+    let record = match init(&ctx, conn.as_mut()).await {
+        Ok(r) => r,
+        Err(e) => {
+            return StepResult::Failed(format!(
+                "step {:?}: cannot start its key walk: {e}",
+                ctx.name()
+            ))
+        }
+    };
+    run.pool().give(conn);
+    let rows_done = run
+        .state()
+        .status(run.name())
+        .await
+        .ok()
+        .flatten()
+        .and_then(|s| s.steps.into_iter().find(|s| s.name == ctx.name()))
+        .map_or(0, |s| s.rows_done);
+    run.events().send(Event::StepStarted {
+        step: ctx.name().to_string(),
+        rows_total: record.rows_total,
+        rows_done,
+    });
+    if record.rows_total.is_none() {
+        spawn_count(ctx.clone(), &record);
+    }
+
+    let mut tasks: JoinSet<Result<(), String>> = JoinSet::new();
+    let mut result: Option<StepResult> = None;
+    let mut stop = run.stop().clone();
+    let mut consecutive_errors = 0u32;
+    loop {
+        while let Some(joined) = tasks.try_join_next() {
+            if let Some(failure) = batch_failure(joined) {
+                result.get_or_insert(StepResult::Failed(failure));
+            }
+        }
+        if result.is_some() || run.is_failed() || stop.level() >= StopLevel::Drain {
+            break;
+        }
+        let permit = tokio::select! {
+            permit = run.permits().acquire_owned() => match permit {
+                Ok(p) => p,
+                Err(_) => break,
+            },
+            _ = stop.reached(StopLevel::Drain) => break,
+            Some(joined) = tasks.join_next(), if !tasks.is_empty() => {
+                if let Some(failure) = batch_failure(joined) {
+                    result.get_or_insert(StepResult::Failed(failure));
+                }
+                continue;
+            }
+        };
+        let claimed = match run.pool().take().await {
+            Ok(mut conn) => match claim(&ctx, conn.as_mut()).await {
+                Ok(batch) => Ok((conn, batch)),
+                Err(e) => {
+                    if e.kind() != ErrorKind::Connection && conn.rollback().await.is_ok() {
+                        run.pool().give(conn);
+                    }
+                    Err(e)
+                }
+            },
+            Err(e) => Err(e),
+        };
+        match claimed {
+            Ok((conn, Some(batch))) => {
+                consecutive_errors = 0;
+                tasks.spawn(run_batch(ctx.clone(), conn, batch, permit));
+            }
+            Ok((conn, None)) => {
+                consecutive_errors = 0;
+                run.pool().give(conn);
+                drop(permit);
+                if let Some(joined) = tasks.join_next().await {
+                    if let Some(failure) = batch_failure(joined) {
+                        result.get_or_insert(StepResult::Failed(failure));
+                    }
+                    continue;
+                }
+                match run.state().complete_step(run.name(), ctx.name()).await {
+                    Ok(StepCompletion::Done) => {
+                        result = Some(StepResult::Done);
+                    }
+                    Ok(StepCompletion::Failed(message)) => {
+                        result = Some(StepResult::Failed(message));
+                    }
+                    Ok(StepCompletion::Waiting) => {
+                        tokio::select! {
+                            _ = tokio::time::sleep(IDLE_POLL) => {}
+                            _ = stop.reached(StopLevel::Drain) => {}
+                        }
+                    }
+                    Err(e) => {
+                        tracing::warn!(step = ctx.name(), error = %e, "could not check whether the step is finished");
+                        tokio::time::sleep(IDLE_POLL).await;
+                    }
+                }
+            }
+            Err(e) if e.kind().is_retryable() && consecutive_errors < 30 => {
+                drop(permit);
+                let delay = batch::backoff(i64::from(consecutive_errors.min(5)));
+                consecutive_errors += 1;
+                tracing::warn!(step = ctx.name(), error = %e, ?delay, "claiming a batch failed; trying again");
+                tokio::select! {
+                    _ = tokio::time::sleep(delay) => {}
+                    _ = stop.reached(StopLevel::Drain) => {}
+                }
+            }
+            Err(e) => {
+                result = Some(StepResult::Failed(format!(
+                    "step {:?}: cannot claim a batch: {e}",
+                    ctx.name()
+                )));
+            }
+        }
+    }
+    while let Some(joined) = tasks.join_next().await {
+        if let Some(failure) = batch_failure(joined) {
+            result.get_or_insert(StepResult::Failed(failure));
+        }
+    }
+    let result = result.unwrap_or(StepResult::Stopped);
+    match &result {
+        StepResult::Done => run.events().send(Event::StepDone {
+            step: ctx.name().to_string(),
+        }),
+        StepResult::Failed(error) => {
+            run.mark_failed();
+            run.events().send(Event::StepFailed {
+                step: ctx.name().to_string(),
+                error: error.clone(),
+            });
+        }
+        StepResult::Stopped => {}
+    }
+    result
+}
+
+fn batch_failure(joined: Result<Result<(), String>, tokio::task::JoinError>) -> Option<String> {
+    match joined {
+        Ok(Ok(())) => None,
+        Ok(Err(message)) => Some(message),
+        Err(e) => Some(format!("a batch task ended unexpectedly: {e}")),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn knows_statements_that_refuse_transactions() {
+        let pg = Dialect::Postgres;
+        assert!(needs_autocommit("CREATE INDEX CONCURRENTLY i ON t (a)", pg));
+        assert!(needs_autocommit(
+            "create unique index concurrently i on t (a)",
+            pg
+        ));
+        assert!(needs_autocommit("VACUUM ANALYZE t", pg));
+        assert!(!needs_autocommit("CREATE INDEX i ON t (a)", pg));
+        assert!(needs_autocommit("VACUUM", Dialect::Sqlite));
+        assert!(!needs_autocommit("UPDATE t SET a = 1", Dialect::MySql));
+    }
+}

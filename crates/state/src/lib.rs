@@ -1,0 +1,1074 @@
+//! godwit's progress records: runs, steps, batches and their claims, in `godwit_*` tables.
+//!
+//! The state lives in a database, never in a worker: by default the plan's own database, so that
+//! a batch's writes and the record that it is done commit in one transaction
+//! ([`StateStore::record_done`] takes the batch's connection for that reason). With a separate
+//! state database the record commits after the batch and a crash in between re-applies the batch
+//! (at-least-once).
+//!
+//! Claims follow one protocol across processes and machines:
+//!
+//! * each step has a cursor row (`godwit_steps.next_batch`, `cursor_key`); a new batch is claimed
+//!   by advancing the cursor with a compare-and-set on `next_batch` and inserting the batch row
+//!   in the same short transaction, so two workers never claim overlapping ranges;
+//! * a claim carries a random token and a lease on the state database's clock; a batch whose
+//!   lease ran out (its worker died or froze) is claimed again with a new token;
+//! * the done record only matches the batch row that still carries the worker's token, so a
+//!   worker that lost its lease cannot record (nor, with the default state location, commit)
+//!   the batch.
+#![deny(missing_docs)]
+
+mod schema;
+mod status;
+
+use std::time::Duration;
+
+use godwit_driver::{Conn, DbUrl, Dialect, Error, ErrorKind, Result, Value};
+
+pub use crate::schema::SCHEMA_VERSION;
+pub use crate::status::{RunStatus, StepStatus};
+
+/// The life of a run.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RunState {
+    /// Stored, no worker has started it.
+    Pending,
+    /// Some worker is working on it (or was, and died).
+    Running,
+    /// Paused: no new batch is claimed.
+    Paused,
+    /// Every step is done.
+    Done,
+    /// A batch failed for good.
+    Failed,
+    /// Cancelled by a user.
+    Cancelled,
+}
+
+impl RunState {
+    /// The name stored and shown.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            RunState::Pending => "pending",
+            RunState::Running => "running",
+            RunState::Paused => "paused",
+            RunState::Done => "done",
+            RunState::Failed => "failed",
+            RunState::Cancelled => "cancelled",
+        }
+    }
+
+    fn parse(s: &str) -> RunState {
+        match s {
+            "running" => RunState::Running,
+            "paused" => RunState::Paused,
+            "done" => RunState::Done,
+            "failed" => RunState::Failed,
+            "cancelled" => RunState::Cancelled,
+            _ => RunState::Pending,
+        }
+    }
+}
+
+/// What a run is made of, as the state store needs to know it.
+#[derive(Debug, Clone)]
+pub struct RunSpec {
+    /// The plan's name: the run's identity.
+    pub name: String,
+    /// The plan file's text, stored with the run.
+    pub plan_text: String,
+    /// The steps in plan order.
+    pub steps: Vec<StepSpec>,
+}
+
+/// A step as the state store sees it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StepSpec {
+    /// The step's name.
+    pub name: String,
+    /// Everything that decides what the step changes (SQL, table, key, filter), as stable text.
+    /// A stored run whose definitions differ from the plan's is not resumed.
+    pub definition: String,
+}
+
+/// How [`StateStore::begin_run`] found the run.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RunStart {
+    /// No such run existed; it was created.
+    Created,
+    /// The run existed with the same steps and is resumed.
+    Resumed,
+    /// The run had already finished.
+    AlreadyDone,
+}
+
+/// Whether to keep or forget a stored run's progress.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Restart {
+    /// Resume the stored run.
+    Resume,
+    /// Forget its progress and start over (the data is not rolled back).
+    Forget,
+}
+
+/// A step's cursor and initialization, read from the state tables.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StepRecord {
+    /// `pending`, `running`, `done` or `failed`.
+    pub state: String,
+    /// Whether the key kind and upper bound were fixed.
+    pub initialized: bool,
+    /// The key's kind, once initialized.
+    pub key_kind: Option<String>,
+    /// The highest key to walk to (inclusive), fixed when the step started; `None` once
+    /// initialized means no row matched.
+    pub upper_key: Option<String>,
+    /// The last key of the last batch claimed; the next batch starts after it.
+    pub cursor_key: Option<String>,
+    /// The number of the next batch to create; the compare-and-set token of the cursor.
+    pub next_batch: i64,
+    /// Whether the walk reached the upper key.
+    pub exhausted: bool,
+    /// The step's row count, once counted.
+    pub rows_total: Option<i64>,
+}
+
+/// The key range and size of a batch to create.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NewBatch {
+    /// First key, encoded.
+    pub start_key: Option<String>,
+    /// Last key, encoded.
+    pub end_key: Option<String>,
+    /// The number of rows in the range (matching the step's filter).
+    pub n_rows: i64,
+    /// Whether this batch ends the walk (its end is the step's upper key, or the step runs once).
+    pub last: bool,
+}
+
+/// A batch this worker holds. Only [`StateStore`] makes one, and recording it done or failed
+/// consumes it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ClaimedBatch {
+    run: String,
+    step: String,
+    batch: i64,
+    token: String,
+    start_key: Option<String>,
+    end_key: Option<String>,
+    n_rows: i64,
+    attempts: i64,
+}
+
+impl ClaimedBatch {
+    /// The step this batch belongs to.
+    pub fn step(&self) -> &str {
+        &self.step
+    }
+    /// The batch's number within its step.
+    pub fn number(&self) -> i64 {
+        self.batch
+    }
+    /// The first key (encoded), or `None` for a one-off step.
+    pub fn start_key(&self) -> Option<&str> {
+        self.start_key.as_deref()
+    }
+    /// The last key (encoded), or `None` for a one-off step.
+    pub fn end_key(&self) -> Option<&str> {
+        self.end_key.as_deref()
+    }
+    /// The number of rows in the range.
+    pub fn n_rows(&self) -> i64 {
+        self.n_rows
+    }
+    /// How many attempts at this batch failed before this claim.
+    pub fn attempts(&self) -> i64 {
+        self.attempts
+    }
+}
+
+/// What a batch did, for its done record.
+#[derive(Debug, Clone, Copy)]
+pub struct BatchOutcome {
+    /// Rows the statement reported as affected.
+    pub rows_affected: u64,
+    /// Time spent in the batch's transaction.
+    pub duration: Duration,
+}
+
+/// Where a step stands once nothing is left to claim.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum StepCompletion {
+    /// Every batch is done; the step is marked done.
+    Done,
+    /// A batch failed for good; the message and the database's code.
+    Failed(String),
+    /// Other workers still hold batches; look again later.
+    Waiting,
+}
+
+/// The connection to the state database and the operations of the claim protocol.
+pub struct StateStore {
+    url: DbUrl,
+    conn: tokio::sync::Mutex<Option<Box<dyn Conn>>>,
+    dialect: Dialect,
+}
+
+/// Converts `?` placeholders to the dialect's; the SQL in this crate has no `?` elsewhere.
+pub(crate) fn sql(dialect: Dialect, text: &str) -> String {
+    if dialect != Dialect::Postgres {
+        return text.to_string();
+    }
+    let mut out = String::with_capacity(text.len() + 8);
+    let mut n = 0;
+    for c in text.chars() {
+        if c == '?' {
+            n += 1;
+            out.push_str(&format!("${n}"));
+        } else {
+            out.push(c);
+        }
+    }
+    out
+}
+
+fn text(v: impl Into<String>) -> Value {
+    Value::Text(v.into())
+}
+
+fn opt_text(v: Option<&str>) -> Value {
+    v.map_or(Value::Null, |s| Value::Text(s.to_string()))
+}
+
+fn get_text(v: &Value) -> Option<String> {
+    match v {
+        Value::Null => None,
+        Value::Text(s) | Value::Decimal(s) => Some(s.clone()),
+        Value::Bytes(b) => Some(String::from_utf8_lossy(b).into_owned()),
+        Value::Int(n) => Some(n.to_string()),
+        other => Some(format!("{other:?}")),
+    }
+}
+
+fn lease_ms(lease: Duration) -> Value {
+    Value::Int(i64::try_from(lease.as_millis()).unwrap_or(i64::MAX / 4))
+}
+
+impl StateStore {
+    /// Opens the state database at `url`, creating the `godwit_*` tables when missing, or
+    /// adopting `conn` when the caller already holds a connection to it.
+    ///
+    /// # Errors
+    /// When the database cannot be reached or holds tables of a newer version.
+    pub async fn open(url: &DbUrl, mut conn: Box<dyn Conn>) -> Result<StateStore> {
+        schema::ensure(conn.as_mut()).await?;
+        Ok(StateStore {
+            url: url.clone(),
+            dialect: conn.dialect(),
+            conn: tokio::sync::Mutex::new(Some(conn)),
+        })
+    }
+
+    /// The state database's dialect.
+    pub fn dialect(&self) -> Dialect {
+        self.dialect
+    }
+
+    /// The state database's URL (redacted when displayed).
+    pub fn url(&self) -> &DbUrl {
+        &self.url
+    }
+
+    /// Runs `f` on the state connection, reconnecting first if an earlier call lost it, and
+    /// dropping it when this call loses it.
+    async fn with_conn<T>(
+        &self,
+        f: impl for<'c> FnOnce(
+            &'c mut dyn Conn,
+        ) -> std::pin::Pin<
+            Box<dyn std::future::Future<Output = Result<T>> + Send + 'c>,
+        >,
+    ) -> Result<T> {
+        let mut guard = self.conn.lock().await;
+        if guard.is_none() {
+            let options = godwit_driver::ConnectOptions::default();
+            *guard = Some(reconnect(&self.url, &options).await?);
+        }
+        let conn = guard.as_mut().expect("connection was just set");
+        let result = f(conn.as_mut()).await;
+        if let Err(e) = &result {
+            if e.kind() == ErrorKind::Connection {
+                *guard = None;
+            } else if conn.rollback().await.is_err() {
+                // The error may have left a transaction open; a failed rollback means the
+                // connection is in a state we cannot trust.
+                *guard = None;
+            }
+        }
+        result
+    }
+
+    /// Creates the run or resumes it. A stored run whose steps differ from `spec` is refused
+    /// unless `restart` forgets its progress.
+    ///
+    /// # Errors
+    /// [`ErrorKind::Config`] when the stored plan differs, naming the first step that changed.
+    pub async fn begin_run(&self, spec: &RunSpec, restart: Restart) -> Result<RunStart> {
+        let spec = spec.clone();
+        self.with_conn(move |conn| Box::pin(begin_run(conn, spec, restart)))
+            .await
+    }
+
+    /// Reads a run's state.
+    pub async fn run_state(&self, run: &str) -> Result<Option<RunState>> {
+        let run = run.to_string();
+        self.with_conn(move |conn| {
+            Box::pin(async move {
+                let d = conn.dialect();
+                let rows = conn
+                    .query(
+                        &sql(d, "SELECT state FROM godwit_runs WHERE run = ?"),
+                        &[text(run)],
+                    )
+                    .await?;
+                Ok(rows
+                    .first()
+                    .and_then(|r| get_text(r.get(0)))
+                    .map(|s| RunState::parse(&s)))
+            })
+        })
+        .await
+    }
+
+    /// Sets a run's state; `error` is kept for `failed`.
+    pub async fn set_run_state(
+        &self,
+        run: &str,
+        state: RunState,
+        error: Option<&str>,
+    ) -> Result<()> {
+        let (run, error) = (run.to_string(), error.map(str::to_string));
+        self.with_conn(move |conn| {
+            Box::pin(async move {
+                let d = conn.dialect();
+                let now = schema::now_ms(d);
+                let finished = matches!(
+                    state,
+                    RunState::Done | RunState::Failed | RunState::Cancelled
+                );
+                let q = format!(
+                    "UPDATE godwit_runs SET state = ?, error = ?, finished_ms = {} WHERE run = ?",
+                    if finished { now } else { "NULL" }
+                );
+                conn.execute(
+                    &sql(d, &q),
+                    &[text(state.as_str()), opt_text(error.as_deref()), text(run)],
+                )
+                .await?;
+                Ok(())
+            })
+        })
+        .await
+    }
+
+    /// Reads a step's cursor record.
+    pub async fn step_record(&self, run: &str, step: &str) -> Result<StepRecord> {
+        let (run, step) = (run.to_string(), step.to_string());
+        self.with_conn(move |conn| Box::pin(read_step(conn, run, step)))
+            .await
+    }
+
+    /// Fixes a step's key kind and upper key once; whoever comes first wins and everyone reads
+    /// the winner's values back. Also marks the step running. `empty` marks a chunked step with
+    /// no matching row as walked already.
+    pub async fn init_step(
+        &self,
+        run: &str,
+        step: &str,
+        key_kind: Option<&str>,
+        upper_key: Option<&str>,
+        empty: bool,
+    ) -> Result<StepRecord> {
+        let (run, step) = (run.to_string(), step.to_string());
+        let (key_kind, upper_key) = (key_kind.map(str::to_string), upper_key.map(str::to_string));
+        self.with_conn(move |conn| {
+            Box::pin(async move {
+                let d = conn.dialect();
+                let q = format!(
+                    "UPDATE godwit_steps SET initialized = 1, key_kind = ?, upper_key = ?, \
+                     exhausted = ?, state = 'running', started_ms = {} \
+                     WHERE run = ? AND step = ? AND initialized = 0",
+                    schema::now_ms(d)
+                );
+                let exhausted = Value::Int(i64::from(empty));
+                conn.execute(
+                    &sql(d, &q),
+                    &[
+                        opt_text(key_kind.as_deref()),
+                        opt_text(upper_key.as_deref()),
+                        exhausted,
+                        text(run.clone()),
+                        text(step.clone()),
+                    ],
+                )
+                .await?;
+                read_step(conn, run, step).await
+            })
+        })
+        .await
+    }
+
+    /// Stores a step's row-count estimate for progress and ETA.
+    pub async fn set_rows_total(&self, run: &str, step: &str, rows_total: i64) -> Result<()> {
+        let (run, step) = (run.to_string(), step.to_string());
+        self.with_conn(move |conn| {
+            Box::pin(async move {
+                let d = conn.dialect();
+                conn.execute(
+                    &sql(
+                        d,
+                        "UPDATE godwit_steps SET rows_total = ? WHERE run = ? AND step = ?",
+                    ),
+                    &[Value::Int(rows_total), text(run), text(step)],
+                )
+                .await?;
+                Ok(())
+            })
+        })
+        .await
+    }
+
+    /// Takes over a batch that was released, or whose holder's lease ran out. Returns `None`
+    /// when there is none.
+    pub async fn claim_abandoned(
+        &self,
+        run: &str,
+        step: &str,
+        worker: &str,
+        lease: Duration,
+    ) -> Result<Option<ClaimedBatch>> {
+        let (run, step, worker) = (run.to_string(), step.to_string(), worker.to_string());
+        self.with_conn(move |conn| Box::pin(claim_abandoned(conn, run, step, worker, lease)))
+            .await
+    }
+
+    /// Claims a new batch by advancing the step's cursor from `record` (which must be the
+    /// state just read) to `batch.end_key`. Returns `None` when another worker advanced it first;
+    /// read the record again and retry.
+    pub async fn claim_new(
+        &self,
+        run: &str,
+        step: &str,
+        record: &StepRecord,
+        batch: NewBatch,
+        worker: &str,
+        lease: Duration,
+    ) -> Result<Option<ClaimedBatch>> {
+        let (run, step, worker) = (run.to_string(), step.to_string(), worker.to_string());
+        let expected = record.next_batch;
+        self.with_conn(move |conn| {
+            Box::pin(async move {
+                let d = conn.dialect();
+                conn.begin(godwit_driver::TxOptions {
+                    async_commit: true,
+                    ..Default::default()
+                })
+                .await?;
+                let moved = conn
+                    .execute(
+                        &sql(
+                            d,
+                            "UPDATE godwit_steps SET cursor_key = ?, next_batch = next_batch + 1, exhausted = ? \
+                             WHERE run = ? AND step = ? AND next_batch = ? AND exhausted = 0",
+                        ),
+                        &[
+                            opt_text(batch.end_key.as_deref()),
+                            Value::Int(i64::from(batch.last)),
+                            text(run.clone()),
+                            text(step.clone()),
+                            Value::Int(expected),
+                        ],
+                    )
+                    .await?;
+                if moved != 1 {
+                    conn.rollback().await?;
+                    return Ok(None);
+                }
+                let token = uuid::Uuid::new_v4().simple().to_string();
+                let now = schema::now_ms(d);
+                let q = format!(
+                    "INSERT INTO godwit_batches (run, step, batch, start_key, end_key, n_rows, state, \
+                     token, worker, lease_until_ms, attempts, claimed_ms) \
+                     VALUES (?, ?, ?, ?, ?, ?, 'claimed', ?, ?, {now} + ?, 0, {now})"
+                );
+                conn.execute(
+                    &sql(d, &q),
+                    &[
+                        text(run.clone()),
+                        text(step.clone()),
+                        Value::Int(expected),
+                        opt_text(batch.start_key.as_deref()),
+                        opt_text(batch.end_key.as_deref()),
+                        Value::Int(batch.n_rows),
+                        text(token.clone()),
+                        text(worker),
+                        lease_ms(lease),
+                    ],
+                )
+                .await?;
+                conn.commit().await?;
+                Ok(Some(ClaimedBatch {
+                    run,
+                    step,
+                    batch: expected,
+                    token,
+                    start_key: batch.start_key,
+                    end_key: batch.end_key,
+                    n_rows: batch.n_rows,
+                    attempts: 0,
+                }))
+            })
+        })
+        .await
+    }
+
+    /// Marks the walk of a step finished, if the cursor is still where `record` saw it.
+    pub async fn mark_exhausted(&self, run: &str, step: &str, record: &StepRecord) -> Result<()> {
+        let (run, step, expected) = (run.to_string(), step.to_string(), record.next_batch);
+        self.with_conn(move |conn| {
+            Box::pin(async move {
+                let d = conn.dialect();
+                conn.execute(
+                    &sql(
+                        d,
+                        "UPDATE godwit_steps SET exhausted = 1 WHERE run = ? AND step = ? AND next_batch = ?",
+                    ),
+                    &[text(run), text(step), Value::Int(expected)],
+                )
+                .await?;
+                Ok(())
+            })
+        })
+        .await
+    }
+
+    /// Extends the lease of a batch this worker still holds. Returns `false` when the batch was
+    /// taken over (its done record will then be refused).
+    pub async fn extend_lease(&self, batch: &ClaimedBatch, lease: Duration) -> Result<bool> {
+        let batch = batch.clone();
+        self.with_conn(move |conn| {
+            Box::pin(async move {
+                let d = conn.dialect();
+                let q = format!(
+                    "UPDATE godwit_batches SET lease_until_ms = {} + ? \
+                     WHERE run = ? AND step = ? AND batch = ? AND token = ? AND state = 'claimed'",
+                    schema::now_ms(d)
+                );
+                let n = conn
+                    .execute(
+                        &sql(d, &q),
+                        &[
+                            lease_ms(lease),
+                            text(batch.run),
+                            text(batch.step),
+                            Value::Int(batch.batch),
+                            text(batch.token),
+                        ],
+                    )
+                    .await?;
+                Ok(n == 1)
+            })
+        })
+        .await
+    }
+
+    /// Records a batch done on `conn`, inside the transaction the caller holds open there, so
+    /// that the record commits with the batch's writes. Returns `false` when the batch no longer
+    /// carries this worker's token (its lease ran out and another worker took it): the caller
+    /// must then roll back.
+    ///
+    /// Pass the batch's own connection when the state lives in the plan's database, or
+    /// [`StateStore::record_done_here`] otherwise.
+    pub async fn record_done(
+        conn: &mut dyn Conn,
+        batch: &ClaimedBatch,
+        outcome: BatchOutcome,
+    ) -> Result<bool> {
+        let d = conn.dialect();
+        let q = format!(
+            "UPDATE godwit_batches SET state = 'done', finished_ms = {}, duration_ms = ?, \
+             rows_affected = ?, error = NULL, error_code = NULL \
+             WHERE run = ? AND step = ? AND batch = ? AND token = ? AND state = 'claimed'",
+            schema::now_ms(d)
+        );
+        let n = conn
+            .execute(
+                &sql(d, &q),
+                &[
+                    Value::Int(i64::try_from(outcome.duration.as_millis()).unwrap_or(i64::MAX)),
+                    Value::Int(i64::try_from(outcome.rows_affected).unwrap_or(i64::MAX)),
+                    text(batch.run.clone()),
+                    text(batch.step.clone()),
+                    Value::Int(batch.batch),
+                    text(batch.token.clone()),
+                ],
+            )
+            .await?;
+        Ok(n == 1)
+    }
+
+    /// Records a batch done on the state store's own connection, in its own transaction: the
+    /// at-least-once path for a state database separate from the plan's.
+    pub async fn record_done_here(
+        &self,
+        batch: &ClaimedBatch,
+        outcome: BatchOutcome,
+    ) -> Result<bool> {
+        let batch = batch.clone();
+        self.with_conn(move |conn| {
+            Box::pin(async move { Self::record_done(conn, &batch, outcome).await })
+        })
+        .await
+    }
+
+    /// Records a failed attempt. With `retry_after` the batch is released for anyone to claim
+    /// once that delay has passed (the backoff); without, it is failed for good.
+    pub async fn record_failure(
+        &self,
+        batch: &ClaimedBatch,
+        error: &Error,
+        retry_after: Option<Duration>,
+    ) -> Result<()> {
+        let batch = batch.clone();
+        let (code, message) = (
+            error.code().map(str::to_string),
+            error.message().to_string(),
+        );
+        self.with_conn(move |conn| {
+            Box::pin(async move {
+                let d = conn.dialect();
+                let now = schema::now_ms(d);
+                let (state, not_before) = match retry_after {
+                    Some(delay) => ("pending", lease_ms(delay)),
+                    None => ("failed", Value::Int(0)),
+                };
+                let q = format!(
+                    "UPDATE godwit_batches SET state = ?, token = NULL, lease_until_ms = {now} + ?, \
+                     attempts = attempts + 1, error_code = ?, error = ?, finished_ms = {now} \
+                     WHERE run = ? AND step = ? AND batch = ? AND token = ?"
+                );
+                conn.execute(
+                    &sql(d, &q),
+                    &[
+                        text(state),
+                        not_before,
+                        opt_text(code.as_deref()),
+                        text(message),
+                        text(batch.run),
+                        text(batch.step),
+                        Value::Int(batch.batch),
+                        text(batch.token),
+                    ],
+                )
+                .await?;
+                Ok(())
+            })
+        })
+        .await
+    }
+
+    /// Gives a claimed batch back without counting an attempt, so another worker (or a re-run)
+    /// takes it at once instead of waiting for the lease.
+    pub async fn release(&self, batch: &ClaimedBatch) -> Result<()> {
+        let batch = batch.clone();
+        self.with_conn(move |conn| {
+            Box::pin(async move {
+                let d = conn.dialect();
+                conn.execute(
+                    &sql(
+                        d,
+                        "UPDATE godwit_batches SET state = 'pending', token = NULL, lease_until_ms = NULL, \
+                         WHERE run = ? AND step = ? AND batch = ? AND token = ? AND state = 'claimed'",
+                    ),
+                    &[text(batch.run), text(batch.step), Value::Int(batch.batch), text(batch.token)],
+                )
+                .await?;
+                Ok(())
+            })
+        })
+        .await
+    }
+
+    /// Decides whether a step whose walk is exhausted is finished, and marks it done or failed.
+    pub async fn complete_step(&self, run: &str, step: &str) -> Result<StepCompletion> {
+        let (run, step) = (run.to_string(), step.to_string());
+        self.with_conn(move |conn| Box::pin(complete_step(conn, run, step)))
+            .await
+    }
+
+    /// Puts failed batches of a run back in the queue and the run back to running; a re-run
+    /// of a failed plan retries what failed.
+    pub async fn requeue_failed(&self, run: &str) -> Result<u64> {
+        let run = run.to_string();
+        self.with_conn(move |conn| {
+            Box::pin(async move {
+                let d = conn.dialect();
+                let n = conn
+                    .execute(
+                        &sql(d, "UPDATE godwit_batches SET state = 'pending', attempts = 0 WHERE run = ? AND state = 'failed'"),
+                        &[text(run.clone())],
+                    )
+                    .await?;
+                conn.execute(
+                    &sql(d, "UPDATE godwit_steps SET state = 'running', error = NULL WHERE run = ? AND state = 'failed'"),
+                    &[text(run.clone())],
+                )
+                .await?;
+                conn.execute(
+                    &sql(d, "UPDATE godwit_runs SET state = 'running', error = NULL, finished_ms = NULL WHERE run = ? AND state = 'failed'"),
+                    &[text(run)],
+                )
+                .await?;
+                Ok(n)
+            })
+        })
+        .await
+    }
+
+    /// The progress of a run, as `godwit status` shows it; `None` when no such run is stored.
+    pub async fn status(&self, run: &str) -> Result<Option<RunStatus>> {
+        let run = run.to_string();
+        self.with_conn(move |conn| Box::pin(status::read(conn, run)))
+            .await
+    }
+
+    /// Whether every step in `steps` is done.
+    pub async fn steps_done(&self, run: &str) -> Result<Vec<(String, String)>> {
+        let run = run.to_string();
+        self.with_conn(move |conn| {
+            Box::pin(async move {
+                let d = conn.dialect();
+                let rows = conn
+                    .query(
+                        &sql(
+                            d,
+                            "SELECT step, state FROM godwit_steps WHERE run = ? ORDER BY position",
+                        ),
+                        &[text(run)],
+                    )
+                    .await?;
+                Ok(rows
+                    .iter()
+                    .map(|r| {
+                        (
+                            get_text(r.get(0)).unwrap_or_default(),
+                            get_text(r.get(1)).unwrap_or_default(),
+                        )
+                    })
+                    .collect())
+            })
+        })
+        .await
+    }
+}
+
+async fn reconnect(url: &DbUrl, options: &godwit_driver::ConnectOptions) -> Result<Box<dyn Conn>> {
+    godwit_db::connect(url, options).await
+}
+
+async fn read_step(conn: &mut dyn Conn, run: String, step: String) -> Result<StepRecord> {
+    let d = conn.dialect();
+    let rows = conn
+        .query(
+            &sql(
+                d,
+                "SELECT state, initialized, key_kind, upper_key, cursor_key, next_batch, exhausted, rows_total \
+                 FROM godwit_steps WHERE run = ? AND step = ?",
+            ),
+            &[text(run.clone()), text(step.clone())],
+        )
+        .await?;
+    let Some(r) = rows.first() else {
+        return Err(Error::permanent(format!(
+            "run {run:?} has no step {step:?} in the state tables"
+        )));
+    };
+    Ok(StepRecord {
+        state: get_text(r.get(0)).unwrap_or_default(),
+        initialized: r.get(1).as_i64() == Some(1),
+        key_kind: get_text(r.get(2)),
+        upper_key: get_text(r.get(3)),
+        cursor_key: get_text(r.get(4)),
+        next_batch: r.get(5).as_i64().unwrap_or_default(),
+        exhausted: r.get(6).as_i64() == Some(1),
+        rows_total: r.get(7).as_i64(),
+    })
+}
+
+async fn begin_run(conn: &mut dyn Conn, spec: RunSpec, restart: Restart) -> Result<RunStart> {
+    let d = conn.dialect();
+    let run = spec.name.clone();
+    let existing = conn
+        .query(
+            &sql(d, "SELECT state FROM godwit_runs WHERE run = ?"),
+            &[text(run.clone())],
+        )
+        .await?;
+    if let Some(row) = existing.first() {
+        if restart == Restart::Forget {
+            conn.begin(Default::default()).await?;
+            for table in ["godwit_batches", "godwit_steps", "godwit_runs"] {
+                conn.execute(
+                    &sql(d, &format!("DELETE FROM {table} WHERE run = ?")),
+                    &[text(run.clone())],
+                )
+                .await?;
+            }
+            insert_run(conn, &spec).await?;
+            conn.commit().await?;
+            return Ok(RunStart::Created);
+        }
+        let stored = conn
+            .query(
+                &sql(
+                    d,
+                    "SELECT step, definition FROM godwit_steps WHERE run = ? ORDER BY position",
+                ),
+                &[text(run.clone())],
+            )
+            .await?;
+        let stored: Vec<StepSpec> = stored
+            .iter()
+            .map(|r| StepSpec {
+                name: get_text(r.get(0)).unwrap_or_default(),
+                definition: get_text(r.get(1)).unwrap_or_default(),
+            })
+            .collect();
+        if let Some(problem) = plan_difference(&stored, &spec.steps) {
+            return Err(Error::config(format!(
+                "the run {run:?} stored in the state database was started from a different plan: {problem}; \
+                 finish it with the plan it started with, or start over with `godwit run --restart` \
+                 (rows already changed stay changed)"
+            )));
+        }
+        let state = get_text(row.get(0)).map(|s| RunState::parse(&s));
+        return Ok(if state == Some(RunState::Done) {
+            RunStart::AlreadyDone
+        } else {
+            RunStart::Resumed
+        });
+    }
+    conn.begin(Default::default()).await?;
+    match insert_run(conn, &spec).await {
+        Ok(()) => {
+            conn.commit().await?;
+            Ok(RunStart::Created)
+        }
+        Err(e) if e.kind() == ErrorKind::Permanent => {
+            // Another process created the run between our read and insert: resume theirs.
+            conn.rollback().await?;
+            Box::pin(begin_run(conn, spec, Restart::Resume)).await
+        }
+        Err(e) => Err(e),
+    }
+}
+
+async fn insert_run(conn: &mut dyn Conn, spec: &RunSpec) -> Result<()> {
+    let d = conn.dialect();
+    let now = schema::now_ms(d);
+    conn.execute(
+        &sql(
+            d,
+            &format!(
+                "INSERT INTO godwit_runs (run, state, plan_text, created_ms, started_ms) \
+                 VALUES (?, 'running', ?, {now}, {now})"
+            ),
+        ),
+        &[text(spec.name.clone()), text(spec.plan_text.clone())],
+    )
+    .await?;
+    for (position, step) in spec.steps.iter().enumerate() {
+        conn.execute(
+            &sql(
+                d,
+                "INSERT INTO godwit_steps (run, step, position, definition, state, initialized, next_batch, exhausted) \
+                 VALUES (?, ?, ?, ?, 'pending', 0, 0, 0)",
+            ),
+            &[
+                text(spec.name.clone()),
+                text(step.name.clone()),
+                Value::Int(position as i64),
+                text(step.definition.clone()),
+            ],
+        )
+        .await?;
+    }
+    Ok(())
+}
+
+/// The first difference between the stored steps and the plan's, in words.
+fn plan_difference(stored: &[StepSpec], planned: &[StepSpec]) -> Option<String> {
+    for step in planned {
+        match stored.iter().find(|s| s.name == step.name) {
+            None => return Some(format!("step {:?} is new", step.name)),
+            Some(s) if s.definition != step.definition => {
+                return Some(format!("step {:?} changed", step.name))
+            }
+            Some(_) => {}
+        }
+    }
+    stored
+        .iter()
+        .find(|s| !planned.iter().any(|p| p.name == s.name))
+        .map(|s| format!("step {:?} was removed", s.name))
+}
+
+async fn claim_abandoned(
+    conn: &mut dyn Conn,
+    run: String,
+    step: String,
+    worker: String,
+    lease: Duration,
+) -> Result<Option<ClaimedBatch>> {
+    let d = conn.dialect();
+    let now = schema::now_ms(d);
+    // The (run, step, state) index keeps this away from the done batches.
+    let q = format!(
+        "SELECT batch, token, start_key, end_key, n_rows, attempts FROM godwit_batches \
+         WHERE run = ? AND step = ? AND state IN ('pending', 'claimed') \
+           AND (lease_until_ms IS NULL OR lease_until_ms < {now}) \
+         ORDER BY batch LIMIT 8"
+    );
+    let candidates = conn
+        .query(&sql(d, &q), &[text(run.clone()), text(step.clone())])
+        .await?;
+    for c in candidates {
+        let batch = c.get(0).as_i64().unwrap_or_default();
+        let old_token = get_text(c.get(1));
+        let token = uuid::Uuid::new_v4().simple().to_string();
+        // Compare-and-set on the old token: of two workers taking the same batch, one wins.
+        let q = format!(
+            "UPDATE godwit_batches SET state = 'claimed', token = ?, worker = ?, \
+             lease_until_ms = {now} + ?, claimed_ms = {now} \
+             WHERE run = ? AND step = ? AND batch = ? AND {} \
+             AND state IN ('pending', 'claimed') AND (lease_until_ms IS NULL OR lease_until_ms < {now})",
+            if old_token.is_some() { "token = ?" } else { "token IS NULL" }
+        );
+        let mut params = vec![
+            text(token.clone()),
+            text(worker.clone()),
+            lease_ms(lease),
+            text(run.clone()),
+            text(step.clone()),
+            Value::Int(batch),
+        ];
+        if let Some(old) = &old_token {
+            params.push(text(old.clone()));
+        }
+        if conn.execute(&sql(d, &q), &params).await? == 1 {
+            return Ok(Some(ClaimedBatch {
+                run,
+                step,
+                batch,
+                token,
+                start_key: get_text(c.get(2)),
+                end_key: get_text(c.get(3)),
+                n_rows: c.get(4).as_i64().unwrap_or_default(),
+                attempts: c.get(5).as_i64().unwrap_or_default(),
+            }));
+        }
+    }
+    Ok(None)
+}
+
+async fn complete_step(conn: &mut dyn Conn, run: String, step: String) -> Result<StepCompletion> {
+    let d = conn.dialect();
+    let rows = conn
+        .query(
+            &sql(
+                d,
+                "SELECT state, error_code, error, start_key, end_key FROM godwit_batches \
+                 WHERE run = ? AND step = ? AND state <> 'done' ORDER BY batch LIMIT 1",
+            ),
+            &[text(run.clone()), text(step.clone())],
+        )
+        .await?;
+    let now = schema::now_ms(d);
+    match rows.first() {
+        None => {
+            conn.execute(
+                &sql(
+                    d,
+                    &format!(
+                        "UPDATE godwit_steps SET state = 'done', finished_ms = {now} \
+                         WHERE run = ? AND step = ? AND state <> 'done'"
+                    ),
+                ),
+                &[text(run), text(step)],
+            )
+            .await?;
+            Ok(StepCompletion::Done)
+        }
+        Some(r) if get_text(r.get(0)).as_deref() == Some("failed") => {
+            let code = get_text(r.get(1))
+                .map(|c| format!(" [{c}]"))
+                .unwrap_or_default();
+            let range = match (get_text(r.get(3)), get_text(r.get(4))) {
+                (Some(a), Some(b)) => format!(" in key range {a}..={b}"),
+                _ => String::new(),
+            };
+            let message = format!(
+                "step {step:?} failed{range}:{code} {}",
+                get_text(r.get(2)).unwrap_or_default()
+            );
+            conn.execute(
+                &sql(
+                    d,
+                    &format!(
+                        "UPDATE godwit_steps SET state = 'failed', error = ?, finished_ms = {now} \
+                         WHERE run = ? AND step = ?"
+                    ),
+                ),
+                &[text(message.clone()), text(run), text(step)],
+            )
+            .await?;
+            Ok(StepCompletion::Failed(message))
+        }
+        Some(_) => Ok(StepCompletion::Waiting),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn numbers_placeholders_for_postgres_only() {
+        assert_eq!(
+            sql(Dialect::Postgres, "a = ? AND b = ?"),
+            "a = $1 AND b = $2"
+        );
+        assert_eq!(sql(Dialect::MySql, "a = ?"), "a = ?");
+    }
+
+    #[test]
+    fn names_the_first_changed_step() {
+        let s = |n: &str, d: &str| StepSpec {
+            name: n.into(),
+            definition: d.into(),
+        };
+        assert_eq!(plan_difference(&[s("a", "1")], &[s("a", "1")]), None);
+        assert_eq!(
+            plan_difference(&[s("a", "1")], &[s("a", "2")]).as_deref(),
+            Some("step \"a\" changed")
+        );
+        assert_eq!(
+            plan_difference(&[s("a", "1")], &[s("a", "1"), s("b", "1")]).as_deref(),
+            Some("step \"b\" is new")
+        );
+        assert_eq!(
+            plan_difference(&[s("a", "1"), s("b", "1")], &[s("a", "1")]).as_deref(),
+            Some("step \"b\" was removed")
+        );
+    }
+}

@@ -1,0 +1,164 @@
+//! The progress of a run, computed from the state tables on demand.
+//!
+//! Counters are aggregated from `godwit_batches` when asked rather than kept in a row that every
+//! batch would update: such a row would serialize every batch commit behind its lock.
+
+use godwit_driver::{Conn, Result, Value};
+use serde::Serialize;
+
+use crate::{get_text, schema, sql};
+
+/// How far a run has come: the object `godwit status --json` prints.
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct RunStatus {
+    /// The plan's name.
+    pub plan: String,
+    /// `pending`, `running`, `paused`, `done`, `failed` or `cancelled`.
+    pub state: String,
+    /// Why the run failed, when it did.
+    pub error: Option<String>,
+    /// Seconds from the run's start to its end (or to now while it runs).
+    pub elapsed_seconds: f64,
+    /// The steps in plan order.
+    pub steps: Vec<StepStatus>,
+}
+
+/// How far a step has come.
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct StepStatus {
+    /// The step's name.
+    pub name: String,
+    /// `pending`, `running`, `done` or `failed`.
+    pub state: String,
+    /// Batches committed.
+    pub batches_done: i64,
+    /// Batches that failed for good.
+    pub batches_failed: i64,
+    /// Rows in the committed batches (rows matching `where`, for a chunked step).
+    pub rows_done: i64,
+    /// Rows a transform skipped.
+    pub rows_skipped: i64,
+    /// Rows the step will cover, counted when it started; `null` until counted.
+    pub rows_total_estimate: Option<i64>,
+    /// Recent rate over the last 30 seconds of work (the whole step once done).
+    pub rows_per_second: f64,
+    /// Seconds left at the recent rate; `null` when unknown.
+    pub eta_seconds: Option<f64>,
+    /// Why the step failed, with the key range and the database's code.
+    pub error: Option<String>,
+}
+
+const RATE_WINDOW_MS: i64 = 30_000;
+
+pub(crate) async fn read(conn: &mut dyn Conn, run: String) -> Result<Option<RunStatus>> {
+    let d = conn.dialect();
+    let now = schema::now_ms(d);
+    let runs = conn
+        .query(
+            &sql(
+                d,
+                &format!(
+                    "SELECT state, error, started_ms, COALESCE(finished_ms, {now}), {now} \
+                     FROM godwit_runs WHERE run = ?"
+                ),
+            ),
+            &[Value::Text(run.clone())],
+        )
+        .await?;
+    let Some(run_row) = runs.first() else {
+        return Ok(None);
+    };
+    let now_ms = run_row.get(4).as_i64().unwrap_or_default();
+    let elapsed_ms =
+        run_row.get(3).as_i64().unwrap_or_default() - run_row.get(2).as_i64().unwrap_or_default();
+    let steps = conn
+        .query(
+            &sql(
+                d,
+                "SELECT step, state, rows_total, started_ms, finished_ms, error \
+                 FROM godwit_steps WHERE run = ? ORDER BY position",
+            ),
+            &[Value::Text(run.clone())],
+        )
+        .await?;
+    // One pass over the run's batches for every step's counters; the casts keep MySQL and
+    // PostgreSQL from widening sums to DECIMAL/NUMERIC.
+    let counts = conn
+        .query(
+            &sql(
+                d,
+                &format!(
+                    "SELECT step, \
+                       CAST(SUM(CASE WHEN state = 'done' THEN 1 ELSE 0 END) AS {int}), \
+                       CAST(SUM(CASE WHEN state = 'failed' THEN 1 ELSE 0 END) AS {int}), \
+                       CAST(SUM(CASE WHEN state = 'done' THEN n_rows ELSE 0 END) AS {int}), \
+                       CAST(SUM(CASE WHEN state = 'done' AND finished_ms >= ? THEN n_rows ELSE 0 END) AS {int}), \
+                       MIN(CASE WHEN state = 'done' AND finished_ms >= ? THEN claimed_ms END) \
+                     FROM godwit_batches WHERE run = ? GROUP BY step",
+                    int = int_type(d)
+                ),
+            ),
+            &[
+                Value::Int(now_ms - RATE_WINDOW_MS),
+                Value::Int(now_ms - RATE_WINDOW_MS),
+                Value::Text(run.clone()),
+            ],
+        )
+        .await?;
+    let mut out = Vec::with_capacity(steps.len());
+    for s in &steps {
+        let name = get_text(s.get(0)).unwrap_or_default();
+        let c = counts
+            .iter()
+            .find(|c| get_text(c.get(0)).as_deref() == Some(&name));
+        let n = |i: usize| c.and_then(|c| c.get(i).as_i64()).unwrap_or_default();
+        let state = get_text(s.get(1)).unwrap_or_default();
+        let rows_total = s.get(2).as_i64();
+        let rows_done = n(3);
+        let started = s.get(3).as_i64();
+        let finished = s.get(4).as_i64();
+        let rows_per_second = match (state.as_str(), started, finished) {
+            ("done", Some(a), Some(b)) if b > a => rows_done as f64 * 1000.0 / (b - a) as f64,
+            _ => {
+                let window_start = c.and_then(|c| c.get(5).as_i64());
+                match window_start {
+                    Some(w) if now_ms > w => n(4) as f64 * 1000.0 / (now_ms - w) as f64,
+                    _ => 0.0,
+                }
+            }
+        };
+        let eta_seconds = match (state.as_str(), rows_total) {
+            ("done", _) => Some(0.0),
+            (_, Some(total)) if rows_per_second > 0.0 => {
+                Some(((total - rows_done).max(0) as f64 / rows_per_second * 10.0).round() / 10.0)
+            }
+            _ => None,
+        };
+        out.push(StepStatus {
+            name,
+            state,
+            batches_done: n(1),
+            batches_failed: n(2),
+            rows_done,
+            rows_skipped: 0,
+            rows_total_estimate: rows_total,
+            rows_per_second: (rows_per_second * 10.0).round() / 10.0,
+            eta_seconds,
+            error: get_text(s.get(5)),
+        });
+    }
+    Ok(Some(RunStatus {
+        plan: run,
+        state: get_text(run_row.get(0)).unwrap_or_default(),
+        error: get_text(run_row.get(1)),
+        elapsed_seconds: (elapsed_ms.max(0) as f64 / 100.0).round() / 10.0,
+        steps: out,
+    }))
+}
+
+fn int_type(d: godwit_driver::Dialect) -> &'static str {
+    match d {
+        godwit_driver::Dialect::MySql => "SIGNED",
+        godwit_driver::Dialect::Postgres | godwit_driver::Dialect::Sqlite => "BIGINT",
+    }
+}
