@@ -75,49 +75,29 @@ async fn updates_each_matching_row_once(backend: Backend) {
 async fn exactly_once_across_kill_9(backend: Backend) {
     let db = TestDb::new(backend).await;
     let table = db.table("killed");
-    db.counter_table(&table, 1..=3000).await;
-    let plan = db.plan(
-        "plan.toml",
-        &counter_plan(&db, &table, "lease = \"1s\"", None),
-    );
+    db.counter_table(&table, 1..=6000).await;
+    let plan = db.plan("plan.toml", &counter_plan(&db, &table, "lease = \"1s\"", None));
     let mut rng = rand::rng();
-    let mut finished = false;
-    for round in 0..40 {
+    let mut kills = 0;
+    for _ in 0..8 {
         let mut child = spawn(&["run", path_str(&plan), "--concurrency", "4", "--quiet"]);
-        let wait = Duration::from_millis(rng.random_range(50..600));
-        std::thread::sleep(wait);
-        match child.try_wait().expect("try_wait") {
-            Some(status) => {
-                let mut err = String::new();
-                use std::io::Read;
-                if let Some(mut e) = child.stderr.take() {
-                    let _ = e.read_to_string(&mut err);
-                }
-                assert_eq!(status.code(), Some(0), "round {round}: {err}");
-                finished = true;
-                break;
-            }
-            None => {
-                child.kill().expect("kill -9");
-                let _ = child.wait();
-            }
+        std::thread::sleep(Duration::from_millis(rng.random_range(100..500)));
+        if child.try_wait().expect("try_wait").is_some() {
+            break;
         }
+        child.kill().expect("kill -9");
+        let _ = child.wait();
+        kills += 1;
     }
-    if !finished {
-        let out = run_cmd(&["run", path_str(&plan), "--quiet"]);
-        assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
-    }
+    // Some rounds must have killed a running process, or this test proved nothing.
+    assert!(kills >= 3, "only {kills} kills: the run finished too soon to be interrupted");
+    let out = run_cmd(&["run", path_str(&plan), "--quiet"]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
     let hits = db
-        .query(&format!(
-            "SELECT COUNT(*), MIN(hits), MAX(hits) FROM {table}"
-        ))
+        .query(&format!("SELECT COUNT(*), MIN(hits), MAX(hits) FROM {table}"))
         .await;
-    let (n, min, max) = (
-        hits[0][0].as_i64(),
-        hits[0][1].as_i64(),
-        hits[0][2].as_i64(),
-    );
-    assert_eq!((n, min, max), (Some(3000), Some(1), Some(1)));
+    let (n, min, max) = (hits[0][0].as_i64(), hits[0][1].as_i64(), hits[0][2].as_i64());
+    assert_eq!((n, min, max), (Some(6000), Some(1), Some(1)), "after {kills} kills");
 }
 
 /// Two processes on one plan at the same time split the work; no row is updated twice.

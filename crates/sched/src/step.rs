@@ -405,19 +405,8 @@ pub(crate) async fn drive(ctx: Arc<StepCtx>) -> StepResult {
         if result.is_some() || run.is_failed() || stop.level() >= StopLevel::Drain {
             break;
         }
-        let permit = tokio::select! {
-            permit = run.permits().acquire_owned() => match permit {
-                Ok(p) => p,
-                Err(_) => break,
-            },
-            _ = stop.reached(StopLevel::Drain) => break,
-            Some(joined) = tasks.join_next(), if !tasks.is_empty() => {
-                if let Some(failure) = batch_failure(joined) {
-                    result.get_or_insert(StepResult::Failed(failure));
-                }
-                continue;
-            }
-        };
+        // Claim before waiting for a free slot, so that the next batch's key walk and claim
+        // overlap the batches in flight instead of adding to each slot's idle time.
         let claimed = match run.pool().take().await {
             Ok(mut conn) => match claim(&ctx, conn.as_mut()).await {
                 Ok(batch) => Ok((conn, batch)),
@@ -433,12 +422,24 @@ pub(crate) async fn drive(ctx: Arc<StepCtx>) -> StepResult {
         match claimed {
             Ok((conn, Some(batch))) => {
                 consecutive_errors = 0;
+                run.track(&batch, ctx.settings().lease);
+                let permit = tokio::select! {
+                    permit = run.permits().acquire_owned() => permit.ok(),
+                    _ = stop.reached(StopLevel::Drain) => None,
+                };
+                let Some(permit) = permit else {
+                    run.untrack(&batch);
+                    run.pool().give(conn);
+                    if let Err(e) = run.state().release(&batch).await {
+                        tracing::warn!(step = ctx.name(), error = %e, "could not release a claimed batch; it returns when its lease ends");
+                    }
+                    break;
+                };
                 tasks.spawn(run_batch(ctx.clone(), conn, batch, permit));
             }
             Ok((conn, None)) => {
                 consecutive_errors = 0;
                 run.pool().give(conn);
-                drop(permit);
                 if let Some(joined) = tasks.join_next().await {
                     if let Some(failure) = batch_failure(joined) {
                         result.get_or_insert(StepResult::Failed(failure));
@@ -465,7 +466,6 @@ pub(crate) async fn drive(ctx: Arc<StepCtx>) -> StepResult {
                 }
             }
             Err(e) if e.kind().is_retryable() && consecutive_errors < 30 => {
-                drop(permit);
                 let delay = batch::backoff(i64::from(consecutive_errors.min(5)));
                 consecutive_errors += 1;
                 tracing::warn!(step = ctx.name(), error = %e, ?delay, "claiming a batch failed; trying again");
@@ -494,6 +494,9 @@ pub(crate) async fn drive(ctx: Arc<StepCtx>) -> StepResult {
         }),
         StepResult::Failed(error) => {
             run.mark_failed();
+            if let Err(e) = run.state().fail_step(run.name(), ctx.name(), error).await {
+                tracing::warn!(step = ctx.name(), error = %e, "could not record the step as failed");
+            }
             run.events().send(Event::StepFailed {
                 step: ctx.name().to_string(),
                 error: error.clone(),

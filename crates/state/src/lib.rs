@@ -706,6 +706,25 @@ impl StateStore {
             .await
     }
 
+    /// Marks a step failed with the message of the batch that failed it.
+    pub async fn fail_step(&self, run: &str, step: &str, message: &str) -> Result<()> {
+        let (run, step, message) = (run.to_string(), step.to_string(), message.to_string());
+        self.with_conn(move |conn| {
+            Box::pin(async move {
+                let d = conn.dialect();
+                let q = format!(
+                    "UPDATE godwit_steps SET state = 'failed', error = ?, finished_ms = {} \
+                     WHERE run = ? AND step = ? AND state <> 'done'",
+                    schema::now_ms(d)
+                );
+                conn.execute(&sql(d, &q), &[text(message), text(run), text(step)])
+                    .await?;
+                Ok(())
+            })
+        })
+        .await
+    }
+
     /// Puts failed batches of a run back in the queue and the run back to running; a re-run
     /// of a failed plan retries what failed.
     pub async fn requeue_failed(&self, run: &str) -> Result<u64> {
