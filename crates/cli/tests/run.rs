@@ -76,7 +76,10 @@ async fn exactly_once_across_kill_9(backend: Backend) {
     let db = TestDb::new(backend).await;
     let table = db.table("killed");
     db.counter_table(&table, 1..=6000).await;
-    let plan = db.plan("plan.toml", &counter_plan(&db, &table, "lease = \"1s\"", None));
+    let plan = db.plan(
+        "plan.toml",
+        &counter_plan(&db, &table, "lease = \"1s\"", None),
+    );
     let mut rng = rand::rng();
     let mut kills = 0;
     for _ in 0..8 {
@@ -90,14 +93,27 @@ async fn exactly_once_across_kill_9(backend: Backend) {
         kills += 1;
     }
     // Some rounds must have killed a running process, or this test proved nothing.
-    assert!(kills >= 3, "only {kills} kills: the run finished too soon to be interrupted");
+    assert!(
+        kills >= 3,
+        "only {kills} kills: the run finished too soon to be interrupted"
+    );
     let out = run_cmd(&["run", path_str(&plan), "--quiet"]);
     assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
     let hits = db
-        .query(&format!("SELECT COUNT(*), MIN(hits), MAX(hits) FROM {table}"))
+        .query(&format!(
+            "SELECT COUNT(*), MIN(hits), MAX(hits) FROM {table}"
+        ))
         .await;
-    let (n, min, max) = (hits[0][0].as_i64(), hits[0][1].as_i64(), hits[0][2].as_i64());
-    assert_eq!((n, min, max), (Some(6000), Some(1), Some(1)), "after {kills} kills");
+    let (n, min, max) = (
+        hits[0][0].as_i64(),
+        hits[0][1].as_i64(),
+        hits[0][2].as_i64(),
+    );
+    assert_eq!(
+        (n, min, max),
+        (Some(6000), Some(1), Some(1)),
+        "after {kills} kills"
+    );
 }
 
 /// Two processes on one plan at the same time split the work; no row is updated twice.
@@ -226,7 +242,43 @@ async fn changed_plan_is_refused_until_restart(backend: Backend) {
     assert_eq!(twice, 10);
 }
 
+/// `run` refuses a key without a unique index (every batch would scan the table), changing
+/// nothing, and says which index would fix it.
+async fn refuses_a_key_without_an_index(backend: Backend) {
+    let db = TestDb::new(backend).await;
+    let table = db.table("noindex");
+    db.exec(&format!(
+        "CREATE TABLE {table} (code INT NOT NULL, hits INT NOT NULL DEFAULT 0)"
+    ))
+    .await;
+    db.exec(&format!("INSERT INTO {table} (code) VALUES (1), (2), (3)"))
+        .await;
+    let text_plan = format!(
+        r#"name = "{table}"
+database = "{url}"
+
+[[steps]]
+name = "scan"
+table = "{table}"
+key = "code"
+sql = "UPDATE {table} SET hits = hits + 1 WHERE code BETWEEN :start AND :end"
+"#,
+        url = db.url
+    );
+    let plan = db.plan("plan.toml", &text_plan);
+    let out = run_cmd(&["run", path_str(&plan)]);
+    let err = text(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{err}");
+    assert!(
+        err.contains("has no index") && err.contains("CREATE UNIQUE INDEX"),
+        "{err}"
+    );
+    let hits = db.scalar(&format!("SELECT SUM(hits) FROM {table}")).await;
+    assert_eq!(hits, 0);
+}
+
 per_backend!(
+    refuses_a_key_without_an_index,
     updates_each_matching_row_once,
     exactly_once_across_kill_9,
     two_processes_share_one_run,

@@ -178,50 +178,33 @@ async fn check_step(report: &mut CheckReport, plan: &Plan, step: &Step, conn: &m
                     );
                 }
             }
-            let Some(info) = table_or_problem(report, plan, step, conn, table).await else {
-                return;
-            };
-            let Some(_) = info.column(key) else {
-                report.problem(
-                    Some(name),
-                    Some("missing-column"),
-                    format!(
-                        "{}: step {name:?}: table {table} has no column {key}",
-                        at(plan, step, "key")
-                    ),
-                    None,
-                );
-                return;
-            };
-            let (indexed, unique) = info.key_index(key);
-            if !unique {
-                let fix = format!(
-                    "CREATE UNIQUE INDEX {} ON {} ({})",
-                    quote_ident(dialect, &format!("{}_{key}_key", table.replace('.', "_"))),
-                    quote_ident(dialect, table),
-                    quote_ident(dialect, key)
-                );
-                let (code, what) = if indexed {
-                    (
-                        "key-not-unique",
-                        "is indexed but not unique; batches need a key that names each row once",
-                    )
-                } else {
-                    (
-                        "missing-index-key",
-                        "has no index; every batch would scan the table",
-                    )
-                };
-                report.problem(
-                    Some(name),
-                    Some(code),
-                    format!(
-                        "{}: step {name:?}: the key {table}.{key} {what}",
-                        at(plan, step, "key")
-                    ),
-                    Some(fix),
-                );
-                return;
+            match godwit_sched::key_problem(conn, table, key).await {
+                Ok(None) => {}
+                Ok(Some(p)) => {
+                    report.problem(
+                        Some(name),
+                        Some(p.code),
+                        format!(
+                            "{}: step {name:?}: {}",
+                            at(plan, step, p.plan_key),
+                            p.message
+                        ),
+                        p.fix,
+                    );
+                    return;
+                }
+                Err(e) => {
+                    report.problem(
+                        Some(name),
+                        None,
+                        format!(
+                            "{}: step {name:?}: cannot inspect table {table}: {e}",
+                            at(plan, step, "table")
+                        ),
+                        None,
+                    );
+                    return;
+                }
             }
             if let Err(message) = try_batch(conn, table, key, filter.as_deref(), sql).await {
                 report.problem(
@@ -250,44 +233,6 @@ fn is_ddl(upper_sql: &str) -> bool {
     ["CREATE ", "ALTER ", "DROP ", "RENAME ", "TRUNCATE "]
         .iter()
         .any(|w| upper_sql.starts_with(w))
-}
-
-async fn table_or_problem(
-    report: &mut CheckReport,
-    plan: &Plan,
-    step: &Step,
-    conn: &mut dyn Conn,
-    table: &str,
-) -> Option<godwit_driver::TableInfo> {
-    match conn.table_info(table).await {
-        Ok(Some(info)) => Some(info),
-        Ok(None) => {
-            report.problem(
-                Some(&step.name),
-                Some("missing-table"),
-                format!(
-                    "{}: step {:?}: table {table} does not exist",
-                    at(plan, step, "table"),
-                    step.name
-                ),
-                None,
-            );
-            None
-        }
-        Err(e) => {
-            report.problem(
-                Some(&step.name),
-                None,
-                format!(
-                    "{}: step {:?}: cannot inspect table {table}: {e}",
-                    at(plan, step, "table"),
-                    step.name
-                ),
-                None,
-            );
-            None
-        }
-    }
 }
 
 /// Runs the walk's first query and the batch statement on an empty range (first key after the

@@ -11,6 +11,7 @@
 
 mod batch;
 mod events;
+mod key;
 mod pool;
 mod run;
 mod step;
@@ -20,6 +21,7 @@ mod walk;
 use std::fmt;
 
 pub use crate::events::{Event, EventSink};
+pub use crate::key::{key_problem, KeyProblem};
 pub use crate::run::run;
 pub use crate::stop::{stop_pair, StopHandle, StopLevel, StopSignal};
 pub use godwit_state::Restart;

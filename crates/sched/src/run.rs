@@ -15,7 +15,8 @@ use crate::pool::ConnPool;
 use crate::step::{self, StepCtx, StepResult};
 use crate::stop::{StopLevel, StopSignal};
 use crate::{
-    default_concurrency, step_definition, Error, Event, EventSink, RunOptions, RunOutcome,
+    default_concurrency, key_problem, step_definition, Error, Event, EventSink, RunOptions,
+    RunOutcome,
 };
 
 /// How often the scheduler looks at the stored run (other processes' progress, a failure).
@@ -114,11 +115,28 @@ pub async fn run(
         .map_or_else(|| data_url.clone(), DbUrl::new);
     let exactly_once = state_url == data_url;
     let pool = ConnPool::new(data_url.clone());
-    let probe = pool
+    let mut probe = pool
         .take()
         .await
         .map_err(|e| Error::database("cannot connect to the plan's database", &e))?;
     let dialect = probe.dialect();
+    // A key without a unique index would make every batch scan the table: refuse up front,
+    // as `check` does, before anything is recorded.
+    for step in &plan.steps {
+        let godwit_plan::StepKind::Chunked { table, key, .. } = &step.kind else {
+            continue;
+        };
+        let problem = key_problem(probe.as_mut(), table, key).await.map_err(|e| {
+            Error::database(&format!("step {:?}: cannot inspect {table}", step.name), &e)
+        })?;
+        if let Some(p) = problem {
+            let fix = p.fix.map(|f| format!("; fix: {f}")).unwrap_or_default();
+            return Err(Error::invalid(format!(
+                "step {:?}: {} ({}){fix}",
+                step.name, p.message, p.code
+            )));
+        }
+    }
     pool.give(probe);
     let state_conn = godwit_db::connect(&state_url, &Default::default())
         .await

@@ -1,0 +1,72 @@
+//! Whether a step's key can be walked: the table and column exist and a unique index leads with
+//! the key. Both `check` and `run` ask, so a plan that would scan the table per batch never runs.
+
+use godwit_driver::{quote_ident, Conn, Result};
+
+/// Why a table and key cannot be walked.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct KeyProblem {
+    /// `missing-table`, `missing-column`, `missing-index-key` or `key-not-unique`.
+    pub code: &'static str,
+    /// What is wrong, naming the table and key.
+    pub message: String,
+    /// The plan key the problem is about (`table` or `key`), for its location.
+    pub plan_key: &'static str,
+    /// A statement that fixes it, when there is one.
+    pub fix: Option<String>,
+}
+
+/// Checks that `table.key` exists and has a unique index leading with it.
+///
+/// # Errors
+/// When the database cannot be asked.
+pub async fn key_problem(
+    conn: &mut dyn Conn,
+    table: &str,
+    key: &str,
+) -> Result<Option<KeyProblem>> {
+    let dialect = conn.dialect();
+    let Some(info) = conn.table_info(table).await? else {
+        return Ok(Some(KeyProblem {
+            code: "missing-table",
+            message: format!("table {table} does not exist"),
+            plan_key: "table",
+            fix: None,
+        }));
+    };
+    if info.column(key).is_none() {
+        return Ok(Some(KeyProblem {
+            code: "missing-column",
+            message: format!("table {table} has no column {key}"),
+            plan_key: "key",
+            fix: None,
+        }));
+    }
+    let (indexed, unique) = info.key_index(key);
+    if unique {
+        return Ok(None);
+    }
+    let fix = format!(
+        "CREATE UNIQUE INDEX {} ON {} ({})",
+        quote_ident(dialect, &format!("{}_{key}_key", table.replace('.', "_"))),
+        quote_ident(dialect, table),
+        quote_ident(dialect, key)
+    );
+    let (code, what) = if indexed {
+        (
+            "key-not-unique",
+            "is indexed but not unique; batches need a key that names each row once",
+        )
+    } else {
+        (
+            "missing-index-key",
+            "has no index; every batch would scan the table",
+        )
+    };
+    Ok(Some(KeyProblem {
+        code,
+        message: format!("the key {table}.{key} {what}"),
+        plan_key: "key",
+        fix: Some(fix),
+    }))
+}
