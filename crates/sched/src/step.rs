@@ -2,7 +2,7 @@
 //! and decide when it is finished.
 
 use std::sync::{Arc, OnceLock};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use godwit_driver::{rewrite_params, Conn, Dialect, Error, ErrorKind, KeyKind, Value};
 use godwit_plan::{Settings, Step, StepKind};
@@ -133,6 +133,23 @@ fn needs_autocommit(sql: &str, dialect: Dialect) -> bool {
     }
 }
 
+/// Opens the connection a step's key walk runs on. On PostgreSQL the planner is steered away
+/// from sequential and bitmap scans there: with a `where` filter it would otherwise often
+/// judge a full scan plus sort cheaper than reading the key index in order up to the LIMIT,
+/// and every claim would read the whole table; JIT and parallel workers only add start-up
+/// time to a query that reads one batch's worth of the index.
+async fn open_walker(pool: &crate::pool::ConnPool) -> Result<Box<dyn Conn>, godwit_driver::Error> {
+    let mut conn = pool.take().await?;
+    if conn.dialect() == Dialect::Postgres {
+        conn.execute_unprepared(
+            "SET enable_seqscan = off; SET enable_bitmapscan = off; SET enable_sort = off; \
+             SET jit = off; SET max_parallel_workers_per_gather = 0",
+        )
+        .await?;
+    }
+    Ok(conn)
+}
+
 /// Fixes the step's walk (once per run, whoever comes first) and returns its record.
 async fn init(ctx: &StepCtx, conn: &mut dyn Conn) -> Result<StepRecord, godwit_driver::Error> {
     let run = ctx.run();
@@ -211,24 +228,49 @@ fn spawn_count(ctx: Arc<StepCtx>, record: &StepRecord) {
     });
 }
 
+/// How often a worker that is still walking looks for batches released by retries or left by
+/// dead workers. Once the walk is exhausted it looks at every claim.
+const ABANDONED_CHECK_EVERY: Duration = Duration::from_secs(1);
+
+/// What one step's claim loop remembers between claims, to save state round trips: the cursor
+/// it advanced last (valid until a compare-and-set fails) and when it last looked for
+/// abandoned batches.
+#[derive(Default)]
+struct ClaimCache {
+    record: Option<StepRecord>,
+    abandoned_checked: Option<Instant>,
+}
+
 /// Claims the next batch: one that was abandoned or released first, otherwise a new range.
 /// `None` when nothing is left to claim now.
 async fn claim(
     ctx: &StepCtx,
     conn: &mut dyn Conn,
+    cache: &mut ClaimCache,
 ) -> Result<Option<ClaimedBatch>, godwit_driver::Error> {
     let run = ctx.run();
     let (state, name, worker) = (run.state(), ctx.name(), run.worker());
     let lease = ctx.settings().lease;
     loop {
-        if let Some(batch) = state
-            .claim_abandoned(run.name(), name, worker, lease)
-            .await?
-        {
-            return Ok(Some(batch));
+        let walking = cache.record.as_ref().is_some_and(|r| !r.exhausted);
+        let check_due = cache
+            .abandoned_checked
+            .is_none_or(|t| t.elapsed() >= ABANDONED_CHECK_EVERY);
+        if !walking || check_due {
+            cache.abandoned_checked = Some(Instant::now());
+            if let Some(batch) = state
+                .claim_abandoned(run.name(), name, worker, lease)
+                .await?
+            {
+                return Ok(Some(batch));
+            }
         }
-        let record = state.step_record(run.name(), name).await?;
+        let record = match cache.record.take() {
+            Some(record) => record,
+            None => state.step_record(run.name(), name).await?,
+        };
         if record.exhausted {
+            cache.record = Some(record);
             return Ok(None);
         }
         let new = match &ctx.work {
@@ -273,10 +315,17 @@ async fn claim(
                 }
             }
         };
-        if let Some(batch) = state
+        let (end_key, last) = (new.end_key.clone(), new.last);
+        let claimed = state
             .claim_new(run.name(), name, &record, new, worker, lease)
-            .await?
-        {
+            .await?;
+        if let Some(batch) = claimed {
+            cache.record = Some(StepRecord {
+                cursor_key: end_key,
+                next_batch: record.next_batch + 1,
+                exhausted: last,
+                ..record
+            });
             return Ok(Some(batch));
         }
         // Another worker advanced the cursor first: read it again.
@@ -361,11 +410,13 @@ async fn run_batch(
 /// Works on a step until it is done, fails, or the run is asked to stop.
 pub(crate) async fn drive(ctx: Arc<StepCtx>) -> StepResult {
     let run = ctx.run.clone();
-    let mut conn = match run.pool().take().await {
-        Ok(c) => c,
+    // The key walk has a connection of its own: it runs one query at a time, and on
+    // PostgreSQL it carries planner settings that must not touch the batches' statements.
+    let mut walker = match open_walker(run.pool()).await {
+        Ok(c) => Some(c),
         Err(e) => return StepResult::Failed(format!("step {:?}: {e}", ctx.name())),
     };
-    let record = match init(&ctx, conn.as_mut()).await {
+    let record = match init(&ctx, walker.as_deref_mut().expect("walker was just opened")).await {
         Ok(r) => r,
         Err(e) => {
             return StepResult::Failed(format!(
@@ -374,7 +425,6 @@ pub(crate) async fn drive(ctx: Arc<StepCtx>) -> StepResult {
             ))
         }
     };
-    run.pool().give(conn);
     let rows_done = run
         .state()
         .status(run.name())
@@ -396,6 +446,7 @@ pub(crate) async fn drive(ctx: Arc<StepCtx>) -> StepResult {
     let mut result: Option<StepResult> = None;
     let mut stop = run.stop().clone();
     let mut consecutive_errors = 0u32;
+    let mut cache = ClaimCache::default();
     loop {
         while let Some(joined) = tasks.try_join_next() {
             if let Some(failure) = batch_failure(joined) {
@@ -407,20 +458,33 @@ pub(crate) async fn drive(ctx: Arc<StepCtx>) -> StepResult {
         }
         // Claim before waiting for a free slot, so that the next batch's key walk and claim
         // overlap the batches in flight instead of adding to each slot's idle time.
-        let claimed = match run.pool().take().await {
-            Ok(mut conn) => match claim(&ctx, conn.as_mut()).await {
-                Ok(batch) => Ok((conn, batch)),
+        let claimed = match &mut walker {
+            Some(conn) => claim(&ctx, conn.as_mut(), &mut cache).await,
+            None => match open_walker(run.pool()).await {
+                Ok(conn) => claim(&ctx, walker.insert(conn).as_mut(), &mut cache).await,
+                Err(e) => Err(e),
+            },
+        };
+        if let Err(e) = &claimed {
+            if e.kind() == ErrorKind::Connection {
+                walker = None;
+            }
+        }
+        let claimed = match claimed {
+            Ok(Some(batch)) => match run.pool().take().await {
+                Ok(conn) => Ok((Some(conn), Some(batch))),
                 Err(e) => {
-                    if e.kind() != ErrorKind::Connection && conn.rollback().await.is_ok() {
-                        run.pool().give(conn);
+                    if let Err(release) = run.state().release(&batch).await {
+                        tracing::warn!(step = ctx.name(), error = %release, "could not release a claimed batch; it returns when its lease ends");
                     }
                     Err(e)
                 }
             },
+            Ok(None) => Ok((None, None)),
             Err(e) => Err(e),
         };
         match claimed {
-            Ok((conn, Some(batch))) => {
+            Ok((Some(conn), Some(batch))) => {
                 consecutive_errors = 0;
                 run.track(&batch, ctx.settings().lease);
                 let permit = tokio::select! {
@@ -437,9 +501,8 @@ pub(crate) async fn drive(ctx: Arc<StepCtx>) -> StepResult {
                 };
                 tasks.spawn(run_batch(ctx.clone(), conn, batch, permit));
             }
-            Ok((conn, None)) => {
+            Ok(_) => {
                 consecutive_errors = 0;
-                run.pool().give(conn);
                 if let Some(joined) = tasks.join_next().await {
                     if let Some(failure) = batch_failure(joined) {
                         result.get_or_insert(StepResult::Failed(failure));

@@ -468,56 +468,19 @@ impl StateStore {
         let expected = record.next_batch;
         self.with_conn(move |conn| {
             Box::pin(async move {
-                let d = conn.dialect();
-                conn.begin(godwit_driver::TxOptions {
-                    async_commit: true,
-                    ..Default::default()
-                })
-                .await?;
-                let moved = conn
-                    .execute(
-                        &sql(
-                            d,
-                            "UPDATE godwit_steps SET cursor_key = ?, next_batch = next_batch + 1, exhausted = ? \
-                             WHERE run = ? AND step = ? AND next_batch = ? AND exhausted = 0",
-                        ),
-                        &[
-                            opt_text(batch.end_key.as_deref()),
-                            Value::Int(i64::from(batch.last)),
-                            text(run.clone()),
-                            text(step.clone()),
-                            Value::Int(expected),
-                        ],
-                    )
-                    .await?;
-                if moved != 1 {
-                    conn.rollback().await?;
-                    return Ok(None);
-                }
                 let token = uuid::Uuid::new_v4().simple().to_string();
-                let now = schema::now_ms(d);
-                let q = format!(
-                    "INSERT INTO godwit_batches (run, step, batch, start_key, end_key, n_rows, state, \
-                     token, worker, lease_until_ms, attempts, claimed_ms) \
-                     VALUES (?, ?, ?, ?, ?, ?, 'claimed', ?, ?, {now} + ?, 0, {now})"
-                );
-                conn.execute(
-                    &sql(d, &q),
-                    &[
-                        text(run.clone()),
-                        text(step.clone()),
-                        Value::Int(expected),
-                        opt_text(batch.start_key.as_deref()),
-                        opt_text(batch.end_key.as_deref()),
-                        Value::Int(batch.n_rows),
-                        text(token.clone()),
-                        text(worker),
-                        lease_ms(lease),
-                    ],
-                )
-                .await?;
-                conn.commit().await?;
-                Ok(Some(ClaimedBatch {
+                let claimed = if conn.dialect() == Dialect::Postgres {
+                    claim_new_in_one_statement(
+                        conn, &run, &step, expected, &batch, &token, &worker, lease,
+                    )
+                    .await?
+                } else {
+                    claim_new_in_transaction(
+                        conn, &run, &step, expected, &batch, &token, &worker, lease,
+                    )
+                    .await?
+                };
+                Ok(claimed.then_some(ClaimedBatch {
                     run,
                     step,
                     batch: expected,
@@ -793,6 +756,106 @@ impl StateStore {
 
 async fn reconnect(url: &DbUrl, options: &godwit_driver::ConnectOptions) -> Result<Box<dyn Conn>> {
     godwit_db::connect(url, options).await
+}
+
+/// PostgreSQL: advances the cursor and inserts the batch in one statement, one round trip.
+#[allow(clippy::too_many_arguments)]
+async fn claim_new_in_one_statement(
+    conn: &mut dyn Conn,
+    run: &str,
+    step: &str,
+    expected: i64,
+    batch: &NewBatch,
+    token: &str,
+    worker: &str,
+    lease: Duration,
+) -> Result<bool> {
+    let now = schema::now_ms(Dialect::Postgres);
+    let q = format!(
+        "WITH moved AS ( \
+           UPDATE godwit_steps SET cursor_key = $1, next_batch = next_batch + 1, exhausted = $2 \
+           WHERE run = $3 AND step = $4 AND next_batch = $5 AND exhausted = 0 RETURNING run) \
+         INSERT INTO godwit_batches (run, step, batch, start_key, end_key, n_rows, state, token, \
+           worker, lease_until_ms, attempts, claimed_ms) \
+         SELECT $3, $4, $5, $6, $1, $7, 'claimed', $8, $9, {now} + $10, 0, {now} FROM moved"
+    );
+    let inserted = conn
+        .execute(
+            &q,
+            &[
+                opt_text(batch.end_key.as_deref()),
+                Value::Int(i64::from(batch.last)),
+                text(run),
+                text(step),
+                Value::Int(expected),
+                opt_text(batch.start_key.as_deref()),
+                Value::Int(batch.n_rows),
+                text(token),
+                text(worker),
+                lease_ms(lease),
+            ],
+        )
+        .await?;
+    Ok(inserted == 1)
+}
+
+/// MySQL and SQLite: the same in a transaction (MySQL has no data-modifying CTE).
+#[allow(clippy::too_many_arguments)]
+async fn claim_new_in_transaction(
+    conn: &mut dyn Conn,
+    run: &str,
+    step: &str,
+    expected: i64,
+    batch: &NewBatch,
+    token: &str,
+    worker: &str,
+    lease: Duration,
+) -> Result<bool> {
+    let d = conn.dialect();
+    conn.begin(godwit_driver::TxOptions::default()).await?;
+    let moved = conn
+        .execute(
+            &sql(
+                d,
+                "UPDATE godwit_steps SET cursor_key = ?, next_batch = next_batch + 1, exhausted = ? \
+                 WHERE run = ? AND step = ? AND next_batch = ? AND exhausted = 0",
+            ),
+            &[
+                opt_text(batch.end_key.as_deref()),
+                Value::Int(i64::from(batch.last)),
+                text(run),
+                text(step),
+                Value::Int(expected),
+            ],
+        )
+        .await?;
+    if moved != 1 {
+        conn.rollback().await?;
+        return Ok(false);
+    }
+    let now = schema::now_ms(d);
+    let q = format!(
+        "INSERT INTO godwit_batches (run, step, batch, start_key, end_key, n_rows, state, \
+         token, worker, lease_until_ms, attempts, claimed_ms) \
+         VALUES (?, ?, ?, ?, ?, ?, 'claimed', ?, ?, {now} + ?, 0, {now})"
+    );
+    conn.execute(
+        &sql(d, &q),
+        &[
+            text(run),
+            text(step),
+            Value::Int(expected),
+            opt_text(batch.start_key.as_deref()),
+            opt_text(batch.end_key.as_deref()),
+            Value::Int(batch.n_rows),
+            text(token),
+            text(worker),
+            lease_ms(lease),
+        ],
+    )
+    .await?;
+    conn.commit().await?;
+    Ok(true)
 }
 
 async fn read_step(conn: &mut dyn Conn, run: String, step: String) -> Result<StepRecord> {
