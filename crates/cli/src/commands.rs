@@ -171,7 +171,7 @@ async fn status(args: StatusArgs) -> anyhow::Result<u8> {
         .with_context(|| format!("{}: cannot read the state database", args.plan.display()))?;
     let status = status.unwrap_or_else(|| progress::not_started(&plan));
     if args.json {
-        println!("{}", serde_json::to_string(&status)?);
+        outln!("{}", serde_json::to_string(&status)?);
     } else {
         print!("{}", progress::status_table(&status));
     }
@@ -189,25 +189,28 @@ async fn check(args: CheckArgs) -> anyhow::Result<u8> {
         Err(errors) => godwit::check::CheckReport::from_plan_errors(&name_guess, &errors),
     };
     if args.json {
-        println!("{}", serde_json::to_string(&report)?);
+        outln!("{}", serde_json::to_string(&report)?);
     } else {
         for p in &report.problems {
-            println!("problem: {}", p.message);
+            outln!("problem: {}", p.message);
             if let Some(fix) = &p.fix {
-                println!("  fix: {fix}");
+                outln!("  fix: {fix}");
             }
         }
         for f in &report.findings {
-            println!(
+            outln!(
                 "{} [{}]: step {:?}: {}",
-                f.severity, f.code, f.step, f.message
+                f.severity,
+                f.code,
+                f.step,
+                f.message
             );
             if let Some(fix) = &f.fix {
-                println!("  fix: {fix}");
+                outln!("  fix: {fix}");
             }
         }
         if report.valid {
-            println!("{}: plan {:?} is valid", args.plan.display(), report.plan);
+            outln!("{}: plan {:?} is valid", args.plan.display(), report.plan);
         }
     }
     let warned = report.findings.iter().any(|f| f.severity == "warning");

@@ -1,5 +1,12 @@
 //! The `godwit` command: flags, progress output and exit codes over the `godwit` library.
 
+/// `println!` for stdout that tolerates a closed pipe; see [`out`].
+macro_rules! outln {
+    ($($arg:tt)*) => {
+        $crate::out(format_args!($($arg)*))
+    };
+}
+
 mod args;
 mod commands;
 mod progress;
@@ -18,6 +25,13 @@ pub(crate) mod exit {
     pub const INVALID: u8 = 2;
     /// Stopped with work left (time budget or signal); running again resumes.
     pub const STOPPED: u8 = 75;
+}
+
+/// Prints a line on stdout. A closed pipe (`godwit status --json | head -1`) is not an error:
+/// the reader has what it wanted, so the line is dropped instead of panicking.
+pub(crate) fn out(line: impl std::fmt::Display) {
+    use std::io::Write;
+    let _ = writeln!(std::io::stdout().lock(), "{line}");
 }
 
 fn main() -> ExitCode {

@@ -111,7 +111,7 @@ impl Renderer {
                 Ok(RunOutcome::Failed(m)) => ("failed", Some(m.clone())),
                 Err(e) => ("error", Some(e.to_string())),
             };
-            println!(
+            outln!(
                 "{}",
                 json!({"event": "run_done", "state": state, "error": error})
             );
@@ -318,7 +318,7 @@ fn json_event(steps: &mut HashMap<String, StepProgress>, event: &Event) {
             json!({"event": "error", "step": step, "error": error})
         }
     };
-    println!("{line}");
+    outln!("{line}");
 }
 
 /// 1234567 → "1,234,567".
