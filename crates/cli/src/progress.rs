@@ -153,17 +153,31 @@ fn plain_line(name: &str, p: &StepProgress) -> String {
     }
 }
 
+/// The bar's look: a bar with ETA once the step's rows are counted, a counter until then.
+fn bar_style(counted: bool) -> ProgressStyle {
+    let template = if counted {
+        "{prefix:<20} [{bar:30}] {human_pos}/{human_len} rows  {rate}  ETA {eta}"
+    } else {
+        "{prefix:<20} {spinner} {human_pos} rows  {rate}  (counting rows…)"
+    };
+    ProgressStyle::with_template(template)
+        .unwrap_or_else(|_| ProgressStyle::default_bar())
+        .with_key(
+            "rate",
+            |state: &indicatif::ProgressState, w: &mut dyn std::fmt::Write| {
+                let _ = write!(w, "{} rows/s", thousands(state.per_sec() as i64));
+            },
+        )
+        .progress_chars("=> ")
+}
+
 fn bar_for(multi: &MultiProgress, name: &str, p: &StepProgress) -> ProgressBar {
     let bar = multi.add(ProgressBar::new(p.rows_total.unwrap_or(0).max(0) as u64));
-    let style = ProgressStyle::with_template(
-        "{prefix:<20} [{bar:30}] {human_pos}/{human_len} rows  {per_sec:>12}  ETA {eta}",
-    )
-    .unwrap_or_else(|_| ProgressStyle::default_bar())
-    .progress_chars("=> ");
-    bar.set_style(style);
+    bar.set_style(bar_style(p.rows_total.is_some()));
     bar.set_prefix(name.to_string());
     bar.set_position(p.rows_done.max(0) as u64);
     bar.reset_eta();
+    bar.enable_steady_tick(Duration::from_millis(200));
     bar
 }
 
@@ -211,6 +225,7 @@ fn handle(
                 p.rows_total = Some(rows_total);
                 if let Some(bar) = &p.bar {
                     bar.set_length(rows_total.max(0) as u64);
+                    bar.set_style(bar_style(true));
                 }
             }
         }
@@ -237,9 +252,9 @@ fn handle(
             if let Some(p) = steps.get_mut(&step) {
                 p.done = true;
                 if let Some(bar) = &p.bar {
-                    if let Some(total) = p.rows_total {
-                        bar.set_length(total.max(p.rows_done).max(0) as u64);
-                    }
+                    let total = p.rows_total.unwrap_or(p.rows_done).max(p.rows_done);
+                    bar.set_style(bar_style(true));
+                    bar.set_length(total.max(0) as u64);
                     bar.finish();
                 }
                 if mode == Mode::Plain {
