@@ -116,6 +116,55 @@ async fn exactly_once_across_kill_9(backend: Backend) {
     );
 }
 
+/// Two processes on one plan, each killed at random moments and restarted: still exactly once.
+async fn exactly_once_with_two_processes_killed(backend: Backend) {
+    let db = TestDb::new(backend).await;
+    let table = db.table("pair");
+    db.counter_table(&table, 1..=6000).await;
+    let plan = db.plan(
+        "plan.toml",
+        &counter_plan(&db, &table, "lease = \"1s\"", None),
+    );
+    let args = ["run", path_str(&plan), "--concurrency", "3", "--quiet"];
+    let mut rng = rand::rng();
+    let mut kills = 0;
+    let mut pair = [spawn(&args), spawn(&args)];
+    for _ in 0..10 {
+        std::thread::sleep(Duration::from_millis(rng.random_range(50..300)));
+        let victim = rng.random_range(0..2);
+        if pair[victim].try_wait().expect("try_wait").is_some() {
+            break;
+        }
+        pair[victim].kill().expect("kill -9");
+        let _ = pair[victim].wait();
+        kills += 1;
+        pair[victim] = spawn(&args);
+    }
+    for child in pair {
+        let out = child.wait_with_output().expect("wait");
+        assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    }
+    assert!(
+        kills >= 3,
+        "only {kills} kills: the run finished too soon to be interrupted"
+    );
+    let hits = db
+        .query(&format!(
+            "SELECT COUNT(*), MIN(hits), MAX(hits) FROM {table}"
+        ))
+        .await;
+    let (n, min, max) = (
+        hits[0][0].as_i64(),
+        hits[0][1].as_i64(),
+        hits[0][2].as_i64(),
+    );
+    assert_eq!(
+        (n, min, max),
+        (Some(6000), Some(1), Some(1)),
+        "after {kills} kills"
+    );
+}
+
 /// Two processes on one plan at the same time split the work; no row is updated twice.
 async fn two_processes_share_one_run(backend: Backend) {
     let db = TestDb::new(backend).await;
@@ -281,6 +330,7 @@ per_backend!(
     refuses_a_key_without_an_index,
     updates_each_matching_row_once,
     exactly_once_across_kill_9,
+    exactly_once_with_two_processes_killed,
     two_processes_share_one_run,
     permanent_error_fails_with_context,
     time_budget_stops_and_resumes,
