@@ -351,7 +351,7 @@ async fn run_batch(
     let Some(executed) = executed else {
         // Dropping the connection mid-transaction makes the server roll the batch back.
         drop(conn);
-        if let Err(e) = run.state().release(&batch).await {
+        if let Err(e) = with_retries(|| run.state().release(&batch)).await {
             tracing::warn!(step = ctx.name(), error = %e, "could not release an aborted batch; it returns when its lease ends");
         }
         return Ok(());
@@ -394,12 +394,15 @@ async fn run_batch(
                     error: message,
                     delay,
                 });
-                if let Err(e) = run.state().record_failure(&batch, &e, Some(delay)).await {
+                let recorded =
+                    with_retries(|| run.state().record_failure(&batch, &e, Some(delay))).await;
+                if let Err(e) = recorded {
                     tracing::warn!(step = ctx.name(), error = %e, "could not record a retry; the batch returns when its lease ends");
                 }
                 return Ok(());
             }
-            if let Err(record_err) = run.state().record_failure(&batch, &e, None).await {
+            let recorded = with_retries(|| run.state().record_failure(&batch, &e, None)).await;
+            if let Err(record_err) = recorded {
                 tracing::error!(step = ctx.name(), error = %record_err, "could not record a failed batch");
             }
             Err(message)
@@ -568,6 +571,25 @@ pub(crate) async fn drive(ctx: Arc<StepCtx>) -> StepResult {
         StepResult::Stopped => {}
     }
     result
+}
+
+/// Retries a state write through a short outage (a database restart): the batch's record
+/// would otherwise wait for its lease to run out before anyone takes it again.
+async fn with_retries<T, F, Fut>(mut write: F) -> Result<T, godwit_driver::Error>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<T, godwit_driver::Error>>,
+{
+    let mut attempt = 0;
+    loop {
+        match write().await {
+            Err(e) if e.kind().is_retryable() && attempt < 6 => {
+                tokio::time::sleep(batch::backoff(attempt)).await;
+                attempt += 1;
+            }
+            result => return result,
+        }
+    }
 }
 
 fn batch_failure(joined: Result<Result<(), String>, tokio::task::JoinError>) -> Option<String> {
