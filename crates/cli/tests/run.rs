@@ -326,7 +326,57 @@ sql = "UPDATE {table} SET hits = hits + 1 WHERE code BETWEEN :start AND :end"
     assert_eq!(hits, 0);
 }
 
+/// A stuck batch never hangs the run: `batch_timeout` cancels it on the database side, it is
+/// retried, and after `max_attempts` the run fails naming the database's timeout code.
+async fn batch_timeout_cancels_a_stuck_batch(backend: Backend) {
+    let db = TestDb::new(backend).await;
+    let table = db.table("stuck");
+    db.counter_table(&table, 1..=5).await;
+    let (stuck, code) = match backend {
+        Backend::Postgres => ("pg_sleep(30) IS NOT NULL", "[57014]"),
+        Backend::MySql => ("SLEEP(30) = 0", "[1969]"),
+        Backend::Sqlite => (
+            "(WITH RECURSIVE s(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM s WHERE i < 1000000000) SELECT COUNT(*) FROM s) > 0",
+            "[9]",
+        ),
+    };
+    let text_plan = format!(
+        r#"name = "{table}"
+database = "{url}"
+
+[defaults]
+batch_timeout = "300ms"
+max_attempts = 2
+
+[[steps]]
+name = "stuck"
+table = "{table}"
+key = "id"
+sql = "UPDATE {table} SET hits = hits + 1 WHERE id BETWEEN :start AND :end AND {stuck}"
+"#,
+        url = db.url
+    );
+    let plan = db.plan("plan.toml", &text_plan);
+    let started = std::time::Instant::now();
+    let out = run_cmd(&["run", path_str(&plan)]);
+    let err = text(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(
+        err.contains(code) && err.contains("keys 1..=5") && err.contains("attempt 2/2"),
+        "{err}"
+    );
+    // Two attempts of 300 ms and a backoff, far from the 30 s the statement asked for.
+    assert!(
+        started.elapsed() < Duration::from_secs(20),
+        "took {:?}",
+        started.elapsed()
+    );
+    let hits = db.scalar(&format!("SELECT SUM(hits) FROM {table}")).await;
+    assert_eq!(hits, 0);
+}
+
 per_backend!(
+    batch_timeout_cancels_a_stuck_batch,
     refuses_a_key_without_an_index,
     updates_each_matching_row_once,
     exactly_once_across_kill_9,

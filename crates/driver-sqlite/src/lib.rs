@@ -2,12 +2,13 @@
 //!
 //! SQLite has one writer at a time. Connections open in WAL mode with a busy timeout, and
 //! transactions start with `BEGIN IMMEDIATE`, so concurrent batches queue for the write lock
-//! instead of failing with `SQLITE_BUSY` when a read lock cannot be upgraded.
+//! instead of failing with `SQLITE_BUSY` when a read lock cannot be upgraded. A batch's time
+//! limit is a progress handler that interrupts its statements past the deadline.
 #![deny(missing_docs)]
 
 use std::str::FromStr;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
 use godwit_driver::{
@@ -108,6 +109,8 @@ fn classify(err: sqlx::Error) -> Error {
                 .map(|c| c & 0xff);
             let kind = match primary {
                 Some(5) | Some(6) => ErrorKind::Transient,
+                // Interrupted by the batch deadline set in `begin`.
+                Some(9) => ErrorKind::Timeout,
                 _ => ErrorKind::Permanent,
             };
             Error::new(kind, code, db.message())
@@ -127,6 +130,20 @@ fn text(value: &Value) -> String {
         Value::Bytes(b) => String::from_utf8_lossy(b).into_owned(),
         Value::Int(n) => n.to_string(),
         _ => String::new(),
+    }
+}
+
+/// Virtual machine instructions between two looks at a batch's deadline: often enough to stop
+/// within milliseconds, rare enough to cost nothing measurable.
+const PROGRESS_OPS: i32 = 10_000;
+
+impl SqliteConn {
+    /// Removes the batch deadline so that it cannot interrupt the commit, the rollback or
+    /// whatever runs on this connection next.
+    async fn clear_deadline(&mut self) -> Result<()> {
+        let mut handle = self.conn.lock_handle().await.map_err(classify)?;
+        handle.remove_progress_handler();
+        Ok(())
     }
 }
 
@@ -168,15 +185,24 @@ impl Conn for SqliteConn {
         Ok(done.rows_affected())
     }
 
-    async fn begin(&mut self, _options: TxOptions) -> Result<()> {
+    async fn begin(&mut self, options: TxOptions) -> Result<()> {
+        if let Some(timeout) = options.statement_timeout {
+            // SQLite has no statement timeout: a progress handler interrupts the
+            // transaction's statements past the deadline (SQLITE_INTERRUPT, a timeout).
+            let deadline = Instant::now() + timeout;
+            let mut handle = self.conn.lock_handle().await.map_err(classify)?;
+            handle.set_progress_handler(PROGRESS_OPS, move || Instant::now() < deadline);
+        }
         self.execute_unprepared("BEGIN IMMEDIATE").await.map(drop)
     }
 
     async fn commit(&mut self) -> Result<()> {
+        self.clear_deadline().await?;
         self.execute_unprepared("COMMIT").await.map(drop)
     }
 
     async fn rollback(&mut self) -> Result<()> {
+        self.clear_deadline().await?;
         self.execute_unprepared("ROLLBACK").await.map(drop)
     }
 
