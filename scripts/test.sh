@@ -6,4 +6,13 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 eval "$(scripts/test-services.sh)"
 cargo build --workspace --all-targets --locked
-cargo test --workspace --locked -- --test-threads=2
+log=$(mktemp)
+trap 'rm -f "$log"' EXIT
+set +e
+cargo test --workspace --locked --no-fail-fast -- --test-threads=2 2>&1 | tee "$log"
+status=${PIPESTATUS[0]}
+set -e
+# One closing line for the whole workspace (cargo prints one per test binary).
+sum() { grep -E '^test result:' "$log" | sed -E "s/.* ([0-9]+) $1.*/\1/" | paste -sd+ - | bc; }
+echo "tests: $(sum passed) passed, $(sum failed) failed"
+exit "$status"

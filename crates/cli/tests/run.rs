@@ -75,7 +75,7 @@ async fn updates_each_matching_row_once(backend: Backend) {
 async fn exactly_once_across_kill_9(backend: Backend) {
     let db = TestDb::new(backend).await;
     let table = db.table("killed");
-    db.counter_table(&table, 1..=6000).await;
+    db.counter_table(&table, 1..=12000).await;
     let plan = db.plan(
         "plan.toml",
         &counter_plan(&db, &table, "lease = \"1s\"", None),
@@ -84,7 +84,7 @@ async fn exactly_once_across_kill_9(backend: Backend) {
     let mut kills = 0;
     for _ in 0..8 {
         let mut child = spawn(&["run", path_str(&plan), "--concurrency", "4", "--quiet"]);
-        std::thread::sleep(Duration::from_millis(rng.random_range(100..500)));
+        std::thread::sleep(Duration::from_millis(rng.random_range(30..300)));
         if child.try_wait().expect("try_wait").is_some() {
             break;
         }
@@ -111,7 +111,7 @@ async fn exactly_once_across_kill_9(backend: Backend) {
     );
     assert_eq!(
         (n, min, max),
-        (Some(6000), Some(1), Some(1)),
+        (Some(12000), Some(1), Some(1)),
         "after {kills} kills"
     );
 }

@@ -413,19 +413,29 @@ async fn run_batch(
 /// Works on a step until it is done, fails, or the run is asked to stop.
 pub(crate) async fn drive(ctx: Arc<StepCtx>) -> StepResult {
     let run = ctx.run.clone();
+    let mut stop = run.stop().clone();
     // The key walk has a connection of its own: it runs one query at a time, and on
     // PostgreSQL it carries planner settings that must not touch the batches' statements.
-    let mut walker = match open_walker(run.pool()).await {
-        Ok(c) => Some(c),
-        Err(e) => return StepResult::Failed(format!("step {:?}: {e}", ctx.name())),
-    };
-    let record = match init(&ctx, walker.as_deref_mut().expect("walker was just opened")).await {
-        Ok(r) => r,
-        Err(e) => {
-            return StepResult::Failed(format!(
-                "step {:?}: cannot start its key walk: {e}",
-                ctx.name()
-            ))
+    // Starting rides out a short outage (a database restart) like claims do.
+    let mut attempt = 0;
+    let (mut walker, record) = loop {
+        let started = match open_walker(run.pool()).await {
+            Ok(mut conn) => init(&ctx, conn.as_mut()).await.map(|record| (conn, record)),
+            Err(e) => Err(e),
+        };
+        match started {
+            Ok((conn, record)) => break (Some(conn), record),
+            Err(e) if e.kind().is_retryable() && attempt < 6 && stop.level() == StopLevel::Run => {
+                tracing::warn!(step = ctx.name(), error = %e, "cannot start the step yet; trying again");
+                tokio::time::sleep(batch::backoff(attempt)).await;
+                attempt += 1;
+            }
+            Err(e) => {
+                return StepResult::Failed(format!(
+                    "step {:?}: cannot start its key walk: {e}",
+                    ctx.name()
+                ))
+            }
         }
     };
     let rows_done = run
@@ -447,7 +457,6 @@ pub(crate) async fn drive(ctx: Arc<StepCtx>) -> StepResult {
 
     let mut tasks: JoinSet<Result<(), String>> = JoinSet::new();
     let mut result: Option<StepResult> = None;
-    let mut stop = run.stop().clone();
     let mut consecutive_errors = 0u32;
     let mut cache = ClaimCache::default();
     loop {
