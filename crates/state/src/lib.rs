@@ -650,7 +650,7 @@ impl StateStore {
                 conn.execute(
                     &sql(
                         d,
-                        "UPDATE godwit_batches SET state = 'pending', token = NULL, lease_until_ms = NULL, \
+                        "UPDATE godwit_batches SET state = 'pending', token = NULL, lease_until_ms = NULL \
                          WHERE run = ? AND step = ? AND batch = ? AND token = ? AND state = 'claimed'",
                     ),
                     &[text(batch.run), text(batch.step), Value::Int(batch.batch), text(batch.token)],
