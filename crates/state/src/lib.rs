@@ -1070,7 +1070,8 @@ async fn complete_step(conn: &mut dyn Conn, run: String, step: String) -> Result
             &sql(
                 d,
                 "SELECT state, error_code, error, start_key, end_key FROM godwit_batches \
-                 WHERE run = ? AND step = ? AND state <> 'done' ORDER BY batch LIMIT 1",
+                 WHERE run = ? AND step = ? AND state <> 'done' \
+                 ORDER BY CASE WHEN state = 'failed' THEN 0 ELSE 1 END, batch LIMIT 1",
             ),
             &[text(run.clone()), text(step.clone())],
         )

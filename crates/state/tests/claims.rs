@@ -1,0 +1,307 @@
+//! The claim protocol on each real database: compare-and-set claims, leases, fencing,
+//! retries, completion and status.
+
+use std::time::Duration;
+
+use godwit_driver::{Conn, ConnectOptions, DbUrl, Error};
+use godwit_state::{
+    BatchOutcome, NewBatch, Restart, RunSpec, RunStart, StateStore, StepCompletion, StepSpec,
+};
+
+struct Db {
+    url: DbUrl,
+    _dir: tempfile::TempDir,
+}
+
+async fn db(backend: &str) -> Db {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let url = match backend {
+        "pg" => std::env::var("GODWIT_TEST_PG")
+            .expect("GODWIT_TEST_PG is not set: run the tests with scripts/test.sh"),
+        "mysql" => std::env::var("GODWIT_TEST_MYSQL")
+            .expect("GODWIT_TEST_MYSQL is not set: run the tests with scripts/test.sh"),
+        _ => format!("sqlite://{}/state.db", dir.path().display()),
+    };
+    Db {
+        url: DbUrl::new(url),
+        _dir: dir,
+    }
+}
+
+async fn connect(db: &Db) -> Box<dyn Conn> {
+    godwit_db::connect(
+        &db.url,
+        &ConnectOptions {
+            create_if_missing: true,
+        },
+    )
+    .await
+    .unwrap_or_else(|e| panic!("cannot connect to {}: {e}", db.url))
+}
+
+async fn store(db: &Db) -> StateStore {
+    StateStore::open(&db.url, connect(db).await)
+        .await
+        .expect("open state")
+}
+
+fn spec(name: &str, definition: &str) -> RunSpec {
+    RunSpec {
+        name: name.into(),
+        plan_text: "name = \"x\"".into(),
+        steps: vec![StepSpec {
+            name: "s".into(),
+            definition: definition.into(),
+        }],
+    }
+}
+
+fn range(a: i64, b: i64, last: bool) -> NewBatch {
+    NewBatch {
+        start_key: Some(a.to_string()),
+        end_key: Some(b.to_string()),
+        n_rows: b - a + 1,
+        last,
+    }
+}
+
+fn run_name() -> String {
+    format!("claims-{:016x}", rand_u64())
+}
+
+fn rand_u64() -> u64 {
+    let t = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_nanos())
+        .unwrap_or_default();
+    (t as u64) ^ u64::from(std::process::id()).rotate_left(32)
+}
+
+const LEASE: Duration = Duration::from_secs(30);
+
+async fn claims_are_compare_and_set_and_fenced(backend: &str) {
+    let db = db(backend).await;
+    let state = store(&db).await;
+    let run = run_name();
+    assert_eq!(
+        state
+            .begin_run(&spec(&run, "v1"), Restart::Resume)
+            .await
+            .unwrap(),
+        RunStart::Created
+    );
+    assert_eq!(
+        state
+            .begin_run(&spec(&run, "v1"), Restart::Resume)
+            .await
+            .unwrap(),
+        RunStart::Resumed
+    );
+    let changed = state
+        .begin_run(&spec(&run, "v2"), Restart::Resume)
+        .await
+        .unwrap_err();
+    assert!(
+        changed.to_string().contains("step \"s\" changed"),
+        "{changed}"
+    );
+
+    let record = state
+        .init_step(&run, "s", Some("int"), Some("100"), false)
+        .await
+        .unwrap();
+    assert!(record.initialized && !record.exhausted && record.next_batch == 0);
+    // A second initializer reads the first one's values back.
+    let again = state
+        .init_step(&run, "s", Some("int"), Some("999"), false)
+        .await
+        .unwrap();
+    assert_eq!(again.upper_key.as_deref(), Some("100"));
+
+    let first = state
+        .claim_new(&run, "s", &record, range(1, 10, false), "w1", LEASE)
+        .await
+        .unwrap();
+    let first = first.expect("first claim");
+    // The same stale record cannot claim again: the cursor moved.
+    let stale = state
+        .claim_new(&run, "s", &record, range(1, 10, false), "w2", LEASE)
+        .await
+        .unwrap();
+    assert!(stale.is_none(), "a stale cursor must not claim");
+    let record = state.step_record(&run, "s").await.unwrap();
+    assert_eq!(
+        (record.next_batch, record.cursor_key.as_deref()),
+        (1, Some("10"))
+    );
+
+    // Fencing: a batch taken over after its lease ran out cannot be recorded by its old holder.
+    let second = state
+        .claim_new(
+            &run,
+            "s",
+            &record,
+            range(11, 20, false),
+            "w1",
+            Duration::from_millis(1),
+        )
+        .await
+        .unwrap()
+        .expect("second claim");
+    tokio::time::sleep(Duration::from_millis(20)).await;
+    let taken = state
+        .claim_abandoned(&run, "s", "w2", LEASE)
+        .await
+        .unwrap()
+        .expect("expired lease is taken over");
+    assert_eq!(taken.number(), second.number());
+    assert!(
+        !state.extend_lease(&second, LEASE).await.unwrap(),
+        "the old holder lost its lease"
+    );
+    let outcome = BatchOutcome {
+        rows_affected: 10,
+        duration: Duration::from_millis(5),
+    };
+    let mut conn = connect(&db).await;
+    conn.begin(Default::default()).await.unwrap();
+    assert!(
+        !StateStore::record_done(conn.as_mut(), &second, outcome)
+            .await
+            .unwrap(),
+        "old token fenced"
+    );
+    conn.rollback().await.unwrap();
+    assert!(state.record_done_here(&taken, outcome).await.unwrap());
+    assert!(state.record_done_here(&first, outcome).await.unwrap());
+    // Recording twice is refused: the batch is no longer claimed.
+    assert!(!state.record_done_here(&first, outcome).await.unwrap());
+
+    let status = state.status(&run).await.unwrap().expect("status");
+    assert_eq!(
+        (status.steps[0].batches_done, status.steps[0].rows_done),
+        (2, 20)
+    );
+}
+
+async fn retries_release_and_completion(backend: &str) {
+    let db = db(backend).await;
+    let state = store(&db).await;
+    let run = run_name();
+    state
+        .begin_run(&spec(&run, "v1"), Restart::Resume)
+        .await
+        .unwrap();
+    let record = state
+        .init_step(&run, "s", Some("int"), Some("20"), false)
+        .await
+        .unwrap();
+    let a = state
+        .claim_new(&run, "s", &record, range(1, 10, false), "w", LEASE)
+        .await
+        .unwrap()
+        .unwrap();
+    let record = state.step_record(&run, "s").await.unwrap();
+    let b = state
+        .claim_new(&run, "s", &record, range(11, 20, true), "w", LEASE)
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(
+        state.step_record(&run, "s").await.unwrap().exhausted,
+        "the last range exhausts the walk"
+    );
+
+    // A transient failure releases the batch after a backoff; not claimable before it.
+    let transient = Error::new(
+        godwit_driver::ErrorKind::Transient,
+        Some("40P01".into()),
+        "deadlock detected",
+    );
+    state
+        .record_failure(&a, &transient, Some(Duration::from_secs(60)))
+        .await
+        .unwrap();
+    assert!(
+        state
+            .claim_abandoned(&run, "s", "w", LEASE)
+            .await
+            .unwrap()
+            .is_none(),
+        "backoff respected"
+    );
+    assert_eq!(
+        state.complete_step(&run, "s").await.unwrap(),
+        StepCompletion::Waiting
+    );
+
+    // A released batch is claimable at once and keeps its attempt count.
+    state.release(&b).await.unwrap();
+    let b2 = state
+        .claim_abandoned(&run, "s", "w", LEASE)
+        .await
+        .unwrap()
+        .expect("released batch");
+    assert_eq!((b2.number(), b2.attempts()), (b.number(), 0));
+
+    // A permanent failure fails the step with the range and the database's code.
+    let permanent = Error::new(
+        godwit_driver::ErrorKind::Permanent,
+        Some("23505".into()),
+        "duplicate key",
+    );
+    state.record_failure(&b2, &permanent, None).await.unwrap();
+    match state.complete_step(&run, "s").await.unwrap() {
+        StepCompletion::Failed(message) => {
+            assert!(
+                message.contains("11..=20") && message.contains("[23505]"),
+                "{message}"
+            )
+        }
+        other => panic!("expected a failed step, got {other:?}"),
+    }
+    let status = state.status(&run).await.unwrap().unwrap();
+    assert_eq!(status.steps[0].batches_failed, 1);
+
+    // A re-run re-queues failed batches.
+    assert_eq!(state.requeue_failed(&run).await.unwrap(), 1);
+    let again = state
+        .claim_abandoned(&run, "s", "w", LEASE)
+        .await
+        .unwrap()
+        .expect("re-queued");
+    assert_eq!(again.number(), b.number());
+    assert!(state
+        .record_done_here(
+            &again,
+            BatchOutcome {
+                rows_affected: 1,
+                duration: Duration::ZERO
+            }
+        )
+        .await
+        .unwrap());
+
+    // Restart forgets everything.
+    assert_eq!(
+        state
+            .begin_run(&spec(&run, "v2"), Restart::Forget)
+            .await
+            .unwrap(),
+        RunStart::Created
+    );
+    assert!(!state.step_record(&run, "s").await.unwrap().initialized);
+}
+
+macro_rules! per_backend {
+    ($($name:ident),*) => {
+        mod pg { $( #[tokio::test] async fn $name() { super::$name("pg").await } )* }
+        mod mysql { $( #[tokio::test] async fn $name() { super::$name("mysql").await } )* }
+        mod sqlite { $( #[tokio::test] async fn $name() { super::$name("sqlite").await } )* }
+    };
+}
+
+per_backend!(
+    claims_are_compare_and_set_and_fenced,
+    retries_release_and_completion
+);
