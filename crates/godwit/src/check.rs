@@ -136,8 +136,7 @@ async fn check_step(report: &mut CheckReport, plan: &Plan, step: &Step, conn: &m
     match &step.kind {
         StepKind::Once { sql } => {
             let upper = sql.trim_start().to_ascii_uppercase();
-            let outside_tx = upper.starts_with("VACUUM") || upper.contains(" CONCURRENTLY");
-            if outside_tx {
+            if godwit_sched::needs_autocommit(sql, dialect) {
                 report.findings.push(Finding {
                     step: name.to_string(),
                     code: "non-transactional".into(),

@@ -23,6 +23,7 @@ use std::fmt;
 pub use crate::events::{Event, EventSink};
 pub use crate::key::{key_problem, KeyProblem};
 pub use crate::run::run;
+pub use crate::step::needs_autocommit;
 pub use crate::stop::{stop_pair, StopHandle, StopLevel, StopSignal};
 pub use godwit_state::Restart;
 

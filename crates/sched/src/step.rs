@@ -111,8 +111,10 @@ impl StepCtx {
     }
 }
 
-/// Statements that PostgreSQL or SQLite refuse inside a transaction block.
-fn needs_autocommit(sql: &str, dialect: Dialect) -> bool {
+/// Whether `sql` is a statement that PostgreSQL or SQLite refuse inside a transaction block
+/// (`CREATE INDEX CONCURRENTLY`, `VACUUM`, …); a one-off step runs it outside one, so it is
+/// not atomic with its progress record and must be idempotent.
+pub fn needs_autocommit(sql: &str, dialect: Dialect) -> bool {
     let words: Vec<String> = sql
         .split_whitespace()
         .take(4)
