@@ -189,19 +189,14 @@ async fn permanent_error_fails_with_context(backend: Backend) {
     let db = TestDb::new(backend).await;
     let table = db.table("broken");
     db.counter_table(&table, 1..=50).await;
-    let text_plan = format!(
-        r#"name = "{table}"
-database = "{url}"
-
-[[steps]]
-name = "divide"
-table = "{table}"
-key = "id"
-sql = "UPDATE {table} SET hits = no_such_column WHERE id BETWEEN :start AND :end"
-"#,
-        url = db.url
+    let plan = db.step_plan(
+        &table,
+        "",
+        &format!(
+            "name = \"divide\"\ntable = \"{table}\"\nkey = \"id\"\n\
+             sql = \"UPDATE {table} SET hits = no_such_column WHERE id BETWEEN :start AND :end\""
+        ),
     );
-    let plan = db.plan("plan.toml", &text_plan);
     let out = run_cmd(&["run", path_str(&plan)]);
     let err = text(&out.stderr);
     assert_eq!(out.status.code(), Some(1), "{err}");
@@ -230,22 +225,14 @@ async fn time_budget_stops_and_resumes(backend: Backend) {
         // SQLite has no sleep: a recursive count takes a few milliseconds instead.
         Backend::Sqlite => "(WITH RECURSIVE s(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM s WHERE i < 200000) SELECT COUNT(*) FROM s) > 0",
     };
-    let text_plan = format!(
-        r#"name = "{table}"
-database = "{url}"
-
-[defaults]
-batch_size = 10
-
-[[steps]]
-name = "slow"
-table = "{table}"
-key = "id"
-sql = "UPDATE {table} SET hits = hits + 1 WHERE id BETWEEN :start AND :end AND {slow}"
-"#,
-        url = db.url
+    let plan = db.step_plan(
+        &table,
+        "batch_size = 10",
+        &format!(
+            "name = \"slow\"\ntable = \"{table}\"\nkey = \"id\"\n\
+             sql = \"UPDATE {table} SET hits = hits + 1 WHERE id BETWEEN :start AND :end AND {slow}\""
+        ),
     );
-    let plan = db.plan("plan.toml", &text_plan);
     let out = run_cmd(&[
         "run",
         path_str(&plan),
@@ -302,19 +289,14 @@ async fn refuses_a_key_without_an_index(backend: Backend) {
     .await;
     db.exec(&format!("INSERT INTO {table} (code) VALUES (1), (2), (3)"))
         .await;
-    let text_plan = format!(
-        r#"name = "{table}"
-database = "{url}"
-
-[[steps]]
-name = "scan"
-table = "{table}"
-key = "code"
-sql = "UPDATE {table} SET hits = hits + 1 WHERE code BETWEEN :start AND :end"
-"#,
-        url = db.url
+    let plan = db.step_plan(
+        &table,
+        "",
+        &format!(
+            "name = \"scan\"\ntable = \"{table}\"\nkey = \"code\"\n\
+             sql = \"UPDATE {table} SET hits = hits + 1 WHERE code BETWEEN :start AND :end\""
+        ),
     );
-    let plan = db.plan("plan.toml", &text_plan);
     let out = run_cmd(&["run", path_str(&plan)]);
     let err = text(&out.stderr);
     assert_eq!(out.status.code(), Some(2), "{err}");
@@ -340,23 +322,14 @@ async fn batch_timeout_cancels_a_stuck_batch(backend: Backend) {
             "[9]",
         ),
     };
-    let text_plan = format!(
-        r#"name = "{table}"
-database = "{url}"
-
-[defaults]
-batch_timeout = "300ms"
-max_attempts = 2
-
-[[steps]]
-name = "stuck"
-table = "{table}"
-key = "id"
-sql = "UPDATE {table} SET hits = hits + 1 WHERE id BETWEEN :start AND :end AND {stuck}"
-"#,
-        url = db.url
+    let plan = db.step_plan(
+        &table,
+        "batch_timeout = \"300ms\"\nmax_attempts = 2",
+        &format!(
+            "name = \"stuck\"\ntable = \"{table}\"\nkey = \"id\"\n\
+             sql = \"UPDATE {table} SET hits = hits + 1 WHERE id BETWEEN :start AND :end AND {stuck}\""
+        ),
     );
-    let plan = db.plan("plan.toml", &text_plan);
     let started = std::time::Instant::now();
     let out = run_cmd(&["run", path_str(&plan)]);
     let err = text(&out.stderr);

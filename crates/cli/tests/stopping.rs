@@ -127,24 +127,14 @@ async fn lock_wait_is_retried(backend: Backend) {
     let db = TestDb::new(backend).await;
     let table = db.table("locked");
     db.counter_table(&table, 1..=30).await;
-    let plan_text = format!(
-        r#"name = "{table}"
-database = "{url}"
-
-[defaults]
-batch_size = 10
-batch_timeout = "500ms"
-max_attempts = 10
-
-[[steps]]
-name = "count"
-table = "{table}"
-key = "id"
-sql = "UPDATE {table} SET hits = hits + 1 WHERE id BETWEEN :start AND :end"
-"#,
-        url = db.url
+    let plan = db.step_plan(
+        &table,
+        "batch_size = 10\nbatch_timeout = \"500ms\"\nmax_attempts = 10",
+        &format!(
+            "name = \"count\"\ntable = \"{table}\"\nkey = \"id\"\n\
+             sql = \"UPDATE {table} SET hits = hits + 1 WHERE id BETWEEN :start AND :end\""
+        ),
     );
-    let plan = db.plan("plan.toml", &plan_text);
     let mut holder = db.conn().await;
     holder.begin(TxOptions::default()).await.expect("begin");
     let lock = match backend {

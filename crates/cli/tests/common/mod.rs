@@ -125,6 +125,18 @@ impl TestDb {
         }
     }
 
+    /// Writes `plan.toml` for a plan named after `table` on this database: `defaults` is the
+    /// body of `[defaults]` and `step` the body of its one `[[steps]]`.
+    pub fn step_plan(&self, table: &str, defaults: &str, step: &str) -> PathBuf {
+        self.plan(
+            "plan.toml",
+            &format!(
+                "name = \"{table}\"\ndatabase = \"{}\"\n\n[defaults]\n{defaults}\n\n[[steps]]\n{step}\n",
+                self.url
+            ),
+        )
+    }
+
     /// Writes a plan file into the test's directory.
     pub fn plan(&self, file: &str, text: &str) -> PathBuf {
         let path = self.dir.path().join(file);
