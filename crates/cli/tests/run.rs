@@ -348,7 +348,92 @@ async fn batch_timeout_cancels_a_stuck_batch(backend: Backend) {
     assert_eq!(hits, 0);
 }
 
+/// Steps run in `after` order, independent steps alongside; a one-off step runs once; a
+/// statement that refuses transactions (`CREATE INDEX CONCURRENTLY`, `VACUUM`) runs outside one.
+async fn steps_follow_their_dependencies(backend: Backend) {
+    let db = TestDb::new(backend).await;
+    let (first, second) = (db.table("deps"), db.table("indep"));
+    db.counter_table(&first, 1..=40).await;
+    db.counter_table(&second, 1..=40).await;
+    let maintenance = match backend {
+        Backend::Postgres => {
+            format!("CREATE INDEX CONCURRENTLY IF NOT EXISTS {first}_grp ON {first} (grp)")
+        }
+        Backend::MySql => format!("CREATE INDEX {first}_grp ON {first} (grp)"),
+        Backend::Sqlite => "VACUUM".to_string(),
+    };
+    let plan_text = format!(
+        r#"name = "{first}"
+database = "{url}"
+
+[defaults]
+batch_size = 6
+
+[[steps]]
+name = "prepare"
+sql = "UPDATE {first} SET grp = 7"
+
+[[steps]]
+name = "count"
+after = ["prepare"]
+table = "{first}"
+key = "id"
+sql = "UPDATE {first} SET hits = hits + grp WHERE id BETWEEN :start AND :end"
+
+[[steps]]
+name = "independent"
+table = "{second}"
+key = "id"
+sql = "UPDATE {second} SET hits = hits + 1 WHERE id BETWEEN :start AND :end"
+
+[[steps]]
+name = "maintenance"
+after = ["count"]
+sql = "{maintenance}"
+"#,
+        url = db.url
+    );
+    let plan = db.plan("plan.toml", &plan_text);
+    for _ in 0..2 {
+        let out = run_cmd(&["run", path_str(&plan)]);
+        assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    }
+    // `count` saw `prepare`'s change on every row, and nothing ran twice.
+    let wrong = db
+        .scalar(&format!("SELECT COUNT(*) FROM {first} WHERE hits <> 7"))
+        .await;
+    assert_eq!(wrong, 0);
+    let wrong = db
+        .scalar(&format!("SELECT COUNT(*) FROM {second} WHERE hits <> 1"))
+        .await;
+    assert_eq!(wrong, 0);
+    if backend != Backend::Sqlite {
+        let mut conn = db.conn().await;
+        let info = conn
+            .table_info(&first)
+            .await
+            .expect("table info")
+            .expect("table");
+        assert!(
+            info.indexes
+                .iter()
+                .any(|i| i.name == format!("{first}_grp")),
+            "{info:?}"
+        );
+    }
+    let out = run_cmd(&["status", path_str(&plan), "--json"]);
+    let status: serde_json::Value = serde_json::from_slice(&out.stdout).expect("JSON");
+    let states: Vec<&str> = status["steps"]
+        .as_array()
+        .expect("steps")
+        .iter()
+        .filter_map(|s| s["state"].as_str())
+        .collect();
+    assert_eq!(states, ["done", "done", "done", "done"]);
+}
+
 per_backend!(
+    steps_follow_their_dependencies,
     batch_timeout_cancels_a_stuck_batch,
     refuses_a_key_without_an_index,
     updates_each_matching_row_once,

@@ -39,6 +39,31 @@ fn invalid_plans_exit_2_with_locations() {
     }
 }
 
+/// `run` refuses chunked SQL without `:start` and `:end`, which would touch every row in every
+/// batch, before changing anything.
+#[test]
+fn run_refuses_sql_without_range_parameters() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let db = dir.path().join("x.db");
+    std::fs::write(&db, b"").expect("create db");
+    let path = dir.path().join("p.toml");
+    std::fs::write(
+        &path,
+        format!(
+            "name = \"x\"\ndatabase = \"sqlite://{}\"\n[[steps]]\nname = \"all\"\ntable = \"t\"\nkey = \"id\"\nsql = \"UPDATE t SET a = 1 WHERE id >= :start\"\n",
+            db.display()
+        ),
+    )
+    .expect("write plan");
+    let out = run_cmd(&["run", path_str(&path)]);
+    let err = text(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{err}");
+    assert!(
+        err.contains("p.toml:7:1:") && err.contains("lacks :end"),
+        "{err}"
+    );
+}
+
 /// A bad command line exits 2.
 #[test]
 fn bad_command_lines_exit_2() {

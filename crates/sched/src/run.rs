@@ -5,7 +5,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use godwit_driver::DbUrl;
+use godwit_driver::{references_param, DbUrl};
 use godwit_plan::Plan;
 use godwit_state::{ClaimedBatch, RunSpec, RunStart, RunState, StateStore, StepSpec};
 use tokio::sync::Semaphore;
@@ -123,9 +123,32 @@ pub async fn run(
     // A key without a unique index would make every batch scan the table: refuse up front,
     // as `check` does, before anything is recorded.
     for step in &plan.steps {
-        let godwit_plan::StepKind::Chunked { table, key, .. } = &step.kind else {
-            continue;
+        let (table, key, sql) = match &step.kind {
+            godwit_plan::StepKind::Chunked { table, key, sql, .. } => (table, key, sql),
+            godwit_plan::StepKind::Once { .. } => continue,
+            godwit_plan::StepKind::Transform { .. } | godwit_plan::StepKind::Copy { .. } => {
+                return Err(Error::invalid(format!(
+                    "step {:?}: row transforms and copies are not supported by this version of godwit yet",
+                    step.name
+                )))
+            }
         };
+        // Without both parameters every batch would touch every row.
+        let missing: Vec<&str> = ["start", "end"]
+            .into_iter()
+            .filter(|p| !references_param(sql, dialect, p))
+            .collect();
+        if !missing.is_empty() {
+            let at = step.key_locations.get("sql").unwrap_or(&step.location);
+            return Err(Error::invalid(format!(
+                "{}:{}:{}: step {:?}: a chunked step's sql must use :start and :end (the batch's first and last key); it lacks :{}",
+                plan.path.display(),
+                at.line,
+                at.column,
+                step.name,
+                missing.join(" and :")
+            )));
+        }
         let problem = key_problem(probe.as_mut(), table, key).await.map_err(|e| {
             Error::database(&format!("step {:?}: cannot inspect {table}", step.name), &e)
         })?;
