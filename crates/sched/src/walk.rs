@@ -1,9 +1,10 @@
 //! The key walk: SQL that finds each batch's key range by reading the key index in order.
 //!
 //! A batch is the next `batch_size` keys after the last claimed one, among rows matching the
-//! step's filter and not past the upper key fixed when the step started. Reading the keys
-//! themselves (not `MIN`/`MAX`) works for every key type on every database; PostgreSQL has no
-//! `max(uuid)` before version 16. No OFFSET anywhere: each query starts where the last ended.
+//! step's filter and not past the upper key fixed when the step started. The database returns
+//! only the first key, the last key and the count (`MIN`/`MAX`/`COUNT` over the limited key
+//! scan); UUID keys read the keys themselves, since PostgreSQL has no `min(uuid)` before
+//! version 16. No OFFSET anywhere: each query starts where the last ended.
 
 use godwit_driver::{quote_ident, Conn, Dialect, KeyKind, Result, Value};
 
@@ -13,6 +14,8 @@ pub(crate) struct KeyWalk {
     upper_sql: String,
     first_sql: String,
     next_sql: String,
+    first_agg_sql: String,
+    next_agg_sql: String,
     count_sql: String,
 }
 
@@ -46,6 +49,17 @@ impl KeyWalk {
                 p(2),
                 p(3)
             ),
+            first_agg_sql: format!(
+                "SELECT MIN({k}), MAX({k}), COUNT(*) FROM (SELECT {k} FROM {t} WHERE {k} <= {}{and_filter} ORDER BY {k} LIMIT {}) s",
+                p(1),
+                p(2)
+            ),
+            next_agg_sql: format!(
+                "SELECT MIN({k}), MAX({k}), COUNT(*) FROM (SELECT {k} FROM {t} WHERE {k} > {} AND {k} <= {}{and_filter} ORDER BY {k} LIMIT {}) s",
+                p(1),
+                p(2),
+                p(3)
+            ),
             count_sql: format!("SELECT COUNT(*) FROM {t} WHERE {k} <= {}{and_filter}", p(1)),
         }
     }
@@ -66,6 +80,11 @@ impl KeyWalk {
         batch_size: u64,
     ) -> Result<Option<KeyRange>> {
         let limit = Value::Int(i64::try_from(batch_size).unwrap_or(i64::MAX));
+        if kind != KeyKind::Uuid {
+            return self
+                .next_range_aggregated(conn, kind, after, upper, limit, batch_size)
+                .await;
+        }
         let rows = match after {
             Some(after) => {
                 conn.query(&self.next_sql, &[after.clone(), upper.clone(), limit])
@@ -83,6 +102,46 @@ impl KeyWalk {
             first: first.get(0).clone(),
             last,
             n_rows: rows.len() as i64,
+            reaches_end,
+        }))
+    }
+
+    /// The same as [`KeyWalk::next_range`], returning one row (first, last, count) instead of
+    /// every key of the batch. PostgreSQL before 16 has no `min(uuid)`, so UUID keys take the
+    /// general path.
+    async fn next_range_aggregated(
+        &self,
+        conn: &mut dyn Conn,
+        kind: KeyKind,
+        after: Option<&Value>,
+        upper: &Value,
+        limit: Value,
+        batch_size: u64,
+    ) -> Result<Option<KeyRange>> {
+        let rows = match after {
+            Some(after) => {
+                conn.query(&self.next_agg_sql, &[after.clone(), upper.clone(), limit])
+                    .await?
+            }
+            None => {
+                conn.query(&self.first_agg_sql, &[upper.clone(), limit])
+                    .await?
+            }
+        };
+        let Some(row) = rows.first() else {
+            return Ok(None);
+        };
+        let n_rows = row.get(2).as_i64().unwrap_or_default();
+        if n_rows == 0 {
+            return Ok(None);
+        }
+        let last = row.get(1).clone();
+        let reaches_end =
+            (n_rows as u64) < batch_size || kind.encode(&last)? == kind.encode(upper)?;
+        Ok(Some(KeyRange {
+            first: row.get(0).clone(),
+            last,
+            n_rows,
             reaches_end,
         }))
     }
