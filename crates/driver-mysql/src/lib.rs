@@ -26,6 +26,9 @@ use sqlx::{Column, ConnectOptions as _, MySql, Row as _, TypeInfo, ValueRef};
 /// A connection to a MySQL or MariaDB server.
 pub struct MySqlConn {
     conn: MySqlConnection,
+    /// Whether a transaction is open, so that `rollback` outside one is a no-op rather than
+    /// a server warning.
+    in_tx: bool,
     mariadb: bool,
     /// The statement time limit last set on the session, to avoid setting it per batch.
     statement_timeout: Option<Duration>,
@@ -55,6 +58,7 @@ pub async fn connect(url: &DbUrl, _options: &ConnectOptions) -> Result<MySqlConn
     })?;
     let mut conn = MySqlConn {
         conn,
+        in_tx: false,
         mariadb: false,
         statement_timeout: None,
     };
@@ -221,14 +225,21 @@ impl Conn for MySqlConn {
             self.execute_unprepared(&set).await?;
             self.statement_timeout = options.statement_timeout;
         }
+        // Set first: if the statement fails half-way, a rollback must still be sent.
+        self.in_tx = true;
         self.execute_unprepared("START TRANSACTION").await.map(drop)
     }
 
     async fn commit(&mut self) -> Result<()> {
+        // Whether it commits or fails, the transaction is over.
+        self.in_tx = false;
         self.execute_unprepared("COMMIT").await.map(drop)
     }
 
     async fn rollback(&mut self) -> Result<()> {
+        if !std::mem::take(&mut self.in_tx) {
+            return Ok(());
+        }
         self.execute_unprepared("ROLLBACK").await.map(drop)
     }
 

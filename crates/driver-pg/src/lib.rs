@@ -19,6 +19,9 @@ use sqlx::{Column, ConnectOptions as _, Postgres, Row as _, TypeInfo, ValueRef};
 /// A connection to a PostgreSQL server.
 pub struct PgConn {
     conn: PgConnection,
+    /// Whether a transaction is open, so that `rollback` outside one is a no-op rather than
+    /// a server warning.
+    in_tx: bool,
 }
 
 /// Connects to the server named by a `postgres://` URL.
@@ -38,7 +41,7 @@ pub async fn connect(url: &DbUrl, _options: &ConnectOptions) -> Result<PgConn> {
             format!("cannot connect to {url}: {}", err.message()),
         )
     })?;
-    Ok(PgConn { conn })
+    Ok(PgConn { conn, in_tx: false })
 }
 
 type Query<'q> = sqlx::query::Query<'q, Postgres, PgArguments>;
@@ -184,14 +187,21 @@ impl Conn for PgConn {
         if options.async_commit {
             sql.push_str("; SET LOCAL synchronous_commit = off");
         }
+        // Set first: if the statement fails half-way, a rollback must still be sent.
+        self.in_tx = true;
         self.execute_unprepared(&sql).await.map(drop)
     }
 
     async fn commit(&mut self) -> Result<()> {
+        // Whether it commits or fails, the transaction is over.
+        self.in_tx = false;
         self.execute_unprepared("COMMIT").await.map(drop)
     }
 
     async fn rollback(&mut self) -> Result<()> {
+        if !std::mem::take(&mut self.in_tx) {
+            return Ok(());
+        }
         self.execute_unprepared("ROLLBACK").await.map(drop)
     }
 

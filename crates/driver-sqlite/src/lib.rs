@@ -28,6 +28,9 @@ const BUSY_TIMEOUT: Duration = Duration::from_secs(60);
 /// A connection to a SQLite database file.
 pub struct SqliteConn {
     conn: SqliteConnection,
+    /// Whether a transaction is open, so that `rollback` outside one is a no-op rather than
+    /// a server warning.
+    in_tx: bool,
 }
 
 /// Opens the database named by a `sqlite://path` URL.
@@ -50,7 +53,7 @@ pub async fn connect(url: &DbUrl, options: &ConnectOptions) -> Result<SqliteConn
             format!("cannot open {url}: {}", err.message()),
         )
     })?;
-    Ok(SqliteConn { conn })
+    Ok(SqliteConn { conn, in_tx: false })
 }
 
 type Query<'q> = sqlx::query::Query<'q, Sqlite, SqliteArguments<'q>>;
@@ -193,16 +196,23 @@ impl Conn for SqliteConn {
             let mut handle = self.conn.lock_handle().await.map_err(classify)?;
             handle.set_progress_handler(PROGRESS_OPS, move || Instant::now() < deadline);
         }
+        // Set first: if the statement fails half-way, a rollback must still be sent.
+        self.in_tx = true;
         self.execute_unprepared("BEGIN IMMEDIATE").await.map(drop)
     }
 
     async fn commit(&mut self) -> Result<()> {
         self.clear_deadline().await?;
+        // Whether it commits or fails, the transaction is over.
+        self.in_tx = false;
         self.execute_unprepared("COMMIT").await.map(drop)
     }
 
     async fn rollback(&mut self) -> Result<()> {
         self.clear_deadline().await?;
+        if !std::mem::take(&mut self.in_tx) {
+            return Ok(());
+        }
         self.execute_unprepared("ROLLBACK").await.map(drop)
     }
 
