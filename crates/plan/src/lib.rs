@@ -1,15 +1,28 @@
 //! godwit's plan file: TOML into a validated [`Plan`].
 //!
 //! The plan says what to change (steps of SQL, per-row transforms, copies) and where (database
-//! URLs). Parsing keeps the span of every key and value, so that every error names the file,
-//! line and column, and validation collects every problem rather than stopping at the first.
+//! URLs). This crate turns its text into a [`Plan`] whose every step has a definite
+//! [`StepKind`], or into [`PlanErrors`] listing every problem at once, each with the file, line
+//! and column, so a user fixes a plan in one pass rather than one error per run. It does no I/O
+//! beyond reading the plan (in [`load`]) and the `lua_file`s it names, and imports no other
+//! godwit crate: whether tables, keys and indexes exist is for `godwit check` to ask the
+//! database.
+//!
+//! Parsing goes through `toml`'s spanned document tree rather than `serde` derive, because
+//! derive stops at the first problem and loses the position of keys; reading key by key keeps
+//! both, at the price of some hand-written code.
 //!
 //! `${VAR}` is expanded from the environment in URL fields only (`database`, `[state]
-//! database`, a step's `source`, `replicas`): SQL and scripts are taken literally, so a `$` in
-//! them never changes meaning.
+//! database`, a step's `source`, `replicas` entries), so a password need not be written in the
+//! plan. SQL, `where`, scripts and every other value are taken literally: a `$` in them never
+//! changes meaning, and a plan stored with its run means the same when read again. An unset
+//! variable is an error, never an empty string. A `$` not followed by `{` stays as it is.
+//!
+//! `Plan`'s `Debug` replaces the passwords of its URLs with `***`, so a plan can be logged.
 #![deny(missing_docs)]
 
 mod model;
+mod order;
 mod parse;
 
 use std::fmt;
@@ -28,10 +41,14 @@ pub struct Location {
 }
 
 impl Location {
-    /// The location of byte offset `offset` in `text`.
+    /// The location of byte offset `offset` in `text` (an offset inside a character counts as
+    /// that character; one past the end as the end).
     pub fn of_offset(text: &str, offset: usize) -> Location {
-        let offset = offset.min(text.len());
-        let before = &text[..text.floor_char_boundary(offset)];
+        let mut offset = offset.min(text.len());
+        while !text.is_char_boundary(offset) {
+            offset -= 1;
+        }
+        let before = &text[..offset];
         let line = before.matches('\n').count() + 1;
         let line_start = before.rfind('\n').map_or(0, |i| i + 1);
         Location {
@@ -42,6 +59,9 @@ impl Location {
 }
 
 /// One problem in a plan file.
+///
+/// It displays as `FILE:LINE:COLUMN: MESSAGE`, or `FILE: MESSAGE` when the problem has no place
+/// in the file (a missing `name`, say). Messages start lowercase and end without a period.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct PlanError {
     /// The plan file.
@@ -68,7 +88,8 @@ impl fmt::Display for PlanError {
     }
 }
 
-/// Every problem found in a plan file, in file order.
+/// Every problem found in a plan file, in file order (those without a location first); it
+/// displays one per line.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct PlanErrors(pub Vec<PlanError>);
 
@@ -89,7 +110,9 @@ impl std::error::Error for PlanErrors {}
 /// Reads and validates the plan at `path`, expanding `${VAR}` from the process environment.
 ///
 /// # Errors
-/// Every problem in the file, each with its location.
+///
+/// Every problem in the file, each with its location; or the one error of not being able to
+/// read it.
 pub fn load(path: &Path) -> Result<Plan, PlanErrors> {
     let text = std::fs::read_to_string(path).map_err(|e| {
         PlanErrors(vec![PlanError {
@@ -103,8 +126,42 @@ pub fn load(path: &Path) -> Result<Plan, PlanErrors> {
 
 /// Validates plan text read from `path`, with `env` answering `${VAR}`.
 ///
+/// `path` names the file in errors and locates `lua_file`s, which are read relative to its
+/// directory.
+///
 /// # Errors
+///
 /// Every problem in the text, each with its location.
+///
+/// # Examples
+///
+/// ```
+/// use std::path::Path;
+///
+/// let text = r#"
+/// name = "demo"
+/// database = "${DB}"
+///
+/// [[steps]]
+/// name = "touch"
+/// table = "customers"
+/// key = "id"
+/// sql = "UPDATE customers SET seen = 1 WHERE id BETWEEN :start AND :end"
+/// "#;
+/// let env = |var: &str| (var == "DB").then(|| "sqlite://demo.db".to_string());
+/// let plan = godwit_plan::parse(text, Path::new("demo.toml"), &env).expect("a valid plan");
+/// assert_eq!(plan.database, "sqlite://demo.db");
+/// assert!(matches!(plan.steps[0].kind, godwit_plan::StepKind::Chunked { .. }));
+///
+/// let errors = godwit_plan::parse("name = \"demo\"\nbatchsize = 5\n", Path::new("demo.toml"), &env)
+///     .expect_err("an invalid plan");
+/// assert_eq!(
+///     errors.to_string(),
+///     "demo.toml: the plan needs a `database` URL\n\
+///      demo.toml: the plan has no steps; add a [[steps]] table\n\
+///      demo.toml:2:1: unknown key `batchsize` in the plan; did you mean `batch_size`? settings go in [defaults] or in a step"
+/// );
+/// ```
 pub fn parse(
     text: &str,
     path: &Path,
@@ -113,10 +170,13 @@ pub fn parse(
     parse::parse(text, path, env)
 }
 
-/// Parses a duration as plans and flags write it: `500ms`, `30s`, `10m`, `2h`, `1h30m`.
+/// Parses a duration as plans and flags write it: `500ms`, `30s`, `10m`, `2h`, `1h30m`
+/// (any unit `humantime` knows, such as `1day`, also works).
 ///
 /// # Errors
-/// A message saying what was expected.
+///
+/// A message saying what was expected, such as
+/// `"soon" is not a duration; expected something like 500ms, 30s, 10m or 2h`.
 pub fn parse_duration(text: &str) -> Result<Duration, String> {
     let trimmed = text.trim();
     if trimmed.is_empty() {

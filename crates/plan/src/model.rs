@@ -26,15 +26,25 @@ pub struct Plan {
     pub replicas: Vec<String>,
     /// The replica lag that pauses claiming.
     pub max_replica_lag: Option<Duration>,
+    /// The latency guard: pause claiming when the probe's latency grows by this factor
+    /// (`max_latency_increase = "2x"` is `2.0`; always greater than 1).
+    pub max_latency_increase: Option<f64>,
+    /// The statement whose latency the guard measures, when not the default probe.
+    pub probe_query: Option<String>,
     /// The plan file.
     pub path: PathBuf,
     /// The file's exact text, stored with the run.
     pub text: String,
 }
 
-/// Hides `user:password@` passwords.
-fn redact(url: &str) -> String {
-    match (url.find("://"), url.rfind('@')) {
+/// `url` with the password of `scheme://user:password@host` and of a `password=` parameter
+/// replaced by `***`.
+///
+/// This is deliberately simple rather than a URL parser: it is only for display, and it errs
+/// on the side of hiding too much, taking the last `@` so that a password holding an unescaped
+/// `@` is hidden whole.
+pub(crate) fn redact(url: &str) -> String {
+    let mut out = match (url.find("://"), url.rfind('@')) {
         (Some(scheme_end), Some(at)) if at > scheme_end => {
             let userinfo = &url[scheme_end + 3..at];
             match userinfo.split_once(':') {
@@ -43,9 +53,20 @@ fn redact(url: &str) -> String {
             }
         }
         _ => url.to_string(),
+    };
+    let mut from = 0;
+    while let Some(found) = out[from..].find("password=") {
+        let start = from + found + "password=".len();
+        let end = out[start..]
+            .find(['&', '#'])
+            .map_or(out.len(), |i| start + i);
+        out.replace_range(start..end, "***");
+        from = start + 3;
     }
+    out
 }
 
+/// Leaves out `text`, which may hold a password written literally.
 impl fmt::Debug for Plan {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Plan")
@@ -63,6 +84,8 @@ impl fmt::Debug for Plan {
                 &self.replicas.iter().map(|r| redact(r)).collect::<Vec<_>>(),
             )
             .field("max_replica_lag", &self.max_replica_lag)
+            .field("max_latency_increase", &self.max_latency_increase)
+            .field("probe_query", &self.probe_query)
             .field("path", &self.path)
             .finish_non_exhaustive()
     }
@@ -79,14 +102,14 @@ pub struct Step {
     pub settings: Settings,
     /// What the step does.
     pub kind: StepKind,
-    /// Where the step's table starts in the file.
+    /// Where the step's table starts: its `[[steps]]` header, or the `{` of an inline table.
     pub location: Location,
-    /// Where each of the step's keys was written.
+    /// Where each of the step's keys was written, for later errors such as "sql must use :start".
     pub key_locations: BTreeMap<String, Location>,
 }
 
-/// What a step does.
-#[derive(Debug, Clone, PartialEq)]
+/// What a step does. Its `Debug` hides the password in a copy's `source`.
+#[derive(Clone, PartialEq)]
 pub enum StepKind {
     /// `sql` without `table`: runs once.
     Once {
@@ -138,6 +161,62 @@ pub enum StepKind {
         /// An optional reshaping transform.
         script: Option<Script>,
     },
+}
+
+impl fmt::Debug for StepKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            StepKind::Once { sql } => f.debug_struct("Once").field("sql", sql).finish(),
+            StepKind::Chunked {
+                table,
+                key,
+                filter,
+                sql,
+            } => f
+                .debug_struct("Chunked")
+                .field("table", table)
+                .field("key", key)
+                .field("filter", filter)
+                .field("sql", sql)
+                .finish(),
+            StepKind::Transform {
+                table,
+                key,
+                columns,
+                filter,
+                script,
+            } => f
+                .debug_struct("Transform")
+                .field("table", table)
+                .field("key", key)
+                .field("columns", columns)
+                .field("filter", filter)
+                .field("script", script)
+                .finish(),
+            StepKind::Copy {
+                source,
+                table,
+                key,
+                columns,
+                query,
+                filter,
+                into,
+                on_conflict,
+                script,
+            } => f
+                .debug_struct("Copy")
+                .field("source", &source.as_deref().map(redact))
+                .field("table", table)
+                .field("key", key)
+                .field("columns", columns)
+                .field("query", query)
+                .field("filter", filter)
+                .field("into", into)
+                .field("on_conflict", on_conflict)
+                .field("script", script)
+                .finish(),
+        }
+    }
 }
 
 /// A per-row transform.
@@ -226,12 +305,42 @@ mod tests {
     use super::*;
 
     #[test]
-    fn debug_hides_passwords() {
+    fn debug_of_a_copy_hides_its_source_password() {
+        let kind = StepKind::Copy {
+            source: Some("mysql://root:hunter2@db/shop".into()),
+            table: "orders".into(),
+            key: "id".into(),
+            columns: None,
+            query: None,
+            filter: None,
+            into: "orders_history".into(),
+            on_conflict: OnConflict::Error,
+            script: None,
+        };
+        let debug = format!("{kind:?}");
+        assert!(debug.contains("mysql://root:***@db/shop"), "{debug}");
+        assert!(!debug.contains("hunter2"), "{debug}");
+    }
+
+    #[test]
+    fn redact_hides_passwords() {
         assert_eq!(
             redact("postgres://app:s3cret@db/x"),
             "postgres://app:***@db/x"
         );
         assert_eq!(redact("mysql://root@db/x"), "mysql://root@db/x");
         assert_eq!(redact("sqlite://a.db"), "sqlite://a.db");
+        assert_eq!(
+            redact("postgres://app:p@ss:w@db/x"),
+            "postgres://app:***@db/x"
+        );
+        assert_eq!(
+            redact("postgres://db/x?user=a&password=s3cret&sslmode=require"),
+            "postgres://db/x?user=a&password=***&sslmode=require"
+        );
+        assert_eq!(
+            redact("mysql://db/x?password=s"),
+            "mysql://db/x?password=***"
+        );
     }
 }
