@@ -146,6 +146,11 @@ async fn check_lists_problems_and_changes_nothing(backend: Backend) {
         "CREATE TABLE {noindex} (code INT NOT NULL, hits INT NOT NULL DEFAULT 0)"
     ))
     .await;
+    let nullable = db.table("nullable");
+    db.exec(&format!(
+        "CREATE TABLE {nullable} (code INT UNIQUE, hits INT NOT NULL DEFAULT 0)"
+    ))
+    .await;
     let good_sql = format!("UPDATE {table} SET hits = hits + 1 WHERE id BETWEEN :start AND :end");
 
     let good = db.plan(
@@ -232,7 +237,7 @@ async fn check_lists_problems_and_changes_nothing(backend: Backend) {
     }
     let runs = db
         .scalar(&format!(
-            "SELECT COUNT(*) FROM godwit_runs WHERE run IN ('{}', 'p1', 'p2', 'p3', 'p4', 'p5')",
+            "SELECT COUNT(*) FROM godwit_runs WHERE run IN ('{}', 'p1', 'p2', 'p3', 'p4', 'p5', 'p6')",
             db.table("good")
         ))
         .await;

@@ -137,6 +137,20 @@ fn text(value: &Value) -> String {
     }
 }
 
+impl PgConn {
+    /// After COMMIT or ROLLBACK: the transaction is over when the statement succeeded or the
+    /// connection is gone. Otherwise (SQLite busy on COMMIT, say) it may still be open, and
+    /// the caller's rollback must reach the server.
+    fn end_transaction(&mut self, result: &Result<()>) {
+        if result
+            .as_ref()
+            .map_or_else(|e| e.kind() == ErrorKind::Connection, |_| true)
+        {
+            self.in_tx = false;
+        }
+    }
+}
+
 #[async_trait]
 impl Conn for PgConn {
     fn dialect(&self) -> Dialect {
@@ -193,16 +207,18 @@ impl Conn for PgConn {
     }
 
     async fn commit(&mut self) -> Result<()> {
-        // Whether it commits or fails, the transaction is over.
-        self.in_tx = false;
-        self.execute_unprepared("COMMIT").await.map(drop)
+        let result = self.execute_unprepared("COMMIT").await.map(drop);
+        self.end_transaction(&result);
+        result
     }
 
     async fn rollback(&mut self) -> Result<()> {
-        if !std::mem::take(&mut self.in_tx) {
+        if !self.in_tx {
             return Ok(());
         }
-        self.execute_unprepared("ROLLBACK").await.map(drop)
+        let result = self.execute_unprepared("ROLLBACK").await.map(drop);
+        self.end_transaction(&result);
+        result
     }
 
     async fn table_info(&mut self, table: &str) -> Result<Option<TableInfo>> {

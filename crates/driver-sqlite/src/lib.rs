@@ -150,6 +150,20 @@ impl SqliteConn {
     }
 }
 
+impl SqliteConn {
+    /// After COMMIT or ROLLBACK: the transaction is over when the statement succeeded or the
+    /// connection is gone. Otherwise (SQLite busy on COMMIT, say) it may still be open, and
+    /// the caller's rollback must reach the server.
+    fn end_transaction(&mut self, result: &Result<()>) {
+        if result
+            .as_ref()
+            .map_or_else(|e| e.kind() == ErrorKind::Connection, |_| true)
+        {
+            self.in_tx = false;
+        }
+    }
+}
+
 #[async_trait]
 impl Conn for SqliteConn {
     fn dialect(&self) -> Dialect {
@@ -203,17 +217,19 @@ impl Conn for SqliteConn {
 
     async fn commit(&mut self) -> Result<()> {
         self.clear_deadline().await?;
-        // Whether it commits or fails, the transaction is over.
-        self.in_tx = false;
-        self.execute_unprepared("COMMIT").await.map(drop)
+        let result = self.execute_unprepared("COMMIT").await.map(drop);
+        self.end_transaction(&result);
+        result
     }
 
     async fn rollback(&mut self) -> Result<()> {
         self.clear_deadline().await?;
-        if !std::mem::take(&mut self.in_tx) {
+        if !self.in_tx {
             return Ok(());
         }
-        self.execute_unprepared("ROLLBACK").await.map(drop)
+        let result = self.execute_unprepared("ROLLBACK").await.map(drop);
+        self.end_transaction(&result);
+        result
     }
 
     async fn table_info(&mut self, table: &str) -> Result<Option<TableInfo>> {
@@ -226,12 +242,22 @@ impl Conn for SqliteConn {
         if rows.is_empty() {
             return Ok(None);
         }
+        let single_pk = rows
+            .iter()
+            .filter(|r| r.get(3).as_i64().unwrap_or(0) > 0)
+            .count()
+            == 1;
         let columns: Vec<ColumnInfo> = rows
             .iter()
-            .map(|r| ColumnInfo {
-                name: text(r.get(0)),
-                data_type: text(r.get(1)).to_ascii_lowercase(),
-                nullable: r.get(2).as_i64() == Some(0),
+            .map(|r| {
+                let data_type = text(r.get(1)).to_ascii_lowercase();
+                // An INTEGER PRIMARY KEY is the rowid, never NULL, though not declared so.
+                let rowid = single_pk && data_type == "integer" && r.get(3).as_i64() == Some(1);
+                ColumnInfo {
+                    name: text(r.get(0)),
+                    data_type,
+                    nullable: r.get(2).as_i64() == Some(0) && !rowid,
+                }
             })
             .collect();
         let mut indexes = Vec::new();

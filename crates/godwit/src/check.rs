@@ -5,7 +5,7 @@
 //! leaves the plan valid.
 
 use godwit_driver::{
-    quote_ident, references_param, rewrite_params, Conn, ConnectOptions, DbUrl, Dialect, Value,
+    quote_ident, references_param, rewrite_params, Conn, ConnectOptions, DbUrl, Value,
 };
 use godwit_plan::{Plan, Step, StepKind};
 use serde::Serialize;
@@ -135,23 +135,12 @@ async fn check_step(report: &mut CheckReport, plan: &Plan, step: &Step, conn: &m
     let name = step.name.as_str();
     match &step.kind {
         StepKind::Once { sql } => {
-            let upper = sql.trim_start().to_ascii_uppercase();
             if godwit_sched::needs_autocommit(sql, dialect) {
                 report.findings.push(Finding {
                     step: name.to_string(),
                     code: "non-transactional".into(),
                     severity: "warning".into(),
-                    message: "this statement cannot run inside a transaction, so it is not atomic with its progress record: a crash right after it runs it again; make it idempotent (IF NOT EXISTS / IF EXISTS)".into(),
-                    evidence: None,
-                    fix: None,
-                });
-            }
-            if dialect == Dialect::MySql && is_ddl(&upper) {
-                report.findings.push(Finding {
-                    step: name.to_string(),
-                    code: "implicit-commit".into(),
-                    severity: "warning".into(),
-                    message: "MySQL commits DDL on its own, outside godwit's transaction: a crash right after it runs it again; make it idempotent".into(),
+                    message: "this statement cannot run atomically with its progress record (the database refuses it inside a transaction, or commits it on its own): a crash right after it runs it again, so make it idempotent (IF NOT EXISTS / IF EXISTS)".into(),
                     evidence: None,
                     fix: None,
                 });
@@ -226,12 +215,6 @@ async fn check_step(report: &mut CheckReport, plan: &Plan, step: &Step, conn: &m
             );
         }
     }
-}
-
-fn is_ddl(upper_sql: &str) -> bool {
-    ["CREATE ", "ALTER ", "DROP ", "RENAME ", "TRUNCATE "]
-        .iter()
-        .any(|w| upper_sql.starts_with(w))
 }
 
 /// Runs the walk's first query and the batch statement on an empty range (first key after the

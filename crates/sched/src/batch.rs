@@ -86,11 +86,37 @@ pub(crate) async fn execute(
         return Ok(Executed::Committed(outcome));
     }
     conn.commit().await?;
-    // At-least-once: the batch is committed; a crash before this record re-applies it.
-    if !run.state().record_done_here(batch, outcome).await? {
-        return Ok(Executed::Fenced);
+    // At-least-once: the batch is committed; only a crash before this record re-applies it.
+    // A failing state database is waited out rather than reported as a batch failure, which
+    // would run the batch again.
+    match with_retries(|| run.state().record_done_here(batch, outcome)).await {
+        Ok(true) => Ok(Executed::Committed(outcome)),
+        Ok(false) => Ok(Executed::Fenced),
+        Err(e) => {
+            tracing::error!(step = batch.step(), batch = batch.number(), error = %e,
+                "the batch committed but its record could not be written; it runs again when its lease ends");
+            Ok(Executed::Committed(outcome))
+        }
     }
-    Ok(Executed::Committed(outcome))
+}
+
+/// Retries a state write through a short outage (a database restart): the batch's record
+/// would otherwise wait for its lease to run out before anyone takes it again.
+pub(crate) async fn with_retries<T, F, Fut>(mut write: F) -> Result<T, godwit_driver::Error>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<T, godwit_driver::Error>>,
+{
+    let mut attempt = 0;
+    loop {
+        match write().await {
+            Err(e) if e.kind().is_retryable() && attempt < 6 => {
+                tokio::time::sleep(backoff(attempt)).await;
+                attempt += 1;
+            }
+            result => return result,
+        }
+    }
 }
 
 /// Exponential backoff with jitter: about 200 ms, 400 ms, 800 ms … capped at 30 s, each drawn

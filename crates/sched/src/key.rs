@@ -6,7 +6,8 @@ use godwit_driver::{quote_ident, Conn, Result};
 /// Why a table and key cannot be walked.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct KeyProblem {
-    /// `missing-table`, `missing-column`, `missing-index-key` or `key-not-unique`.
+    /// `missing-table`, `missing-column`, `nullable-key`, `missing-index-key` or
+    /// `key-not-unique`.
     pub code: &'static str,
     /// What is wrong, naming the table and key.
     pub message: String,
@@ -34,10 +35,22 @@ pub async fn key_problem(
             fix: None,
         }));
     };
-    if info.column(key).is_none() {
+    let Some(column) = info.column(key) else {
         return Ok(Some(KeyProblem {
             code: "missing-column",
             message: format!("table {table} has no column {key}"),
+            plan_key: "key",
+            fix: None,
+        }));
+    };
+    if column.nullable {
+        // A unique index admits any number of NULLs, and no key range contains NULL: such
+        // rows would be left out without a word.
+        return Ok(Some(KeyProblem {
+            code: "nullable-key",
+            message: format!(
+                "the key {table}.{key} allows NULL, and rows with a NULL key are in no key range; declare it NOT NULL or choose another key"
+            ),
             plan_key: "key",
             fix: None,
         }));

@@ -21,6 +21,10 @@ impl ConnPool {
         }
     }
 
+    pub(crate) fn url(&self) -> &DbUrl {
+        &self.url
+    }
+
     pub(crate) async fn take(&self) -> Result<Box<dyn Conn>> {
         let idle = self.idle.lock().map(|mut idle| idle.pop()).ok().flatten();
         match idle {

@@ -11,6 +11,7 @@ use godwit_state::{ClaimedBatch, RunSpec, RunStart, RunState, StateStore, StepSp
 use tokio::sync::Semaphore;
 use tokio::task::JoinSet;
 
+use crate::batch;
 use crate::pool::ConnPool;
 use crate::step::{self, StepCtx, StepResult};
 use crate::stop::{StopLevel, StopSignal};
@@ -79,8 +80,12 @@ impl RunCtx {
         }
     }
     pub(crate) fn untrack(&self, batch: &ClaimedBatch) {
+        // Only this claim: the same batch may have been claimed again here since.
         if let Ok(mut map) = self.in_flight.lock() {
-            map.remove(&(batch.step().to_string(), batch.number()));
+            let key = (batch.step().to_string(), batch.number());
+            if map.get(&key).is_some_and(|(held, _)| held == batch) {
+                map.remove(&key);
+            }
         }
     }
 }
@@ -212,13 +217,6 @@ pub async fn run(
         return Ok(RunOutcome::AlreadyDone);
     }
     match ctx.state.run_state(&plan.name).await {
-        Ok(Some(RunState::Failed)) => {
-            // Running a failed plan again retries what failed.
-            ctx.state
-                .requeue_failed(&plan.name)
-                .await
-                .map_err(|e| Error::database("cannot re-queue the failed batches", &e))?;
-        }
         Ok(Some(RunState::Cancelled)) => {
             return Err(Error::invalid(format!(
                 "the run {:?} was cancelled; start it over with `godwit run --restart`",
@@ -228,6 +226,12 @@ pub async fn run(
         Ok(_) => {}
         Err(e) => return Err(Error::database("cannot read the run", &e)),
     }
+    // Running a plan again retries what failed, whether or not the failing process lived to
+    // mark the whole run failed.
+    ctx.state
+        .requeue_failed(&plan.name)
+        .await
+        .map_err(|e| Error::database("cannot re-queue the failed batches", &e))?;
     ctx.events.send(Event::RunStarted {
         plan: plan.name.clone(),
         resumed: start == RunStart::Resumed,
@@ -236,6 +240,12 @@ pub async fn run(
     let heartbeat = tokio::spawn(heartbeat(ctx.clone()));
     let outcome = schedule(&ctx, plan, &steps).await;
     heartbeat.abort();
+    // Every step task has ended here. A claim whose future was dropped by an abort may still
+    // be recorded as ours: give it back now rather than when its lease ends.
+    let released = batch::with_retries(|| ctx.state.release_worker(&ctx.name, &ctx.worker)).await;
+    if let Err(e) = released {
+        tracing::warn!(error = %e, "could not release this worker's claims; they return when their leases end");
+    }
     outcome
 }
 

@@ -111,9 +111,10 @@ impl StepCtx {
     }
 }
 
-/// Whether `sql` is a statement that PostgreSQL or SQLite refuse inside a transaction block
-/// (`CREATE INDEX CONCURRENTLY`, `VACUUM`, …); a one-off step runs it outside one, so it is
-/// not atomic with its progress record and must be idempotent.
+/// Whether `sql` cannot run atomically inside a transaction: PostgreSQL and SQLite refuse some
+/// statements there (`CREATE INDEX CONCURRENTLY`, `VACUUM`), MySQL commits DDL on its own. A
+/// one-off step runs such a statement outside one, so it is not atomic with its progress
+/// record and must be idempotent.
 pub fn needs_autocommit(sql: &str, dialect: Dialect) -> bool {
     let words: Vec<String> = sql
         .split_whitespace()
@@ -131,7 +132,8 @@ pub fn needs_autocommit(sql: &str, dialect: Dialect) -> bool {
                 || (w(0) == "ALTER" && w(1) == "SYSTEM")
         }
         Dialect::Sqlite => w(0) == "VACUUM",
-        Dialect::MySql => false,
+        // MySQL commits DDL on its own, inside a transaction or not: run it as what it is.
+        Dialect::MySql => matches!(w(0), "CREATE" | "ALTER" | "DROP" | "RENAME" | "TRUNCATE"),
     }
 }
 
@@ -140,13 +142,20 @@ pub fn needs_autocommit(sql: &str, dialect: Dialect) -> bool {
 /// judge a full scan plus sort cheaper than reading the key index in order up to the LIMIT,
 /// and every claim would read the whole table; JIT and parallel workers only add start-up
 /// time to a query that reads one batch's worth of the index.
-async fn open_walker(pool: &crate::pool::ConnPool) -> Result<Box<dyn Conn>, godwit_driver::Error> {
-    let mut conn = pool.take().await?;
+async fn open_walker(
+    url: &godwit_driver::DbUrl,
+    timeout: Duration,
+) -> Result<Box<dyn Conn>, godwit_driver::Error> {
+    // A connection of its own, never one from the pool: batch connections carry a session
+    // time limit on MySQL that must not cut the walk short.
+    let mut conn = godwit_db::connect(url, &Default::default()).await?;
     if conn.dialect() == Dialect::Postgres {
-        conn.execute_unprepared(
+        conn.execute_unprepared(&format!(
             "SET enable_seqscan = off; SET enable_bitmapscan = off; SET enable_sort = off; \
-             SET jit = off; SET max_parallel_workers_per_gather = 0",
-        )
+             SET jit = off; SET max_parallel_workers_per_gather = 0; \
+             SET statement_timeout = {}",
+            timeout.as_millis().max(1)
+        ))
         .await?;
     }
     Ok(conn)
@@ -210,9 +219,9 @@ fn spawn_count(ctx: Arc<StepCtx>, record: &StepRecord) {
         let run = ctx.run();
         let counted = async {
             let upper = kind.decode(&upper)?;
-            let mut conn = run.pool().take().await?;
+            // A fresh connection: pooled ones may carry the batches' time limit.
+            let mut conn = godwit_db::connect(run.pool().url(), &Default::default()).await?;
             let n = walk.count(conn.as_mut(), &upper).await?;
-            run.pool().give(conn);
             run.state()
                 .set_rows_total(run.name(), ctx.name(), n)
                 .await?;
@@ -353,7 +362,7 @@ async fn run_batch(
     let Some(executed) = executed else {
         // Dropping the connection mid-transaction makes the server roll the batch back.
         drop(conn);
-        if let Err(e) = with_retries(|| run.state().release(&batch)).await {
+        if let Err(e) = batch::with_retries(|| run.state().release(&batch)).await {
             tracing::warn!(step = ctx.name(), error = %e, "could not release an aborted batch; it returns when its lease ends");
         }
         return Ok(());
@@ -397,13 +406,15 @@ async fn run_batch(
                     delay,
                 });
                 let recorded =
-                    with_retries(|| run.state().record_failure(&batch, &e, Some(delay))).await;
+                    batch::with_retries(|| run.state().record_failure(&batch, &e, Some(delay)))
+                        .await;
                 if let Err(e) = recorded {
                     tracing::warn!(step = ctx.name(), error = %e, "could not record a retry; the batch returns when its lease ends");
                 }
                 return Ok(());
             }
-            let recorded = with_retries(|| run.state().record_failure(&batch, &e, None)).await;
+            let recorded =
+                batch::with_retries(|| run.state().record_failure(&batch, &e, None)).await;
             if let Err(record_err) = recorded {
                 tracing::error!(step = ctx.name(), error = %record_err, "could not record a failed batch");
             }
@@ -421,9 +432,14 @@ pub(crate) async fn drive(ctx: Arc<StepCtx>) -> StepResult {
     // Starting rides out a short outage (a database restart) like claims do.
     let mut attempt = 0;
     let (mut walker, record) = loop {
-        let started = match open_walker(run.pool()).await {
-            Ok(mut conn) => init(&ctx, conn.as_mut()).await.map(|record| (conn, record)),
-            Err(e) => Err(e),
+        let starting = async {
+            let mut conn = open_walker(run.pool().url(), ctx.settings().batch_timeout).await?;
+            let record = init(&ctx, conn.as_mut()).await?;
+            Ok::<_, godwit_driver::Error>((conn, record))
+        };
+        let started = tokio::select! {
+            started = starting => started,
+            _ = stop.reached(StopLevel::Abort) => return StepResult::Stopped,
         };
         match started {
             Ok((conn, record)) => break (Some(conn), record),
@@ -472,12 +488,19 @@ pub(crate) async fn drive(ctx: Arc<StepCtx>) -> StepResult {
         }
         // Claim before waiting for a free slot, so that the next batch's key walk and claim
         // overlap the batches in flight instead of adding to each slot's idle time.
-        let claimed = match &mut walker {
-            Some(conn) => claim(&ctx, conn.as_mut(), &mut cache).await,
-            None => match open_walker(run.pool()).await {
-                Ok(conn) => claim(&ctx, walker.insert(conn).as_mut(), &mut cache).await,
-                Err(e) => Err(e),
-            },
+        let claiming = async {
+            if walker.is_none() {
+                walker = Some(open_walker(run.pool().url(), ctx.settings().batch_timeout).await?);
+            }
+            match walker.as_mut() {
+                Some(conn) => claim(&ctx, conn.as_mut(), &mut cache).await,
+                None => Err(Error::permanent("the walker connection vanished")),
+            }
+        };
+        // A second signal must not wait for a slow walk or an unreachable state database.
+        let claimed = tokio::select! {
+            claimed = claiming => claimed,
+            _ = stop.reached(StopLevel::Abort) => break,
         };
         if let Err(e) = &claimed {
             if e.kind() == ErrorKind::Connection {
@@ -502,8 +525,10 @@ pub(crate) async fn drive(ctx: Arc<StepCtx>) -> StepResult {
                 consecutive_errors = 0;
                 run.track(&batch, ctx.settings().lease);
                 let permit = tokio::select! {
-                    permit = run.permits().acquire_owned() => permit.ok(),
+                    // Stopping wins over a free slot: nothing new starts once asked to stop.
+                    biased;
                     _ = stop.reached(StopLevel::Drain) => None,
+                    permit = run.permits().acquire_owned() => permit.ok(),
                 };
                 let Some(permit) = permit else {
                     run.untrack(&batch);
@@ -584,25 +609,6 @@ pub(crate) async fn drive(ctx: Arc<StepCtx>) -> StepResult {
     result
 }
 
-/// Retries a state write through a short outage (a database restart): the batch's record
-/// would otherwise wait for its lease to run out before anyone takes it again.
-async fn with_retries<T, F, Fut>(mut write: F) -> Result<T, godwit_driver::Error>
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = Result<T, godwit_driver::Error>>,
-{
-    let mut attempt = 0;
-    loop {
-        match write().await {
-            Err(e) if e.kind().is_retryable() && attempt < 6 => {
-                tokio::time::sleep(batch::backoff(attempt)).await;
-                attempt += 1;
-            }
-            result => return result,
-        }
-    }
-}
-
 fn batch_failure(joined: Result<Result<(), String>, tokio::task::JoinError>) -> Option<String> {
     match joined {
         Ok(Ok(())) => None,
@@ -627,5 +633,9 @@ mod tests {
         assert!(!needs_autocommit("CREATE INDEX i ON t (a)", pg));
         assert!(needs_autocommit("VACUUM", Dialect::Sqlite));
         assert!(!needs_autocommit("UPDATE t SET a = 1", Dialect::MySql));
+        assert!(needs_autocommit(
+            "alter table t add column c int",
+            Dialect::MySql
+        ));
     }
 }

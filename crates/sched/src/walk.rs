@@ -34,10 +34,12 @@ impl KeyWalk {
         let t = quote_ident(dialect, table);
         let k = quote_ident(dialect, key);
         let and_filter = filter.map(|f| format!(" AND ({f})")).unwrap_or_default();
-        let where_filter = filter.map(|f| format!(" WHERE ({f})")).unwrap_or_default();
         let p = |n| dialect.param(n);
         KeyWalk {
-            upper_sql: format!("SELECT {k} FROM {t}{where_filter} ORDER BY {k} DESC LIMIT 1"),
+            // NULLs sort first in a descending PostgreSQL scan; they are never walked.
+            upper_sql: format!(
+                "SELECT {k} FROM {t} WHERE {k} IS NOT NULL{and_filter} ORDER BY {k} DESC LIMIT 1"
+            ),
             first_sql: format!(
                 "SELECT {k} FROM {t} WHERE {k} <= {}{and_filter} ORDER BY {k} LIMIT {}",
                 p(1),
@@ -177,7 +179,7 @@ mod tests {
         let walk = KeyWalk::new(Dialect::MySql, "orders", "id", None);
         assert_eq!(
             walk.upper_sql,
-            "SELECT `id` FROM `orders` ORDER BY `id` DESC LIMIT 1"
+            "SELECT `id` FROM `orders` WHERE `id` IS NOT NULL ORDER BY `id` DESC LIMIT 1"
         );
         assert!(!walk.first_sql.to_ascii_uppercase().contains("OFFSET"));
     }

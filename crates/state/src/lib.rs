@@ -290,20 +290,23 @@ impl StateStore {
         >,
     ) -> Result<T> {
         let mut guard = self.conn.lock().await;
-        if guard.is_none() {
-            let options = godwit_driver::ConnectOptions::default();
-            *guard = Some(reconnect(&self.url, &options).await?);
-        }
-        let conn = guard.as_mut().expect("connection was just set");
+        // The connection is taken out while in use and put back only when the operation ends.
+        // If the caller drops this future half-way (an abort), the connection goes with it:
+        // it may be inside a transaction that the next operation must not inherit.
+        let mut conn = match guard.take() {
+            Some(conn) => conn,
+            None => reconnect(&self.url, &godwit_driver::ConnectOptions::default()).await?,
+        };
         let result = f(conn.as_mut()).await;
-        if let Err(e) = &result {
-            if e.kind() == ErrorKind::Connection {
-                *guard = None;
-            } else if conn.rollback().await.is_err() {
-                // The error may have left a transaction open; a failed rollback means the
-                // connection is in a state we cannot trust.
-                *guard = None;
-            }
+        let keep = match &result {
+            Ok(_) => true,
+            Err(e) if e.kind() == ErrorKind::Connection => false,
+            // The error may have left a transaction open; a failed rollback means the
+            // connection is in a state we cannot trust.
+            Err(_) => conn.rollback().await.is_ok(),
+        };
+        if keep {
+            *guard = Some(conn);
         }
         result
     }
@@ -315,7 +318,7 @@ impl StateStore {
     /// [`ErrorKind::Config`] when the stored plan differs, naming the first step that changed.
     pub async fn begin_run(&self, spec: &RunSpec, restart: Restart) -> Result<RunStart> {
         let spec = spec.clone();
-        self.with_conn(move |conn| Box::pin(begin_run(conn, spec, restart)))
+        self.with_conn(move |conn| Box::pin(begin_run(conn, spec, restart, false)))
             .await
     }
 
@@ -618,7 +621,7 @@ impl StateStore {
                 let q = format!(
                     "UPDATE godwit_batches SET state = ?, token = NULL, lease_until_ms = {now} + ?, \
                      attempts = attempts + 1, error_code = ?, error = ?, finished_ms = {now} \
-                     WHERE run = ? AND step = ? AND batch = ? AND token = ?"
+                     WHERE run = ? AND step = ? AND batch = ? AND token = ? AND state = 'claimed'"
                 );
                 conn.execute(
                     &sql(d, &q),
@@ -662,6 +665,28 @@ impl StateStore {
         .await
     }
 
+    /// Gives back every batch of the run that `worker` still holds. Called when the worker's
+    /// batches have all ended (committed, rolled back or abandoned), so that nothing it claimed
+    /// waits for a lease to run out.
+    pub async fn release_worker(&self, run: &str, worker: &str) -> Result<u64> {
+        let (run, worker) = (run.to_string(), worker.to_string());
+        self.with_conn(move |conn| {
+            Box::pin(async move {
+                let d = conn.dialect();
+                conn.execute(
+                    &sql(
+                        d,
+                        "UPDATE godwit_batches SET state = 'pending', token = NULL, lease_until_ms = NULL \
+                         WHERE run = ? AND worker = ? AND state = 'claimed'",
+                    ),
+                    &[text(run), text(worker)],
+                )
+                .await
+            })
+        })
+        .await
+    }
+
     /// Decides whether a step whose walk is exhausted is finished, and marks it done or failed.
     pub async fn complete_step(&self, run: &str, step: &str) -> Result<StepCompletion> {
         let (run, step) = (run.to_string(), step.to_string());
@@ -697,7 +722,7 @@ impl StateStore {
                 let d = conn.dialect();
                 let n = conn
                     .execute(
-                        &sql(d, "UPDATE godwit_batches SET state = 'pending', attempts = 0 WHERE run = ? AND state = 'failed'"),
+                        &sql(d, "UPDATE godwit_batches SET state = 'pending', attempts = 0, lease_until_ms = NULL WHERE run = ? AND state = 'failed'"),
                         &[text(run.clone())],
                     )
                     .await?;
@@ -887,7 +912,12 @@ async fn read_step(conn: &mut dyn Conn, run: String, step: String) -> Result<Ste
     })
 }
 
-async fn begin_run(conn: &mut dyn Conn, spec: RunSpec, restart: Restart) -> Result<RunStart> {
+async fn begin_run(
+    conn: &mut dyn Conn,
+    spec: RunSpec,
+    restart: Restart,
+    raced: bool,
+) -> Result<RunStart> {
     let d = conn.dialect();
     let run = spec.name.clone();
     let existing = conn
@@ -946,10 +976,11 @@ async fn begin_run(conn: &mut dyn Conn, spec: RunSpec, restart: Restart) -> Resu
             conn.commit().await?;
             Ok(RunStart::Created)
         }
-        Err(e) if e.kind() == ErrorKind::Permanent => {
-            // Another process created the run between our read and insert: resume theirs.
+        Err(e) if e.kind() == ErrorKind::Permanent && !raced => {
+            // Most likely another process created the run between our read and insert: resume
+            // theirs. Only once: a second failure is a real error (a name too long, no rights).
             conn.rollback().await?;
-            Box::pin(begin_run(conn, spec, Restart::Resume)).await
+            Box::pin(begin_run(conn, spec, Restart::Resume, true)).await
         }
         Err(e) => Err(e),
     }

@@ -115,11 +115,10 @@ pub(crate) async fn ensure(conn: &mut dyn Conn) -> Result<()> {
 
 async fn try_ensure(conn: &mut dyn Conn) -> Result<()> {
     let dialect = conn.dialect();
-    let exists = conn.table_info("godwit_meta").await?.is_some();
-    if !exists {
-        for statement in ddl(dialect) {
-            conn.execute_unprepared(&statement).await?;
-        }
+    // Every statement, every time: a process killed half-way through creating the tables, or
+    // racing another one, must not leave some of them missing for good.
+    for statement in ddl(dialect) {
+        conn.execute_unprepared(&statement).await?;
     }
     let insert = match dialect {
         Dialect::MySql => "INSERT IGNORE INTO godwit_meta (name, value) VALUES ('schema_version', ?)",

@@ -174,6 +174,25 @@ async fn claims_are_compare_and_set_and_fenced(backend: &str) {
     conn.rollback().await.unwrap();
     assert!(state.record_done_here(&taken, outcome).await.unwrap());
     assert!(state.record_done_here(&first, outcome).await.unwrap());
+    // An error reported after the commit went through (a connection lost during COMMIT) must
+    // not put a done batch back in the queue.
+    let lost = Error::new(
+        godwit_driver::ErrorKind::Connection,
+        None,
+        "connection reset",
+    );
+    state
+        .record_failure(&first, &lost, Some(Duration::ZERO))
+        .await
+        .unwrap();
+    assert!(
+        state
+            .claim_abandoned(&run, "s", "w3", LEASE)
+            .await
+            .unwrap()
+            .is_none(),
+        "a done batch was re-queued"
+    );
     // Recording twice is refused: the batch is no longer claimed.
     assert!(!state.record_done_here(&first, outcome).await.unwrap());
 
@@ -291,6 +310,57 @@ async fn retries_release_and_completion(backend: &str) {
         RunStart::Created
     );
     assert!(!state.step_record(&run, "s").await.unwrap().initialized);
+}
+
+/// Tables lost half-way (a process killed while creating them) are created on the next open.
+#[tokio::test]
+async fn missing_state_tables_are_created_again() {
+    let db = db("sqlite").await;
+    drop(store(&db).await);
+    connect(&db)
+        .await
+        .execute_unprepared("DROP TABLE godwit_batches")
+        .await
+        .unwrap();
+    let state = store(&db).await;
+    let run = run_name();
+    state
+        .begin_run(&spec(&run, "v1"), Restart::Resume)
+        .await
+        .unwrap();
+    let record = state
+        .init_step(&run, "s", Some("int"), Some("5"), false)
+        .await
+        .unwrap();
+    assert!(state
+        .claim_new(&run, "s", &record, range(1, 5, true), "w", LEASE)
+        .await
+        .unwrap()
+        .is_some());
+}
+
+/// A run name the state tables cannot hold is an error, not an endless retry.
+async fn refuses_a_name_too_long(backend: &str) {
+    let db = db(backend).await;
+    let state = store(&db).await;
+    let name = format!("{}-{}", run_name(), "x".repeat(300));
+    let result = tokio::time::timeout(
+        Duration::from_secs(20),
+        state.begin_run(&spec(&name, "v1"), Restart::Resume),
+    )
+    .await
+    .expect("begin_run must not loop");
+    assert!(result.is_err(), "{result:?}");
+}
+
+#[tokio::test]
+async fn pg_refuses_a_name_too_long() {
+    refuses_a_name_too_long("pg").await;
+}
+
+#[tokio::test]
+async fn mysql_refuses_a_name_too_long() {
+    refuses_a_name_too_long("mysql").await;
 }
 
 macro_rules! per_backend {
