@@ -112,6 +112,9 @@ impl KeyKind {
         Some(match value {
             Value::Int(_) => KeyKind::Int,
             Value::Text(_) => KeyKind::Text,
+            // MariaDB reports `_bin`-collated text and its native UUID type as binary; such
+            // keys are text to godwit, bound back as text and compared by the column's rules.
+            Value::Bytes(b) if std::str::from_utf8(b).is_ok() => KeyKind::Text,
             Value::Uuid(_) => KeyKind::Uuid,
             Value::Timestamp(_) => KeyKind::Timestamp,
             Value::TimestampTz(_) => KeyKind::TimestampTz,
@@ -128,6 +131,9 @@ impl KeyKind {
         Ok(match (self, value) {
             (KeyKind::Int, Value::Int(n)) => n.to_string(),
             (KeyKind::Text, Value::Text(s)) => s.clone(),
+            (KeyKind::Text, Value::Bytes(b)) if std::str::from_utf8(b).is_ok() => {
+                String::from_utf8_lossy(b).into_owned()
+            }
             (KeyKind::Uuid, Value::Uuid(u)) => u.hyphenated().to_string(),
             (KeyKind::Uuid, Value::Text(s)) => s.clone(),
             (KeyKind::Timestamp, Value::Timestamp(t)) => {
@@ -219,6 +225,15 @@ impl Row {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn utf8_bytes_are_text_keys() {
+        // MariaDB hands `_bin`-collated text and UUID columns over as bytes.
+        let key = Value::Bytes(b"Zo\xc3\xab".to_vec());
+        assert_eq!(KeyKind::of(&key), Some(KeyKind::Text));
+        assert_eq!(KeyKind::Text.encode(&key).unwrap(), "Zoë");
+        assert_eq!(KeyKind::of(&Value::Bytes(vec![0xff, 0xfe])), None);
+    }
 
     #[test]
     fn keys_round_trip_through_text() {
