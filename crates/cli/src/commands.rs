@@ -166,9 +166,21 @@ async fn status(args: StatusArgs) -> anyhow::Result<u8> {
         Ok(p) => p,
         Err(code) => return Ok(code),
     };
-    let status = godwit::status(&plan)
-        .await
-        .with_context(|| format!("{}: cannot read the state database", args.plan.display()))?;
+    let status = match godwit::status(&plan).await {
+        Ok(status) => status,
+        Err(e) => {
+            eprintln!(
+                "error: {}: cannot read the state database: {e}",
+                args.plan.display()
+            );
+            // A URL godwit cannot use is a mistake in the plan, not a failed run.
+            return Ok(if e.kind() == godwit::driver::ErrorKind::Config {
+                exit::INVALID
+            } else {
+                exit::FAILED
+            });
+        }
+    };
     let status = status.unwrap_or_else(|| progress::not_started(&plan));
     if args.json {
         outln!("{}", serde_json::to_string(&status)?);

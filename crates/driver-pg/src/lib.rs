@@ -181,6 +181,20 @@ impl Conn for PgConn {
         rows.iter().map(|r| decode_row(r, &columns)).collect()
     }
 
+    async fn prepare(&mut self, sql: &str) -> Result<()> {
+        let prepared = sqlx::Executor::prepare(&mut self.conn, sql)
+            .await
+            .map(drop)
+            .map_err(classify);
+        // sqlx caches the statement under its text with the parameter types the server
+        // inferred (int4 for an `integer` column); a later execute of the same text would then
+        // send our int8 values in int4's binary format and fail. Forget it.
+        sqlx::Connection::clear_cached_statements(&mut self.conn)
+            .await
+            .map_err(classify)?;
+        prepared
+    }
+
     async fn execute_unprepared(&mut self, sql: &str) -> Result<u64> {
         // A plain string runs through the simple/text protocol: unprepared, several statements.
         let done = sqlx::Executor::execute(&mut self.conn, sql)

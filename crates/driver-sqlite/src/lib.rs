@@ -194,6 +194,13 @@ impl Conn for SqliteConn {
         rows.iter().map(|r| decode_row(r, &columns)).collect()
     }
 
+    async fn prepare(&mut self, sql: &str) -> Result<()> {
+        sqlx::Executor::prepare(&mut self.conn, sql)
+            .await
+            .map(drop)
+            .map_err(classify)
+    }
+
     async fn execute_unprepared(&mut self, sql: &str) -> Result<u64> {
         // A plain string runs through the simple/text protocol: unprepared, several statements.
         let done = sqlx::Executor::execute(&mut self.conn, sql)

@@ -147,6 +147,10 @@ pub trait Conn: Send {
     /// (a batch's keys, a handful of state rows); nothing here streams.
     async fn query(&mut self, sql: &str, params: &[Value]) -> Result<Vec<Row>>;
 
+    /// Prepares a statement without running it, so the database checks its syntax and the
+    /// tables and columns it names (used by `check`, which must change nothing).
+    async fn prepare(&mut self, sql: &str) -> Result<()>;
+
     /// Runs SQL text without parameters, as the database's simple protocol would (used for
     /// one-off statements that some databases refuse to prepare, such as `VACUUM`).
     async fn execute_unprepared(&mut self, sql: &str) -> Result<u64>;

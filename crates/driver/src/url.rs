@@ -36,20 +36,21 @@ impl fmt::Debug for DbUrl {
     }
 }
 
-/// Replaces the password of a URL with `***`, and every `password=` query parameter too. Text
-/// that does not parse as a URL is returned with anything between `://` and `@` hidden, since a
-/// malformed URL may still carry credentials.
+/// Replaces the password of a URL with `***`, and every `password=` query parameter too.
+///
+/// Text that does not parse as a URL with a host (a missing `//`, a missing scheme, a stray
+/// character) may still carry credentials, so everything from the first `:` to the last `@` is
+/// hidden: `postgres//u:pw@h` shows as `postgres//u:***@h`, `u:pw@h` as `u:***@h`.
 pub fn redact_url(text: &str) -> String {
     match ::url::Url::parse(text) {
-        Ok(mut url) => {
+        Ok(mut url) if url.host_str().is_some_and(|h| !h.is_empty()) => {
             if url.password().is_some() {
                 let _ = url.set_password(Some("***"));
             }
             let pairs: Vec<(String, String)> = url
                 .query_pairs()
                 .map(|(k, v)| {
-                    let secret =
-                        k.eq_ignore_ascii_case("password") || k.eq_ignore_ascii_case("sslpassword");
+                    let secret = is_secret_param(&k);
                     (
                         k.into_owned(),
                         if secret { "***".into() } else { v.into_owned() },
@@ -61,13 +62,35 @@ pub fn redact_url(text: &str) -> String {
             }
             url.to_string()
         }
-        Err(_) => match (text.find("://"), text.rfind('@')) {
-            (Some(start), Some(at)) if at > start => {
-                format!("{}://***{}", &text[..start], &text[at..])
-            }
-            _ => text.to_string(),
-        },
+        _ => redact_unparsed(text),
     }
+}
+
+fn is_secret_param(name: &str) -> bool {
+    name.eq_ignore_ascii_case("password") || name.eq_ignore_ascii_case("sslpassword")
+}
+
+fn redact_unparsed(text: &str) -> String {
+    let (head, query) = match text.split_once('?') {
+        Some((head, query)) => (head, Some(query)),
+        None => (text, None),
+    };
+    let mut out = match (head.find(':'), head.rfind('@')) {
+        (Some(colon), Some(at)) if at > colon => format!("{}:***{}", &head[..colon], &head[at..]),
+        _ => head.to_string(),
+    };
+    if let Some(query) = query {
+        let params: Vec<String> = query
+            .split('&')
+            .map(|pair| match pair.split_once('=') {
+                Some((k, _)) if is_secret_param(k) => format!("{k}=***"),
+                _ => pair.to_string(),
+            })
+            .collect();
+        out.push('?');
+        out.push_str(&params.join("&"));
+    }
+    out
 }
 
 #[cfg(test)]
@@ -90,6 +113,18 @@ mod tests {
         );
         assert!(!redact_url("postgres://a:p%40ss@[bad/x").contains("p%40ss"));
         assert_eq!(redact_url("sqlite://demo.db"), "sqlite://demo.db");
+        for mistyped in [
+            "postgres//u:pw@h/d",
+            "u:pw@h/d",
+            "postgres:/u:pw@h/d",
+            "postgres:u:pw@h/d",
+            "postgres://u:pw@h:notaport/d",
+            "postgres:/h/d?password=pw",
+        ] {
+            assert!(!redact_url(mistyped).contains("pw"), "{mistyped}");
+        }
+        assert_eq!(redact_url("sqlite:///tmp/x.db"), "sqlite:///tmp/x.db");
+        assert_eq!(redact_url("sqlite:demo.db"), "sqlite:demo.db");
         let url = DbUrl::new("postgres://u:pw@h/d");
         assert!(!format!("{url} {url:?}").contains("pw"));
     }

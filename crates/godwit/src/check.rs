@@ -194,11 +194,13 @@ async fn check_step(report: &mut CheckReport, plan: &Plan, step: &Step, conn: &m
                     return;
                 }
             }
-            if let Err(message) = try_batch(conn, table, key, filter.as_deref(), sql).await {
+            if let Err((plan_key, message)) =
+                try_batch(conn, table, key, filter.as_deref(), sql).await
+            {
                 report.problem(
                     Some(name),
                     Some("invalid-sql"),
-                    format!("{}: step {name:?}: {message}", at(plan, step, "sql")),
+                    format!("{}: step {name:?}: {message}", at(plan, step, plan_key)),
                     None,
                 );
             }
@@ -217,16 +219,17 @@ async fn check_step(report: &mut CheckReport, plan: &Plan, step: &Step, conn: &m
     }
 }
 
-/// Runs the walk's first query and the batch statement on an empty range (first key after the
-/// last), inside a transaction that is rolled back, so that a typo in `where` or `sql` shows
-/// now rather than at the first batch.
+/// Runs the walk's first query, prepares the batch statement, and with an integer key runs it on
+/// an empty range (below the lowest key) inside a transaction that is rolled back, so that a
+/// typo in `where` or `sql` shows now rather than at the first batch. An error names the plan
+/// key that caused it.
 async fn try_batch(
     conn: &mut dyn Conn,
     table: &str,
     key: &str,
     filter: Option<&str>,
     sql: &str,
-) -> Result<(), String> {
+) -> Result<(), (&'static str, String)> {
     let dialect = conn.dialect();
     let k = quote_ident(dialect, key);
     let filter_sql = filter.map(|f| format!(" WHERE ({f})")).unwrap_or_default();
@@ -237,25 +240,20 @@ async fn try_batch(
     let first = conn
         .query(&probe, &[])
         .await
-        .map_err(|e| format!("the key walk fails (check `where`): {e}"))?;
-    let Some(row) = first.first() else {
-        return Ok(());
-    };
-    let lowest = row.get(0).clone();
+        .map_err(|e| ("where", format!("the key walk fails (check `where`): {e}")))?;
     let rewritten = rewrite_params(sql, dialect, &["start", "end"]);
-    // start > end selects nothing in `BETWEEN :start AND :end`; with an integer key the
-    // range lowest-1..lowest-2 is empty for the other usual spellings too.
-    let (start, end) = match &lowest {
-        Value::Int(n) => (
-            Value::Int(n.saturating_sub(1)),
-            Value::Int(n.saturating_sub(2)),
-        ),
-        other => (other.clone(), other.clone()),
-    };
-    if !matches!(lowest, Value::Int(_)) {
-        // A non-integer range cannot be made empty by arithmetic; prepare without running.
+    let sql_error = |e| ("sql", format!("the batch statement fails: {e}"));
+    conn.prepare(&rewritten.sql).await.map_err(sql_error)?;
+    // Preparing finds syntax and names; running finds what only execution does (a type the
+    // database infers differently, a function that exists for other argument types). That
+    // needs a range known to be empty, which only integer arithmetic gives.
+    let Some(Value::Int(lowest)) = first.first().map(|row| row.get(0).clone()) else {
         return Ok(());
-    }
+    };
+    let (start, end) = (
+        Value::Int(lowest.saturating_sub(1)),
+        Value::Int(lowest.saturating_sub(2)),
+    );
     let params: Vec<Value> = rewritten
         .order
         .iter()
@@ -263,10 +261,8 @@ async fn try_batch(
         .collect();
     conn.begin(Default::default())
         .await
-        .map_err(|e| e.to_string())?;
+        .map_err(|e| ("sql", e.to_string()))?;
     let result = conn.execute(&rewritten.sql, &params).await;
     let _ = conn.rollback().await;
-    result
-        .map(drop)
-        .map_err(|e| format!("the batch statement fails: {e}"))
+    result.map(drop).map_err(sql_error)
 }

@@ -18,6 +18,6 @@ pub async fn status(plan: &Plan) -> Result<Option<RunStatus>, godwit_driver::Err
     if conn.table_info("godwit_runs").await?.is_none() {
         return Ok(None);
     }
-    let store = StateStore::open(&url, conn).await?;
+    let store = StateStore::open_reader(&url, conn).await?;
     store.status(&plan.name).await
 }

@@ -262,11 +262,22 @@ impl StateStore {
     /// When the database cannot be reached or holds tables of a newer version.
     pub async fn open(url: &DbUrl, mut conn: Box<dyn Conn>) -> Result<StateStore> {
         schema::ensure(conn.as_mut()).await?;
-        Ok(StateStore {
+        Ok(StateStore::new(url, conn))
+    }
+
+    /// Opens existing state tables for reading (`status`, dashboards): creates nothing and takes
+    /// no write lock, so it answers at once even while a SQLite run holds the database's lock.
+    pub async fn open_reader(url: &DbUrl, mut conn: Box<dyn Conn>) -> Result<StateStore> {
+        schema::check_version(conn.as_mut()).await?;
+        Ok(StateStore::new(url, conn))
+    }
+
+    fn new(url: &DbUrl, conn: Box<dyn Conn>) -> StateStore {
+        StateStore {
             url: url.clone(),
             dialect: conn.dialect(),
             conn: tokio::sync::Mutex::new(Some(conn)),
-        })
+        }
     }
 
     /// The state database's dialect.

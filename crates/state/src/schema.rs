@@ -131,6 +131,11 @@ async fn try_ensure(conn: &mut dyn Conn) -> Result<()> {
     };
     conn.execute(insert, &[Value::Text(SCHEMA_VERSION.to_string())])
         .await?;
+    check_version(conn).await
+}
+
+/// Refuses state tables written by a newer godwit. Reads only.
+pub(crate) async fn check_version(conn: &mut dyn Conn) -> Result<()> {
     let rows = conn
         .query(
             "SELECT value FROM godwit_meta WHERE name = 'schema_version'",

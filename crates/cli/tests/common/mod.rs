@@ -185,3 +185,182 @@ macro_rules! per_backend {
         mod sqlite { $( #[tokio::test(flavor = "multi_thread", worker_threads = 2)] async fn $name() { super::$name($crate::common::Backend::Sqlite).await } )* }
     };
 }
+
+/// Polls `condition` every 50 ms until it holds; fails the test with `what` after `limit`.
+pub async fn poll_until(
+    what: &str,
+    limit: std::time::Duration,
+    mut condition: impl AsyncFnMut() -> bool,
+) {
+    let deadline = std::time::Instant::now() + limit;
+    while !condition().await {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "gave up after {limit:?} waiting for {what}"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+}
+
+/// `godwit status PLAN --json`, parsed; fails the test when it does not exit 0 with JSON.
+pub fn status_json(plan: &Path) -> serde_json::Value {
+    let out = run_cmd(&["status", path_str(plan), "--json"]);
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "status failed: {}",
+        text(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout)
+        .unwrap_or_else(|e| panic!("status --json printed no JSON ({e}): {}", text(&out.stdout)))
+}
+
+/// Sends the signal `name` (`TERM`, `INT`) to `pid` through kill(1).
+pub fn send_signal(pid: u32, name: &str) {
+    let status = Command::new("kill")
+        .args([format!("-{name}"), pid.to_string()])
+        .status()
+        .expect("run kill");
+    assert!(status.success(), "kill -{name} {pid} failed");
+}
+
+/// A running godwit whose stdout and stderr lines are read as they come, so that a test can
+/// wait for one (a JSON event, a message) before acting. Every line read is kept.
+pub struct Watched {
+    pub child: Child,
+    stdout: std::sync::mpsc::Receiver<String>,
+    stderr: std::sync::mpsc::Receiver<String>,
+    pub stdout_lines: Vec<String>,
+    pub stderr_lines: Vec<String>,
+}
+
+fn read_lines(stream: impl std::io::Read + Send + 'static) -> std::sync::mpsc::Receiver<String> {
+    use std::io::BufRead;
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in std::io::BufReader::new(stream).lines() {
+            let Ok(line) = line else { break };
+            if tx.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    rx
+}
+
+/// Starts godwit with both output streams piped and read line by line.
+pub fn spawn_watched(args: &[&str]) -> Watched {
+    let mut child = godwit()
+        .args(args)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn godwit");
+    let stdout = read_lines(child.stdout.take().expect("stdout"));
+    let stderr = read_lines(child.stderr.take().expect("stderr"));
+    Watched {
+        child,
+        stdout,
+        stderr,
+        stdout_lines: Vec::new(),
+        stderr_lines: Vec::new(),
+    }
+}
+
+impl Watched {
+    /// Waits for a stdout line matching `wanted` and returns it; fails after `limit`, or when
+    /// the process ends without printing one.
+    pub fn wait_stdout(
+        &mut self,
+        what: &str,
+        limit: std::time::Duration,
+        wanted: impl Fn(&str) -> bool,
+    ) -> String {
+        self.wait_line(true, what, limit, wanted)
+    }
+
+    /// Waits for a stderr line matching `wanted`; fails after `limit` or at the process's end.
+    pub fn wait_stderr(
+        &mut self,
+        what: &str,
+        limit: std::time::Duration,
+        wanted: impl Fn(&str) -> bool,
+    ) -> String {
+        self.wait_line(false, what, limit, wanted)
+    }
+
+    fn wait_line(
+        &mut self,
+        on_stdout: bool,
+        what: &str,
+        limit: std::time::Duration,
+        wanted: impl Fn(&str) -> bool,
+    ) -> String {
+        use std::sync::mpsc::RecvTimeoutError;
+        let deadline = std::time::Instant::now() + limit;
+        loop {
+            let left = deadline.saturating_duration_since(std::time::Instant::now());
+            let (rx, seen) = if on_stdout {
+                (&self.stdout, &mut self.stdout_lines)
+            } else {
+                (&self.stderr, &mut self.stderr_lines)
+            };
+            let ended = match rx.recv_timeout(left) {
+                Ok(line) => {
+                    seen.push(line.clone());
+                    if wanted(&line) {
+                        return line;
+                    }
+                    continue;
+                }
+                Err(RecvTimeoutError::Disconnected) => "godwit ended",
+                Err(RecvTimeoutError::Timeout) => "gave up",
+            };
+            self.stdout_lines.extend(self.stdout.try_iter());
+            self.stderr_lines.extend(self.stderr.try_iter());
+            panic!(
+                "{ended} waiting {limit:?} for {what}; stdout: {:?}; stderr: {:?}",
+                self.stdout_lines, self.stderr_lines
+            );
+        }
+    }
+
+    /// Waits for the process to exit (killing it and failing after `limit`) and returns its
+    /// exit code; every line it printed is then in `stdout_lines` and `stderr_lines`.
+    pub fn finish(&mut self, limit: std::time::Duration) -> Option<i32> {
+        let deadline = std::time::Instant::now() + limit;
+        let status = loop {
+            if let Some(status) = self.child.try_wait().expect("try_wait") {
+                break status;
+            }
+            if std::time::Instant::now() >= deadline {
+                let _ = self.child.kill();
+                let _ = self.child.wait();
+                self.stdout_lines.extend(self.stdout.try_iter());
+                self.stderr_lines.extend(self.stderr.try_iter());
+                panic!(
+                    "godwit did not exit within {limit:?}; stdout: {:?}; stderr: {:?}",
+                    self.stdout_lines, self.stderr_lines
+                );
+            }
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        };
+        // The reader threads end at end of file, once the process and its pipes are gone.
+        self.stdout_lines.extend(self.stdout.iter());
+        self.stderr_lines.extend(self.stderr.iter());
+        status.code()
+    }
+
+    /// Everything printed on stderr so far, one string.
+    pub fn stderr_text(&self) -> String {
+        self.stderr_lines.join("\n")
+    }
+
+    /// The JSON events printed on stdout so far (lines that are not JSON are skipped).
+    pub fn events(&self) -> Vec<serde_json::Value> {
+        self.stdout_lines
+            .iter()
+            .filter_map(|l| serde_json::from_str(l).ok())
+            .collect()
+    }
+}
