@@ -15,7 +15,11 @@ pub(crate) struct Args {
 
 impl Args {
     pub(crate) fn quiet(&self) -> bool {
-        matches!(&self.command, Command::Run(run) if run.quiet)
+        match &self.command {
+            Command::Run(run) => run.quiet,
+            Command::Worker(worker) => worker.quiet,
+            _ => false,
+        }
     }
 }
 
@@ -29,6 +33,47 @@ pub(crate) enum Command {
     Check(CheckArgs),
     /// Build a SQLite demo database of old Vietnamese phone numbers and migrate it.
     Demo(DemoArgs),
+    /// Store the plan's run in its state database for workers, without working on it.
+    Submit(PlanArgs),
+    /// Work on every unfinished run stored in a state database (no plan file needed).
+    Worker(WorkerArgs),
+    /// Stop claiming new batches in the plan's run, in every process; batches in flight finish.
+    Pause(PlanArgs),
+    /// Claim batches again after `pause`.
+    Resume(PlanArgs),
+    /// Stop the plan's run for good, in every process; batches in flight finish.
+    Cancel(PlanArgs),
+    /// Re-queue the failed batches of the plan's run, for the processes working on it.
+    Retry(PlanArgs),
+}
+
+#[derive(Debug, clap::Args)]
+pub(crate) struct PlanArgs {
+    /// The plan file (TOML).
+    pub(crate) plan: PathBuf,
+}
+
+#[derive(Debug, clap::Args)]
+pub(crate) struct WorkerArgs {
+    /// The state database holding the runs (`godwit_*` tables); also read from GODWIT_DATABASE.
+    #[arg(long, env = "GODWIT_DATABASE", hide_env_values = true)]
+    pub(crate) database: String,
+    /// Batches in flight in this worker, over all the runs it works on.
+    #[arg(long, default_value_t = 4, value_parser = clap::value_parser!(u32).range(1..=1024))]
+    pub(crate) concurrency: u32,
+    /// Exit 0 when no run is left to work on, instead of waiting for new ones.
+    #[arg(long)]
+    pub(crate) exit_when_idle: bool,
+    /// On SIGTERM or SIGINT, how long batches in flight may take to finish before they are
+    /// rolled back; then the worker releases its claims and exits 75.
+    #[arg(long, default_value = "25s", value_parser = parse_duration)]
+    pub(crate) grace: Duration,
+    /// Print one JSON event per line on stdout.
+    #[arg(long, conflicts_with = "quiet")]
+    pub(crate) json: bool,
+    /// Print only errors.
+    #[arg(long)]
+    pub(crate) quiet: bool,
 }
 
 #[derive(Debug, clap::Args)]
@@ -44,6 +89,10 @@ pub(crate) struct RunArgs {
     /// Forget the stored progress of this plan's run and start over (changed rows stay changed).
     #[arg(long)]
     pub(crate) restart: bool,
+    /// After SIGTERM or SIGINT, how long batches in flight may take to finish before they are
+    /// rolled back (a second signal rolls them back at once).
+    #[arg(long, default_value = "25s", value_parser = parse_duration)]
+    pub(crate) grace: Duration,
     /// Print one JSON event per line on stdout instead of progress bars.
     #[arg(long, conflicts_with = "quiet")]
     pub(crate) json: bool,

@@ -5,9 +5,10 @@ use std::time::{Duration, Instant};
 
 use anyhow::Context;
 use godwit::plan::Plan;
+use godwit::state::{Control, RunState};
 use godwit::{EventSink, RunErrorKind, RunOptions, RunOutcome, StopHandle, StopLevel};
 
-use crate::args::{Args, CheckArgs, Command, DemoArgs, RunArgs, StatusArgs};
+use crate::args::{Args, CheckArgs, Command, DemoArgs, PlanArgs, RunArgs, StatusArgs, WorkerArgs};
 use crate::exit;
 use crate::progress::{self, Mode};
 
@@ -17,6 +18,12 @@ pub(crate) async fn dispatch(args: Args) -> anyhow::Result<u8> {
         Command::Status(a) => status(a).await,
         Command::Check(a) => check(a).await,
         Command::Demo(a) => demo(a).await,
+        Command::Submit(a) => submit(a).await,
+        Command::Worker(a) => worker(a).await,
+        Command::Pause(a) => control(a, Control::Pause).await,
+        Command::Resume(a) => control(a, Control::Resume).await,
+        Command::Cancel(a) => control(a, Control::Cancel).await,
+        Command::Retry(a) => control(a, Control::Retry).await,
     }
 }
 
@@ -30,8 +37,10 @@ fn load(path: &Path) -> Result<Plan, u8> {
     })
 }
 
-/// SIGINT or SIGTERM once: stop claiming and let batches in flight commit. Twice: abort them.
-fn watch_signals(stop: StopHandle, quiet: bool) {
+/// SIGINT or SIGTERM once: stop claiming and let batches in flight commit, for at most
+/// `grace`. Twice, or when the grace period is over: abort them (they roll back and are
+/// released for another process).
+fn watch_signals(stop: StopHandle, quiet: bool, grace: Duration) {
     tokio::spawn(async move {
         use tokio::signal::unix::{signal, SignalKind};
         let (Ok(mut int), Ok(mut term)) = (
@@ -52,6 +61,18 @@ fn watch_signals(stop: StopHandle, quiet: bool) {
                     );
                 }
                 stop.request(StopLevel::Drain);
+                let stop = stop.clone();
+                tokio::spawn(async move {
+                    tokio::time::sleep(grace).await;
+                    if stop.level() < StopLevel::Abort {
+                        if !quiet {
+                            eprintln!(
+                                "aborting: the batches in flight did not finish within {grace:?}; rolling them back"
+                            );
+                        }
+                        stop.request(StopLevel::Abort);
+                    }
+                });
             } else {
                 if !quiet {
                     eprintln!("aborting: rolling back the batches in flight");
@@ -75,6 +96,7 @@ async fn run(args: RunArgs) -> anyhow::Result<u8> {
         } else {
             godwit::Restart::Resume
         },
+        ..RunOptions::default()
     };
     if args.restart && mode != Mode::Quiet && mode != Mode::Json {
         eprintln!(
@@ -82,7 +104,7 @@ async fn run(args: RunArgs) -> anyhow::Result<u8> {
             plan.name
         );
     }
-    execute(&plan, options, args.max_duration, mode).await
+    execute(&plan, options, args.max_duration, args.grace, mode).await
 }
 
 /// Runs a loaded plan with progress output and turns the outcome into an exit code.
@@ -90,10 +112,11 @@ async fn execute(
     plan: &Plan,
     options: RunOptions,
     max_duration: Option<Duration>,
+    grace: Duration,
     mode: Mode,
 ) -> anyhow::Result<u8> {
     let (stop, signal) = godwit::stop_pair();
-    watch_signals(stop.clone(), mode == Mode::Quiet);
+    watch_signals(stop.clone(), mode == Mode::Quiet, grace);
     if let Some(budget) = max_duration {
         let stop = stop.clone();
         tokio::spawn(async move {
@@ -134,6 +157,14 @@ async fn execute(
         }
         Ok(RunOutcome::Failed(message)) => {
             eprintln!("error: {}: {message}", plan.path.display());
+            Ok(exit::FAILED)
+        }
+        Ok(RunOutcome::Cancelled) => {
+            eprintln!(
+                "error: {}: the run {:?} was cancelled (`godwit cancel`); the batches in flight finished",
+                plan.path.display(),
+                plan.name
+            );
             Ok(exit::FAILED)
         }
         Err(e) => {
@@ -260,7 +291,7 @@ async fn demo(args: DemoArgs) -> anyhow::Result<u8> {
         concurrency: args.concurrency.map(|n| n as usize),
         ..RunOptions::default()
     };
-    let code = execute(&demo.plan, options, None, mode).await?;
+    let code = execute(&demo.plan, options, None, Duration::from_secs(25), mode).await?;
     if code != exit::DONE {
         return Ok(code);
     }
@@ -329,4 +360,204 @@ async fn demo_samples_after(
         );
     }
     Ok(out)
+}
+
+async fn submit(args: PlanArgs) -> anyhow::Result<u8> {
+    let plan = match load(&args.plan) {
+        Ok(p) => p,
+        Err(code) => return Ok(code),
+    };
+    match godwit::submit(&plan).await {
+        Ok(start) => {
+            let state = state_url(&plan);
+            match start {
+                godwit::RunStart::Created => {
+                    eprintln!(
+                        "submitted {:?} to {state}; workers will pick it up",
+                        plan.name
+                    )
+                }
+                godwit::RunStart::Resumed => eprintln!(
+                    "{:?} is already stored in {state}; it was left as it is",
+                    plan.name
+                ),
+                godwit::RunStart::AlreadyDone => eprintln!(
+                    "{:?} is already done in {state}; `godwit run --restart` runs it again",
+                    plan.name
+                ),
+            }
+            Ok(exit::DONE)
+        }
+        Err(e) => {
+            eprintln!("error: {}: {e}", args.plan.display());
+            Ok(match e.kind() {
+                RunErrorKind::Invalid => exit::INVALID,
+                RunErrorKind::Database => exit::FAILED,
+            })
+        }
+    }
+}
+
+fn state_url(plan: &Plan) -> godwit::driver::DbUrl {
+    godwit::driver::DbUrl::new(
+        plan.state_database
+            .clone()
+            .unwrap_or_else(|| plan.database.clone()),
+    )
+}
+
+async fn control(args: PlanArgs, action: Control) -> anyhow::Result<u8> {
+    let plan = match load(&args.plan) {
+        Ok(p) => p,
+        Err(code) => return Ok(code),
+    };
+    let before = match godwit::control(&plan, action).await {
+        Ok(before) => before,
+        Err(e) => {
+            eprintln!(
+                "error: {}: cannot reach the state database: {e}",
+                args.plan.display()
+            );
+            return Ok(if e.kind() == godwit::driver::ErrorKind::Config {
+                exit::INVALID
+            } else {
+                exit::FAILED
+            });
+        }
+    };
+    let Some(before) = before else {
+        eprintln!(
+            "error: {}: no run of {:?} is stored in {}",
+            args.plan.display(),
+            plan.name,
+            state_url(&plan)
+        );
+        return Ok(exit::FAILED);
+    };
+    let name = &plan.name;
+    let (applied, message) = match (action, before) {
+        (Control::Pause, RunState::Pending | RunState::Running) => {
+            (true, format!("paused {name:?}: no new batch is claimed; batches in flight finish"))
+        }
+        (Control::Pause, RunState::Paused) => (true, format!("{name:?} is already paused")),
+        (Control::Resume, RunState::Paused) => (true, format!("resumed {name:?}")),
+        (Control::Resume, RunState::Pending | RunState::Running) => {
+            (true, format!("{name:?} is not paused"))
+        }
+        (Control::Cancel, RunState::Cancelled) => (true, format!("{name:?} is already cancelled")),
+        (Control::Cancel, RunState::Done) => {
+            (false, format!("{name:?} is done; there is nothing to cancel"))
+        }
+        (Control::Cancel, _) => (
+            true,
+            format!("cancelled {name:?}: no new batch is claimed; batches in flight finish"),
+        ),
+        (Control::Retry, RunState::Failed) => (
+            true,
+            format!("re-queued the failed batches of {name:?}; workers on it take them up, or `godwit run` it"),
+        ),
+        (Control::Retry, RunState::Pending | RunState::Running | RunState::Paused) => (
+            true,
+            format!("re-queued any failed batches of {name:?}"),
+        ),
+        (_, state) => (
+            false,
+            format!("{name:?} is {}; cannot {}", state.as_str(), action_name(action)),
+        ),
+    };
+    if applied {
+        eprintln!("{message}");
+        Ok(exit::DONE)
+    } else {
+        eprintln!("error: {}: {message}", args.plan.display());
+        Ok(exit::FAILED)
+    }
+}
+
+fn action_name(action: Control) -> &'static str {
+    match action {
+        Control::Pause => "pause it",
+        Control::Resume => "resume it",
+        Control::Cancel => "cancel it",
+        Control::Retry => "retry it",
+    }
+}
+
+async fn worker(args: WorkerArgs) -> anyhow::Result<u8> {
+    let url = godwit::driver::DbUrl::new(args.database.clone());
+    let mode = Mode::pick(args.json, args.quiet);
+    let (stop, signal) = godwit::stop_pair();
+    watch_signals(stop.clone(), mode == Mode::Quiet, args.grace);
+    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+    let printer = tokio::spawn(async move {
+        while let Some(event) = rx.recv().await {
+            print_worker_event(mode, &event);
+        }
+    });
+    let options = godwit::WorkerOptions {
+        concurrency: Some(args.concurrency as usize),
+        exit_when_idle: args.exit_when_idle,
+    };
+    if mode == Mode::Human || mode == Mode::Plain {
+        eprintln!("worker: looking for runs in {url}");
+    }
+    let outcome = godwit::work(&url, options, signal, Some(tx)).await;
+    let _ = printer.await;
+    match outcome {
+        Ok(godwit::WorkerOutcome::Idle) => {
+            if mode == Mode::Human || mode == Mode::Plain {
+                eprintln!("worker: no run left to work on");
+            }
+            Ok(exit::DONE)
+        }
+        Ok(godwit::WorkerOutcome::Stopped) => {
+            if mode == Mode::Human || mode == Mode::Plain {
+                eprintln!("worker: stopped; its claims were released");
+            }
+            Ok(exit::STOPPED)
+        }
+        Err(e) => {
+            eprintln!("error: {e}");
+            Ok(match e.kind() {
+                RunErrorKind::Invalid => exit::INVALID,
+                RunErrorKind::Database => exit::FAILED,
+            })
+        }
+    }
+}
+
+fn print_worker_event(mode: Mode, event: &godwit::WorkerEvent) {
+    use godwit::WorkerEvent;
+    if mode == Mode::Json {
+        let json = match event {
+            WorkerEvent::Joined { plan } => {
+                serde_json::json!({"event": "run_joined", "plan": plan})
+            }
+            WorkerEvent::Left {
+                plan,
+                outcome,
+                error,
+            } => {
+                serde_json::json!({"event": "run_left", "plan": plan, "outcome": outcome, "error": error})
+            }
+            WorkerEvent::Refused { plan, error } => {
+                serde_json::json!({"event": "run_refused", "plan": plan, "error": error})
+            }
+        };
+        outln!("{json}");
+        return;
+    }
+    match event {
+        WorkerEvent::Refused { plan, error } => {
+            eprintln!("error: run {plan:?}: cannot work on it here: {error}; trying again shortly")
+        }
+        WorkerEvent::Left {
+            plan,
+            error: Some(error),
+            ..
+        } => eprintln!("error: run {plan:?} failed: {error}"),
+        _ if mode == Mode::Quiet => {}
+        WorkerEvent::Joined { plan } => eprintln!("worker: working on {plan:?}"),
+        WorkerEvent::Left { plan, outcome, .. } => eprintln!("worker: {plan:?} {outcome}"),
+    }
 }

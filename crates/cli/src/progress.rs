@@ -108,6 +108,7 @@ impl Renderer {
             let (state, error) = match outcome {
                 Ok(RunOutcome::Done) | Ok(RunOutcome::AlreadyDone) => ("done", None),
                 Ok(RunOutcome::Stopped) => ("stopped", None),
+                Ok(RunOutcome::Cancelled) => ("cancelled", None),
                 Ok(RunOutcome::Failed(m)) => ("failed", Some(m.clone())),
                 Err(e) => ("error", Some(e.to_string())),
             };
@@ -359,6 +360,7 @@ pub(crate) fn not_started(plan: &godwit::plan::Plan) -> RunStatus {
         state: "pending".into(),
         error: None,
         elapsed_seconds: 0.0,
+        workers: Vec::new(),
         steps: plan
             .steps
             .iter()
@@ -411,6 +413,18 @@ pub(crate) fn status_table(status: &RunStatus) -> String {
     }
     if let Some(error) = &status.error {
         out.push_str(&format!("error: {error}\n"));
+    }
+    if !status.workers.is_empty() {
+        out.push_str(&format!(
+            "{:<40} {:<9} {:>9} {:>10}  {}\n",
+            "WORKER", "STATE", "IN FLIGHT", "LAST SEEN", "VERSION"
+        ));
+        for w in &status.workers {
+            out.push_str(&format!(
+                "{:<40} {:<9} {:>9} {:>9.1}s  {}\n",
+                w.worker, w.state, w.batches_in_flight, w.last_seen_seconds, w.version
+            ));
+        }
     }
     out
 }

@@ -32,6 +32,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         RunOutcome::Done | RunOutcome::AlreadyDone => println!("{} is done", plan.name),
         RunOutcome::Stopped => println!("stopped; run again to resume"),
         RunOutcome::Failed(message) => return Err(message.into()),
+        RunOutcome::Cancelled => return Err("the run was cancelled".into()),
     }
     Ok(())
 }

@@ -25,12 +25,13 @@ mod status;
 pub use godwit_driver as driver;
 pub use godwit_plan as plan;
 pub use godwit_sched::{
-    default_concurrency, run, stop_pair, Event, EventSink, Restart, RunOptions, RunOutcome,
-    StopHandle, StopLevel, StopSignal,
+    default_concurrency, run, stop_pair, submit, work, Event, EventSink, Restart, RunOptions,
+    RunOutcome, RunStart, StopHandle, StopLevel, StopSignal, WorkerEvent, WorkerOptions,
+    WorkerOutcome,
 };
 pub use godwit_state as state;
 
-pub use crate::status::status;
+pub use crate::status::{control, status};
 
 /// The error type of the scheduler: an invalid plan (nothing changed) or an unreachable
 /// database.

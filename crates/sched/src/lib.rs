@@ -17,15 +17,18 @@ mod run;
 mod step;
 mod stop;
 mod walk;
+mod worker;
 
 use std::fmt;
+use std::sync::Arc;
 
 pub use crate::events::{Event, EventSink};
 pub use crate::key::{key_problem, KeyProblem};
-pub use crate::run::run;
+pub use crate::run::{run, submit};
 pub use crate::step::needs_autocommit;
 pub use crate::stop::{stop_pair, StopHandle, StopLevel, StopSignal};
-pub use godwit_state::Restart;
+pub use crate::worker::{work, WorkerEvent, WorkerOptions, WorkerOutcome};
+pub use godwit_state::{Restart, RunStart};
 
 /// How this process takes part in a run.
 #[derive(Debug, Clone)]
@@ -34,6 +37,12 @@ pub struct RunOptions {
     pub concurrency: Option<usize>,
     /// Resume the stored run, or forget its progress first.
     pub restart: Restart,
+    /// Re-queue the run's failed batches on joining it (what `godwit run` does; a worker
+    /// leaves that to `godwit retry`).
+    pub requeue_failed: bool,
+    /// Slots shared with other runs in this process (a worker's `--concurrency` over every
+    /// run it works on); `None` gives the run `concurrency` slots of its own.
+    pub permits: Option<Arc<tokio::sync::Semaphore>>,
 }
 
 impl Default for RunOptions {
@@ -41,6 +50,8 @@ impl Default for RunOptions {
         RunOptions {
             concurrency: None,
             restart: Restart::Resume,
+            requeue_failed: true,
+            permits: None,
         }
     }
 }
@@ -56,6 +67,8 @@ pub enum RunOutcome {
     Stopped,
     /// A batch failed for good; the message names the step, key range and database code.
     Failed(String),
+    /// Cancelled from elsewhere (`godwit cancel`); the batches in flight finished.
+    Cancelled,
 }
 
 /// Why a run could not be worked on at all.

@@ -3,20 +3,29 @@
 //! Connections leave the pool while a batch uses them and come back only when the batch ended
 //! cleanly, so a connection whose state is unknown (an error mid-transaction, a lost socket) is
 //! dropped rather than reused.
+//!
+//! Every connection carries a database-side limit on how long a transaction may sit idle: the
+//! lease. A worker frozen mid-batch (SIGSTOP, a paused VM) loses its lease and, with it, the
+//! batch to another worker; the limit makes the server roll the frozen transaction back and
+//! free its row locks, so that the new owner does not wait on them forever. (The claim token
+//! checked in the batch's own transaction already stops the frozen worker from committing.)
 
 use std::sync::Mutex;
+use std::time::{Duration, Instant};
 
-use godwit_driver::{Conn, ConnectOptions, DbUrl, Result};
+use godwit_driver::{Conn, ConnectOptions, DbUrl, Dialect, Result};
 
 pub(crate) struct ConnPool {
     url: DbUrl,
-    idle: Mutex<Vec<Box<dyn Conn>>>,
+    lease: Duration,
+    idle: Mutex<Vec<(Box<dyn Conn>, Instant)>>,
 }
 
 impl ConnPool {
-    pub(crate) fn new(url: DbUrl) -> ConnPool {
+    pub(crate) fn new(url: DbUrl, lease: Duration) -> ConnPool {
         ConnPool {
             url,
+            lease,
             idle: Mutex::new(Vec::new()),
         }
     }
@@ -26,16 +35,37 @@ impl ConnPool {
     }
 
     pub(crate) async fn take(&self) -> Result<Box<dyn Conn>> {
-        let idle = self.idle.lock().map(|mut idle| idle.pop()).ok().flatten();
+        // MySQL closes a connection idle for longer than the lease (its only idle limit is
+        // `wait_timeout`, which covers idle sessions too): leave those behind.
+        let fresh = self.lease / 2;
+        let idle = self.idle.lock().ok().and_then(|mut idle| {
+            idle.retain(|(_, since)| since.elapsed() < fresh);
+            idle.pop()
+        });
         match idle {
-            Some(conn) => Ok(conn),
-            None => godwit_db::connect(&self.url, &ConnectOptions::default()).await,
+            Some((conn, _)) => Ok(conn),
+            None => self.connect().await,
         }
     }
 
     pub(crate) fn give(&self, conn: Box<dyn Conn>) {
         if let Ok(mut idle) = self.idle.lock() {
-            idle.push(conn);
+            idle.push((conn, Instant::now()));
         }
+    }
+
+    async fn connect(&self) -> Result<Box<dyn Conn>> {
+        let mut conn = godwit_db::connect(&self.url, &ConnectOptions::default()).await?;
+        let ms = self.lease.as_millis().max(1000);
+        let setup = match conn.dialect() {
+            Dialect::Postgres => Some(format!("SET idle_in_transaction_session_timeout = {ms}")),
+            Dialect::MySql => Some(format!("SET SESSION wait_timeout = {}", ms.div_ceil(1000))),
+            // One machine, one file: a frozen process holds the write lock until it resumes.
+            Dialect::Sqlite => None,
+        };
+        if let Some(setup) = setup {
+            conn.execute_unprepared(&setup).await?;
+        }
+        Ok(conn)
     }
 }

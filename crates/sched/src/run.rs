@@ -5,23 +5,27 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use godwit_driver::{references_param, DbUrl};
-use godwit_plan::Plan;
-use godwit_state::{ClaimedBatch, RunSpec, RunStart, RunState, StateStore, StepSpec};
+use godwit_driver::{references_param, DbUrl, Dialect};
+use godwit_plan::{Plan, StepKind};
+use godwit_state::{ClaimedBatch, RunSpec, RunStart, RunState, StateStore, StepSpec, WorkerBeat};
 use tokio::sync::Semaphore;
 use tokio::task::JoinSet;
 
 use crate::batch;
 use crate::pool::ConnPool;
 use crate::step::{self, StepCtx, StepResult};
-use crate::stop::{StopLevel, StopSignal};
+use crate::stop::{stop_pair, StopHandle, StopLevel, StopSignal};
 use crate::{
     default_concurrency, key_problem, step_definition, Error, Event, EventSink, RunOptions,
     RunOutcome,
 };
 
-/// How often the scheduler looks at the stored run (other processes' progress, a failure).
-const POLL: Duration = Duration::from_millis(250);
+/// How often the scheduler looks at the stored run (other processes' progress, a failure, a
+/// pause or a cancel asked from elsewhere).
+pub(crate) const POLL: Duration = Duration::from_millis(250);
+
+/// How often a worker records its heartbeat in `godwit_workers`.
+const BEAT_EVERY: Duration = Duration::from_secs(1);
 
 /// Everything the steps of one run share in this process.
 pub(crate) struct RunCtx {
@@ -31,9 +35,14 @@ pub(crate) struct RunCtx {
     exactly_once: bool,
     worker: String,
     permits: Arc<Semaphore>,
+    /// This run's own stop: raised by the caller's signal, and by a cancel from elsewhere.
     stop: StopSignal,
+    stop_handle: StopHandle,
     events: EventSink,
     failed: AtomicBool,
+    /// Paused from elsewhere: claim nothing new until resumed.
+    paused: AtomicBool,
+    cancelled: AtomicBool,
     /// Batches in flight here, with their lease, for the heartbeat.
     in_flight: Mutex<HashMap<(String, i64), (ClaimedBatch, Duration)>>,
 }
@@ -71,6 +80,12 @@ impl RunCtx {
     pub(crate) fn mark_failed(&self) {
         self.failed.store(true, Ordering::SeqCst);
     }
+    pub(crate) fn is_paused(&self) -> bool {
+        self.paused.load(Ordering::SeqCst)
+    }
+    fn in_flight(&self) -> usize {
+        self.in_flight.lock().map(|m| m.len()).unwrap_or_default()
+    }
     pub(crate) fn track(&self, batch: &ClaimedBatch, lease: Duration) {
         if let Ok(mut map) = self.in_flight.lock() {
             map.insert(
@@ -90,36 +105,43 @@ impl RunCtx {
     }
 }
 
-/// A name for this process in the claims it makes: host, pid and a random suffix.
-fn worker_name() -> String {
-    let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
+fn host_name() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
         .map(|h| h.trim().to_string())
         .or_else(|_| std::env::var("HOSTNAME"))
-        .unwrap_or_else(|_| "localhost".into());
-    let suffix = uuid::Uuid::new_v4().simple().to_string();
-    format!("{host}:{}:{}", std::process::id(), &suffix[..8])
+        .unwrap_or_else(|_| "localhost".into())
 }
 
-/// Works on the plan's run until every step is done, a batch fails for good, or `stop` asks
-/// to stop. Other processes may work on the same run at the same time.
-///
-/// # Errors
-/// [`crate::ErrorKind::Invalid`] when the plan cannot run (a step kind this version lacks, a
-/// stored run from a different plan); [`crate::ErrorKind::Database`] when a database cannot be
-/// reached. Nothing was changed in either case.
-pub async fn run(
-    plan: &Plan,
-    options: RunOptions,
-    stop: StopSignal,
-    events: EventSink,
-) -> Result<RunOutcome, Error> {
+/// A name for this process in the claims it makes: host, pid and a random suffix.
+fn worker_name() -> String {
+    let suffix = uuid::Uuid::new_v4().simple().to_string();
+    format!("{}:{}:{}", host_name(), std::process::id(), &suffix[..8])
+}
+
+/// The plan's databases and what checking them found, before anything is recorded.
+struct Prepared {
+    pool: ConnPool,
+    dialect: Dialect,
+    state_url: DbUrl,
+    exactly_once: bool,
+}
+
+/// Checks that the plan can run (step kinds, `:start`/`:end`, key indexes) against its
+/// database, as `check` does, before anything is recorded.
+async fn prepare(plan: &Plan) -> Result<Prepared, Error> {
     let data_url = DbUrl::new(plan.database.clone());
     let state_url = plan
         .state_database
         .clone()
         .map_or_else(|| data_url.clone(), DbUrl::new);
     let exactly_once = state_url == data_url;
-    let pool = ConnPool::new(data_url.clone());
+    let longest_lease = plan
+        .steps
+        .iter()
+        .map(|s| s.settings.lease)
+        .max()
+        .unwrap_or(Duration::from_secs(30));
+    let pool = ConnPool::new(data_url.clone(), longest_lease);
     let mut probe = pool
         .take()
         .await
@@ -129,9 +151,9 @@ pub async fn run(
     // as `check` does, before anything is recorded.
     for step in &plan.steps {
         let (table, key, sql) = match &step.kind {
-            godwit_plan::StepKind::Chunked { table, key, sql, .. } => (table, key, sql),
-            godwit_plan::StepKind::Once { .. } => continue,
-            godwit_plan::StepKind::Transform { .. } | godwit_plan::StepKind::Copy { .. } => {
+            StepKind::Chunked { table, key, sql, .. } => (table, key, sql),
+            StepKind::Once { .. } => continue,
+            StepKind::Transform { .. } | StepKind::Copy { .. } => {
                 return Err(Error::invalid(format!(
                     "step {:?}: row transforms and copies are not supported by this version of godwit yet",
                     step.name
@@ -166,27 +188,100 @@ pub async fn run(
         }
     }
     pool.give(probe);
-    let state_conn = godwit_db::connect(&state_url, &Default::default())
+    Ok(Prepared {
+        pool,
+        dialect,
+        state_url,
+        exactly_once,
+    })
+}
+
+pub(crate) async fn open_state(url: &DbUrl) -> Result<StateStore, Error> {
+    let state_conn = godwit_db::connect(url, &Default::default())
         .await
         .map_err(|e| Error::database("cannot connect to the state database", &e))?;
-    let state = StateStore::open(&state_url, state_conn)
+    StateStore::open(url, state_conn)
         .await
-        .map_err(|e| Error::database("cannot prepare the state tables", &e))?;
+        .map_err(|e| Error::database("cannot prepare the state tables", &e))
+}
 
+/// What the state store keeps of a plan.
+fn run_spec(plan: &Plan) -> RunSpec {
+    RunSpec {
+        name: plan.name.clone(),
+        plan_text: plan.text.clone(),
+        steps: plan
+            .steps
+            .iter()
+            .map(|s| StepSpec {
+                name: s.name.clone(),
+                definition: step_definition(s),
+                batch_size: match s.kind {
+                    StepKind::Once { .. } => 1,
+                    _ => i64::try_from(s.settings.batch_size).unwrap_or(i64::MAX),
+                },
+            })
+            .collect(),
+    }
+}
+
+/// Stores the plan's run in its state database for workers (`godwit submit`), after the
+/// same checks as [`run`]; changes no data. Submitting a plan whose run exists already
+/// leaves that run as it is.
+///
+/// # Errors
+/// As [`run`]: the plan cannot run, differs from the stored run, or a database is unreachable.
+pub async fn submit(plan: &Plan) -> Result<RunStart, Error> {
+    let prepared = prepare(plan).await?;
+    let state = open_state(&prepared.state_url).await?;
+    state
+        .submit(&run_spec(plan))
+        .await
+        .map_err(|e| Error::database("cannot store the run", &e))
+}
+
+/// Works on the plan's run until every step is done, a batch fails for good, or `stop` asks
+/// to stop. Other processes may work on the same run at the same time.
+///
+/// # Errors
+/// [`crate::ErrorKind::Invalid`] when the plan cannot run (a step kind this version lacks, a
+/// stored run from a different plan); [`crate::ErrorKind::Database`] when a database cannot be
+/// reached. Nothing was changed in either case.
+pub async fn run(
+    plan: &Plan,
+    options: RunOptions,
+    stop: StopSignal,
+    events: EventSink,
+) -> Result<RunOutcome, Error> {
+    let Prepared {
+        pool,
+        dialect,
+        state_url,
+        exactly_once,
+    } = prepare(plan).await?;
+    let state = open_state(&state_url).await?;
     let concurrency = options
         .concurrency
         .unwrap_or_else(|| default_concurrency(dialect))
         .max(1);
+    let (stop_handle, own_stop) = stop_pair();
+    forward_stop(stop, stop_handle.clone());
     let ctx = Arc::new(RunCtx {
         name: plan.name.clone(),
         state,
         pool,
         exactly_once,
         worker: worker_name(),
-        permits: Arc::new(Semaphore::new(concurrency)),
-        stop,
+        permits: options
+            .permits
+            .clone()
+            .unwrap_or_else(|| Arc::new(Semaphore::new(concurrency))),
+        stop: own_stop,
+        stop_handle,
         events,
         failed: AtomicBool::new(false),
+        paused: AtomicBool::new(false),
+        cancelled: AtomicBool::new(false),
         in_flight: Mutex::new(HashMap::new()),
     });
     let mut steps = Vec::with_capacity(plan.steps.len());
@@ -196,21 +291,9 @@ pub async fn run(
         ));
     }
 
-    let spec = RunSpec {
-        name: plan.name.clone(),
-        plan_text: plan.text.clone(),
-        steps: plan
-            .steps
-            .iter()
-            .map(|s| StepSpec {
-                name: s.name.clone(),
-                definition: step_definition(s),
-            })
-            .collect(),
-    };
     let start = ctx
         .state
-        .begin_run(&spec, options.restart)
+        .begin_run(&run_spec(plan), options.restart)
         .await
         .map_err(|e| Error::database("cannot start the run", &e))?;
     if start == RunStart::AlreadyDone {
@@ -226,12 +309,19 @@ pub async fn run(
         Ok(_) => {}
         Err(e) => return Err(Error::database("cannot read the run", &e)),
     }
-    // Running a plan again retries what failed, whether or not the failing process lived to
-    // mark the whole run failed.
+    // A submitted run starts when the first worker takes it up.
     ctx.state
-        .requeue_failed(&plan.name)
+        .start_run(&plan.name)
         .await
-        .map_err(|e| Error::database("cannot re-queue the failed batches", &e))?;
+        .map_err(|e| Error::database("cannot start the run", &e))?;
+    if options.requeue_failed {
+        // Running a plan again retries what failed, whether or not the failing process lived
+        // to mark the whole run failed.
+        ctx.state
+            .requeue_failed(&plan.name)
+            .await
+            .map_err(|e| Error::database("cannot re-queue the failed batches", &e))?;
+    }
     ctx.events.send(Event::RunStarted {
         plan: plan.name.clone(),
         resumed: start == RunStart::Resumed,
@@ -246,7 +336,24 @@ pub async fn run(
     if let Err(e) = released {
         tracing::warn!(error = %e, "could not release this worker's claims; they return when their leases end");
     }
+    if let Err(e) = ctx.state.remove_worker(&ctx.worker).await {
+        tracing::debug!(error = %e, "could not remove this worker's heartbeat; it ages out");
+    }
     outcome
+}
+
+/// Passes the caller's stop requests on to the run's own stop, which a cancel also raises.
+fn forward_stop(mut from: StopSignal, to: StopHandle) {
+    tokio::spawn(async move {
+        for level in [StopLevel::Drain, StopLevel::Abort] {
+            from.reached(level).await;
+            // `reached` also returns when the caller dropped its handle: nothing to pass on.
+            if from.level() < level {
+                return;
+            }
+            to.request(level);
+        }
+    });
 }
 
 /// Starts each step once the steps it comes after are done, until all are done.
@@ -279,6 +386,20 @@ async fn schedule(
                     .await;
                 return Ok(RunOutcome::Failed(message));
             }
+        }
+        match ctx.state.run_state(&ctx.name).await {
+            Ok(Some(RunState::Paused)) => ctx.paused.store(true, Ordering::SeqCst),
+            Ok(Some(RunState::Cancelled)) => {
+                if !ctx.cancelled.swap(true, Ordering::SeqCst) {
+                    tracing::warn!(run = %ctx.name, "the run was cancelled; finishing the batches in flight");
+                }
+                ctx.stop_handle.request(StopLevel::Drain);
+            }
+            Ok(_) => ctx.paused.store(false, Ordering::SeqCst),
+            Err(e) => tracing::debug!(error = %e, "could not read the run's state"),
+        }
+        if ctx.cancelled.load(Ordering::SeqCst) && running.is_empty() {
+            return Ok(RunOutcome::Cancelled);
         }
         let all_done = !stored.is_empty() && stored.values().all(|s| s == "done");
         if all_done && running.is_empty() {
@@ -327,9 +448,36 @@ fn stored_failure(stored: &HashMap<String, String>) -> Option<String> {
         .map(|(name, _)| format!("step {name:?} failed in another process; see `godwit status`"))
 }
 
-/// Extends the leases of the batches in flight here, three times per lease.
+/// Extends the leases of the batches in flight here, three times per lease, and records this
+/// worker's heartbeat every second.
 async fn heartbeat(ctx: Arc<RunCtx>) {
+    let mut beat = WorkerBeat {
+        worker: ctx.worker.clone(),
+        run: ctx.name.clone(),
+        host: host_name(),
+        pid: i64::from(std::process::id()),
+        version: env!("CARGO_PKG_VERSION").to_string(),
+        batches: 0,
+        state: String::new(),
+    };
+    let mut last_beat: Option<std::time::Instant> = None;
+    let mut last_extended = std::time::Instant::now();
     loop {
+        if last_beat.is_none_or(|t| t.elapsed() >= BEAT_EVERY) {
+            last_beat = Some(std::time::Instant::now());
+            beat.batches = i64::try_from(ctx.in_flight()).unwrap_or_default();
+            beat.state = if ctx.stop.level() >= StopLevel::Drain {
+                "stopping"
+            } else if ctx.is_paused() {
+                "paused"
+            } else {
+                "running"
+            }
+            .to_string();
+            if let Err(e) = ctx.state.heartbeat(&beat).await {
+                tracing::debug!(error = %e, "could not record the heartbeat");
+            }
+        }
         let batches: Vec<(ClaimedBatch, Duration)> = ctx
             .in_flight
             .lock()
@@ -340,11 +488,15 @@ async fn heartbeat(ctx: Arc<RunCtx>) {
             .map(|(_, lease)| *lease)
             .min()
             .unwrap_or(Duration::from_secs(3));
-        for (batch, lease) in batches {
-            if let Err(e) = ctx.state.extend_lease(&batch, lease).await {
-                tracing::warn!(step = batch.step(), batch = batch.number(), error = %e, "could not extend a lease");
+        let every = (shortest / 3).max(Duration::from_millis(100));
+        if last_extended.elapsed() >= every {
+            last_extended = std::time::Instant::now();
+            for (batch, lease) in batches {
+                if let Err(e) = ctx.state.extend_lease(&batch, lease).await {
+                    tracing::warn!(step = batch.step(), batch = batch.number(), error = %e, "could not extend a lease");
+                }
             }
         }
-        tokio::time::sleep((shortest / 3).max(Duration::from_millis(100))).await;
+        tokio::time::sleep(every.min(BEAT_EVERY)).await;
     }
 }

@@ -486,6 +486,14 @@ pub(crate) async fn drive(ctx: Arc<StepCtx>) -> StepResult {
         if result.is_some() || run.is_failed() || stop.level() >= StopLevel::Drain {
             break;
         }
+        if run.is_paused() {
+            // Paused from elsewhere: batches in flight go on, nothing new is claimed.
+            tokio::select! {
+                _ = tokio::time::sleep(crate::run::POLL) => {}
+                _ = stop.reached(StopLevel::Drain) => {}
+            }
+            continue;
+        }
         // Claim before waiting for a free slot, so that the next batch's key walk and claim
         // overlap the batches in flight instead of adding to each slot's idle time.
         let claiming = async {

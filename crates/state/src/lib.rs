@@ -26,7 +26,7 @@ use std::time::Duration;
 use godwit_driver::{Conn, DbUrl, Dialect, Error, ErrorKind, Result, Value};
 
 pub use crate::schema::SCHEMA_VERSION;
-pub use crate::status::{RunStatus, StepStatus};
+pub use crate::status::{RunStatus, StepStatus, WorkerStatus, LIVE_WINDOW_MS};
 
 /// The life of a run.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -89,6 +89,8 @@ pub struct StepSpec {
     /// Everything that decides what the step changes (SQL, table, key, filter), as stable text.
     /// A stored run whose definitions differ from the plan's is not resumed.
     pub definition: String,
+    /// Rows per batch when the step was stored (1 for a one-off step), for the queue view.
+    pub batch_size: i64,
 }
 
 /// How [`StateStore::begin_run`] found the run.
@@ -100,6 +102,49 @@ pub enum RunStart {
     Resumed,
     /// The run had already finished.
     AlreadyDone,
+}
+
+/// A run as stored for workers.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StoredRun {
+    /// The plan's name.
+    pub name: String,
+    /// Where it stands.
+    pub state: RunState,
+    /// The plan file's text as submitted.
+    pub plan_text: String,
+}
+
+/// What a user asks of a run from anywhere (`godwit pause|resume|cancel|retry`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Control {
+    /// Claim no new batch until resumed; batches in flight finish.
+    Pause,
+    /// Claim again after a pause.
+    Resume,
+    /// Stop the run for good: no new batch; batches in flight finish.
+    Cancel,
+    /// Re-queue the failed batches and set the run running again.
+    Retry,
+}
+
+/// A worker's heartbeat: who it is and what it holds.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct WorkerBeat {
+    /// The worker's name (host:pid:suffix), as its claims carry it.
+    pub worker: String,
+    /// The run it works on.
+    pub run: String,
+    /// The machine it runs on.
+    pub host: String,
+    /// Its process id.
+    pub pid: i64,
+    /// The godwit version it runs.
+    pub version: String,
+    /// Batches in flight.
+    pub batches: i64,
+    /// `running`, `paused` or `stopping`.
+    pub state: String,
 }
 
 /// Whether to keep or forget a stored run's progress.
@@ -329,8 +374,186 @@ impl StateStore {
     /// [`ErrorKind::Config`] when the stored plan differs, naming the first step that changed.
     pub async fn begin_run(&self, spec: &RunSpec, restart: Restart) -> Result<RunStart> {
         let spec = spec.clone();
-        self.with_conn(move |conn| Box::pin(begin_run(conn, spec, restart, false)))
-            .await
+        self.with_conn(move |conn| {
+            Box::pin(begin_run(conn, spec, restart, RunState::Running, false))
+        })
+        .await
+    }
+
+    /// Stores a run for workers without starting it (`godwit submit`): created `pending`, or
+    /// left as it is when a run of the same plan exists. Submitting twice, even at once,
+    /// makes one run.
+    ///
+    /// # Errors
+    /// [`ErrorKind::Config`] when a stored run of that name has different steps.
+    pub async fn submit(&self, spec: &RunSpec) -> Result<RunStart> {
+        let spec = spec.clone();
+        self.with_conn(move |conn| {
+            Box::pin(begin_run(
+                conn,
+                spec,
+                Restart::Resume,
+                RunState::Pending,
+                false,
+            ))
+        })
+        .await
+    }
+
+    /// Marks a submitted run as started, when a worker first takes it up.
+    pub async fn start_run(&self, run: &str) -> Result<()> {
+        let run = run.to_string();
+        self.with_conn(move |conn| {
+            Box::pin(async move {
+                let d = conn.dialect();
+                let q = format!(
+                    "UPDATE godwit_runs SET state = 'running', started_ms = COALESCE(started_ms, {}) \
+                     WHERE run = ? AND state = 'pending'",
+                    schema::now_ms(d)
+                );
+                conn.execute(&sql(d, &q), &[text(run)]).await?;
+                Ok(())
+            })
+        })
+        .await
+    }
+
+    /// The runs workers should look at: pending, running or paused, oldest first.
+    pub async fn unfinished_runs(&self) -> Result<Vec<StoredRun>> {
+        self.with_conn(|conn| {
+            Box::pin(async move {
+                let rows = conn
+                    .query(
+                        "SELECT run, state, plan_text FROM godwit_runs \
+                         WHERE state IN ('pending', 'running', 'paused') ORDER BY created_ms, run",
+                        &[],
+                    )
+                    .await?;
+                Ok(rows
+                    .iter()
+                    .map(|r| StoredRun {
+                        name: get_text(r.get(0)).unwrap_or_default(),
+                        state: RunState::parse(&get_text(r.get(1)).unwrap_or_default()),
+                        plan_text: get_text(r.get(2)).unwrap_or_default(),
+                    })
+                    .collect())
+            })
+        })
+        .await
+    }
+
+    /// Pauses, resumes or cancels a run, or re-queues its failed batches, on behalf of a user.
+    /// Returns the run's state before, or `None` when no such run is stored. Workers notice
+    /// the new state when they next read it (every few hundred milliseconds).
+    pub async fn control(&self, run: &str, action: Control) -> Result<Option<RunState>> {
+        let run = run.to_string();
+        let before = self.run_state(&run).await?;
+        let Some(before) = before else {
+            return Ok(None);
+        };
+        if action == Control::Retry {
+            self.requeue_failed(&run).await?;
+            return Ok(Some(before));
+        }
+        self.with_conn(move |conn| {
+            Box::pin(async move {
+                let d = conn.dialect();
+                let now = schema::now_ms(d);
+                let q = match action {
+                    Control::Pause => "UPDATE godwit_runs SET state = 'paused' \
+                         WHERE run = ? AND state IN ('pending', 'running')"
+                        .to_string(),
+                    Control::Resume => "UPDATE godwit_runs SET state = 'running' \
+                         WHERE run = ? AND state = 'paused'"
+                        .to_string(),
+                    Control::Cancel => format!(
+                        "UPDATE godwit_runs SET state = 'cancelled', finished_ms = {now} \
+                         WHERE run = ? AND state IN ('pending', 'running', 'paused', 'failed')"
+                    ),
+                    Control::Retry => unreachable!("handled above"),
+                };
+                conn.execute(&sql(d, &q), &[text(run)]).await?;
+                Ok(Some(before))
+            })
+        })
+        .await
+    }
+
+    /// Records that `beat.worker` is alive and what it holds; called every second or so.
+    pub async fn heartbeat(&self, beat: &WorkerBeat) -> Result<()> {
+        let beat = beat.clone();
+        self.with_conn(move |conn| {
+            Box::pin(async move {
+                let d = conn.dialect();
+                let now = schema::now_ms(d);
+                let updated = conn
+                    .execute(
+                        &sql(
+                            d,
+                            &format!(
+                                "UPDATE godwit_workers SET heartbeat_ms = {now}, batches = ?, state = ? \
+                                 WHERE worker = ?"
+                            ),
+                        ),
+                        &[
+                            Value::Int(beat.batches),
+                            text(beat.state.clone()),
+                            text(beat.worker.clone()),
+                        ],
+                    )
+                    .await?;
+                if updated == 0 {
+                    // A worker's first beat. Rows of workers silent for a day go at the same
+                    // time, so the table does not grow with every pod that ever ran.
+                    conn.execute(
+                        &sql(
+                            d,
+                            &format!("DELETE FROM godwit_workers WHERE heartbeat_ms < {now} - 86400000"),
+                        ),
+                        &[],
+                    )
+                    .await?;
+                    conn.execute(
+                        &sql(
+                            d,
+                            &format!(
+                                "INSERT INTO godwit_workers (worker, run, host, pid, version, started_ms, \
+                                 heartbeat_ms, batches, state) VALUES (?, ?, ?, ?, ?, {now}, {now}, ?, ?)"
+                            ),
+                        ),
+                        &[
+                            text(beat.worker),
+                            text(beat.run),
+                            text(beat.host),
+                            Value::Int(beat.pid),
+                            text(beat.version),
+                            Value::Int(beat.batches),
+                            text(beat.state),
+                        ],
+                    )
+                    .await?;
+                }
+                Ok(())
+            })
+        })
+        .await
+    }
+
+    /// Forgets a worker that is leaving.
+    pub async fn remove_worker(&self, worker: &str) -> Result<()> {
+        let worker = worker.to_string();
+        self.with_conn(move |conn| {
+            Box::pin(async move {
+                let d = conn.dialect();
+                conn.execute(
+                    &sql(d, "DELETE FROM godwit_workers WHERE worker = ?"),
+                    &[text(worker)],
+                )
+                .await?;
+                Ok(())
+            })
+        })
+        .await
     }
 
     /// Reads a run's state.
@@ -927,6 +1150,7 @@ async fn begin_run(
     conn: &mut dyn Conn,
     spec: RunSpec,
     restart: Restart,
+    initial: RunState,
     raced: bool,
 ) -> Result<RunStart> {
     let d = conn.dialect();
@@ -947,7 +1171,7 @@ async fn begin_run(
                 )
                 .await?;
             }
-            insert_run(conn, &spec).await?;
+            insert_run(conn, &spec, initial).await?;
             conn.commit().await?;
             return Ok(RunStart::Created);
         }
@@ -965,6 +1189,7 @@ async fn begin_run(
             .map(|r| StepSpec {
                 name: get_text(r.get(0)).unwrap_or_default(),
                 definition: get_text(r.get(1)).unwrap_or_default(),
+                batch_size: 0,
             })
             .collect();
         if let Some(problem) = plan_difference(&stored, &spec.steps) {
@@ -982,7 +1207,7 @@ async fn begin_run(
         });
     }
     conn.begin(Default::default()).await?;
-    match insert_run(conn, &spec).await {
+    match insert_run(conn, &spec, initial).await {
         Ok(()) => {
             conn.commit().await?;
             Ok(RunStart::Created)
@@ -991,38 +1216,48 @@ async fn begin_run(
             // Most likely another process created the run between our read and insert: resume
             // theirs. Only once: a second failure is a real error (a name too long, no rights).
             conn.rollback().await?;
-            Box::pin(begin_run(conn, spec, Restart::Resume, true)).await
+            Box::pin(begin_run(conn, spec, Restart::Resume, initial, true)).await
         }
         Err(e) => Err(e),
     }
 }
 
-async fn insert_run(conn: &mut dyn Conn, spec: &RunSpec) -> Result<()> {
+async fn insert_run(conn: &mut dyn Conn, spec: &RunSpec, initial: RunState) -> Result<()> {
     let d = conn.dialect();
     let now = schema::now_ms(d);
+    let started = if initial == RunState::Pending {
+        "NULL"
+    } else {
+        now
+    };
     conn.execute(
         &sql(
             d,
             &format!(
                 "INSERT INTO godwit_runs (run, state, plan_text, created_ms, started_ms) \
-                 VALUES (?, 'running', ?, {now}, {now})"
+                 VALUES (?, ?, ?, {now}, {started})"
             ),
         ),
-        &[text(spec.name.clone()), text(spec.plan_text.clone())],
+        &[
+            text(spec.name.clone()),
+            text(initial.as_str()),
+            text(spec.plan_text.clone()),
+        ],
     )
     .await?;
     for (position, step) in spec.steps.iter().enumerate() {
         conn.execute(
             &sql(
                 d,
-                "INSERT INTO godwit_steps (run, step, position, definition, state, initialized, next_batch, exhausted) \
-                 VALUES (?, ?, ?, ?, 'pending', 0, 0, 0)",
+                "INSERT INTO godwit_steps (run, step, position, definition, state, initialized, next_batch, exhausted, batch_size) \
+                 VALUES (?, ?, ?, ?, 'pending', 0, 0, 0, ?)",
             ),
             &[
                 text(spec.name.clone()),
                 text(step.name.clone()),
                 Value::Int(position as i64),
                 text(step.definition.clone()),
+                Value::Int(step.batch_size),
             ],
         )
         .await?;
@@ -1181,6 +1416,7 @@ mod tests {
         let s = |n: &str, d: &str| StepSpec {
             name: n.into(),
             definition: d.into(),
+            batch_size: 1,
         };
         assert_eq!(plan_difference(&[s("a", "1")], &[s("a", "1")]), None);
         assert_eq!(

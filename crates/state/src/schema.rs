@@ -7,7 +7,7 @@ use godwit_driver::{Conn, Dialect, Error, Result, Value};
 
 /// The version of the state tables this build writes. A later release that changes them
 /// migrates from this number; an older release refuses newer tables.
-pub const SCHEMA_VERSION: i64 = 1;
+pub const SCHEMA_VERSION: i64 = 2;
 
 /// SQL for "now" in milliseconds on the state database's clock.
 pub(crate) fn now_ms(dialect: Dialect) -> &'static str {
@@ -61,6 +61,7 @@ fn ddl(dialect: Dialect) -> Vec<String> {
   next_batch BIGINT NOT NULL,
   exhausted INT NOT NULL,
   rows_total BIGINT,
+  batch_size BIGINT,
   started_ms BIGINT,
   finished_ms BIGINT,
   error {long_text},
@@ -90,6 +91,19 @@ fn ddl(dialect: Dialect) -> Vec<String> {
 ){engine}"
         ),
     ];
+    statements.push(format!(
+        "CREATE TABLE IF NOT EXISTS godwit_workers (
+  worker VARCHAR(191) NOT NULL PRIMARY KEY,
+  run VARCHAR(191) NOT NULL,
+  host VARCHAR(255) NOT NULL,
+  pid BIGINT NOT NULL,
+  version VARCHAR(64) NOT NULL,
+  started_ms BIGINT NOT NULL,
+  heartbeat_ms BIGINT NOT NULL,
+  batches BIGINT NOT NULL,
+  state VARCHAR(16) NOT NULL
+){engine}"
+    ));
     if dialect != Dialect::MySql {
         statements.push(
             "CREATE INDEX IF NOT EXISTS godwit_batches_open ON godwit_batches (run, step, state)"
@@ -120,6 +134,7 @@ async fn try_ensure(conn: &mut dyn Conn) -> Result<()> {
     for statement in ddl(dialect) {
         conn.execute_unprepared(&statement).await?;
     }
+    migrate(conn).await?;
     let insert = match dialect {
         Dialect::MySql => "INSERT IGNORE INTO godwit_meta (name, value) VALUES ('schema_version', ?)",
         Dialect::Postgres => {
@@ -131,11 +146,100 @@ async fn try_ensure(conn: &mut dyn Conn) -> Result<()> {
     };
     conn.execute(insert, &[Value::Text(SCHEMA_VERSION.to_string())])
         .await?;
-    check_version(conn).await
+    if check_version(conn).await? < SCHEMA_VERSION {
+        // Older tables were brought up to this version above; say so.
+        conn.execute(
+            &crate::sql(
+                dialect,
+                "UPDATE godwit_meta SET value = ? WHERE name = 'schema_version'",
+            ),
+            &[Value::Text(SCHEMA_VERSION.to_string())],
+        )
+        .await?;
+    }
+    Ok(())
 }
 
-/// Refuses state tables written by a newer godwit. Reads only.
-pub(crate) async fn check_version(conn: &mut dyn Conn) -> Result<()> {
+/// Brings tables made by an older godwit up to this version. Each change tests for itself, so
+/// that running it twice, or after a crash half-way, is harmless.
+async fn migrate(conn: &mut dyn Conn) -> Result<()> {
+    // Version 2: the step's batch size, for the queue view.
+    let steps = conn.table_info("godwit_steps").await?;
+    if steps.is_some_and(|t| t.column("batch_size").is_none()) {
+        conn.execute_unprepared("ALTER TABLE godwit_steps ADD COLUMN batch_size BIGINT")
+            .await?;
+    }
+    if !view_exists(conn, "godwit_queue").await? {
+        conn.execute_unprepared(&queue_view(conn.dialect())).await?;
+    }
+    Ok(())
+}
+
+async fn view_exists(conn: &mut dyn Conn, name: &str) -> Result<bool> {
+    let query = match conn.dialect() {
+        Dialect::Postgres => {
+            "SELECT 1 FROM pg_views WHERE viewname = $1 AND schemaname = current_schema()"
+        }
+        Dialect::MySql => {
+            "SELECT 1 FROM information_schema.views WHERE table_name = ? AND table_schema = DATABASE()"
+        }
+        Dialect::Sqlite => "SELECT 1 FROM sqlite_master WHERE type = 'view' AND name = ?",
+    };
+    Ok(!conn
+        .query(query, &[Value::Text(name.to_string())])
+        .await?
+        .is_empty())
+}
+
+/// `godwit_queue`: per step of every run that workers should be working on, the batches left
+/// to claim (`pending_batches`: released or retrying batches, plus the rest of the key range
+/// divided by the batch size, at least 1 for a step whose walk has not started) and the
+/// batches being worked on (`running_batches`). Paused, cancelled, failed and done runs count
+/// nothing. Autoscalers (KEDA's PostgreSQL or MySQL scaler) sum it.
+fn queue_view(dialect: Dialect) -> String {
+    let ceil_div = |a: &str, b: &str| match dialect {
+        Dialect::MySql => format!("(({a}) + ({b}) - 1) DIV ({b})"),
+        Dialect::Postgres | Dialect::Sqlite => format!("(({a}) + ({b}) - 1) / ({b})"),
+    };
+    let int = match dialect {
+        Dialect::MySql => "SIGNED",
+        Dialect::Postgres | Dialect::Sqlite => "BIGINT",
+    };
+    let batch_size = "CASE WHEN COALESCE(s.batch_size, 0) > 0 THEN s.batch_size ELSE 1000 END";
+    // PostgreSQL sums BIGINT into NUMERIC, whose division is not integer division.
+    let claimed_rows = format!(
+        "(SELECT CAST(COALESCE(SUM(b.n_rows), 0) AS {int}) FROM godwit_batches b \
+         WHERE b.run = s.run AND b.step = s.step)"
+    );
+    let remaining = format!(
+        "CASE WHEN s.rows_total - {claimed_rows} > 0 THEN s.rows_total - {claimed_rows} ELSE 0 END"
+    );
+    let unwalked = format!(
+        "CASE WHEN s.exhausted = 1 THEN 0 \
+         WHEN s.initialized = 0 OR s.rows_total IS NULL THEN 1 \
+         ELSE {} END",
+        ceil_div(&remaining, batch_size)
+    );
+    let count = |state: &str| {
+        format!(
+            "(SELECT COUNT(*) FROM godwit_batches b \
+             WHERE b.run = s.run AND b.step = s.step AND b.state = '{state}')"
+        )
+    };
+    format!(
+        "CREATE VIEW godwit_queue AS \
+         SELECT s.run AS run, s.step AS step, \
+         CAST({unwalked} + {pending} AS {int}) AS pending_batches, \
+         CAST({running} AS {int}) AS running_batches \
+         FROM godwit_steps s JOIN godwit_runs r ON r.run = s.run \
+         WHERE r.state IN ('pending', 'running') AND s.state IN ('pending', 'running')",
+        pending = count("pending"),
+        running = count("claimed"),
+    )
+}
+
+/// Refuses state tables written by a newer godwit and returns their version. Reads only.
+pub(crate) async fn check_version(conn: &mut dyn Conn) -> Result<i64> {
     let rows = conn
         .query(
             "SELECT value FROM godwit_meta WHERE name = 'schema_version'",
@@ -151,5 +255,5 @@ pub(crate) async fn check_version(conn: &mut dyn Conn) -> Result<()> {
             "the godwit_* state tables are version {found}, newer than this godwit understands ({SCHEMA_VERSION}); use a newer godwit"
         )));
     }
-    Ok(())
+    Ok(found)
 }

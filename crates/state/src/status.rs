@@ -21,7 +21,32 @@ pub struct RunStatus {
     pub elapsed_seconds: f64,
     /// The steps in plan order.
     pub steps: Vec<StepStatus>,
+    /// Workers that sent a heartbeat for this run in the last [`LIVE_WINDOW_MS`] milliseconds.
+    pub workers: Vec<WorkerStatus>,
 }
+
+/// A live worker, from its heartbeat.
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct WorkerStatus {
+    /// Its name as its claims carry it: host, pid and a random suffix.
+    pub worker: String,
+    /// The machine it runs on.
+    pub host: String,
+    /// Its process id there.
+    pub pid: i64,
+    /// The godwit version it runs.
+    pub version: String,
+    /// Batches it has in flight.
+    pub batches_in_flight: i64,
+    /// `running`, `paused` or `stopping`.
+    pub state: String,
+    /// Seconds since its last heartbeat.
+    pub last_seen_seconds: f64,
+}
+
+/// A worker silent for longer than this is not listed: heartbeats come every second, so it
+/// has missed several (killed, frozen or cut off). Its batches return after their lease.
+pub const LIVE_WINDOW_MS: i64 = 10_000;
 
 /// How far a step has come.
 #[derive(Debug, Clone, Serialize, PartialEq)]
@@ -69,8 +94,11 @@ pub(crate) async fn read(conn: &mut dyn Conn, run: String) -> Result<Option<RunS
         return Ok(None);
     };
     let now_ms = run_row.get(4).as_i64().unwrap_or_default();
-    let elapsed_ms =
-        run_row.get(3).as_i64().unwrap_or_default() - run_row.get(2).as_i64().unwrap_or_default();
+    // A submitted run that no worker took up yet has no start.
+    let elapsed_ms = match run_row.get(2).as_i64() {
+        Some(started) => run_row.get(3).as_i64().unwrap_or(started) - started,
+        None => 0,
+    };
     let steps = conn
         .query(
             &sql(
@@ -147,13 +175,48 @@ pub(crate) async fn read(conn: &mut dyn Conn, run: String) -> Result<Option<RunS
             error: get_text(s.get(5)),
         });
     }
+    // Tables from before version 2 have no heartbeats; a reader does not create them.
+    let workers = read_workers(conn, &run, now_ms).await.unwrap_or_default();
     Ok(Some(RunStatus {
+        workers,
         plan: run,
         state: get_text(run_row.get(0)).unwrap_or_default(),
         error: get_text(run_row.get(1)),
         elapsed_seconds: (elapsed_ms.max(0) as f64 / 100.0).round() / 10.0,
         steps: out,
     }))
+}
+
+async fn read_workers(conn: &mut dyn Conn, run: &str, now_ms: i64) -> Result<Vec<WorkerStatus>> {
+    let d = conn.dialect();
+    let rows = conn
+        .query(
+            &sql(
+                d,
+                "SELECT worker, host, pid, version, batches, state, heartbeat_ms \
+                 FROM godwit_workers WHERE run = ? AND heartbeat_ms >= ? ORDER BY worker",
+            ),
+            &[
+                Value::Text(run.to_string()),
+                Value::Int(now_ms - LIVE_WINDOW_MS),
+            ],
+        )
+        .await?;
+    Ok(rows
+        .iter()
+        .map(|r| WorkerStatus {
+            worker: get_text(r.get(0)).unwrap_or_default(),
+            host: get_text(r.get(1)).unwrap_or_default(),
+            pid: r.get(2).as_i64().unwrap_or_default(),
+            version: get_text(r.get(3)).unwrap_or_default(),
+            batches_in_flight: r.get(4).as_i64().unwrap_or_default(),
+            state: get_text(r.get(5)).unwrap_or_default(),
+            last_seen_seconds: ((now_ms - r.get(6).as_i64().unwrap_or(now_ms)).max(0) as f64
+                / 100.0)
+                .round()
+                / 10.0,
+        })
+        .collect())
 }
 
 fn int_type(d: godwit_driver::Dialect) -> &'static str {

@@ -5,7 +5,8 @@ use std::time::Duration;
 
 use godwit_driver::{Conn, ConnectOptions, DbUrl, Error};
 use godwit_state::{
-    BatchOutcome, NewBatch, Restart, RunSpec, RunStart, StateStore, StepCompletion, StepSpec,
+    BatchOutcome, Control, NewBatch, Restart, RunSpec, RunStart, RunState, StateStore,
+    StepCompletion, StepSpec,
 };
 
 struct Db {
@@ -52,6 +53,7 @@ fn spec(name: &str, definition: &str) -> RunSpec {
         steps: vec![StepSpec {
             name: "s".into(),
             definition: definition.into(),
+            batch_size: 10,
         }],
     }
 }
@@ -363,6 +365,142 @@ async fn mysql_refuses_a_name_too_long() {
     refuses_a_name_too_long("mysql").await;
 }
 
+/// The run's row in `godwit_queue`, the view autoscalers read: (pending, running) batches,
+/// or `None` when the run asks for no worker.
+async fn queue(db: &Db, run: &str) -> Option<(i64, i64)> {
+    let mut conn = connect(db).await;
+    let q = if conn.dialect() == godwit_driver::Dialect::Postgres {
+        "SELECT pending_batches, running_batches FROM godwit_queue WHERE run = $1"
+    } else {
+        "SELECT pending_batches, running_batches FROM godwit_queue WHERE run = ?"
+    };
+    let rows = conn
+        .query(q, &[godwit_driver::Value::Text(run.to_string())])
+        .await
+        .expect("query godwit_queue");
+    assert!(rows.len() <= 1, "one step, one row: {rows:?}");
+    rows.first().map(|r| {
+        (
+            r.get(0).as_i64().expect("pending_batches is an integer"),
+            r.get(1).as_i64().expect("running_batches is an integer"),
+        )
+    })
+}
+
+/// `godwit_queue` counts what a fleet has left: batches released or waiting for a retry, plus
+/// the unclaimed rest of the key range in batches, and the batches being worked on; nothing for
+/// paused, cancelled or done runs; one batch for a step not started yet.
+async fn queue_view_counts_what_is_left(backend: &str) {
+    let db = db(backend).await;
+    let state = store(&db).await;
+    let submitted = run_name() + "-sub";
+    assert_eq!(
+        state.submit(&spec(&submitted, "v1")).await.unwrap(),
+        RunStart::Created
+    );
+    assert_eq!(queue(&db, &submitted).await, Some((1, 0)), "not started");
+    assert_eq!(
+        state.run_state(&submitted).await.unwrap(),
+        Some(RunState::Pending)
+    );
+
+    let run = run_name();
+    state
+        .begin_run(&spec(&run, "v1"), Restart::Resume)
+        .await
+        .unwrap();
+    assert_eq!(queue(&db, &run).await, Some((1, 0)), "walk not started");
+    let mut record = state
+        .init_step(&run, "s", Some("int"), Some("100"), false)
+        .await
+        .unwrap();
+    assert_eq!(queue(&db, &run).await, Some((1, 0)), "rows not counted yet");
+    state.set_rows_total(&run, "s", 100).await.unwrap();
+    // Batches of 10 (the spec's batch size) over 100 rows.
+    assert_eq!(queue(&db, &run).await, Some((10, 0)));
+    let mut claimed = Vec::new();
+    for (a, b) in [(1, 10), (11, 20), (21, 30)] {
+        let batch = state
+            .claim_new(&run, "s", &record, range(a, b, false), "w", LEASE)
+            .await
+            .unwrap()
+            .expect("claim");
+        record = state.step_record(&run, "s").await.unwrap();
+        claimed.push(batch);
+    }
+    assert_eq!(
+        queue(&db, &run).await,
+        Some((7, 3)),
+        "3 running, 70 rows left"
+    );
+    let outcome = BatchOutcome {
+        rows_affected: 10,
+        duration: Duration::from_millis(5),
+    };
+    assert!(state.record_done_here(&claimed[0], outcome).await.unwrap());
+    state.release(&claimed[1]).await.unwrap();
+    let transient = Error::new(
+        godwit_driver::ErrorKind::Transient,
+        Some("40P01".into()),
+        "deadlock detected",
+    );
+    state
+        .record_failure(&claimed[2], &transient, Some(Duration::from_secs(60)))
+        .await
+        .unwrap();
+    assert_eq!(
+        queue(&db, &run).await,
+        Some((9, 0)),
+        "one done, one released and one waiting to retry: 7 + 2 left"
+    );
+
+    state.control(&run, Control::Pause).await.unwrap();
+    assert_eq!(queue(&db, &run).await, None, "paused runs need no worker");
+    state.control(&run, Control::Resume).await.unwrap();
+    assert_eq!(queue(&db, &run).await, Some((9, 0)));
+    state.control(&run, Control::Cancel).await.unwrap();
+    assert_eq!(
+        queue(&db, &run).await,
+        None,
+        "cancelled runs need no worker"
+    );
+    state.control(&submitted, Control::Cancel).await.unwrap();
+    assert_eq!(queue(&db, &submitted).await, None);
+}
+
+/// State tables of version 1 gain what version 2 added when a newer godwit opens them.
+#[tokio::test]
+async fn version_1_tables_are_migrated() {
+    let db = db("sqlite").await;
+    drop(store(&db).await);
+    let mut conn = connect(&db).await;
+    for statement in [
+        "DROP VIEW godwit_queue",
+        "ALTER TABLE godwit_steps DROP COLUMN batch_size",
+        "UPDATE godwit_meta SET value = '1' WHERE name = 'schema_version'",
+    ] {
+        conn.execute_unprepared(statement).await.unwrap();
+    }
+    let state = store(&db).await;
+    let run = run_name();
+    state
+        .begin_run(&spec(&run, "v1"), Restart::Resume)
+        .await
+        .unwrap();
+    assert_eq!(queue(&db, &run).await, Some((1, 0)));
+    let version = conn
+        .query(
+            "SELECT value FROM godwit_meta WHERE name = 'schema_version'",
+            &[],
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        version[0].get(0).as_i64(),
+        Some(godwit_state::SCHEMA_VERSION)
+    );
+}
+
 macro_rules! per_backend {
     ($($name:ident),*) => {
         mod pg { $( #[tokio::test] async fn $name() { super::$name("pg").await } )* }
@@ -373,5 +511,6 @@ macro_rules! per_backend {
 
 per_backend!(
     claims_are_compare_and_set_and_fenced,
-    retries_release_and_completion
+    retries_release_and_completion,
+    queue_view_counts_what_is_left
 );
