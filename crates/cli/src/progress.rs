@@ -414,6 +414,9 @@ pub(crate) fn status_table(status: &RunStatus) -> String {
     if let Some(error) = &status.error {
         out.push_str(&format!("error: {error}\n"));
     }
+    if status.workers.is_empty() && matches!(status.state.as_str(), "pending" | "running") {
+        out.push_str("no live worker: start `godwit run PLAN` or `godwit worker` to carry on\n");
+    }
     if !status.workers.is_empty() {
         out.push_str(&format!(
             "{:<40} {:<9} {:>9} {:>10}  {}\n",
