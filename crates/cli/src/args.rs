@@ -38,13 +38,28 @@ pub(crate) enum Command {
     /// Work on every unfinished run stored in a state database (no plan file needed).
     Worker(WorkerArgs),
     /// Stop claiming new batches in the plan's run, in every process; batches in flight finish.
-    Pause(PlanArgs),
+    Pause(TargetArgs),
     /// Claim batches again after `pause`.
-    Resume(PlanArgs),
+    Resume(TargetArgs),
     /// Stop the plan's run for good, in every process; batches in flight finish.
-    Cancel(PlanArgs),
+    Cancel(TargetArgs),
     /// Re-queue the failed batches of the plan's run, for the processes working on it.
-    Retry(PlanArgs),
+    Retry(TargetArgs),
+}
+
+/// Which run: a plan file, or a state database and a run name (where there is no plan file,
+/// as in a worker's pod).
+#[derive(Debug, clap::Args)]
+pub(crate) struct TargetArgs {
+    /// The plan file (TOML).
+    #[arg(required_unless_present = "run")]
+    pub(crate) plan: Option<PathBuf>,
+    /// The state database holding the run, instead of a plan file (with --run).
+    #[arg(long, requires = "run", conflicts_with = "plan")]
+    pub(crate) database: Option<String>,
+    /// The run's name (the plan's `name`), instead of a plan file (with --database).
+    #[arg(long, requires = "database", conflicts_with = "plan")]
+    pub(crate) run: Option<String>,
 }
 
 #[derive(Debug, clap::Args)]
@@ -104,7 +119,15 @@ pub(crate) struct RunArgs {
 #[derive(Debug, clap::Args)]
 pub(crate) struct StatusArgs {
     /// The plan file (TOML).
-    pub(crate) plan: PathBuf,
+    #[arg(required_unless_present = "database")]
+    pub(crate) plan: Option<PathBuf>,
+    /// The state database to read instead of a plan's: every run stored there, or the one
+    /// named by --run.
+    #[arg(long, conflicts_with = "plan")]
+    pub(crate) database: Option<String>,
+    /// With --database: only this run (the plan's `name`).
+    #[arg(long, requires = "database")]
+    pub(crate) run: Option<String>,
     /// Print one JSON object.
     #[arg(long)]
     pub(crate) json: bool,

@@ -8,7 +8,9 @@ use godwit::plan::Plan;
 use godwit::state::{Control, RunState};
 use godwit::{EventSink, RunErrorKind, RunOptions, RunOutcome, StopHandle, StopLevel};
 
-use crate::args::{Args, CheckArgs, Command, DemoArgs, PlanArgs, RunArgs, StatusArgs, WorkerArgs};
+use crate::args::{
+    Args, CheckArgs, Command, DemoArgs, PlanArgs, RunArgs, StatusArgs, TargetArgs, WorkerArgs,
+};
 use crate::exit;
 use crate::progress::{self, Mode};
 
@@ -193,18 +195,34 @@ async fn summary(plan: &Plan, elapsed: Duration) {
 }
 
 async fn status(args: StatusArgs) -> anyhow::Result<u8> {
-    let plan = match load(&args.plan) {
-        Ok(p) => p,
-        Err(code) => return Ok(code),
+    let (label, found) = match (&args.plan, &args.database) {
+        (Some(path), _) => {
+            let plan = match load(path) {
+                Ok(p) => p,
+                Err(code) => return Ok(code),
+            };
+            let found = godwit::status(&plan)
+                .await
+                .map(|s| vec![s.unwrap_or_else(|| progress::not_started(&plan))]);
+            (path.display().to_string(), found)
+        }
+        (None, Some(url)) => {
+            let url = godwit::driver::DbUrl::new(url.clone());
+            let found = match &args.run {
+                Some(run) => godwit::status_run(&url, run)
+                    .await
+                    .map(|s| s.into_iter().collect::<Vec<_>>()),
+                None => godwit::list_runs(&url).await,
+            };
+            (url.to_string(), found)
+        }
+        (None, None) => unreachable!("clap requires a plan or --database"),
     };
-    let status = match godwit::status(&plan).await {
-        Ok(status) => status,
+    let found = match found {
+        Ok(found) => found,
         Err(e) => {
-            eprintln!(
-                "error: {}: cannot read the state database: {e}",
-                args.plan.display()
-            );
-            // A URL godwit cannot use is a mistake in the plan, not a failed run.
+            eprintln!("error: {label}: cannot read the state database: {e}");
+            // A URL godwit cannot use is a mistake in the command, not a failed run.
             return Ok(if e.kind() == godwit::driver::ErrorKind::Config {
                 exit::INVALID
             } else {
@@ -212,11 +230,29 @@ async fn status(args: StatusArgs) -> anyhow::Result<u8> {
             });
         }
     };
-    let status = status.unwrap_or_else(|| progress::not_started(&plan));
+    if let (Some(run), true) = (&args.run, found.is_empty()) {
+        eprintln!("error: {label}: no run named {run:?} is stored there");
+        return Ok(exit::FAILED);
+    }
+    let listing = args.plan.is_none() && args.run.is_none();
     if args.json {
-        outln!("{}", serde_json::to_string(&status)?);
+        if listing {
+            outln!("{}", serde_json::to_string(&found)?);
+        } else {
+            for status in &found {
+                outln!("{}", serde_json::to_string(status)?);
+            }
+        }
     } else {
-        print!("{}", progress::status_table(&status));
+        if listing && found.is_empty() {
+            eprintln!("{label}: no run is stored there");
+        }
+        for (i, status) in found.iter().enumerate() {
+            if i > 0 {
+                println!();
+            }
+            print!("{}", progress::status_table(status));
+        }
     }
     Ok(exit::DONE)
 }
@@ -406,18 +442,25 @@ fn state_url(plan: &Plan) -> godwit::driver::DbUrl {
     )
 }
 
-async fn control(args: PlanArgs, action: Control) -> anyhow::Result<u8> {
-    let plan = match load(&args.plan) {
-        Ok(p) => p,
-        Err(code) => return Ok(code),
+async fn control(args: TargetArgs, action: Control) -> anyhow::Result<u8> {
+    let (label, url, name) = match (&args.plan, &args.database, &args.run) {
+        (Some(path), _, _) => {
+            let plan = match load(path) {
+                Ok(p) => p,
+                Err(code) => return Ok(code),
+            };
+            (path.display().to_string(), state_url(&plan), plan.name)
+        }
+        (None, Some(url), Some(run)) => {
+            let url = godwit::driver::DbUrl::new(url.clone());
+            (url.to_string(), url, run.clone())
+        }
+        _ => unreachable!("clap requires a plan, or --database with --run"),
     };
-    let before = match godwit::control(&plan, action).await {
+    let before = match godwit::control_run(&url, &name, action).await {
         Ok(before) => before,
         Err(e) => {
-            eprintln!(
-                "error: {}: cannot reach the state database: {e}",
-                args.plan.display()
-            );
+            eprintln!("error: {label}: cannot reach the state database: {e}");
             return Ok(if e.kind() == godwit::driver::ErrorKind::Config {
                 exit::INVALID
             } else {
@@ -426,15 +469,10 @@ async fn control(args: PlanArgs, action: Control) -> anyhow::Result<u8> {
         }
     };
     let Some(before) = before else {
-        eprintln!(
-            "error: {}: no run of {:?} is stored in {}",
-            args.plan.display(),
-            plan.name,
-            state_url(&plan)
-        );
+        eprintln!("error: {label}: no run of {name:?} is stored in {url}");
         return Ok(exit::FAILED);
     };
-    let name = &plan.name;
+    let name = &name;
     let (applied, message) = match (action, before) {
         (Control::Pause, RunState::Pending | RunState::Running) => {
             (true, format!("paused {name:?}: no new batch is claimed; batches in flight finish"))
@@ -469,7 +507,7 @@ async fn control(args: PlanArgs, action: Control) -> anyhow::Result<u8> {
         eprintln!("{message}");
         Ok(exit::DONE)
     } else {
-        eprintln!("error: {}: {message}", args.plan.display());
+        eprintln!("error: {label}: {message}");
         Ok(exit::FAILED)
     }
 }

@@ -31,7 +31,7 @@ pub use godwit_sched::{
 };
 pub use godwit_state as state;
 
-pub use crate::status::{control, status};
+pub use crate::status::{control, control_run, list_runs, status, status_run};
 
 /// The error type of the scheduler: an invalid plan (nothing changed) or an unreachable
 /// database.

@@ -19,13 +19,62 @@ pub async fn control(
     plan: &Plan,
     action: Control,
 ) -> Result<Option<RunState>, godwit_driver::Error> {
-    let url = state_url(plan);
-    let mut conn = godwit_db::connect(&url, &ConnectOptions::default()).await?;
+    control_run(&state_url(plan), &plan.name, action).await
+}
+
+/// [`control`] for the run named `run` in the state database at `url`, without its plan file.
+///
+/// # Errors
+/// When the state database cannot be reached.
+pub async fn control_run(
+    url: &DbUrl,
+    run: &str,
+    action: Control,
+) -> Result<Option<RunState>, godwit_driver::Error> {
+    let mut conn = godwit_db::connect(url, &ConnectOptions::default()).await?;
     if conn.table_info("godwit_runs").await?.is_none() {
         return Ok(None);
     }
-    let store = StateStore::open(&url, conn).await?;
-    store.control(&plan.name, action).await
+    let store = StateStore::open(url, conn).await?;
+    store.control(run, action).await
+}
+
+/// The progress of every run stored in the state database at `url`, oldest first.
+///
+/// # Errors
+/// When the state database cannot be reached.
+pub async fn list_runs(url: &DbUrl) -> Result<Vec<RunStatus>, godwit_driver::Error> {
+    let Some(store) = reader(url).await? else {
+        return Ok(Vec::new());
+    };
+    let mut out = Vec::new();
+    for name in store.run_names().await? {
+        if let Some(status) = store.status(&name).await? {
+            out.push(status);
+        }
+    }
+    Ok(out)
+}
+
+/// [`status`] for the run named `run` in the state database at `url`, without its plan file.
+///
+/// # Errors
+/// When the state database cannot be reached.
+pub async fn status_run(url: &DbUrl, run: &str) -> Result<Option<RunStatus>, godwit_driver::Error> {
+    match reader(url).await? {
+        Some(store) => store.status(run).await,
+        None => Ok(None),
+    }
+}
+
+/// Opens the state tables for reading, or `None` when there are none: reading must not create
+/// them in someone's database.
+async fn reader(url: &DbUrl) -> Result<Option<StateStore>, godwit_driver::Error> {
+    let mut conn = godwit_db::connect(url, &ConnectOptions::default()).await?;
+    if conn.table_info("godwit_runs").await?.is_none() {
+        return Ok(None);
+    }
+    Ok(Some(StateStore::open_reader(url, conn).await?))
 }
 
 /// Reads the progress of the plan's run from its state database, without joining the run.
@@ -34,12 +83,5 @@ pub async fn control(
 /// # Errors
 /// When the state database cannot be reached.
 pub async fn status(plan: &Plan) -> Result<Option<RunStatus>, godwit_driver::Error> {
-    let url = state_url(plan);
-    let mut conn = godwit_db::connect(&url, &ConnectOptions::default()).await?;
-    // Reading must not create the state tables in someone's database.
-    if conn.table_info("godwit_runs").await?.is_none() {
-        return Ok(None);
-    }
-    let store = StateStore::open_reader(&url, conn).await?;
-    store.status(&plan.name).await
+    status_run(&state_url(plan), &plan.name).await
 }

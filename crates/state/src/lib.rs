@@ -418,6 +418,19 @@ impl StateStore {
         .await
     }
 
+    /// The names of every stored run, oldest first.
+    pub async fn run_names(&self) -> Result<Vec<String>> {
+        self.with_conn(|conn| {
+            Box::pin(async move {
+                let rows = conn
+                    .query("SELECT run FROM godwit_runs ORDER BY created_ms, run", &[])
+                    .await?;
+                Ok(rows.iter().filter_map(|r| get_text(r.get(0))).collect())
+            })
+        })
+        .await
+    }
+
     /// The runs workers should look at: pending, running or paused, oldest first.
     pub async fn unfinished_runs(&self) -> Result<Vec<StoredRun>> {
         self.with_conn(|conn| {
