@@ -32,6 +32,8 @@ pub struct MySqlConn {
     mariadb: bool,
     /// The statement time limit last set on the session, to avoid setting it per batch.
     statement_timeout: Option<Duration>,
+    /// The server's connection id.
+    id: Option<i64>,
 }
 
 /// Connects to the server named by a `mysql://` or `mariadb://` URL.
@@ -61,8 +63,15 @@ pub async fn connect(url: &DbUrl, _options: &ConnectOptions) -> Result<MySqlConn
         in_tx: false,
         mariadb: false,
         statement_timeout: None,
+        id: None,
     };
-    conn.mariadb = conn.server_version().await?.contains("MariaDB");
+    let rows = conn
+        .query("SELECT VERSION(), CAST(CONNECTION_ID() AS SIGNED)", &[])
+        .await?;
+    conn.mariadb = rows
+        .first()
+        .is_some_and(|r| text(r.get(0)).contains("MariaDB"));
+    conn.id = rows.first().and_then(|r| r.get(1).as_i64());
     Ok(conn)
 }
 
@@ -215,6 +224,20 @@ impl Conn for MySqlConn {
             .map(|c| c.name().to_string())
             .collect();
         rows.iter().map(|r| decode_row(r, &columns)).collect()
+    }
+
+    fn session_id(&self) -> Option<i64> {
+        self.id
+    }
+
+    async fn end_session(&mut self, session: i64) -> Result<()> {
+        // KILL takes no placeholder; the id is an integer the server gave us.
+        match self.execute_unprepared(&format!("KILL {session}")).await {
+            Ok(_) => Ok(()),
+            // ER_NO_SUCH_THREAD: it ended already.
+            Err(e) if e.code() == Some("1094") => Ok(()),
+            Err(e) => Err(e),
+        }
     }
 
     async fn prepare(&mut self, sql: &str) -> Result<()> {

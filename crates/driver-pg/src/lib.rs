@@ -22,6 +22,8 @@ pub struct PgConn {
     /// Whether a transaction is open, so that `rollback` outside one is a no-op rather than
     /// a server warning.
     in_tx: bool,
+    /// The backend's process id.
+    pid: Option<i64>,
 }
 
 /// Connects to the server named by a `postgres://` URL.
@@ -41,7 +43,14 @@ pub async fn connect(url: &DbUrl, _options: &ConnectOptions) -> Result<PgConn> {
             format!("cannot connect to {url}: {}", err.message()),
         )
     })?;
-    Ok(PgConn { conn, in_tx: false })
+    let mut conn = PgConn {
+        conn,
+        in_tx: false,
+        pid: None,
+    };
+    let rows = conn.query("SELECT pg_backend_pid()", &[]).await?;
+    conn.pid = rows.first().and_then(|r| r.get(0).as_i64());
+    Ok(conn)
 }
 
 type Query<'q> = sqlx::query::Query<'q, Postgres, PgArguments>;
@@ -179,6 +188,21 @@ impl Conn for PgConn {
             .map(|c| c.name().to_string())
             .collect();
         rows.iter().map(|r| decode_row(r, &columns)).collect()
+    }
+
+    fn session_id(&self) -> Option<i64> {
+        self.pid
+    }
+
+    async fn end_session(&mut self, session: i64) -> Result<()> {
+        let pid = i32::try_from(session)
+            .map_err(|_| Error::permanent(format!("{session} is not a PostgreSQL backend pid")))?;
+        sqlx::query("SELECT pg_terminate_backend($1)")
+            .bind(pid)
+            .execute(&mut self.conn)
+            .await
+            .map(drop)
+            .map_err(classify)
     }
 
     async fn prepare(&mut self, sql: &str) -> Result<()> {

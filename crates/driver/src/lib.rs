@@ -171,6 +171,19 @@ pub trait Conn: Send {
 
     /// The database server's version string, for messages and heartbeats.
     async fn server_version(&mut self) -> Result<String>;
+
+    /// The server's id of this session (PostgreSQL's backend pid, MySQL's connection id), so
+    /// that another connection can end it; `None` where sessions have no id (SQLite).
+    fn session_id(&self) -> Option<i64> {
+        None
+    }
+
+    /// Ends another session of the same server, by its [`Conn::session_id`]: the server stops
+    /// its statement, rolls its transaction back and frees its locks. Dropping a connection
+    /// alone leaves a running statement going until it finishes.
+    async fn end_session(&mut self, _session: i64) -> Result<()> {
+        Ok(())
+    }
 }
 
 /// Options for opening a connection.

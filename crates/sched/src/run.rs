@@ -1,7 +1,7 @@
 //! The life of a run in one process: open the state, order the steps, keep leases alive.
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -43,8 +43,20 @@ pub(crate) struct RunCtx {
     /// Paused from elsewhere: claim nothing new until resumed.
     paused: AtomicBool,
     cancelled: AtomicBool,
-    /// Batches in flight here, with their lease, for the heartbeat.
+    /// Batches claimed here, with their lease, for the heartbeat to extend: those running and
+    /// the one claimed ahead, waiting for a free slot.
     in_flight: Mutex<HashMap<(String, i64), (ClaimedBatch, Duration)>>,
+    /// Batches running now, for the heartbeat record.
+    running: Arc<AtomicUsize>,
+}
+
+/// Counts a running batch until dropped.
+pub(crate) struct Running(Arc<AtomicUsize>);
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::SeqCst);
+    }
 }
 
 impl RunCtx {
@@ -83,8 +95,10 @@ impl RunCtx {
     pub(crate) fn is_paused(&self) -> bool {
         self.paused.load(Ordering::SeqCst)
     }
-    fn in_flight(&self) -> usize {
-        self.in_flight.lock().map(|m| m.len()).unwrap_or_default()
+    /// Marks a batch as running until the returned guard is dropped.
+    pub(crate) fn running(&self) -> Running {
+        self.running.fetch_add(1, Ordering::SeqCst);
+        Running(self.running.clone())
     }
     pub(crate) fn track(&self, batch: &ClaimedBatch, lease: Duration) {
         if let Ok(mut map) = self.in_flight.lock() {
@@ -283,6 +297,7 @@ pub async fn run(
         paused: AtomicBool::new(false),
         cancelled: AtomicBool::new(false),
         in_flight: Mutex::new(HashMap::new()),
+        running: Arc::new(AtomicUsize::new(0)),
     });
     let mut steps = Vec::with_capacity(plan.steps.len());
     for step in &plan.steps {
@@ -465,7 +480,7 @@ async fn heartbeat(ctx: Arc<RunCtx>) {
     loop {
         if last_beat.is_none_or(|t| t.elapsed() >= BEAT_EVERY) {
             last_beat = Some(std::time::Instant::now());
-            beat.batches = i64::try_from(ctx.in_flight()).unwrap_or_default();
+            beat.batches = i64::try_from(ctx.running.load(Ordering::SeqCst)).unwrap_or_default();
             beat.state = if ctx.stop.level() >= StopLevel::Drain {
                 "stopping"
             } else if ctx.is_paused() {

@@ -354,14 +354,23 @@ async fn run_batch(
     let run = ctx.run();
     run.track(&batch, ctx.settings().lease);
     let mut stop = run.stop().clone();
-    let executed = tokio::select! {
-        r = batch::execute(&ctx, conn.as_mut(), &batch) => Some(r),
-        _ = stop.reached(StopLevel::Abort) => None,
+    let executed = {
+        let _running = run.running();
+        tokio::select! {
+            r = batch::execute(&ctx, conn.as_mut(), &batch) => Some(r),
+            _ = stop.reached(StopLevel::Abort) => None,
+        }
     };
     run.untrack(&batch);
     let Some(executed) = executed else {
-        // Dropping the connection mid-transaction makes the server roll the batch back.
+        // Dropping the connection makes the server roll the batch back, but only once its
+        // statement ends, holding its row locks until then: end the session on the server so
+        // that whoever takes the batch next does not wait on them.
+        let session = conn.session_id();
         drop(conn);
+        if let Some(session) = session {
+            end_session(run, session).await;
+        }
         if let Err(e) = batch::with_retries(|| run.state().release(&batch)).await {
             tracing::warn!(step = ctx.name(), error = %e, "could not release an aborted batch; it returns when its lease ends");
         }
@@ -420,6 +429,27 @@ async fn run_batch(
             }
             Err(message)
         }
+    }
+}
+
+/// Ends a batch's session on the server from another connection; best effort, since the
+/// server also ends it when its statement finishes and finds the client gone.
+async fn end_session(run: &RunCtx, session: i64) {
+    let ended = async {
+        let mut conn = run.pool().take().await?;
+        conn.end_session(session).await?;
+        run.pool().give(conn);
+        Ok::<(), godwit_driver::Error>(())
+    };
+    match tokio::time::timeout(Duration::from_secs(5), ended).await {
+        Ok(Ok(())) => {}
+        Ok(Err(e)) => {
+            tracing::warn!(session, error = %e, "could not end an aborted batch's session; it ends with its statement")
+        }
+        Err(_) => tracing::warn!(
+            session,
+            "ending an aborted batch's session timed out; it ends with its statement"
+        ),
     }
 }
 

@@ -476,7 +476,9 @@ impl StateStore {
                     Control::Pause => "UPDATE godwit_runs SET state = 'paused' \
                          WHERE run = ? AND state IN ('pending', 'running')"
                         .to_string(),
-                    Control::Resume => "UPDATE godwit_runs SET state = 'running' \
+                    // A run no worker ever started goes back to waiting for one.
+                    Control::Resume => "UPDATE godwit_runs SET state = \
+                         CASE WHEN started_ms IS NULL THEN 'pending' ELSE 'running' END \
                          WHERE run = ? AND state = 'paused'"
                         .to_string(),
                     Control::Cancel => format!(

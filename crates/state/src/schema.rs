@@ -113,18 +113,32 @@ fn ddl(dialect: Dialect) -> Vec<String> {
     statements
 }
 
-/// Creates the state tables when missing and checks their version.
+/// Creates the state tables when missing, migrates older ones and checks their version.
 ///
-/// Two processes may do this at once; PostgreSQL can then report a duplicate catalog entry for
-/// `CREATE TABLE IF NOT EXISTS`, so a failure is retried once after the other has finished.
+/// Processes that start together on a new state database (a fleet of pods) take turns under a
+/// database lock: PostgreSQL's `CREATE TABLE IF NOT EXISTS` is not safe against a concurrent
+/// one (it fails on a duplicate catalog entry). SQLite serializes writers by itself.
 pub(crate) async fn ensure(conn: &mut dyn Conn) -> Result<()> {
-    match try_ensure(conn).await {
-        Ok(()) => Ok(()),
-        Err(first) if first.kind() == godwit_driver::ErrorKind::Permanent => {
-            try_ensure(conn).await.map_err(|_| first)
-        }
-        Err(e) => Err(e),
-    }
+    let (lock, unlock) = match conn.dialect() {
+        Dialect::Postgres => (
+            Some("SELECT pg_advisory_lock(7395611094235418881)"),
+            "SELECT pg_advisory_unlock(7395611094235418881)",
+        ),
+        Dialect::MySql => (
+            Some("SELECT GET_LOCK('godwit_schema', 120)"),
+            "SELECT RELEASE_LOCK('godwit_schema')",
+        ),
+        Dialect::Sqlite => (None, ""),
+    };
+    let Some(lock) = lock else {
+        return try_ensure(conn).await;
+    };
+    conn.execute(lock, &[]).await?;
+    let result = try_ensure(conn).await;
+    // A session lock: release it whatever happened, or the next process waits for a
+    // connection that may live on in a pool.
+    let released = conn.execute(unlock, &[]).await;
+    result.and(released.map(drop))
 }
 
 async fn try_ensure(conn: &mut dyn Conn) -> Result<()> {

@@ -364,3 +364,163 @@ impl Watched {
             .collect()
     }
 }
+
+/// A test database whose `godwit_*` tables no other test sees: on PostgreSQL a schema of its
+/// own (dropped at the end, even when the test fails, after ending the test's statements still
+/// running on the server), put first on the search path by the URL; on SQLite the test's own
+/// file already is. A `godwit worker` joins every unfinished run
+/// of its state database, so a worker test needs one.
+pub struct IsolatedDb {
+    pub db: TestDb,
+    /// `(server URL without the schema, schema)` on PostgreSQL.
+    schema: Option<(String, String)>,
+}
+
+impl std::ops::Deref for IsolatedDb {
+    type Target = TestDb;
+    fn deref(&self) -> &TestDb {
+        &self.db
+    }
+}
+
+/// A database for a worker test; see [`IsolatedDb`]. Supports PostgreSQL and SQLite.
+pub async fn isolated_db(backend: Backend) -> IsolatedDb {
+    let mut db = TestDb::new(backend).await;
+    let schema = match backend {
+        Backend::Sqlite => None,
+        Backend::Postgres => {
+            let base = db.url.clone();
+            let schema = format!("{}_state", db.tag);
+            db.exec(&format!("CREATE SCHEMA {schema}")).await;
+            let separator = if base.contains('?') { '&' } else { '?' };
+            db.url = format!("{base}{separator}options=-c%20search_path%3D{schema}");
+            Some((base, schema))
+        }
+        Backend::MySql => panic!("isolated_db: MariaDB would need a database per test"),
+    };
+    let isolated = IsolatedDb { db, schema };
+    if backend == Backend::Postgres {
+        // The URL must really put new tables in the schema, or workers would meet other
+        // tests' runs.
+        let probe = isolated.table("probe");
+        isolated
+            .exec(&format!("CREATE TABLE {probe} (id INT)"))
+            .await;
+        let (_, schema) = isolated.schema.as_ref().expect("schema");
+        let placed = isolated
+            .scalar(&format!(
+                "SELECT COUNT(*) FROM information_schema.tables WHERE table_name = '{probe}' AND table_schema = '{schema}'"
+            ))
+            .await;
+        assert_eq!(placed, 1, "the search_path option did not take effect");
+        isolated.exec(&format!("DROP TABLE {probe}")).await;
+    }
+    isolated
+}
+
+impl IsolatedDb {
+    /// The schema holding this test's tables (PostgreSQL only).
+    pub fn schema(&self) -> Option<&str> {
+        self.schema.as_ref().map(|(_, s)| s.as_str())
+    }
+}
+
+impl Drop for IsolatedDb {
+    fn drop(&mut self) {
+        let Some((base, schema)) = self.schema.take() else {
+            return;
+        };
+        // A runtime of its own on a thread of its own: drop may run inside the test's runtime,
+        // and after a failed assertion.
+        let dropped = std::thread::spawn(move || {
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .map_err(|e| e.to_string())?;
+            runtime.block_on(async {
+                let mut conn = godwit_db::connect(&DbUrl::new(base), &ConnectOptions::default())
+                    .await
+                    .map_err(|e| e.to_string())?;
+                // Statements of this test that a killed process left running on the server
+                // would hold the schema's tables until they end: end them first. Every name
+                // of the test starts with its tag.
+                let tag = schema.trim_end_matches("_state");
+                conn.execute_unprepared(&format!(
+                    "SELECT pg_terminate_backend(pid) FROM pg_stat_activity \
+                     WHERE pid <> pg_backend_pid() AND query LIKE '%{tag}%'; \
+                     SET lock_timeout = '60s'; DROP SCHEMA IF EXISTS {schema} CASCADE"
+                ))
+                .await
+                .map_err(|e| format!("DROP SCHEMA {schema}: {e}"))
+            })
+        })
+        .join();
+        match dropped {
+            Ok(Ok(_)) => {}
+            Ok(Err(e)) => eprintln!("warning: could not drop the test's schema: {e}"),
+            Err(_) => eprintln!("warning: dropping the test's schema panicked"),
+        }
+    }
+}
+
+/// Starts `cmd` (from [`godwit`], with its own arguments and environment) with both output
+/// streams read line by line, like [`spawn_watched`].
+pub fn spawn_watched_cmd(mut cmd: Command) -> Watched {
+    let mut child = cmd
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn godwit");
+    let stdout = read_lines(child.stdout.take().expect("stdout"));
+    let stderr = read_lines(child.stderr.take().expect("stderr"));
+    Watched {
+        child,
+        stdout,
+        stderr,
+        stdout_lines: Vec::new(),
+        stderr_lines: Vec::new(),
+    }
+}
+
+impl Watched {
+    /// Whether the process is still running.
+    pub fn alive(&mut self) -> bool {
+        self.child.try_wait().expect("try_wait").is_none()
+    }
+
+    /// Stdout and stderr read so far, for failure messages.
+    pub fn output_so_far(&mut self) -> String {
+        self.stdout_lines.extend(self.stdout.try_iter());
+        self.stderr_lines.extend(self.stderr.try_iter());
+        format!(
+            "stdout: {:?}; stderr: {:?}",
+            self.stdout_lines, self.stderr_lines
+        )
+    }
+}
+
+/// Kills the process (SIGKILL) when dropped, unless it has ended: a failing test must not
+/// leave a worker behind working on its database.
+pub struct KillOnDrop(pub Watched);
+
+impl std::ops::Deref for KillOnDrop {
+    type Target = Watched;
+    fn deref(&self) -> &Watched {
+        &self.0
+    }
+}
+
+impl std::ops::DerefMut for KillOnDrop {
+    fn deref_mut(&mut self) -> &mut Watched {
+        &mut self.0
+    }
+}
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        if self.0.child.try_wait().ok().flatten().is_none() {
+            let _ = self.0.child.kill();
+            let _ = self.0.child.wait();
+        }
+    }
+}
