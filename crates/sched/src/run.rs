@@ -24,6 +24,9 @@ use crate::{
 /// pause or a cancel asked from elsewhere).
 pub(crate) const POLL: Duration = Duration::from_millis(250);
 
+/// The most new batches one claim takes.
+const MAX_CLAIM_AHEAD: usize = 16;
+
 /// How often a worker records its heartbeat in `godwit_workers`.
 const BEAT_EVERY: Duration = Duration::from_secs(1);
 
@@ -35,6 +38,8 @@ pub(crate) struct RunCtx {
     exactly_once: bool,
     worker: String,
     permits: Arc<Semaphore>,
+    /// How many new batches one claim takes at most.
+    claim_ahead: usize,
     /// This run's own stop: raised by the caller's signal, and by a cancel from elsewhere.
     stop: StopSignal,
     stop_handle: StopHandle,
@@ -76,6 +81,9 @@ impl RunCtx {
     }
     pub(crate) fn worker(&self) -> &str {
         &self.worker
+    }
+    pub(crate) fn claim_ahead(&self) -> usize {
+        self.claim_ahead
     }
     pub(crate) fn permits(&self) -> Arc<Semaphore> {
         self.permits.clone()
@@ -290,6 +298,10 @@ pub async fn run(
             .permits
             .clone()
             .unwrap_or_else(|| Arc::new(Semaphore::new(concurrency))),
+        // One claim for as many batches as run at once here: claims, commits and races for
+        // the step's cursor row divide by that, while a process never holds more than one
+        // round of batches it has not started.
+        claim_ahead: concurrency.clamp(1, MAX_CLAIM_AHEAD),
         stop: own_stop,
         stop_handle,
         events,
@@ -390,7 +402,21 @@ async fn schedule(
         let stored: HashMap<String, String> = match stored {
             Ok(rows) => rows.into_iter().collect(),
             Err(e) if running.is_empty() => return Err(e),
-            Err(_) => HashMap::new(),
+            Err(_) => {
+                // A short outage (a restart): knowing nothing of the steps, start none; the
+                // running ones carry on. Look again after a while.
+                tokio::select! {
+                    Some(joined) = running.join_next() => {
+                        match joined {
+                            Ok((name, StepResult::Done | StepResult::Stopped)) => { here.remove(&name); }
+                            Ok((_, StepResult::Failed(message))) => { failure.get_or_insert(message); }
+                            Err(e) => { failure.get_or_insert(format!("a step task ended unexpectedly: {e}")); }
+                        }
+                    }
+                    _ = tokio::time::sleep(POLL) => {}
+                }
+                continue;
+            }
         };
         if let Some(message) = failure.clone().or_else(|| stored_failure(&stored)) {
             ctx.mark_failed();
@@ -506,9 +532,18 @@ async fn heartbeat(ctx: Arc<RunCtx>) {
         let every = (shortest / 3).max(Duration::from_millis(100));
         if last_extended.elapsed() >= every {
             last_extended = std::time::Instant::now();
-            for (batch, lease) in batches {
-                if let Err(e) = ctx.state.extend_lease(&batch, lease).await {
-                    tracing::warn!(step = batch.step(), batch = batch.number(), error = %e, "could not extend a lease");
+            // One statement per step: every claim of this worker there, running or ahead.
+            let mut steps: HashMap<&str, Duration> = HashMap::new();
+            for (batch, lease) in &batches {
+                steps.insert(batch.step(), *lease);
+            }
+            for (step, lease) in steps {
+                if let Err(e) = ctx
+                    .state
+                    .extend_leases(&ctx.name, step, &ctx.worker, lease)
+                    .await
+                {
+                    tracing::warn!(step, error = %e, "could not extend leases");
                 }
             }
         }

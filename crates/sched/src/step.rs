@@ -1,6 +1,7 @@
 //! One step in one process: fix its walk, claim batches, keep `concurrency` of them in flight,
 //! and decide when it is finished.
 
+use std::collections::VecDeque;
 use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
@@ -27,7 +28,7 @@ pub(crate) enum StepWork {
         outside_tx: bool,
     },
     Chunked {
-        walk: KeyWalk,
+        walk: Box<KeyWalk>,
         sql: String,
         /// For each positional parameter: 0 for `:start`, 1 for `:end`.
         order: Vec<usize>,
@@ -64,7 +65,7 @@ impl StepCtx {
             } => {
                 let rewritten = rewrite_params(sql, dialect, &["start", "end"]);
                 StepWork::Chunked {
-                    walk: KeyWalk::new(dialect, table, key, filter.as_deref()),
+                    walk: Box::new(KeyWalk::new(dialect, table, key, filter.as_deref())),
                     sql: rewritten.sql,
                     order: rewritten.order,
                     key_kind: OnceLock::new(),
@@ -244,36 +245,42 @@ fn spawn_count(ctx: Arc<StepCtx>, record: &StepRecord) {
 const ABANDONED_CHECK_EVERY: Duration = Duration::from_secs(1);
 
 /// What one step's claim loop remembers between claims, to save state round trips: the cursor
-/// it advanced last (valid until a compare-and-set fails) and when it last looked for
-/// abandoned batches.
+/// it advanced last (valid until a compare-and-set fails), whether the walk is still going,
+/// when it last looked for abandoned batches, and the batches it claimed ahead.
 #[derive(Default)]
 struct ClaimCache {
     record: Option<StepRecord>,
+    exhausted: bool,
     abandoned_checked: Option<Instant>,
+    queue: VecDeque<(ClaimedBatch, Instant)>,
 }
 
-/// Claims the next batch: one that was abandoned or released first, otherwise a new range.
-/// `None` when nothing is left to claim now.
+/// Claims the next batch: one claimed ahead, then one that was abandoned or released,
+/// otherwise new ranges (several at once: one walk, one claim and one commit for up to
+/// `claim_ahead` batches). `None` when nothing is left to claim now. The instant is when the
+/// batch was claimed.
 async fn claim(
     ctx: &StepCtx,
     conn: &mut dyn Conn,
     cache: &mut ClaimCache,
-) -> Result<Option<ClaimedBatch>, godwit_driver::Error> {
+) -> Result<Option<(ClaimedBatch, Instant)>, godwit_driver::Error> {
+    if let Some(ahead) = cache.queue.pop_front() {
+        return Ok(Some(ahead));
+    }
     let run = ctx.run();
     let (state, name, worker) = (run.state(), ctx.name(), run.worker());
     let lease = ctx.settings().lease;
     loop {
-        let walking = cache.record.as_ref().is_some_and(|r| !r.exhausted);
         let check_due = cache
             .abandoned_checked
             .is_none_or(|t| t.elapsed() >= ABANDONED_CHECK_EVERY);
-        if !walking || check_due {
+        if cache.exhausted || check_due {
             cache.abandoned_checked = Some(Instant::now());
             if let Some(batch) = state
                 .claim_abandoned(run.name(), name, worker, lease)
                 .await?
             {
-                return Ok(Some(batch));
+                return Ok(Some((batch, Instant::now())));
             }
         }
         let record = match cache.record.take() {
@@ -281,16 +288,17 @@ async fn claim(
             None => state.step_record(run.name(), name).await?,
         };
         if record.exhausted {
+            cache.exhausted = true;
             cache.record = Some(record);
             return Ok(None);
         }
         let new = match &ctx.work {
-            StepWork::Once { .. } => NewBatch {
+            StepWork::Once { .. } => vec![NewBatch {
                 start_key: None,
                 end_key: None,
                 n_rows: 0,
                 last: true,
-            },
+            }],
             StepWork::Chunked { walk, key_kind, .. } => {
                 let Some(kind) = key_kind.get().copied() else {
                     return Err(Error::permanent("the step's walk was not started"));
@@ -305,39 +313,56 @@ async fn claim(
                     .as_deref()
                     .map(|k| kind.decode(k))
                     .transpose()?;
-                let range = walk
-                    .next_range(
+                let ranges = walk
+                    .next_ranges(
                         conn,
                         kind,
                         after.as_ref(),
                         &upper,
                         ctx.settings().batch_size,
+                        run.claim_ahead(),
                     )
                     .await?;
-                let Some(range) = range else {
+                if ranges.is_empty() {
                     state.mark_exhausted(run.name(), name, &record).await?;
                     continue;
-                };
-                NewBatch {
-                    start_key: Some(kind.encode(&range.first)?),
-                    end_key: Some(kind.encode(&range.last)?),
-                    n_rows: range.n_rows,
-                    last: range.reaches_end,
                 }
+                let mut new = Vec::with_capacity(ranges.len());
+                for range in ranges {
+                    new.push(NewBatch {
+                        start_key: Some(kind.encode(&range.first)?),
+                        end_key: Some(kind.encode(&range.last)?),
+                        n_rows: range.n_rows,
+                        last: range.reaches_end,
+                    });
+                }
+                new
             }
         };
-        let (end_key, last) = (new.end_key.clone(), new.last);
+        let count = new.len() as i64;
+        let (end_key, last) = new
+            .last()
+            .map(|b| (b.end_key.clone(), b.last))
+            .unwrap_or_default();
         let claimed = state
-            .claim_new(run.name(), name, &record, new, worker, lease)
+            .claim_new_batches(run.name(), name, &record, new, worker, lease)
             .await?;
-        if let Some(batch) = claimed {
+        if let Some(claimed) = claimed {
             cache.record = Some(StepRecord {
                 cursor_key: end_key,
-                next_batch: record.next_batch + 1,
+                next_batch: record.next_batch + count,
                 exhausted: last,
                 ..record
             });
-            return Ok(Some(batch));
+            let now = Instant::now();
+            let mut claimed = claimed.into_iter();
+            let first = claimed.next();
+            for ahead in claimed {
+                // Ours until run: the heartbeat keeps their leases.
+                run.track(&ahead, lease);
+                cache.queue.push_back((ahead, now));
+            }
+            return Ok(first.map(|b| (b, now)));
         }
         // Another worker advanced the cursor first: read it again.
     }
@@ -432,6 +457,46 @@ async fn run_batch(
     }
 }
 
+/// Whether a batch about to start is still this worker's. A worker that stood still (frozen,
+/// cut off) for longer than the lease may have lost it to another worker; with the state in
+/// the plan's database its done record would be refused anyway, so only a batch that waited
+/// for a third of its lease is checked there, but with a separate state database the batch
+/// commits before its record, so every batch is checked (one round trip to the state).
+async fn still_ours(ctx: &StepCtx, batch: &ClaimedBatch, claimed_at: Instant) -> bool {
+    let run = ctx.run();
+    let lease = ctx.settings().lease;
+    if run.exactly_once() && claimed_at.elapsed() < lease / 3 {
+        return true;
+    }
+    match run.state().extend_lease(batch, lease).await {
+        Ok(true) => true,
+        Ok(false) => {
+            tracing::warn!(
+                step = ctx.name(),
+                batch = batch.number(),
+                "lease lost before the batch started: another worker owns it now"
+            );
+            false
+        }
+        // Unsure: the done record still fences it where it shares the batch's transaction.
+        Err(e) => {
+            tracing::warn!(step = ctx.name(), batch = batch.number(), error = %e, "could not confirm a claim");
+            run.exactly_once()
+        }
+    }
+}
+
+/// Gives back the batches claimed ahead, so that others take them at once.
+async fn release_queued(ctx: &StepCtx, cache: &mut ClaimCache) {
+    let run = ctx.run();
+    for (batch, _) in cache.queue.drain(..) {
+        run.untrack(&batch);
+        if let Err(e) = run.state().release(&batch).await {
+            tracing::warn!(step = ctx.name(), error = %e, "could not release a batch claimed ahead; it returns when its lease ends");
+        }
+    }
+}
+
 /// Ends a batch's session on the server from another connection; best effort, since the
 /// server also ends it when its statement finishes and finds the client gone.
 async fn end_session(run: &RunCtx, session: i64) {
@@ -517,7 +582,9 @@ pub(crate) async fn drive(ctx: Arc<StepCtx>) -> StepResult {
             break;
         }
         if run.is_paused() {
-            // Paused from elsewhere: batches in flight go on, nothing new is claimed.
+            // Paused from elsewhere: batches in flight go on, nothing new is claimed, and the
+            // batches claimed ahead go back.
+            release_queued(&ctx, &mut cache).await;
             tokio::select! {
                 _ = tokio::time::sleep(crate::run::POLL) => {}
                 _ = stop.reached(StopLevel::Drain) => {}
@@ -546,8 +613,8 @@ pub(crate) async fn drive(ctx: Arc<StepCtx>) -> StepResult {
             }
         }
         let claimed = match claimed {
-            Ok(Some(batch)) => match run.pool().take().await {
-                Ok(conn) => Ok((Some(conn), Some(batch))),
+            Ok(Some((batch, claimed_at))) => match run.pool().take().await {
+                Ok(conn) => Ok((Some(conn), Some((batch, claimed_at)))),
                 Err(e) => {
                     if let Err(release) = run.state().release(&batch).await {
                         tracing::warn!(step = ctx.name(), error = %release, "could not release a claimed batch; it returns when its lease ends");
@@ -559,7 +626,7 @@ pub(crate) async fn drive(ctx: Arc<StepCtx>) -> StepResult {
             Err(e) => Err(e),
         };
         match claimed {
-            Ok((Some(conn), Some(batch))) => {
+            Ok((Some(conn), Some((batch, claimed_at)))) => {
                 consecutive_errors = 0;
                 run.track(&batch, ctx.settings().lease);
                 let permit = tokio::select! {
@@ -576,6 +643,11 @@ pub(crate) async fn drive(ctx: Arc<StepCtx>) -> StepResult {
                     }
                     break;
                 };
+                if !still_ours(&ctx, &batch, claimed_at).await {
+                    run.untrack(&batch);
+                    run.pool().give(conn);
+                    continue;
+                }
                 tasks.spawn(run_batch(ctx.clone(), conn, batch, permit));
             }
             Ok(_) => {
@@ -622,6 +694,8 @@ pub(crate) async fn drive(ctx: Arc<StepCtx>) -> StepResult {
             }
         }
     }
+    // Batches claimed ahead that will not run here now: give them back at once.
+    release_queued(&ctx, &mut cache).await;
     while let Some(joined) = tasks.join_next().await {
         if let Some(failure) = batch_failure(joined) {
             result.get_or_insert(StepResult::Failed(failure));

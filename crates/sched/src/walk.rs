@@ -16,6 +16,8 @@ pub(crate) struct KeyWalk {
     next_sql: String,
     first_agg_sql: String,
     next_agg_sql: String,
+    first_groups_sql: String,
+    next_groups_sql: String,
     count_sql: String,
 }
 
@@ -62,8 +64,110 @@ impl KeyWalk {
                 p(2),
                 p(3)
             ),
+            // Several batches in one walk: number the next n keys and return the first and
+            // last of every batch_size of them. The LIMIT stays in the innermost query, on the
+            // index scan, so that no database numbers more rows than it returns; and nothing
+            // compares keys outside it (SQLite forgets a column's collation in aggregates).
+            first_groups_sql: groups_sql(
+                &k,
+                &format!("SELECT {k} FROM {t} WHERE {k} <= {}{and_filter} ORDER BY {k} LIMIT {}", p(1), p(2)),
+                &p(3),
+                &p(4),
+            ),
+            next_groups_sql: groups_sql(
+                &k,
+                &format!(
+                    "SELECT {k} FROM {t} WHERE {k} > {} AND {k} <= {}{and_filter} ORDER BY {k} LIMIT {}",
+                    p(1),
+                    p(2),
+                    p(3)
+                ),
+                &p(4),
+                &p(5),
+            ),
             count_sql: format!("SELECT COUNT(*) FROM {t} WHERE {k} <= {}{and_filter}", p(1)),
         }
+    }
+
+    /// The next ranges after `after`, up to `batches` of them with `batch_size` keys each
+    /// (the last may be shorter), in key order. UUID keys take one range at a time (see
+    /// [`KeyWalk::next_range`]).
+    pub(crate) async fn next_ranges(
+        &self,
+        conn: &mut dyn Conn,
+        kind: KeyKind,
+        after: Option<&Value>,
+        upper: &Value,
+        batch_size: u64,
+        batches: usize,
+    ) -> Result<Vec<KeyRange>> {
+        if batches <= 1 || kind == KeyKind::Uuid {
+            return Ok(self
+                .next_range(conn, kind, after, upper, batch_size)
+                .await?
+                .into_iter()
+                .collect());
+        }
+        let size = i64::try_from(batch_size).unwrap_or(i64::MAX);
+        let limit = size.saturating_mul(batches as i64);
+        let size_param = Value::Int(size);
+        let rows = match after {
+            Some(after) => {
+                conn.query(
+                    &self.next_groups_sql,
+                    &[
+                        after.clone(),
+                        upper.clone(),
+                        Value::Int(limit),
+                        size_param.clone(),
+                        size_param,
+                    ],
+                )
+                .await?
+            }
+            None => {
+                conn.query(
+                    &self.first_groups_sql,
+                    &[
+                        upper.clone(),
+                        Value::Int(limit),
+                        size_param.clone(),
+                        size_param,
+                    ],
+                )
+                .await?
+            }
+        };
+        // Rows come in key order: (key, n) for the first and last key of every batch.
+        let upper_encoded = kind.encode(upper)?;
+        let mut ranges: Vec<KeyRange> = Vec::new();
+        let mut open: Option<(Value, i64)> = None;
+        let mut total = 0;
+        for (i, row) in rows.iter().enumerate() {
+            let key = row.get(0).clone();
+            let n = row.get(1).as_i64().unwrap_or_default();
+            total = total.max(n);
+            let starts = (n - 1) % size == 0;
+            let ends = n % size == 0 || i + 1 == rows.len();
+            if starts {
+                open = Some((key.clone(), n));
+            }
+            if ends {
+                let Some((first, first_n)) = open.take() else {
+                    continue;
+                };
+                ranges.push(KeyRange {
+                    first,
+                    last: key,
+                    n_rows: n - first_n + 1,
+                    reaches_end: false,
+                });
+            }
+        }
+        if let Some(last) = ranges.last_mut() {
+            last.reaches_end = total < limit || kind.encode(&last.last)? == upper_encoded;
+        }
+        Ok(ranges)
     }
 
     /// The highest matching key now; the walk stops there even if rows are added later.
@@ -158,6 +262,17 @@ impl KeyWalk {
             .and_then(|r| r.get(0).as_i64())
             .unwrap_or_default())
     }
+}
+
+/// The keys of `limited` (a key scan with its LIMIT) numbered in key order, keeping the first
+/// and last of every `size` of them (`size` and `size_again` are placeholders for it).
+fn groups_sql(k: &str, limited: &str, size: &str, size_again: &str) -> String {
+    format!(
+        "SELECT {k}, godwit_n FROM (SELECT {k}, ROW_NUMBER() OVER (ORDER BY {k}) AS godwit_n, \
+         COUNT(*) OVER () AS godwit_total FROM ({limited}) l) s \
+         WHERE (godwit_n - 1) % {size} = 0 OR godwit_n % {size_again} = 0 OR godwit_n = godwit_total \
+         ORDER BY godwit_n"
+    )
 }
 
 #[cfg(test)]

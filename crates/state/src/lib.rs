@@ -716,32 +716,55 @@ impl StateStore {
         worker: &str,
         lease: Duration,
     ) -> Result<Option<ClaimedBatch>> {
+        let claimed = self
+            .claim_new_batches(run, step, record, vec![batch], worker, lease)
+            .await?;
+        Ok(claimed.and_then(|mut batches| batches.pop()))
+    }
+
+    /// Claims the consecutive ranges `batches` at once, advancing the step's cursor past the
+    /// last of them in one compare-and-set: one claim, one commit and one race for the cursor
+    /// row for several batches. Returns `None` when another worker advanced the cursor first.
+    ///
+    /// On PostgreSQL the claim commits asynchronously: a claim lost in a server crash loses
+    /// nothing that committed after it, since the write-ahead log replays in order; its batch
+    /// is then claimed again.
+    pub async fn claim_new_batches(
+        &self,
+        run: &str,
+        step: &str,
+        record: &StepRecord,
+        batches: Vec<NewBatch>,
+        worker: &str,
+        lease: Duration,
+    ) -> Result<Option<Vec<ClaimedBatch>>> {
+        if batches.is_empty() {
+            return Ok(Some(Vec::new()));
+        }
         let (run, step, worker) = (run.to_string(), step.to_string(), worker.to_string());
         let expected = record.next_batch;
         self.with_conn(move |conn| {
             Box::pin(async move {
-                let token = uuid::Uuid::new_v4().simple().to_string();
-                let claimed = if conn.dialect() == Dialect::Postgres {
-                    claim_new_in_one_statement(
-                        conn, &run, &step, expected, &batch, &token, &worker, lease,
-                    )
-                    .await?
-                } else {
-                    claim_new_in_transaction(
-                        conn, &run, &step, expected, &batch, &token, &worker, lease,
-                    )
-                    .await?
-                };
-                Ok(claimed.then_some(ClaimedBatch {
-                    run,
-                    step,
-                    batch: expected,
-                    token,
-                    start_key: batch.start_key,
-                    end_key: batch.end_key,
-                    n_rows: batch.n_rows,
-                    attempts: 0,
-                }))
+                let exhausts = batches.last().is_some_and(|b| b.last);
+                let claims: Vec<ClaimedBatch> = batches
+                    .into_iter()
+                    .enumerate()
+                    .map(|(i, batch)| ClaimedBatch {
+                        run: run.clone(),
+                        step: step.clone(),
+                        batch: expected + i as i64,
+                        token: uuid::Uuid::new_v4().simple().to_string(),
+                        start_key: batch.start_key,
+                        end_key: batch.end_key,
+                        n_rows: batch.n_rows,
+                        attempts: 0,
+                    })
+                    .collect();
+                let claimed = claim_in_one_transaction(
+                    conn, &run, &step, expected, &claims, exhausts, &worker, lease,
+                )
+                .await?;
+                Ok(claimed.then_some(claims))
             })
         })
         .await
@@ -792,6 +815,34 @@ impl StateStore {
                     )
                     .await?;
                 Ok(n == 1)
+            })
+        })
+        .await
+    }
+
+    /// Extends the leases of every batch of `step` that `worker` holds, in one statement: what
+    /// the heartbeat does for the batches a process runs and has claimed ahead.
+    pub async fn extend_leases(
+        &self,
+        run: &str,
+        step: &str,
+        worker: &str,
+        lease: Duration,
+    ) -> Result<u64> {
+        let (run, step, worker) = (run.to_string(), step.to_string(), worker.to_string());
+        self.with_conn(move |conn| {
+            Box::pin(async move {
+                let d = conn.dialect();
+                let q = format!(
+                    "UPDATE godwit_batches SET lease_until_ms = {} + ? \
+                     WHERE run = ? AND step = ? AND worker = ? AND state = 'claimed'",
+                    schema::now_ms(d)
+                );
+                conn.execute(
+                    &sql(d, &q),
+                    &[lease_ms(lease), text(run), text(step), text(worker)],
+                )
+                .await
             })
         })
         .await
@@ -1032,102 +1083,118 @@ async fn reconnect(url: &DbUrl, options: &godwit_driver::ConnectOptions) -> Resu
     godwit_db::connect(url, options).await
 }
 
-/// PostgreSQL: advances the cursor and inserts the batch in one statement, one round trip.
+/// Advances the cursor past `claims` if it is still at `expected`, and inserts their rows, in
+/// one transaction: one statement on PostgreSQL (committed asynchronously), an UPDATE and a
+/// multi-row INSERT elsewhere (MySQL has no data-modifying CTE).
 #[allow(clippy::too_many_arguments)]
-async fn claim_new_in_one_statement(
+async fn claim_in_one_transaction(
     conn: &mut dyn Conn,
     run: &str,
     step: &str,
     expected: i64,
-    batch: &NewBatch,
-    token: &str,
-    worker: &str,
-    lease: Duration,
-) -> Result<bool> {
-    let now = schema::now_ms(Dialect::Postgres);
-    let q = format!(
-        "WITH moved AS ( \
-           UPDATE godwit_steps SET cursor_key = $1, next_batch = next_batch + 1, exhausted = $2 \
-           WHERE run = $3 AND step = $4 AND next_batch = $5 AND exhausted = 0 RETURNING run) \
-         INSERT INTO godwit_batches (run, step, batch, start_key, end_key, n_rows, state, token, \
-           worker, lease_until_ms, attempts, claimed_ms) \
-         SELECT $3, $4, $5, $6, $1, $7, 'claimed', $8, $9, {now} + $10, 0, {now} FROM moved"
-    );
-    let inserted = conn
-        .execute(
-            &q,
-            &[
-                opt_text(batch.end_key.as_deref()),
-                Value::Int(i64::from(batch.last)),
-                text(run),
-                text(step),
-                Value::Int(expected),
-                opt_text(batch.start_key.as_deref()),
-                Value::Int(batch.n_rows),
-                text(token),
-                text(worker),
-                lease_ms(lease),
-            ],
-        )
-        .await?;
-    Ok(inserted == 1)
-}
-
-/// MySQL and SQLite: the same in a transaction (MySQL has no data-modifying CTE).
-#[allow(clippy::too_many_arguments)]
-async fn claim_new_in_transaction(
-    conn: &mut dyn Conn,
-    run: &str,
-    step: &str,
-    expected: i64,
-    batch: &NewBatch,
-    token: &str,
+    claims: &[ClaimedBatch],
+    exhausts: bool,
     worker: &str,
     lease: Duration,
 ) -> Result<bool> {
     let d = conn.dialect();
+    let now = schema::now_ms(d);
+    let n = claims.len() as i64;
+    let cursor = claims.last().and_then(|c| c.end_key.clone());
+    // Parameters: the cursor update's, then the rows'.
+    let mut params = vec![
+        opt_text(cursor.as_deref()),
+        Value::Int(n),
+        Value::Int(i64::from(exhausts)),
+        text(run),
+        text(step),
+        Value::Int(expected),
+        text(worker),
+        lease_ms(lease),
+    ];
+    // PostgreSQL's VALUES rows, numbered after the parameters before them.
+    let mut rows = Vec::with_capacity(claims.len());
+    for claim in claims {
+        if d == Dialect::Postgres {
+            let at = params.len();
+            rows.push(format!(
+                "(${}::bigint, ${}, ${}, ${}::bigint, ${})",
+                at + 1,
+                at + 2,
+                at + 3,
+                at + 4,
+                at + 5
+            ));
+        }
+        match d {
+            Dialect::Postgres => params.extend([
+                Value::Int(claim.batch),
+                opt_text(claim.start_key.as_deref()),
+                opt_text(claim.end_key.as_deref()),
+                Value::Int(claim.n_rows),
+                text(claim.token.clone()),
+            ]),
+            Dialect::MySql | Dialect::Sqlite => params.extend([
+                text(run),
+                text(step),
+                Value::Int(claim.batch),
+                text(claim.token.clone()),
+                text(worker),
+                lease_ms(lease),
+                opt_text(claim.start_key.as_deref()),
+                opt_text(claim.end_key.as_deref()),
+                Value::Int(claim.n_rows),
+            ]),
+        }
+    }
+    if d == Dialect::Postgres {
+        let q = format!(
+            "WITH moved AS ( \
+               UPDATE godwit_steps SET cursor_key = $1, next_batch = next_batch + $2, exhausted = $3 \
+               WHERE run = $4 AND step = $5 AND next_batch = $6 AND exhausted = 0 RETURNING run) \
+             INSERT INTO godwit_batches (run, step, batch, start_key, end_key, n_rows, state, token, \
+               worker, lease_until_ms, attempts, claimed_ms) \
+             SELECT $4, $5, v.batch, v.start_key, v.end_key, v.n_rows, 'claimed', v.token, $7, \
+               {now} + $8, 0, {now} \
+             FROM moved, (VALUES {}) AS v (batch, start_key, end_key, n_rows, token)",
+            rows.join(", ")
+        );
+        // The cursor row stays locked until the commit returns: waiting for the disk there
+        // would make every other claimer wait too.
+        conn.begin(godwit_driver::TxOptions {
+            async_commit: true,
+            ..Default::default()
+        })
+        .await?;
+        let inserted = conn.execute(&q, &params).await?;
+        conn.commit().await?;
+        return Ok(inserted == n as u64);
+    }
     conn.begin(godwit_driver::TxOptions::default()).await?;
     let moved = conn
         .execute(
             &sql(
                 d,
-                "UPDATE godwit_steps SET cursor_key = ?, next_batch = next_batch + 1, exhausted = ? \
+                "UPDATE godwit_steps SET cursor_key = ?, next_batch = next_batch + ?, exhausted = ? \
                  WHERE run = ? AND step = ? AND next_batch = ? AND exhausted = 0",
             ),
-            &[
-                opt_text(batch.end_key.as_deref()),
-                Value::Int(i64::from(batch.last)),
-                text(run),
-                text(step),
-                Value::Int(expected),
-            ],
+            &params[..6],
         )
         .await?;
     if moved != 1 {
         conn.rollback().await?;
         return Ok(false);
     }
-    let now = schema::now_ms(d);
     let q = format!(
-        "INSERT INTO godwit_batches (run, step, batch, start_key, end_key, n_rows, state, \
-         token, worker, lease_until_ms, attempts, claimed_ms) \
-         VALUES (?, ?, ?, ?, ?, ?, 'claimed', ?, ?, {now} + ?, 0, {now})"
+        "INSERT INTO godwit_batches (run, step, batch, token, worker, state, lease_until_ms, \
+         attempts, claimed_ms, start_key, end_key, n_rows) VALUES {}",
+        claims
+            .iter()
+            .map(|_| format!("(?, ?, ?, ?, ?, 'claimed', {now} + ?, 0, {now}, ?, ?, ?)"))
+            .collect::<Vec<_>>()
+            .join(", ")
     );
-    conn.execute(
-        &sql(d, &q),
-        &[
-            text(run),
-            text(step),
-            Value::Int(expected),
-            opt_text(batch.start_key.as_deref()),
-            opt_text(batch.end_key.as_deref()),
-            Value::Int(batch.n_rows),
-            text(token),
-            text(worker),
-            lease_ms(lease),
-        ],
-    )
-    .await?;
+    conn.execute(&q, &params[8..]).await?;
     conn.commit().await?;
     Ok(true)
 }

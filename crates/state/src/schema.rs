@@ -117,7 +117,7 @@ fn ddl(dialect: Dialect) -> Vec<String> {
 ///
 /// Processes that start together on a new state database (a fleet of pods) take turns under a
 /// database lock: PostgreSQL's `CREATE TABLE IF NOT EXISTS` is not safe against a concurrent
-/// one (it fails on a duplicate catalog entry). SQLite serializes writers by itself.
+/// one (it fails on a duplicate catalog entry); on SQLite a transaction does the same.
 pub(crate) async fn ensure(conn: &mut dyn Conn) -> Result<()> {
     let (lock, unlock) = match conn.dialect() {
         Dialect::Postgres => (
@@ -131,7 +131,15 @@ pub(crate) async fn ensure(conn: &mut dyn Conn) -> Result<()> {
         Dialect::Sqlite => (None, ""),
     };
     let Some(lock) = lock else {
-        return try_ensure(conn).await;
+        // SQLite's DDL is transactional and `begin` takes the write lock: one at a time.
+        conn.begin(Default::default()).await?;
+        return match try_ensure(conn).await {
+            Ok(()) => conn.commit().await,
+            Err(e) => {
+                let _ = conn.rollback().await;
+                Err(e)
+            }
+        };
     };
     conn.execute(lock, &[]).await?;
     let result = try_ensure(conn).await;

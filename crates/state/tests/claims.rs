@@ -365,6 +365,72 @@ async fn mysql_refuses_a_name_too_long() {
     refuses_a_name_too_long("mysql").await;
 }
 
+/// Several ranges claimed at once are numbered in order, each with a token of its own; the
+/// cursor moves past the last; a stale record claims nothing; the last range may end the walk.
+async fn several_batches_in_one_claim(backend: &str) {
+    let db = db(backend).await;
+    let state = store(&db).await;
+    let run = run_name();
+    state
+        .begin_run(&spec(&run, "v1"), Restart::Resume)
+        .await
+        .unwrap();
+    let record = state
+        .init_step(&run, "s", Some("int"), Some("50"), false)
+        .await
+        .unwrap();
+    let claimed = state
+        .claim_new_batches(
+            &run,
+            "s",
+            &record,
+            vec![
+                range(1, 10, false),
+                range(11, 20, false),
+                range(21, 30, false),
+            ],
+            "w",
+            LEASE,
+        )
+        .await
+        .unwrap()
+        .expect("the cursor was where the record says");
+    let numbers: Vec<i64> = claimed.iter().map(|b| b.number()).collect();
+    assert_eq!(numbers, [0, 1, 2]);
+    let ends: Vec<Option<&str>> = claimed.iter().map(|b| b.end_key()).collect();
+    assert_eq!(ends, [Some("10"), Some("20"), Some("30")]);
+    let after = state.step_record(&run, "s").await.unwrap();
+    assert_eq!(after.next_batch, 3);
+    assert_eq!(after.cursor_key.as_deref(), Some("30"));
+    assert!(!after.exhausted);
+    let stale = state
+        .claim_new_batches(&run, "s", &record, vec![range(1, 10, false)], "w2", LEASE)
+        .await
+        .unwrap();
+    assert!(stale.is_none(), "a stale cursor claims nothing");
+    // Each claim is fenced on its own: finishing one leaves the others claimed.
+    let outcome = BatchOutcome {
+        rows_affected: 10,
+        duration: Duration::from_millis(1),
+    };
+    assert!(state.record_done_here(&claimed[1], outcome).await.unwrap());
+    assert_eq!(queue(&db, &run).await, Some((1, 2)));
+    let tail = state
+        .claim_new_batches(
+            &run,
+            "s",
+            &after,
+            vec![range(31, 40, false), range(41, 50, true)],
+            "w",
+            LEASE,
+        )
+        .await
+        .unwrap()
+        .expect("claim the rest");
+    assert_eq!(tail.len(), 2);
+    assert!(state.step_record(&run, "s").await.unwrap().exhausted);
+}
+
 /// The run's row in `godwit_queue`, the view autoscalers read: (pending, running) batches,
 /// or `None` when the run asks for no worker.
 async fn queue(db: &Db, run: &str) -> Option<(i64, i64)> {
@@ -512,5 +578,6 @@ macro_rules! per_backend {
 per_backend!(
     claims_are_compare_and_set_and_fenced,
     retries_release_and_completion,
-    queue_view_counts_what_is_left
+    queue_view_counts_what_is_left,
+    several_batches_in_one_claim
 );
