@@ -29,6 +29,25 @@ pub(crate) async fn dispatch(args: Args) -> anyhow::Result<u8> {
     }
 }
 
+/// The exit code of a run that could not start: the plan is invalid (nothing changed), or a
+/// database could not be reached.
+fn run_error_code(e: &godwit::RunError) -> u8 {
+    match e.kind() {
+        RunErrorKind::Invalid => exit::INVALID,
+        RunErrorKind::Database => exit::FAILED,
+    }
+}
+
+/// The exit code when the state database cannot be read: a URL godwit cannot use is a mistake
+/// in the plan or the command, not a failed run.
+fn state_error_code(e: &godwit::driver::Error) -> u8 {
+    if e.kind() == godwit::driver::ErrorKind::Config {
+        exit::INVALID
+    } else {
+        exit::FAILED
+    }
+}
+
 /// Loads a plan, or prints every error in it.
 fn load(path: &Path) -> Result<Plan, u8> {
     godwit::plan::load(path).map_err(|errors| {
@@ -171,10 +190,7 @@ async fn execute(
         }
         Err(e) => {
             eprintln!("error: {}: {e}", plan.path.display());
-            Ok(match e.kind() {
-                RunErrorKind::Invalid => exit::INVALID,
-                RunErrorKind::Database => exit::FAILED,
-            })
+            Ok(run_error_code(&e))
         }
     }
 }
@@ -222,12 +238,7 @@ async fn status(args: StatusArgs) -> anyhow::Result<u8> {
         Ok(found) => found,
         Err(e) => {
             eprintln!("error: {label}: cannot read the state database: {e}");
-            // A URL godwit cannot use is a mistake in the command, not a failed run.
-            return Ok(if e.kind() == godwit::driver::ErrorKind::Config {
-                exit::INVALID
-            } else {
-                exit::FAILED
-            });
+            return Ok(state_error_code(&e));
         }
     };
     if let (Some(run), true) = (&args.run, found.is_empty()) {
@@ -426,10 +437,7 @@ async fn submit(args: PlanArgs) -> anyhow::Result<u8> {
         }
         Err(e) => {
             eprintln!("error: {}: {e}", args.plan.display());
-            Ok(match e.kind() {
-                RunErrorKind::Invalid => exit::INVALID,
-                RunErrorKind::Database => exit::FAILED,
-            })
+            Ok(run_error_code(&e))
         }
     }
 }
@@ -461,11 +469,7 @@ async fn control(args: TargetArgs, action: Control) -> anyhow::Result<u8> {
         Ok(before) => before,
         Err(e) => {
             eprintln!("error: {label}: cannot reach the state database: {e}");
-            return Ok(if e.kind() == godwit::driver::ErrorKind::Config {
-                exit::INVALID
-            } else {
-                exit::FAILED
-            });
+            return Ok(state_error_code(&e));
         }
     };
     let Some(before) = before else {
@@ -556,10 +560,7 @@ async fn worker(args: WorkerArgs) -> anyhow::Result<u8> {
         }
         Err(e) => {
             eprintln!("error: {e}");
-            Ok(match e.kind() {
-                RunErrorKind::Invalid => exit::INVALID,
-                RunErrorKind::Database => exit::FAILED,
-            })
+            Ok(run_error_code(&e))
         }
     }
 }
