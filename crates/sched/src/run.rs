@@ -532,17 +532,18 @@ async fn heartbeat(ctx: Arc<RunCtx>) {
         let every = (shortest / 3).max(Duration::from_millis(100));
         if last_extended.elapsed() >= every {
             last_extended = std::time::Instant::now();
-            // One statement per step: every claim of this worker there, running or ahead.
-            let mut steps: HashMap<&str, Duration> = HashMap::new();
+            // One statement per step for the claims tracked there, running or ahead; by token,
+            // so that a claim this process no longer tracks runs out and returns to others.
+            let mut steps: HashMap<&str, (Duration, Vec<&ClaimedBatch>)> = HashMap::new();
             for (batch, lease) in &batches {
-                steps.insert(batch.step(), *lease);
+                steps
+                    .entry(batch.step())
+                    .or_insert((*lease, Vec::new()))
+                    .1
+                    .push(batch);
             }
-            for (step, lease) in steps {
-                if let Err(e) = ctx
-                    .state
-                    .extend_leases(&ctx.name, step, &ctx.worker, lease)
-                    .await
-                {
+            for (step, (lease, held)) in steps {
+                if let Err(e) = ctx.state.extend_leases(&held, lease).await {
                     tracing::warn!(step, error = %e, "could not extend leases");
                 }
             }

@@ -478,9 +478,15 @@ async fn still_ours(ctx: &StepCtx, batch: &ClaimedBatch, claimed_at: Instant) ->
             );
             false
         }
-        // Unsure: the done record still fences it where it shares the batch's transaction.
+        // Unsure: the done record still fences it where it shares the batch's transaction;
+        // elsewhere, give it back rather than risk applying it twice.
         Err(e) => {
             tracing::warn!(step = ctx.name(), batch = batch.number(), error = %e, "could not confirm a claim");
+            if !run.exactly_once() {
+                if let Err(e) = batch::with_retries(|| run.state().release(batch)).await {
+                    tracing::warn!(step = ctx.name(), error = %e, "could not release an unconfirmed batch; it returns when its lease ends");
+                }
+            }
             run.exactly_once()
         }
     }
@@ -616,6 +622,7 @@ pub(crate) async fn drive(ctx: Arc<StepCtx>) -> StepResult {
             Ok(Some((batch, claimed_at))) => match run.pool().take().await {
                 Ok(conn) => Ok((Some(conn), Some((batch, claimed_at)))),
                 Err(e) => {
+                    run.untrack(&batch);
                     if let Err(release) = run.state().release(&batch).await {
                         tracing::warn!(step = ctx.name(), error = %release, "could not release a claimed batch; it returns when its lease ends");
                     }
@@ -666,6 +673,10 @@ pub(crate) async fn drive(ctx: Arc<StepCtx>) -> StepResult {
                         result = Some(StepResult::Failed(message));
                     }
                     Ok(StepCompletion::Waiting) => {
+                        // Read the cursor again next time: it may have moved back (a claim
+                        // lost in a server crash) or been re-walked by someone else.
+                        cache.record = None;
+                        cache.exhausted = false;
                         tokio::select! {
                             _ = tokio::time::sleep(IDLE_POLL) => {}
                             _ = stop.reached(StopLevel::Drain) => {}

@@ -93,8 +93,9 @@ pub async fn work(
     let permits = Arc::new(Semaphore::new(concurrency));
     let mut active: JoinSet<(String, Result<RunOutcome, Error>)> = JoinSet::new();
     let mut here: HashSet<String> = HashSet::new();
-    // Runs left alone until the given time.
-    let mut refused: HashMap<String, Instant> = HashMap::new();
+    // Runs left alone until the given time, and whether for a lasting reason (the plan, this
+    // worker's environment) rather than an outage.
+    let mut refused: HashMap<String, (Instant, bool)> = HashMap::new();
     let mut stop_wait = stop.clone();
     let mut failures = 0;
     loop {
@@ -124,16 +125,21 @@ pub async fn work(
                 continue;
             }
         };
-        refused.retain(|_, until| *until > Instant::now());
+        refused.retain(|_, (until, _)| *until > Instant::now());
         let mut waiting = false;
         for stored in runs {
             // Paused runs are joined on resume; the ones in hand notice pauses themselves.
             if stored.state == RunState::Paused || here.contains(&stored.name) {
                 continue;
             }
-            waiting = true;
-            if refused.contains_key(&stored.name) {
-                continue;
+            match refused.get(&stored.name) {
+                // Nothing this worker can do about it: an idle worker may leave.
+                Some((_, true)) => continue,
+                Some((_, false)) => {
+                    waiting = true;
+                    continue;
+                }
+                None => waiting = true,
             }
             let path = PathBuf::from(format!("{} (stored plan)", stored.name));
             let plan = match godwit_plan::parse(&stored.plan_text, &path, &|var| {
@@ -141,7 +147,7 @@ pub async fn work(
             }) {
                 Ok(plan) => plan,
                 Err(errors) => {
-                    refused.insert(stored.name.clone(), Instant::now() + REFUSED_FOR);
+                    refused.insert(stored.name.clone(), (Instant::now() + REFUSED_FOR, true));
                     send(WorkerEvent::Refused {
                         plan: stored.name,
                         error: errors.to_string(),
@@ -149,6 +155,21 @@ pub async fn work(
                     continue;
                 }
             };
+            // The plan names its state database itself (through `${VAR}`s of this worker's
+            // environment); working on it elsewhere would start a second run there.
+            let plan_state = plan.state_database.as_deref().unwrap_or(&plan.database);
+            if plan_state != state_url.expose() {
+                refused.insert(stored.name.clone(), (Instant::now() + REFUSED_FOR, true));
+                send(WorkerEvent::Refused {
+                    plan: stored.name,
+                    error: format!(
+                        "its state database is {} in this worker's environment, not {state_url}; \
+                         give the worker the plan's variables, or --database the same URL",
+                        DbUrl::new(plan_state)
+                    ),
+                });
+                continue;
+            }
             here.insert(stored.name.clone());
             send(WorkerEvent::Joined {
                 plan: stored.name.clone(),
@@ -182,7 +203,7 @@ pub async fn work(
 fn left(
     joined: Result<(String, Result<RunOutcome, Error>), tokio::task::JoinError>,
     here: &mut HashSet<String>,
-    refused: &mut HashMap<String, Instant>,
+    refused: &mut HashMap<String, (Instant, bool)>,
     send: &impl Fn(WorkerEvent),
 ) {
     let Ok((plan, outcome)) = joined else {
@@ -196,11 +217,11 @@ fn left(
         Ok(RunOutcome::Cancelled) => ("cancelled", None),
         Ok(RunOutcome::Stopped) => ("stopped", None),
         Err(e) => {
-            let wait = match e.kind() {
-                crate::ErrorKind::Database => UNREACHABLE_FOR,
-                crate::ErrorKind::Invalid => REFUSED_FOR,
+            let (wait, lasting) = match e.kind() {
+                crate::ErrorKind::Database => (UNREACHABLE_FOR, false),
+                crate::ErrorKind::Invalid => (REFUSED_FOR, true),
             };
-            refused.insert(plan.clone(), Instant::now() + wait);
+            refused.insert(plan.clone(), (Instant::now() + wait, lasting));
             send(WorkerEvent::Refused {
                 plan,
                 error: e.to_string(),

@@ -277,6 +277,15 @@ pub(crate) fn sql(dialect: Dialect, text: &str) -> String {
     out
 }
 
+/// `=` that is true for two NULLs: a cursor that has not moved yet is NULL.
+fn null_safe_eq(d: Dialect) -> &'static str {
+    match d {
+        Dialect::Postgres => "IS NOT DISTINCT FROM",
+        Dialect::MySql => "<=>",
+        Dialect::Sqlite => "IS",
+    }
+}
+
 fn text(v: impl Into<String>) -> Value {
     Value::Text(v.into())
 }
@@ -465,7 +474,13 @@ impl StateStore {
             return Ok(None);
         };
         if action == Control::Retry {
-            self.requeue_failed(&run).await?;
+            // A done or cancelled run keeps its batches as they are.
+            if matches!(
+                before,
+                RunState::Failed | RunState::Running | RunState::Pending | RunState::Paused
+            ) {
+                self.requeue_failed(&run).await?;
+            }
             return Ok(Some(before));
         }
         self.with_conn(move |conn| {
@@ -742,7 +757,7 @@ impl StateStore {
             return Ok(Some(Vec::new()));
         }
         let (run, step, worker) = (run.to_string(), step.to_string(), worker.to_string());
-        let expected = record.next_batch;
+        let (expected, expected_cursor) = (record.next_batch, record.cursor_key.clone());
         self.with_conn(move |conn| {
             Box::pin(async move {
                 let exhausts = batches.last().is_some_and(|b| b.last);
@@ -761,7 +776,15 @@ impl StateStore {
                     })
                     .collect();
                 let claimed = claim_in_one_transaction(
-                    conn, &run, &step, expected, &claims, exhausts, &worker, lease,
+                    conn,
+                    &run,
+                    &step,
+                    expected,
+                    expected_cursor.as_deref(),
+                    &claims,
+                    exhausts,
+                    &worker,
+                    lease,
                 )
                 .await?;
                 Ok(claimed.then_some(claims))
@@ -773,15 +796,23 @@ impl StateStore {
     /// Marks the walk of a step finished, if the cursor is still where `record` saw it.
     pub async fn mark_exhausted(&self, run: &str, step: &str, record: &StepRecord) -> Result<()> {
         let (run, step, expected) = (run.to_string(), step.to_string(), record.next_batch);
+        let cursor = record.cursor_key.clone();
         self.with_conn(move |conn| {
             Box::pin(async move {
                 let d = conn.dialect();
+                let q = format!(
+                    "UPDATE godwit_steps SET exhausted = 1 \
+                     WHERE run = ? AND step = ? AND next_batch = ? AND cursor_key {} ?",
+                    null_safe_eq(d)
+                );
                 conn.execute(
-                    &sql(
-                        d,
-                        "UPDATE godwit_steps SET exhausted = 1 WHERE run = ? AND step = ? AND next_batch = ?",
-                    ),
-                    &[text(run), text(step), Value::Int(expected)],
+                    &sql(d, &q),
+                    &[
+                        text(run),
+                        text(step),
+                        Value::Int(expected),
+                        opt_text(cursor.as_deref()),
+                    ],
                 )
                 .await?;
                 Ok(())
@@ -820,29 +851,27 @@ impl StateStore {
         .await
     }
 
-    /// Extends the leases of every batch of `step` that `worker` holds, in one statement: what
-    /// the heartbeat does for the batches a process runs and has claimed ahead.
-    pub async fn extend_leases(
-        &self,
-        run: &str,
-        step: &str,
-        worker: &str,
-        lease: Duration,
-    ) -> Result<u64> {
-        let (run, step, worker) = (run.to_string(), step.to_string(), worker.to_string());
+    /// Extends the leases of `batches` (claims of one step) that still carry their tokens, in
+    /// one statement: what the heartbeat does for the batches a process runs and has claimed
+    /// ahead. Returns how many were extended.
+    pub async fn extend_leases(&self, batches: &[&ClaimedBatch], lease: Duration) -> Result<u64> {
+        let Some(first) = batches.first() else {
+            return Ok(0);
+        };
+        let (run, step) = (first.run.clone(), first.step.clone());
+        let tokens: Vec<String> = batches.iter().map(|b| b.token.clone()).collect();
         self.with_conn(move |conn| {
             Box::pin(async move {
                 let d = conn.dialect();
+                let marks = vec!["?"; tokens.len()].join(", ");
                 let q = format!(
                     "UPDATE godwit_batches SET lease_until_ms = {} + ? \
-                     WHERE run = ? AND step = ? AND worker = ? AND state = 'claimed'",
+                     WHERE run = ? AND step = ? AND state = 'claimed' AND token IN ({marks})",
                     schema::now_ms(d)
                 );
-                conn.execute(
-                    &sql(d, &q),
-                    &[lease_ms(lease), text(run), text(step), text(worker)],
-                )
-                .await
+                let mut params = vec![lease_ms(lease), text(run), text(step)];
+                params.extend(tokens.into_iter().map(text));
+                conn.execute(&sql(d, &q), &params).await
             })
         })
         .await
@@ -1092,6 +1121,7 @@ async fn claim_in_one_transaction(
     run: &str,
     step: &str,
     expected: i64,
+    expected_cursor: Option<&str>,
     claims: &[ClaimedBatch],
     exhausts: bool,
     worker: &str,
@@ -1111,6 +1141,7 @@ async fn claim_in_one_transaction(
         Value::Int(expected),
         text(worker),
         lease_ms(lease),
+        opt_text(expected_cursor),
     ];
     // PostgreSQL's VALUES rows, numbered after the parameters before them.
     let mut rows = Vec::with_capacity(claims.len());
@@ -1151,7 +1182,8 @@ async fn claim_in_one_transaction(
         let q = format!(
             "WITH moved AS ( \
                UPDATE godwit_steps SET cursor_key = $1, next_batch = next_batch + $2, exhausted = $3 \
-               WHERE run = $4 AND step = $5 AND next_batch = $6 AND exhausted = 0 RETURNING run) \
+               WHERE run = $4 AND step = $5 AND next_batch = $6 AND exhausted = 0 \
+                 AND cursor_key IS NOT DISTINCT FROM $9::text RETURNING run) \
              INSERT INTO godwit_batches (run, step, batch, start_key, end_key, n_rows, state, token, \
                worker, lease_until_ms, attempts, claimed_ms) \
              SELECT $4, $5, v.batch, v.start_key, v.end_key, v.n_rows, 'claimed', v.token, $7, \
@@ -1160,9 +1192,11 @@ async fn claim_in_one_transaction(
             rows.join(", ")
         );
         // The cursor row stays locked until the commit returns: waiting for the disk there
-        // would make every other claimer wait too.
+        // would make every other claimer wait too. The claim that ends the walk commits
+        // synchronously (once per step), flushing the others: a step is never found walked
+        // to its end while some of its batches can still vanish in a crash.
         conn.begin(godwit_driver::TxOptions {
-            async_commit: true,
+            async_commit: !exhausts,
             ..Default::default()
         })
         .await?;
@@ -1175,10 +1209,14 @@ async fn claim_in_one_transaction(
         .execute(
             &sql(
                 d,
-                "UPDATE godwit_steps SET cursor_key = ?, next_batch = next_batch + ?, exhausted = ? \
-                 WHERE run = ? AND step = ? AND next_batch = ? AND exhausted = 0",
+                &format!(
+                    "UPDATE godwit_steps SET cursor_key = ?, next_batch = next_batch + ?, exhausted = ? \
+                     WHERE run = ? AND step = ? AND next_batch = ? AND exhausted = 0 \
+                     AND cursor_key {} ?",
+                    null_safe_eq(d)
+                ),
             ),
-            &params[..6],
+            &[&params[..6], &params[8..9]].concat(),
         )
         .await?;
     if moved != 1 {
@@ -1194,7 +1232,7 @@ async fn claim_in_one_transaction(
             .collect::<Vec<_>>()
             .join(", ")
     );
-    conn.execute(&q, &params[8..]).await?;
+    conn.execute(&q, &params[9..]).await?;
     conn.commit().await?;
     Ok(true)
 }
@@ -1438,18 +1476,32 @@ async fn complete_step(conn: &mut dyn Conn, run: String, step: String) -> Result
     let now = schema::now_ms(d);
     match rows.first() {
         None => {
+            // Only a walk that really ended, with every batch it numbered present: a worker's
+            // idea of the cursor can be stale (a claim lost in a server crash rewinds it).
             conn.execute(
                 &sql(
                     d,
                     &format!(
                         "UPDATE godwit_steps SET state = 'done', finished_ms = {now} \
-                         WHERE run = ? AND step = ? AND state <> 'done'"
+                         WHERE run = ? AND step = ? AND state <> 'done' AND exhausted = 1 \
+                         AND next_batch = (SELECT COUNT(*) FROM godwit_batches b \
+                                           WHERE b.run = ? AND b.step = ?)"
                     ),
                 ),
-                &[text(run), text(step)],
+                &[
+                    text(run.clone()),
+                    text(step.clone()),
+                    text(run.clone()),
+                    text(step.clone()),
+                ],
             )
             .await?;
-            Ok(StepCompletion::Done)
+            let record = read_step(conn, run, step).await?;
+            Ok(if record.state == "done" {
+                StepCompletion::Done
+            } else {
+                StepCompletion::Waiting
+            })
         }
         Some(r) if get_text(r.get(0)).as_deref() == Some("failed") => {
             let code = get_text(r.get(1))

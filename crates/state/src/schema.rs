@@ -156,6 +156,8 @@ async fn try_ensure(conn: &mut dyn Conn) -> Result<()> {
     for statement in ddl(dialect) {
         conn.execute_unprepared(&statement).await?;
     }
+    // Refuse newer tables before changing anything in them.
+    check_version(conn).await?;
     migrate(conn).await?;
     let insert = match dialect {
         Dialect::MySql => "INSERT IGNORE INTO godwit_meta (name, value) VALUES ('schema_version', ?)",

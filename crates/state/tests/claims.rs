@@ -431,6 +431,87 @@ async fn several_batches_in_one_claim(backend: &str) {
     assert!(state.step_record(&run, "s").await.unwrap().exhausted);
 }
 
+/// A server crash can lose the last (asynchronous) claims and rewind a step's cursor while a
+/// worker still holds the old one: that worker then neither completes the step nor claims from
+/// its stale cursor.
+async fn a_rewound_cursor_is_noticed(backend: &str) {
+    let db = db(backend).await;
+    let state = store(&db).await;
+    let run = run_name();
+    state
+        .begin_run(&spec(&run, "v1"), Restart::Resume)
+        .await
+        .unwrap();
+    let record = state
+        .init_step(&run, "s", Some("int"), Some("20"), false)
+        .await
+        .unwrap();
+    let claimed = state
+        .claim_new_batches(
+            &run,
+            "s",
+            &record,
+            vec![range(1, 10, false), range(11, 20, true)],
+            "w",
+            LEASE,
+        )
+        .await
+        .unwrap()
+        .expect("claim");
+    let stale = state.step_record(&run, "s").await.unwrap();
+    assert!(stale.exhausted);
+    // What a crash before the claim reached the disk leaves behind.
+    let mut conn = connect(&db).await;
+    let p = |n: usize| godwit_driver::Dialect::param(conn.dialect(), n);
+    let (p1, p2) = (p(1), p(2));
+    for q in [
+        format!("DELETE FROM godwit_batches WHERE run = {p1} AND step = {p2}"),
+        format!(
+            "UPDATE godwit_steps SET next_batch = 0, cursor_key = NULL, exhausted = 0 \
+             WHERE run = {p1} AND step = {p2}"
+        ),
+    ] {
+        conn.execute(
+            &q,
+            &[
+                godwit_driver::Value::Text(run.clone()),
+                godwit_driver::Value::Text("s".into()),
+            ],
+        )
+        .await
+        .unwrap();
+    }
+    let outcome = BatchOutcome {
+        rows_affected: 10,
+        duration: Duration::from_millis(1),
+    };
+    assert!(!state.record_done_here(&claimed[0], outcome).await.unwrap());
+    assert_eq!(
+        state.complete_step(&run, "s").await.unwrap(),
+        StepCompletion::Waiting,
+        "a step whose walk did not end is not done"
+    );
+    // A cursor at the same batch number but another key does not match either.
+    let other = state
+        .init_step(&run, "s", Some("int"), Some("20"), false)
+        .await
+        .unwrap();
+    assert_eq!(other.next_batch, 0);
+    let moved = state
+        .claim_new(&run, "s", &other, range(1, 5, false), "w2", LEASE)
+        .await
+        .unwrap();
+    assert!(moved.is_some());
+    let mut lagging = other.clone();
+    lagging.cursor_key = Some("3".into());
+    lagging.next_batch = 1;
+    assert!(state
+        .claim_new(&run, "s", &lagging, range(4, 8, false), "w", LEASE)
+        .await
+        .unwrap()
+        .is_none());
+}
+
 /// The run's row in `godwit_queue`, the view autoscalers read: (pending, running) batches,
 /// or `None` when the run asks for no worker.
 async fn queue(db: &Db, run: &str) -> Option<(i64, i64)> {
@@ -579,5 +660,6 @@ per_backend!(
     claims_are_compare_and_set_and_fenced,
     retries_release_and_completion,
     queue_view_counts_what_is_left,
-    several_batches_in_one_claim
+    several_batches_in_one_claim,
+    a_rewound_cursor_is_noticed
 );
