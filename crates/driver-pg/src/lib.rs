@@ -53,6 +53,69 @@ pub async fn connect(url: &DbUrl, _options: &ConnectOptions) -> Result<PgConn> {
     Ok(conn)
 }
 
+/// The exact text of a NUMERIC in PostgreSQL's binary form: digit count, weight (of the first
+/// base-10,000 digit), sign and display scale, then the base-10,000 digits. Never through a
+/// float, so no digit is lost whatever the precision.
+fn numeric_text(bytes: &[u8]) -> Option<String> {
+    let word = |i: usize| -> Option<u16> {
+        Some(u16::from_be_bytes([
+            *bytes.get(2 * i)?,
+            *bytes.get(2 * i + 1)?,
+        ]))
+    };
+    let ndigits = usize::from(word(0)?);
+    let weight = i32::from(word(1)? as i16);
+    let sign = word(2)?;
+    let dscale = usize::from(word(3)?);
+    match sign {
+        0xC000 => return Some("NaN".into()),
+        0xD000 => return Some("Infinity".into()),
+        0xF000 => return Some("-Infinity".into()),
+        0x0000 | 0x4000 => {}
+        _ => return None,
+    }
+    let digits: Vec<u16> = (0..ndigits).map(|i| word(4 + i)).collect::<Option<_>>()?;
+    if digits.iter().any(|&d| d > 9999) {
+        return None;
+    }
+    // Digit i is worth 10000^(weight - i).
+    let digit = |power: i32| -> u16 {
+        usize::try_from(weight - power)
+            .ok()
+            .and_then(|i| digits.get(i).copied())
+            .unwrap_or(0)
+    };
+    let mut int_part = String::new();
+    for power in (0..=weight.max(0)).rev() {
+        if int_part.is_empty() {
+            let d = digit(power);
+            if d != 0 || power == 0 {
+                int_part = d.to_string();
+            }
+        } else {
+            int_part.push_str(&format!("{:04}", digit(power)));
+        }
+    }
+    let mut frac = String::new();
+    let mut power = -1;
+    while frac.len() < dscale {
+        frac.push_str(&format!("{:04}", digit(power)));
+        power -= 1;
+    }
+    frac.truncate(dscale);
+    let negative = sign == 0x4000 && (int_part != "0" || frac.bytes().any(|b| b != b'0'));
+    let mut out = String::with_capacity(int_part.len() + frac.len() + 2);
+    if negative {
+        out.push('-');
+    }
+    out.push_str(&int_part);
+    if dscale > 0 {
+        out.push('.');
+        out.push_str(&frac);
+    }
+    Some(out)
+}
+
 type Query<'q> = sqlx::query::Query<'q, Postgres, PgArguments>;
 
 fn bind<'q>(mut query: Query<'q>, params: &'q [Value]) -> Query<'q> {
@@ -102,6 +165,15 @@ fn decode_row(row: &PgRow, columns: &Arc<[String]>) -> Result<Row> {
             "TIMESTAMPTZ" => Value::TimestampTz(row.try_get(idx).map_err(get_err)?),
             "JSON" | "JSONB" => Value::Json(row.try_get(idx).map_err(get_err)?),
             "BYTEA" => Value::Bytes(row.try_get(idx).map_err(get_err)?),
+            "NUMERIC" => {
+                let bytes = raw.as_bytes().map_err(|e| Error::permanent(e.to_string()))?;
+                Value::Decimal(numeric_text(bytes).ok_or_else(|| {
+                    Error::permanent(format!(
+                        "column {} holds a NUMERIC godwit cannot decode",
+                        column.name()
+                    ))
+                })?)
+            }
             other => {
                 return Err(Error::permanent(format!(
                     "column {} has type {other}, which godwit cannot read yet; cast it to text in the query",
@@ -311,5 +383,63 @@ impl Conn for PgConn {
     async fn server_version(&mut self) -> Result<String> {
         let rows = self.query("SELECT version()", &[]).await?;
         Ok(rows.first().map(|r| text(r.get(0))).unwrap_or_default())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::numeric_text;
+
+    /// Builds PostgreSQL's binary NUMERIC from its parts.
+    fn numeric(weight: i16, sign: u16, dscale: u16, digits: &[u16]) -> Vec<u8> {
+        let mut out = Vec::new();
+        for word in [digits.len() as u16, weight as u16, sign, dscale]
+            .into_iter()
+            .chain(digits.iter().copied())
+        {
+            out.extend_from_slice(&word.to_be_bytes());
+        }
+        out
+    }
+
+    #[test]
+    fn decodes_numeric_exactly() {
+        assert_eq!(numeric_text(&numeric(0, 0, 0, &[])).as_deref(), Some("0"));
+        assert_eq!(
+            numeric_text(&numeric(0, 0, 2, &[])).as_deref(),
+            Some("0.00")
+        );
+        assert_eq!(
+            numeric_text(&numeric(0, 0, 0, &[42])).as_deref(),
+            Some("42")
+        );
+        // 12345.678 = 1|2345|6780 with weight 1
+        assert_eq!(
+            numeric_text(&numeric(1, 0, 3, &[1, 2345, 6780])).as_deref(),
+            Some("12345.678")
+        );
+        assert_eq!(
+            numeric_text(&numeric(1, 0x4000, 3, &[1, 2345, 6780])).as_deref(),
+            Some("-12345.678")
+        );
+        // 0.0001 = digit 1 at weight -1
+        assert_eq!(
+            numeric_text(&numeric(-1, 0, 4, &[1])).as_deref(),
+            Some("0.0001")
+        );
+        // 100000000 = 1|0000|0000 stored as one digit with weight 2
+        assert_eq!(
+            numeric_text(&numeric(2, 0, 0, &[1])).as_deref(),
+            Some("100000000")
+        );
+        assert_eq!(
+            numeric_text(&numeric(0, 0xC000, 0, &[])).as_deref(),
+            Some("NaN")
+        );
+        assert_eq!(
+            numeric_text(&numeric(0, 0xD000, 0, &[])).as_deref(),
+            Some("Infinity")
+        );
+        assert_eq!(numeric_text(&[0, 1]), None, "truncated input");
     }
 }
