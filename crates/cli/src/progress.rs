@@ -193,9 +193,17 @@ fn handle(
         json_event(steps, &event);
     }
     match event {
-        Event::RunStarted { plan, resumed } => {
+        Event::RunStarted {
+            plan,
+            resumed,
+            exactly_once,
+        } => {
             if mode == Mode::Plain {
-                eprintln!("{} {plan:?}", if resumed { "resuming" } else { "starting" });
+                eprintln!(
+                    "{} {plan:?} ({})",
+                    if resumed { "resuming" } else { "starting" },
+                    delivery(exactly_once)
+                );
             }
         }
         Event::StepStarted {
@@ -274,10 +282,24 @@ fn handle(
     }
 }
 
+/// How often each batch is applied, in words.
+fn delivery(exactly_once: bool) -> &'static str {
+    if exactly_once {
+        "exactly-once"
+    } else {
+        "at-least-once"
+    }
+}
+
 fn json_event(steps: &mut HashMap<String, StepProgress>, event: &Event) {
     let line = match event {
-        Event::RunStarted { plan, resumed } => {
-            json!({"event": "run_started", "plan": plan, "resumed": resumed})
+        Event::RunStarted {
+            plan,
+            resumed,
+            exactly_once,
+        } => {
+            json!({"event": "run_started", "plan": plan, "resumed": resumed,
+                   "delivery": delivery(*exactly_once)})
         }
         Event::StepStarted {
             step,

@@ -12,6 +12,9 @@ pub enum Event {
         plan: String,
         /// Whether the run existed already (a resume or a second process).
         resumed: bool,
+        /// Whether each batch commits with its progress record (the state lives in the plan's
+        /// database), or after it (a separate state database: at-least-once).
+        exactly_once: bool,
     },
     /// A step began (or resumed) in this process.
     StepStarted {

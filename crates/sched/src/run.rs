@@ -227,6 +227,34 @@ pub(crate) async fn open_state(url: &DbUrl) -> Result<StateStore, Error> {
         .map_err(|e| Error::database("cannot prepare the state tables", &e))
 }
 
+/// Whether the plan's database connections see the state store's own tables: a marker row
+/// written through the state store is looked for through a batch connection. Anything that
+/// fails means no (at-least-once, the safe side).
+async fn same_database(state: &StateStore, pool: &ConnPool) -> bool {
+    let Ok(marker) = state.write_marker().await else {
+        return false;
+    };
+    let seen = async {
+        let mut conn = pool.take().await.ok()?;
+        let q = format!(
+            "SELECT value FROM godwit_meta WHERE name = {}",
+            conn.dialect().param(1)
+        );
+        let rows = conn
+            .query(&q, &[godwit_driver::Value::Text(marker.clone())])
+            .await
+            .ok()?;
+        pool.give(conn);
+        Some(!rows.is_empty())
+    }
+    .await
+    .unwrap_or(false);
+    if let Err(e) = state.remove_marker(&marker).await {
+        tracing::debug!(error = %e, "could not remove the identity marker");
+    }
+    seen
+}
+
 /// What the state store keeps of a plan.
 fn run_spec(plan: &Plan) -> RunSpec {
     RunSpec {
@@ -282,6 +310,9 @@ pub async fn run(
         exactly_once,
     } = prepare(plan).await?;
     let state = open_state(&state_url).await?;
+    // Two spellings of one database (a host name and an address, options in the URL) are
+    // still one database: ask the databases rather than compare the text.
+    let exactly_once = exactly_once || same_database(&state, &pool).await;
     let concurrency = options
         .concurrency
         .unwrap_or_else(|| default_concurrency(dialect))
@@ -352,6 +383,7 @@ pub async fn run(
     ctx.events.send(Event::RunStarted {
         plan: plan.name.clone(),
         resumed: start == RunStart::Resumed,
+        exactly_once: ctx.exactly_once,
     });
 
     let heartbeat = tokio::spawn(heartbeat(ctx.clone()));

@@ -427,6 +427,43 @@ impl StateStore {
         .await
     }
 
+    /// Writes a marker row into `godwit_meta` and returns its name, so that another connection
+    /// can tell whether it sees these very tables.
+    pub async fn write_marker(&self) -> Result<String> {
+        let name = format!("probe:{}", uuid::Uuid::new_v4().simple());
+        let marker = name.clone();
+        self.with_conn(move |conn| {
+            Box::pin(async move {
+                let d = conn.dialect();
+                conn.execute(
+                    &sql(d, "INSERT INTO godwit_meta (name, value) VALUES (?, ?)"),
+                    &[text(marker.clone()), text(marker)],
+                )
+                .await
+                .map(drop)
+            })
+        })
+        .await?;
+        Ok(name)
+    }
+
+    /// Removes a marker written by [`StateStore::write_marker`].
+    pub async fn remove_marker(&self, name: &str) -> Result<()> {
+        let name = name.to_string();
+        self.with_conn(move |conn| {
+            Box::pin(async move {
+                let d = conn.dialect();
+                conn.execute(
+                    &sql(d, "DELETE FROM godwit_meta WHERE name = ?"),
+                    &[text(name)],
+                )
+                .await
+                .map(drop)
+            })
+        })
+        .await
+    }
+
     /// The names of every stored run, oldest first.
     pub async fn run_names(&self) -> Result<Vec<String>> {
         self.with_conn(|conn| {
