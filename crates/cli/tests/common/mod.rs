@@ -4,6 +4,8 @@
 //! `scripts/test.sh`); a missing variable or server fails the test, it never skips.
 #![allow(dead_code)]
 
+pub mod fleet;
+
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 
