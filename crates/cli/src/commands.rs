@@ -416,7 +416,7 @@ async fn submit(args: PlanArgs) -> anyhow::Result<u8> {
     };
     match godwit::submit(&plan).await {
         Ok(start) => {
-            let state = state_url(&plan);
+            let state = godwit::driver::DbUrl::new(plan.state_url());
             match start {
                 godwit::RunStart::Created => {
                     eprintln!(
@@ -442,14 +442,6 @@ async fn submit(args: PlanArgs) -> anyhow::Result<u8> {
     }
 }
 
-fn state_url(plan: &Plan) -> godwit::driver::DbUrl {
-    godwit::driver::DbUrl::new(
-        plan.state_database
-            .clone()
-            .unwrap_or_else(|| plan.database.clone()),
-    )
-}
-
 async fn control(args: TargetArgs, action: Control) -> anyhow::Result<u8> {
     let (label, url, name) = match (&args.plan, &args.database, &args.run) {
         (Some(path), _, _) => {
@@ -457,7 +449,11 @@ async fn control(args: TargetArgs, action: Control) -> anyhow::Result<u8> {
                 Ok(p) => p,
                 Err(code) => return Ok(code),
             };
-            (path.display().to_string(), state_url(&plan), plan.name)
+            (
+                path.display().to_string(),
+                godwit::driver::DbUrl::new(plan.state_url()),
+                plan.name,
+            )
         }
         (None, Some(url), Some(run)) => {
             let url = godwit::driver::DbUrl::new(url.clone());

@@ -2,14 +2,6 @@ use godwit_driver::{ConnectOptions, DbUrl};
 use godwit_plan::Plan;
 use godwit_state::{Control, RunState, RunStatus, StateStore};
 
-fn state_url(plan: &Plan) -> DbUrl {
-    DbUrl::new(
-        plan.state_database
-            .clone()
-            .unwrap_or_else(|| plan.database.clone()),
-    )
-}
-
 /// Pauses, resumes, cancels or retries the plan's run through its state database, for every
 /// worker at once. Returns the run's state before, or `None` when no run of the plan is stored.
 ///
@@ -19,7 +11,7 @@ pub async fn control(
     plan: &Plan,
     action: Control,
 ) -> Result<Option<RunState>, godwit_driver::Error> {
-    control_run(&state_url(plan), &plan.name, action).await
+    control_run(&DbUrl::new(plan.state_url()), &plan.name, action).await
 }
 
 /// [`control`] for the run named `run` in the state database at `url`, without its plan file.
@@ -83,5 +75,5 @@ async fn reader(url: &DbUrl) -> Result<Option<StateStore>, godwit_driver::Error>
 /// # Errors
 /// When the state database cannot be reached.
 pub async fn status(plan: &Plan) -> Result<Option<RunStatus>, godwit_driver::Error> {
-    status_run(&state_url(plan), &plan.name).await
+    status_run(&DbUrl::new(plan.state_url()), &plan.name).await
 }

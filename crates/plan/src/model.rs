@@ -66,6 +66,13 @@ pub(crate) fn redact(url: &str) -> String {
     out
 }
 
+impl Plan {
+    /// Where progress is kept: the `[state]` database, or else the plan's own.
+    pub fn state_url(&self) -> &str {
+        self.state_database.as_deref().unwrap_or(&self.database)
+    }
+}
+
 /// Leaves out `text`, which may hold a password written literally.
 impl fmt::Debug for Plan {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {

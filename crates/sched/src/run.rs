@@ -152,10 +152,7 @@ struct Prepared {
 /// database, as `check` does, before anything is recorded.
 async fn prepare(plan: &Plan) -> Result<Prepared, Error> {
     let data_url = DbUrl::new(plan.database.clone());
-    let state_url = plan
-        .state_database
-        .clone()
-        .map_or_else(|| data_url.clone(), DbUrl::new);
+    let state_url = DbUrl::new(plan.state_url());
     let exactly_once = state_url == data_url;
     let longest_lease = plan
         .steps
@@ -438,13 +435,7 @@ async fn schedule(
                 // A short outage (a restart): knowing nothing of the steps, start none; the
                 // running ones carry on. Look again after a while.
                 tokio::select! {
-                    Some(joined) = running.join_next() => {
-                        match joined {
-                            Ok((name, StepResult::Done | StepResult::Stopped)) => { here.remove(&name); }
-                            Ok((_, StepResult::Failed(message))) => { failure.get_or_insert(message); }
-                            Err(e) => { failure.get_or_insert(format!("a step task ended unexpectedly: {e}")); }
-                        }
-                    }
+                    Some(joined) = running.join_next() => step_ended(joined, &mut here, &mut failure),
                     _ = tokio::time::sleep(POLL) => {}
                 }
                 continue;
@@ -501,15 +492,29 @@ async fn schedule(
         }
         tokio::select! {
             Some(joined) = running.join_next(), if !running.is_empty() => {
-                match joined {
-                    Ok((name, StepResult::Done)) => { here.remove(&name); }
-                    Ok((name, StepResult::Stopped)) => { here.remove(&name); }
-                    Ok((_, StepResult::Failed(message))) => { failure.get_or_insert(message); }
-                    Err(e) => { failure.get_or_insert(format!("a step task ended unexpectedly: {e}")); }
-                }
+                step_ended(joined, &mut here, &mut failure);
             }
             _ = tokio::time::sleep(POLL) => {}
             _ = stop.reached(StopLevel::Drain), if stop.level() < StopLevel::Drain => {}
+        }
+    }
+}
+
+/// Notes a step task that ended in this process: done or stopped here, or the first failure.
+fn step_ended(
+    joined: Result<(String, StepResult), tokio::task::JoinError>,
+    here: &mut HashMap<String, ()>,
+    failure: &mut Option<String>,
+) {
+    match joined {
+        Ok((name, StepResult::Done | StepResult::Stopped)) => {
+            here.remove(&name);
+        }
+        Ok((_, StepResult::Failed(message))) => {
+            failure.get_or_insert(message);
+        }
+        Err(e) => {
+            failure.get_or_insert(format!("a step task ended unexpectedly: {e}"));
         }
     }
 }

@@ -147,27 +147,20 @@ pub async fn work(
             }) {
                 Ok(plan) => plan,
                 Err(errors) => {
-                    refused.insert(stored.name.clone(), (Instant::now() + REFUSED_FOR, true));
-                    send(WorkerEvent::Refused {
-                        plan: stored.name,
-                        error: errors.to_string(),
-                    });
+                    refuse(&mut refused, &send, stored.name, errors.to_string(), true);
                     continue;
                 }
             };
             // The plan names its state database itself (through `${VAR}`s of this worker's
             // environment); working on it elsewhere would start a second run there.
-            let plan_state = plan.state_database.as_deref().unwrap_or(&plan.database);
+            let plan_state = plan.state_url();
             if plan_state != state_url.expose() {
-                refused.insert(stored.name.clone(), (Instant::now() + REFUSED_FOR, true));
-                send(WorkerEvent::Refused {
-                    plan: stored.name,
-                    error: format!(
-                        "its state database is {} in this worker's environment, not {state_url}; \
-                         give the worker the plan's variables, or --database the same URL",
-                        DbUrl::new(plan_state)
-                    ),
-                });
+                let error = format!(
+                    "its state database is {} in this worker's environment, not {state_url}; \
+                     give the worker the plan's variables, or --database the same URL",
+                    DbUrl::new(plan_state)
+                );
+                refuse(&mut refused, &send, stored.name, error, true);
                 continue;
             }
             here.insert(stored.name.clone());
@@ -217,15 +210,8 @@ fn left(
         Ok(RunOutcome::Cancelled) => ("cancelled", None),
         Ok(RunOutcome::Stopped) => ("stopped", None),
         Err(e) => {
-            let (wait, lasting) = match e.kind() {
-                crate::ErrorKind::Database => (UNREACHABLE_FOR, false),
-                crate::ErrorKind::Invalid => (REFUSED_FOR, true),
-            };
-            refused.insert(plan.clone(), (Instant::now() + wait, lasting));
-            send(WorkerEvent::Refused {
-                plan,
-                error: e.to_string(),
-            });
+            let lasting = e.kind() == crate::ErrorKind::Invalid;
+            refuse(refused, send, plan, e.to_string(), lasting);
             return;
         }
     };
@@ -234,4 +220,22 @@ fn left(
         outcome,
         error,
     });
+}
+
+/// Leaves a run alone for a while and says why: for [`REFUSED_FOR`] when the reason lasts
+/// (`lasting`: the plan, this worker's environment), for [`UNREACHABLE_FOR`] after an outage.
+fn refuse(
+    refused: &mut HashMap<String, (Instant, bool)>,
+    send: &impl Fn(WorkerEvent),
+    plan: String,
+    error: String,
+    lasting: bool,
+) {
+    let wait = if lasting {
+        REFUSED_FOR
+    } else {
+        UNREACHABLE_FOR
+    };
+    refused.insert(plan.clone(), (Instant::now() + wait, lasting));
+    send(WorkerEvent::Refused { plan, error });
 }

@@ -861,31 +861,7 @@ impl StateStore {
     /// Extends the lease of a batch this worker still holds. Returns `false` when the batch was
     /// taken over (its done record will then be refused).
     pub async fn extend_lease(&self, batch: &ClaimedBatch, lease: Duration) -> Result<bool> {
-        let batch = batch.clone();
-        self.with_conn(move |conn| {
-            Box::pin(async move {
-                let d = conn.dialect();
-                let q = format!(
-                    "UPDATE godwit_batches SET lease_until_ms = {} + ? \
-                     WHERE run = ? AND step = ? AND batch = ? AND token = ? AND state = 'claimed'",
-                    schema::now_ms(d)
-                );
-                let n = conn
-                    .execute(
-                        &sql(d, &q),
-                        &[
-                            lease_ms(lease),
-                            text(batch.run),
-                            text(batch.step),
-                            Value::Int(batch.batch),
-                            text(batch.token),
-                        ],
-                    )
-                    .await?;
-                Ok(n == 1)
-            })
-        })
-        .await
+        Ok(self.extend_leases(&[batch], lease).await? == 1)
     }
 
     /// Extends the leases of `batches` (claims of one step) that still carry their tokens, in

@@ -6,7 +6,7 @@ use std::time::Duration;
 use godwit_driver::{Conn, ConnectOptions, DbUrl, Error};
 use godwit_state::{
     BatchOutcome, Control, NewBatch, Restart, RunSpec, RunStart, RunState, StateStore,
-    StepCompletion, StepSpec,
+    StepCompletion, StepRecord, StepSpec,
 };
 
 struct Db {
@@ -80,6 +80,20 @@ fn rand_u64() -> u64 {
 }
 
 const LEASE: Duration = Duration::from_secs(30);
+
+/// A new run whose one step `s`, keyed by integers up to `upper`, has started its walk.
+async fn started_step(state: &StateStore, upper: &str) -> (String, StepRecord) {
+    let run = run_name();
+    state
+        .begin_run(&spec(&run, "v1"), Restart::Resume)
+        .await
+        .unwrap();
+    let record = state
+        .init_step(&run, "s", Some("int"), Some(upper), false)
+        .await
+        .unwrap();
+    (run, record)
+}
 
 async fn claims_are_compare_and_set_and_fenced(backend: &str) {
     let db = db(backend).await;
@@ -208,15 +222,7 @@ async fn claims_are_compare_and_set_and_fenced(backend: &str) {
 async fn retries_release_and_completion(backend: &str) {
     let db = db(backend).await;
     let state = store(&db).await;
-    let run = run_name();
-    state
-        .begin_run(&spec(&run, "v1"), Restart::Resume)
-        .await
-        .unwrap();
-    let record = state
-        .init_step(&run, "s", Some("int"), Some("20"), false)
-        .await
-        .unwrap();
+    let (run, record) = started_step(&state, "20").await;
     let a = state
         .claim_new(&run, "s", &record, range(1, 10, false), "w", LEASE)
         .await
@@ -325,15 +331,7 @@ async fn missing_state_tables_are_created_again() {
         .await
         .unwrap();
     let state = store(&db).await;
-    let run = run_name();
-    state
-        .begin_run(&spec(&run, "v1"), Restart::Resume)
-        .await
-        .unwrap();
-    let record = state
-        .init_step(&run, "s", Some("int"), Some("5"), false)
-        .await
-        .unwrap();
+    let (run, record) = started_step(&state, "5").await;
     assert!(state
         .claim_new(&run, "s", &record, range(1, 5, true), "w", LEASE)
         .await
@@ -370,15 +368,7 @@ async fn mysql_refuses_a_name_too_long() {
 async fn several_batches_in_one_claim(backend: &str) {
     let db = db(backend).await;
     let state = store(&db).await;
-    let run = run_name();
-    state
-        .begin_run(&spec(&run, "v1"), Restart::Resume)
-        .await
-        .unwrap();
-    let record = state
-        .init_step(&run, "s", Some("int"), Some("50"), false)
-        .await
-        .unwrap();
+    let (run, record) = started_step(&state, "50").await;
     let claimed = state
         .claim_new_batches(
             &run,
@@ -437,15 +427,7 @@ async fn several_batches_in_one_claim(backend: &str) {
 async fn a_rewound_cursor_is_noticed(backend: &str) {
     let db = db(backend).await;
     let state = store(&db).await;
-    let run = run_name();
-    state
-        .begin_run(&spec(&run, "v1"), Restart::Resume)
-        .await
-        .unwrap();
-    let record = state
-        .init_step(&run, "s", Some("int"), Some("20"), false)
-        .await
-        .unwrap();
+    let (run, record) = started_step(&state, "20").await;
     let claimed = state
         .claim_new_batches(
             &run,

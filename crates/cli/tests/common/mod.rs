@@ -252,21 +252,9 @@ fn read_lines(stream: impl std::io::Read + Send + 'static) -> std::sync::mpsc::R
 
 /// Starts godwit with both output streams piped and read line by line.
 pub fn spawn_watched(args: &[&str]) -> Watched {
-    let mut child = godwit()
-        .args(args)
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("spawn godwit");
-    let stdout = read_lines(child.stdout.take().expect("stdout"));
-    let stderr = read_lines(child.stderr.take().expect("stderr"));
-    Watched {
-        child,
-        stdout,
-        stderr,
-        stdout_lines: Vec::new(),
-        stderr_lines: Vec::new(),
-    }
+    let mut cmd = godwit();
+    cmd.args(args);
+    spawn_watched_cmd(cmd)
 }
 
 impl Watched {
