@@ -31,6 +31,12 @@ wait_port() {
   return 1
 }
 
+# --- Python, for the tests of transforms written as external programs -------------------
+if ! command -v python3 >/dev/null; then
+  log "installing Python"
+  apt_install python3
+fi
+
 # --- PostgreSQL -------------------------------------------------------------------------
 if ! port_open 5432; then
   if ! ls /etc/postgresql/*/main >/dev/null 2>&1; then

@@ -45,6 +45,35 @@ pub(crate) enum Command {
     Cancel(TargetArgs),
     /// Re-queue the failed batches of the plan's run, for the processes working on it.
     Retry(TargetArgs),
+    /// Compare every copy step's source with its target, key range by key range; exit 1 when
+    /// any range differs.
+    Verify(VerifyArgs),
+    /// List the rows the plan's transforms skipped (`on_row_error = "skip"`), with their errors.
+    DeadLetters(DeadLettersArgs),
+}
+
+#[derive(Debug, clap::Args)]
+pub(crate) struct VerifyArgs {
+    /// The plan file (TOML).
+    pub(crate) plan: PathBuf,
+    /// Print one JSON object.
+    #[arg(long)]
+    pub(crate) json: bool,
+}
+
+#[derive(Debug, clap::Args)]
+pub(crate) struct DeadLettersArgs {
+    #[command(flatten)]
+    pub(crate) target: TargetArgs,
+    /// Only this step's rows.
+    #[arg(long)]
+    pub(crate) step: Option<String>,
+    /// At most this many rows.
+    #[arg(long)]
+    pub(crate) limit: Option<u64>,
+    /// Print one JSON object per row (JSON lines).
+    #[arg(long)]
+    pub(crate) json: bool,
 }
 
 /// Which run: a plan file, or a state database and a run name (where there is no plan file,

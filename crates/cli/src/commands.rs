@@ -9,7 +9,8 @@ use godwit::state::{Control, RunState};
 use godwit::{EventSink, RunErrorKind, RunOptions, RunOutcome, StopHandle, StopLevel};
 
 use crate::args::{
-    Args, CheckArgs, Command, DemoArgs, PlanArgs, RunArgs, StatusArgs, TargetArgs, WorkerArgs,
+    Args, CheckArgs, Command, DeadLettersArgs, DemoArgs, PlanArgs, RunArgs, StatusArgs, TargetArgs,
+    VerifyArgs, WorkerArgs,
 };
 use crate::exit;
 use crate::progress::{self, Mode};
@@ -26,6 +27,8 @@ pub(crate) async fn dispatch(args: Args) -> anyhow::Result<u8> {
         Command::Resume(a) => control(a, Control::Resume).await,
         Command::Cancel(a) => control(a, Control::Cancel).await,
         Command::Retry(a) => control(a, Control::Retry).await,
+        Command::DeadLetters(a) => dead_letters(a).await,
+        Command::Verify(a) => verify(a).await,
     }
 }
 
@@ -442,13 +445,11 @@ async fn submit(args: PlanArgs) -> anyhow::Result<u8> {
     }
 }
 
-async fn control(args: TargetArgs, action: Control) -> anyhow::Result<u8> {
-    let (label, url, name) = match (&args.plan, &args.database, &args.run) {
+/// The run a command is about: its label for messages, its state database and its name.
+fn target(args: &TargetArgs) -> Result<(String, godwit::driver::DbUrl, String), u8> {
+    Ok(match (&args.plan, &args.database, &args.run) {
         (Some(path), _, _) => {
-            let plan = match load(path) {
-                Ok(p) => p,
-                Err(code) => return Ok(code),
-            };
+            let plan = load(path)?;
             (
                 path.display().to_string(),
                 godwit::driver::DbUrl::new(plan.state_url()),
@@ -460,6 +461,104 @@ async fn control(args: TargetArgs, action: Control) -> anyhow::Result<u8> {
             (url.to_string(), url, run.clone())
         }
         _ => unreachable!("clap requires a plan, or --database with --run"),
+    })
+}
+
+async fn verify(args: VerifyArgs) -> anyhow::Result<u8> {
+    let plan = match load(&args.plan) {
+        Ok(p) => p,
+        Err(code) => return Ok(code),
+    };
+    let label = args.plan.display();
+    let checks = match godwit::verify(&plan).await {
+        Ok(checks) => checks,
+        Err(e) => {
+            eprintln!("error: {label}: {e}");
+            return Ok(run_error_code(&e));
+        }
+    };
+    let differs = checks.iter().any(|c| !c.differences.is_empty());
+    if args.json {
+        let out = serde_json::json!({
+            "plan": plan.name, "ok": !differs, "steps": checks,
+        });
+        println!("{out}");
+    } else if checks.is_empty() {
+        println!("{}: no copy steps to verify", plan.name);
+    } else {
+        for c in &checks {
+            let verdict = if c.differences.is_empty() {
+                "same".to_string()
+            } else {
+                format!("{} ranges differ", c.differences.len())
+            };
+            println!(
+                "{}: {} ranges, {} rows in the source, {} in the target: {verdict}",
+                c.step,
+                c.ranges,
+                progress::thousands(c.source_rows as i64),
+                progress::thousands(c.target_rows as i64)
+            );
+            for d in &c.differences {
+                let range = match (d.after.as_deref(), d.through.as_deref()) {
+                    (None, None) => "all keys".to_string(),
+                    (None, Some(t)) => format!("keys up to {t}"),
+                    (Some(a), None) => format!("keys after {a}"),
+                    (Some(a), Some(t)) => format!("keys after {a} up to {t}"),
+                };
+                println!(
+                    "  {range}: {} source rows, {} target rows (hash {} vs {})",
+                    d.source_rows, d.target_rows, d.source_hash, d.target_hash
+                );
+                if let Some(first) = &d.first_difference {
+                    println!("    first difference: {first}");
+                }
+            }
+        }
+    }
+    Ok(if differs { exit::FAILED } else { exit::DONE })
+}
+
+async fn dead_letters(args: DeadLettersArgs) -> anyhow::Result<u8> {
+    let (label, url, name) = match target(&args.target) {
+        Ok(t) => t,
+        Err(code) => return Ok(code),
+    };
+    let letters = match godwit::dead_letters(&url, &name, args.step.as_deref(), args.limit).await {
+        Ok(letters) => letters,
+        Err(e) => {
+            eprintln!("error: {label}: cannot read the state database: {e}");
+            return Ok(state_error_code(&e));
+        }
+    };
+    if args.json {
+        for l in &letters {
+            let row: serde_json::Value =
+                serde_json::from_str(&l.row).unwrap_or_else(|_| l.row.clone().into());
+            let line = serde_json::json!({
+                "step": l.step, "batch": l.batch, "key": l.key, "error": l.error,
+                "row": row, "created_ms": l.created_ms,
+            });
+            println!("{line}");
+        }
+        return Ok(exit::DONE);
+    }
+    if letters.is_empty() {
+        eprintln!("{name}: no rows were skipped");
+        return Ok(exit::DONE);
+    }
+    for l in &letters {
+        println!("{}  key {}  (batch {})", l.step, l.key, l.batch);
+        println!("  error: {}", l.error);
+        println!("  row:   {}", l.row);
+    }
+    Ok(exit::DONE)
+}
+
+async fn control(args: TargetArgs, action: Control) -> anyhow::Result<u8> {
+    let (label, url, name) = match target(&args) {
+        Ok(t) => t,
+        Err(code) => return Ok(code),
     };
     let before = match godwit::control_run(&url, &name, action).await {
         Ok(before) => before,

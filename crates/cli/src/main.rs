@@ -70,7 +70,12 @@ fn main() -> ExitCode {
 /// Logs go to stderr, warnings and errors only unless `RUST_LOG` says otherwise. Nothing logged
 /// carries a password: URLs are `DbUrl`s, which redact themselves.
 fn init_logging(args: &args::Args) {
-    let default = if args.quiet() { "error" } else { "warn" };
+    // A Lua transform's `print` is logged at info under `godwit::lua`: shown unless quiet.
+    let default = if args.quiet() {
+        "error"
+    } else {
+        "warn,godwit::lua=info"
+    };
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
     let _ = tracing_subscriber::fmt()

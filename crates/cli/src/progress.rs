@@ -429,6 +429,12 @@ pub(crate) fn status_table(status: &RunStatus) -> String {
             thousands(s.rows_per_second as i64),
             eta
         ));
+        if s.rows_skipped > 0 {
+            out.push_str(&format!(
+                "  {} rows skipped by the transform: `godwit dead-letters` lists them\n",
+                thousands(s.rows_skipped)
+            ));
+        }
         if let Some(error) = &s.error {
             out.push_str(&format!("  error: {error}\n"));
         }

@@ -71,8 +71,64 @@ pub async fn connect(url: &DbUrl, _options: &ConnectOptions) -> Result<MySqlConn
     conn.mariadb = rows
         .first()
         .is_some_and(|r| text(r.get(0)).contains("MariaDB"));
+    // A server without strict mode truncates a value too long or too large with a warning:
+    // godwit must never lose data without an error.
+    conn.execute_unprepared(
+        "SET SESSION sql_mode = CONCAT_WS(',', NULLIF(@@SESSION.sql_mode, ''), 'STRICT_ALL_TABLES')",
+    )
+    .await?;
     conn.id = rows.first().and_then(|r| r.get(1).as_i64());
     Ok(conn)
+}
+
+/// A MySQL TIME, which is a duration (-838:59:59.999999 to 838:59:59.999999): a time of day
+/// when it is one, else its text (`-01:30:00`, `100:00:00`). Read from the protocol's own
+/// form, since sqlx's type refuses part of the range MariaDB allows.
+fn mysql_time(raw: &[u8]) -> Result<Value> {
+    let bad = || Error::permanent("a TIME value godwit cannot decode");
+    if raw.contains(&b':') {
+        // The text protocol sends the text itself.
+        let text = std::str::from_utf8(raw).map_err(|_| bad())?;
+        return Ok(chrono::NaiveTime::parse_from_str(text, "%H:%M:%S%.f")
+            .map_or_else(|_| Value::Text(text.to_string()), Value::Time));
+    }
+    // Binary: length, sign, days (4 bytes), hours, minutes, seconds, microseconds (4 bytes).
+    let body = raw.get(1..).unwrap_or_default();
+    if body.is_empty() {
+        return Ok(Value::Time(chrono::NaiveTime::MIN));
+    }
+    let byte = |i: usize| body.get(i).copied().ok_or_else(bad);
+    let u32_at = |i: usize| -> Result<u32> {
+        Ok(u32::from_le_bytes([
+            byte(i)?,
+            byte(i + 1)?,
+            byte(i + 2)?,
+            byte(i + 3)?,
+        ]))
+    };
+    let negative = byte(0)? == 1;
+    let hours = u64::from(u32_at(1)?) * 24 + u64::from(byte(5)?);
+    let (minutes, seconds) = (byte(6)?, byte(7)?);
+    let micros = if body.len() >= 12 { u32_at(8)? } else { 0 };
+    if !negative && hours < 24 {
+        if let Some(t) = chrono::NaiveTime::from_hms_micro_opt(
+            hours as u32,
+            minutes.into(),
+            seconds.into(),
+            micros,
+        ) {
+            return Ok(Value::Time(t));
+        }
+    }
+    let sign = if negative { "-" } else { "" };
+    let fraction = if micros == 0 {
+        String::new()
+    } else {
+        format!(".{micros:06}")
+    };
+    Ok(Value::Text(format!(
+        "{sign}{hours:02}:{minutes:02}:{seconds:02}{fraction}"
+    )))
 }
 
 type Query<'q> = sqlx::query::Query<'q, MySql, MySqlArguments>;
@@ -102,38 +158,58 @@ fn decode_row(row: &MySqlRow, columns: &Arc<[String]>) -> Result<Row> {
     let mut values = Vec::with_capacity(columns.len());
     for (idx, column) in row.columns().iter().enumerate() {
         let raw = row.try_get_raw(idx).map_err(classify)?;
+        let type_name = column.type_info().name();
         if raw.is_null() {
-            values.push(Value::Null);
+            // sqlx reports MySQL's zero dates (`0000-00-00`) as NULL; they are not, and no
+            // other database can hold them: keep them as their text, for the writer to refuse.
+            let zero_date = matches!(type_name, "DATE" | "DATETIME" | "TIMESTAMP")
+                && row.try_get_unchecked::<Vec<u8>, _>(idx).is_ok();
+            values.push(match (zero_date, type_name) {
+                (false, _) => Value::Null,
+                (true, "DATE") => Value::Text("0000-00-00".into()),
+                (true, _) => Value::Text("0000-00-00 00:00:00".into()),
+            });
             continue;
         }
-        let type_name = column.type_info().name();
         let unsigned = type_name.ends_with("UNSIGNED");
         let base = type_name.trim_end_matches(" UNSIGNED");
-        let value = match base {
-            "TINYINT" | "SMALLINT" | "MEDIUMINT" | "INT" | "BIGINT" | "YEAR" if unsigned => {
-                let n: u64 = row.try_get_unchecked(idx).map_err(classify)?;
-                i64::try_from(n).map_or_else(|_| Value::Decimal(n.to_string()), Value::Int)
-            }
-            "TINYINT" | "SMALLINT" | "MEDIUMINT" | "INT" | "BIGINT" | "YEAR" => {
-                Value::Int(row.try_get_unchecked(idx).map_err(classify)?)
-            }
-            "BOOLEAN" => Value::Bool(row.try_get_unchecked(idx).map_err(classify)?),
-            "FLOAT" => Value::Float(
-                row.try_get_unchecked::<f32, _>(idx)
-                    .map_err(classify)?
-                    .into(),
-            ),
-            "DOUBLE" => Value::Float(row.try_get_unchecked(idx).map_err(classify)?),
-            // DECIMAL travels as text in both protocols: keep it exact.
-            "DECIMAL" => Value::Decimal(row.try_get_unchecked(idx).map_err(classify)?),
-            "DATE" => Value::Date(row.try_get(idx).map_err(classify)?),
-            "TIME" => Value::Time(row.try_get(idx).map_err(classify)?),
-            "DATETIME" => Value::Timestamp(row.try_get(idx).map_err(classify)?),
-            "TIMESTAMP" => Value::TimestampTz(row.try_get(idx).map_err(classify)?),
-            "BINARY" | "VARBINARY" | "BLOB" | "TINYBLOB" | "MEDIUMBLOB" | "LONGBLOB" | "BIT"
-            | "GEOMETRY" => Value::Bytes(row.try_get_unchecked(idx).map_err(classify)?),
-            _ => Value::Text(row.try_get_unchecked(idx).map_err(classify)?),
-        };
+        let decoded = (|| -> Result<Value> {
+            Ok(match base {
+                "TINYINT" | "SMALLINT" | "MEDIUMINT" | "INT" | "BIGINT" | "YEAR" if unsigned => {
+                    let n: u64 = row.try_get_unchecked(idx).map_err(classify)?;
+                    i64::try_from(n).map_or_else(|_| Value::Decimal(n.to_string()), Value::Int)
+                }
+                "TINYINT" | "SMALLINT" | "MEDIUMINT" | "INT" | "BIGINT" | "YEAR" => {
+                    Value::Int(row.try_get_unchecked(idx).map_err(classify)?)
+                }
+                // `TINYINT(1)`: MySQL keeps any small integer there, so it is read as one
+                // (reading a boolean would turn 2 into true).
+                "BOOLEAN" => Value::Int(
+                    row.try_get_unchecked::<i8, _>(idx)
+                        .map_err(classify)?
+                        .into(),
+                ),
+                "FLOAT" => Value::Float(
+                    row.try_get_unchecked::<f32, _>(idx)
+                        .map_err(classify)?
+                        .into(),
+                ),
+                "DOUBLE" => Value::Float(row.try_get_unchecked(idx).map_err(classify)?),
+                // DECIMAL travels as text in both protocols: keep it exact.
+                "DECIMAL" => Value::Decimal(row.try_get_unchecked(idx).map_err(classify)?),
+                "DATE" => Value::Date(row.try_get(idx).map_err(classify)?),
+                "TIME" => {
+                    let raw: Vec<u8> = row.try_get_unchecked(idx).map_err(classify)?;
+                    mysql_time(&raw)?
+                }
+                "DATETIME" => Value::Timestamp(row.try_get(idx).map_err(classify)?),
+                "TIMESTAMP" => Value::TimestampTz(row.try_get(idx).map_err(classify)?),
+                "BINARY" | "VARBINARY" | "BLOB" | "TINYBLOB" | "MEDIUMBLOB" | "LONGBLOB"
+                | "BIT" | "GEOMETRY" => Value::Bytes(row.try_get_unchecked(idx).map_err(classify)?),
+                _ => Value::Text(row.try_get_unchecked(idx).map_err(classify)?),
+            })
+        })();
+        let value = decoded.map_err(|e| e.context(format_args!("column {}", column.name())))?;
         values.push(value);
     }
     Ok(Row::new(columns.clone(), values))
@@ -294,7 +370,7 @@ impl Conn for MySqlConn {
         let params = [schema.clone(), name.clone()];
         let rows = self
             .query(
-                "SELECT COLUMN_NAME, COLUMN_TYPE, IS_NULLABLE FROM information_schema.COLUMNS \
+                "SELECT COLUMN_NAME, COLUMN_TYPE, IS_NULLABLE, COLLATION_NAME FROM information_schema.COLUMNS \
                  WHERE TABLE_SCHEMA = COALESCE(?, DATABASE()) AND TABLE_NAME = ? \
                  ORDER BY ORDINAL_POSITION",
                 &params,
@@ -303,12 +379,37 @@ impl Conn for MySqlConn {
         if rows.is_empty() {
             return Ok(None);
         }
+        // MariaDB's JSON is LONGTEXT with a json_valid() check; MySQL's CHECK_CONSTRAINTS has
+        // no TABLE_NAME, and there JSON is its own type anyway, so a failure here is ignored.
+        let checks = self
+            .query(
+                "SELECT CHECK_CLAUSE FROM information_schema.CHECK_CONSTRAINTS \
+                 WHERE CONSTRAINT_SCHEMA = COALESCE(?, DATABASE()) AND TABLE_NAME = ?",
+                &params,
+            )
+            .await
+            .unwrap_or_default();
+        let is_json = |column: &str| {
+            checks.iter().any(|c| {
+                let clause = text(c.get(0)).replace(['`', ' '], "").to_ascii_lowercase();
+                clause == format!("json_valid({})", column.to_ascii_lowercase())
+            })
+        };
         let columns = rows
             .iter()
-            .map(|r| ColumnInfo {
-                name: text(r.get(0)),
-                data_type: text(r.get(1)).to_ascii_lowercase(),
-                nullable: text(r.get(2)) == "YES",
+            .map(|r| {
+                let name = text(r.get(0));
+                let mut data_type = text(r.get(1)).to_ascii_lowercase();
+                if data_type == "longtext" && is_json(&name) {
+                    data_type = "json".to_string();
+                }
+                ColumnInfo {
+                    name,
+                    data_type,
+                    nullable: text(r.get(2)) == "YES",
+                    cast: None,
+                    collation: r.get(3).as_str().map(str::to_string),
+                }
             })
             .collect();
         let stats = self
@@ -329,6 +430,7 @@ impl Conn for MySqlConn {
                     name: index_name,
                     columns: vec![column],
                     unique: r.get(1).as_i64() == Some(0),
+                    primary: text(r.get(0)) == "PRIMARY",
                 }),
             }
         }

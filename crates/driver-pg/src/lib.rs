@@ -116,6 +116,34 @@ fn numeric_text(bytes: &[u8]) -> Option<String> {
     Some(out)
 }
 
+/// PostgreSQL's dates and times that chrono cannot hold, as their text: `infinity` and
+/// `-infinity` (which sqlx's decoding would panic on) and the time `24:00:00` (which it would
+/// read as midnight). Written back as text, the server reads them again.
+fn special_temporal(raw: &sqlx::postgres::PgValueRef<'_>, type_name: &str) -> Option<Value> {
+    if raw.format() != sqlx::postgres::PgValueFormat::Binary {
+        return None;
+    }
+    let bytes = raw.as_bytes().ok()?;
+    let text = match type_name {
+        "DATE" => match i32::from_be_bytes(bytes.try_into().ok()?) {
+            i32::MAX => "infinity",
+            i32::MIN => "-infinity",
+            _ => return None,
+        },
+        "TIMESTAMP" | "TIMESTAMPTZ" => match i64::from_be_bytes(bytes.try_into().ok()?) {
+            i64::MAX => "infinity",
+            i64::MIN => "-infinity",
+            _ => return None,
+        },
+        "TIME" => match i64::from_be_bytes(bytes.try_into().ok()?) {
+            86_400_000_000 => "24:00:00",
+            _ => return None,
+        },
+        _ => return None,
+    };
+    Some(Value::Text(text.to_string()))
+}
+
 type Query<'q> = sqlx::query::Query<'q, Postgres, PgArguments>;
 
 fn bind<'q>(mut query: Query<'q>, params: &'q [Value]) -> Query<'q> {
@@ -147,40 +175,52 @@ fn decode_row(row: &PgRow, columns: &Arc<[String]>) -> Result<Row> {
             continue;
         }
         let get_err = |e| classify(e);
-        let value = match column.type_info().name() {
-            "BOOL" => Value::Bool(row.try_get(idx).map_err(get_err)?),
-            "INT2" => Value::Int(row.try_get::<i16, _>(idx).map_err(get_err)?.into()),
-            "INT4" => Value::Int(row.try_get::<i32, _>(idx).map_err(get_err)?.into()),
-            "INT8" => Value::Int(row.try_get::<i64, _>(idx).map_err(get_err)?),
-            "OID" => Value::Int(row.try_get::<sqlx::postgres::types::Oid, _>(idx).map_err(get_err)?.0.into()),
-            "FLOAT4" => Value::Float(row.try_get::<f32, _>(idx).map_err(get_err)?.into()),
-            "FLOAT8" => Value::Float(row.try_get::<f64, _>(idx).map_err(get_err)?),
-            "TEXT" | "VARCHAR" | "BPCHAR" | "NAME" | "CHAR" => {
-                Value::Text(row.try_get(idx).map_err(get_err)?)
-            }
-            "UUID" => Value::Uuid(row.try_get(idx).map_err(get_err)?),
-            "DATE" => Value::Date(row.try_get(idx).map_err(get_err)?),
-            "TIME" => Value::Time(row.try_get(idx).map_err(get_err)?),
-            "TIMESTAMP" => Value::Timestamp(row.try_get(idx).map_err(get_err)?),
-            "TIMESTAMPTZ" => Value::TimestampTz(row.try_get(idx).map_err(get_err)?),
-            "JSON" | "JSONB" => Value::Json(row.try_get(idx).map_err(get_err)?),
-            "BYTEA" => Value::Bytes(row.try_get(idx).map_err(get_err)?),
-            "NUMERIC" => {
-                let bytes = raw.as_bytes().map_err(|e| Error::permanent(e.to_string()))?;
-                Value::Decimal(numeric_text(bytes).ok_or_else(|| {
-                    Error::permanent(format!(
-                        "column {} holds a NUMERIC godwit cannot decode",
-                        column.name()
-                    ))
-                })?)
-            }
-            other => {
-                return Err(Error::permanent(format!(
-                    "column {} has type {other}, which godwit cannot read yet; cast it to text in the query",
-                    column.name()
-                )))
-            }
-        };
+        let type_name = column.type_info().name();
+        if let Some(special) = special_temporal(&raw, type_name) {
+            values.push(special);
+            continue;
+        }
+        let decoded = (|| -> Result<Value> {
+            Ok(match type_name {
+                "BOOL" => Value::Bool(row.try_get(idx).map_err(get_err)?),
+                "INT2" => Value::Int(row.try_get::<i16, _>(idx).map_err(get_err)?.into()),
+                "INT4" => Value::Int(row.try_get::<i32, _>(idx).map_err(get_err)?.into()),
+                "INT8" => Value::Int(row.try_get::<i64, _>(idx).map_err(get_err)?),
+                "OID" => Value::Int(
+                    row.try_get::<sqlx::postgres::types::Oid, _>(idx)
+                        .map_err(get_err)?
+                        .0
+                        .into(),
+                ),
+                "FLOAT4" => Value::Float(row.try_get::<f32, _>(idx).map_err(get_err)?.into()),
+                "FLOAT8" => Value::Float(row.try_get::<f64, _>(idx).map_err(get_err)?),
+                "TEXT" | "VARCHAR" | "BPCHAR" | "NAME" | "CHAR" => {
+                    Value::Text(row.try_get(idx).map_err(get_err)?)
+                }
+                "UUID" => Value::Uuid(row.try_get(idx).map_err(get_err)?),
+                "DATE" => Value::Date(row.try_get(idx).map_err(get_err)?),
+                "TIME" => Value::Time(row.try_get(idx).map_err(get_err)?),
+                "TIMESTAMP" => Value::Timestamp(row.try_get(idx).map_err(get_err)?),
+                "TIMESTAMPTZ" => Value::TimestampTz(row.try_get(idx).map_err(get_err)?),
+                "JSON" | "JSONB" => Value::Json(row.try_get(idx).map_err(get_err)?),
+                "BYTEA" => Value::Bytes(row.try_get(idx).map_err(get_err)?),
+                "NUMERIC" => {
+                    let bytes = raw
+                        .as_bytes()
+                        .map_err(|e| Error::permanent(e.to_string()))?;
+                    Value::Decimal(
+                        numeric_text(bytes)
+                            .ok_or_else(|| Error::permanent("a NUMERIC godwit cannot decode"))?,
+                    )
+                }
+                other => {
+                    return Err(Error::permanent(format!(
+                        "type {other} cannot be read by godwit yet; cast it to text in the query"
+                    )))
+                }
+            })
+        })();
+        let value = decoded.map_err(|e| e.context(format_args!("column {}", column.name())))?;
         values.push(value);
     }
     Ok(Row::new(columns.clone(), values))
@@ -335,8 +375,11 @@ impl Conn for PgConn {
         let name = Value::Text(quote_ident(Dialect::Postgres, table));
         let rows = self
             .query(
-                "SELECT a.attname::text, format_type(a.atttypid, a.atttypmod), NOT a.attnotnull \
+                "SELECT a.attname::text, format_type(a.atttypid, a.atttypmod), NOT a.attnotnull, \
+                   quote_ident(n.nspname) || '.' || quote_ident(t.typname) \
                  FROM pg_attribute a \
+                 JOIN pg_type t ON t.oid = a.atttypid \
+                 JOIN pg_namespace n ON n.oid = t.typnamespace \
                  WHERE a.attrelid = to_regclass($1) AND a.attnum > 0 AND NOT a.attisdropped \
                  ORDER BY a.attnum",
                 std::slice::from_ref(&name),
@@ -351,6 +394,8 @@ impl Conn for PgConn {
                 name: text(r.get(0)),
                 data_type: text(r.get(1)),
                 nullable: r.get(2) == &Value::Bool(true),
+                cast: Some(text(r.get(3))),
+                collation: None,
             })
             .collect();
         // Partial indexes are left out: a walk over every row cannot rely on them.
@@ -359,7 +404,8 @@ impl Conn for PgConn {
                 "SELECT c.relname::text, ix.indisunique, \
                    (SELECT string_agg(a.attname, chr(31) ORDER BY k.ord) \
                       FROM unnest(ix.indkey::int2[]) WITH ORDINALITY AS k(attnum, ord) \
-                      JOIN pg_attribute a ON a.attrelid = ix.indrelid AND a.attnum = k.attnum) \
+                      JOIN pg_attribute a ON a.attrelid = ix.indrelid AND a.attnum = k.attnum), \
+                   ix.indisprimary \
                  FROM pg_index ix JOIN pg_class c ON c.oid = ix.indexrelid \
                  WHERE ix.indrelid = to_regclass($1) AND ix.indpred IS NULL AND ix.indisvalid",
                 std::slice::from_ref(&name),
@@ -370,6 +416,7 @@ impl Conn for PgConn {
             .map(|r| IndexInfo {
                 name: text(r.get(0)),
                 unique: r.get(1) == &Value::Bool(true),
+                primary: r.get(3) == &Value::Bool(true),
                 columns: text(r.get(2))
                     .split('\u{1f}')
                     .filter(|c| !c.is_empty())

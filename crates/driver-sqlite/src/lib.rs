@@ -264,6 +264,8 @@ impl Conn for SqliteConn {
                     name: text(r.get(0)),
                     data_type,
                     nullable: r.get(2).as_i64() == Some(0) && !rowid,
+                    cast: None,
+                    collation: None,
                 }
             })
             .collect();
@@ -279,6 +281,7 @@ impl Conn for SqliteConn {
                 name: "PRIMARY KEY".into(),
                 columns: pk,
                 unique: true,
+                primary: true,
             });
         }
         let list = self
@@ -299,6 +302,7 @@ impl Conn for SqliteConn {
                 name,
                 columns: cols.iter().map(|c| text(c.get(0))).collect(),
                 unique: index.get(1).as_i64() == Some(1),
+                primary: false,
             });
         }
         Ok(Some(TableInfo { columns, indexes }))

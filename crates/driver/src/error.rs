@@ -59,6 +59,14 @@ impl Error {
         Error::new(ErrorKind::Permanent, None, message)
     }
 
+    /// The same error with `context` in front of its message (`column v: …`).
+    pub fn context(self, context: impl std::fmt::Display) -> Error {
+        Error {
+            message: format!("{context}: {}", self.message),
+            ..self
+        }
+    }
+
     /// What kind of failure this is.
     pub fn kind(&self) -> ErrorKind {
         self.kind

@@ -14,6 +14,7 @@
 mod error;
 mod ident;
 mod placeholders;
+mod types;
 mod url;
 mod value;
 
@@ -24,6 +25,7 @@ use async_trait::async_trait;
 pub use crate::error::{Error, ErrorKind, Result};
 pub use crate::ident::quote_ident;
 pub use crate::placeholders::{references_param, rewrite_params, Rewritten};
+pub use crate::types::SqlType;
 pub use crate::url::{redact_url, DbUrl};
 pub use crate::value::{KeyKind, Row, Value};
 
@@ -80,6 +82,20 @@ pub struct ColumnInfo {
     pub data_type: String,
     /// Whether the column accepts NULL.
     pub nullable: bool,
+    /// The type to cast a bound value to where the database wants one (PostgreSQL), schema
+    /// qualified and without length or precision (`pg_catalog.varchar`): the column's own
+    /// limits are then checked on assignment, where a cast to `varchar(20)` would cut silently.
+    pub cast: Option<String>,
+    /// MySQL: the text column's collation (its character set is the name up to the first
+    /// `_`), for comparing values that arrive in the connection's character set.
+    pub collation: Option<String>,
+}
+
+impl ColumnInfo {
+    /// The family of the column's type.
+    pub fn sql_type(&self) -> SqlType {
+        SqlType::of(&self.data_type)
+    }
 }
 
 /// An index of a table.
@@ -91,6 +107,8 @@ pub struct IndexInfo {
     pub columns: Vec<String>,
     /// Whether it enforces uniqueness (a primary key counts).
     pub unique: bool,
+    /// Whether it is the table's primary key.
+    pub primary: bool,
 }
 
 /// What [`Conn::table_info`] found about a table.

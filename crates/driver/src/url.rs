@@ -22,6 +22,16 @@ impl DbUrl {
             .split_once(':')
             .map(|(scheme, _)| scheme.to_ascii_lowercase())
     }
+
+    /// The dialect its scheme names, before connecting.
+    pub fn dialect(&self) -> Option<crate::Dialect> {
+        match self.scheme()?.as_str() {
+            "postgres" | "postgresql" => Some(crate::Dialect::Postgres),
+            "mysql" | "mariadb" => Some(crate::Dialect::MySql),
+            "sqlite" => Some(crate::Dialect::Sqlite),
+            _ => None,
+        }
+    }
 }
 
 impl fmt::Display for DbUrl {

@@ -58,6 +58,22 @@ impl Value {
         }
     }
 
+    /// The SQL text form of values that transforms and messages show as text: decimals exactly
+    /// as the database gave them, UUIDs hyphenated, dates and times as ISO 8601 with a space
+    /// before the time (as the databases print them; time-zone timestamps in UTC with
+    /// `+00:00`), fractional seconds only when there are some. `None` for other values.
+    pub fn text_form(&self) -> Option<String> {
+        Some(match self {
+            Value::Decimal(s) => s.clone(),
+            Value::Uuid(u) => u.hyphenated().to_string(),
+            Value::Date(d) => d.format("%Y-%m-%d").to_string(),
+            Value::Time(t) => t.format("%H:%M:%S%.f").to_string(),
+            Value::Timestamp(t) => t.format("%Y-%m-%d %H:%M:%S%.f").to_string(),
+            Value::TimestampTz(t) => t.format("%Y-%m-%d %H:%M:%S%.f+00:00").to_string(),
+            _ => return None,
+        })
+    }
+
     /// Whether this is SQL NULL.
     pub fn is_null(&self) -> bool {
         matches!(self, Value::Null)

@@ -166,33 +166,8 @@ async fn check_step(report: &mut CheckReport, plan: &Plan, step: &Step, conn: &m
                     );
                 }
             }
-            match godwit_sched::key_problem(conn, table, key).await {
-                Ok(None) => {}
-                Ok(Some(p)) => {
-                    report.problem(
-                        Some(name),
-                        Some(p.code),
-                        format!(
-                            "{}: step {name:?}: {}",
-                            at(plan, step, p.plan_key),
-                            p.message
-                        ),
-                        p.fix,
-                    );
-                    return;
-                }
-                Err(e) => {
-                    report.problem(
-                        Some(name),
-                        None,
-                        format!(
-                            "{}: step {name:?}: cannot inspect table {table}: {e}",
-                            at(plan, step, "table")
-                        ),
-                        None,
-                    );
-                    return;
-                }
+            if !key_ok(report, plan, step, conn, table, key).await {
+                return;
             }
             if let Err((plan_key, message)) =
                 try_batch(conn, table, key, filter.as_deref(), sql).await
@@ -205,13 +180,245 @@ async fn check_step(report: &mut CheckReport, plan: &Plan, step: &Step, conn: &m
                 );
             }
         }
-        StepKind::Transform { .. } | StepKind::Copy { .. } => {
+        StepKind::Transform {
+            table,
+            key,
+            columns,
+            filter,
+            script,
+        } => {
+            script_ok(report, plan, step, script);
+            if key_ok(report, plan, step, conn, table, key).await {
+                rows_ok(
+                    report,
+                    plan,
+                    step,
+                    conn,
+                    table,
+                    key,
+                    columns,
+                    filter.as_deref(),
+                )
+                .await;
+            }
+        }
+        StepKind::Copy {
+            source,
+            table,
+            key,
+            columns,
+            query,
+            filter,
+            into,
+            script,
+            ..
+        } => {
+            if let Some(script) = script {
+                script_ok(report, plan, step, script);
+            }
+            let created_before = godwit_plan::runs_after_one_off(plan, step);
+            let target_info = conn.table_info(into).await.ok().flatten();
+            if !created_before && target_info.is_none() {
+                report.problem(
+                    Some(name),
+                    Some("missing-table"),
+                    format!(
+                        "{}: step {name:?}: the target table {into} does not exist in the plan's database",
+                        at(plan, step, "into")
+                    ),
+                    None,
+                );
+            }
+            let mut own;
+            let source_conn: &mut dyn Conn = match source {
+                Some(url) => {
+                    let url = DbUrl::new(url.clone());
+                    match godwit_db::connect(&url, &ConnectOptions::default()).await {
+                        Ok(c) => {
+                            own = c;
+                            own.as_mut()
+                        }
+                        Err(e) => {
+                            report.problem(
+                                Some(name),
+                                None,
+                                format!(
+                                    "{}: step {name:?}: cannot connect to the source {url}: {e}",
+                                    at(plan, step, "source")
+                                ),
+                                None,
+                            );
+                            return;
+                        }
+                    }
+                }
+                None => conn,
+            };
+            if key_ok(report, plan, step, source_conn, table, key).await {
+                let named = columns.clone().unwrap_or_default();
+                rows_ok(
+                    report,
+                    plan,
+                    step,
+                    source_conn,
+                    table,
+                    key,
+                    &named,
+                    filter.as_deref(),
+                )
+                .await;
+                // Rows copied as they are must find every column in the target.
+                if let (Some(target), None, None) = (&target_info, query, script) {
+                    let copied: Vec<String> = match columns {
+                        Some(c) => c.clone(),
+                        None => match source_conn.table_info(table).await {
+                            Ok(Some(info)) => info.columns.into_iter().map(|c| c.name).collect(),
+                            _ => Vec::new(),
+                        },
+                    };
+                    for column in copied.iter().filter(|c| target.column(c).is_none()) {
+                        report.problem(
+                            Some(name),
+                            Some("missing-target-column"),
+                            format!(
+                                "{}: step {name:?}: the target table {into} has no column {column} to copy into",
+                                at(plan, step, "into")
+                            ),
+                            None,
+                        );
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// Whether `program` can be started from `dir`: a path (relative to `dir`) to a file, or a
+/// name found on `PATH`.
+fn program_exists(program: &str, dir: &std::path::Path) -> bool {
+    if program.contains('/') {
+        return dir.join(program).is_file();
+    }
+    std::env::var_os("PATH")
+        .is_some_and(|paths| std::env::split_paths(&paths).any(|p| p.join(program).is_file()))
+}
+
+/// Reports a transform that does not compile, or a program that is not there.
+fn script_ok(report: &mut CheckReport, plan: &Plan, step: &Step, script: &godwit_plan::Script) {
+    if let godwit_plan::Script::Command(argv) = script {
+        let dir = match plan.path.parent() {
+            Some(d) if !d.as_os_str().is_empty() => d.to_path_buf(),
+            _ => std::path::PathBuf::from("."),
+        };
+        if let Some(program) = argv.first().filter(|p| !program_exists(p, &dir)) {
+            report.problem(
+                Some(&step.name),
+                Some("invalid-transform"),
+                format!(
+                    "{}: step {:?}: the program {program:?} is neither a file relative to {} nor on PATH",
+                    at(plan, step, "command"),
+                    step.name,
+                    dir.display()
+                ),
+                None,
+            );
+        }
+    }
+    if let Err(e) = godwit_sched::build_transform(script, &step.settings, &plan.path) {
+        let plan_key = match script {
+            godwit_plan::Script::Lua { file: Some(_), .. } => "lua_file",
+            godwit_plan::Script::Lua { .. } => "lua",
+            godwit_plan::Script::Command(_) => "command",
+        };
+        report.problem(
+            Some(&step.name),
+            Some("invalid-transform"),
+            format!("{}: step {:?}: {e}", at(plan, step, plan_key), step.name),
+            None,
+        );
+    }
+}
+
+/// Reports a table or key that cannot be walked; `false` when it was reported.
+async fn key_ok(
+    report: &mut CheckReport,
+    plan: &Plan,
+    step: &Step,
+    conn: &mut dyn Conn,
+    table: &str,
+    key: &str,
+) -> bool {
+    let name = step.name.as_str();
+    match godwit_sched::key_problem(conn, table, key).await {
+        Ok(None) => true,
+        Ok(Some(p)) => {
             report.problem(
                 Some(name),
-                Some("unsupported-step"),
+                Some(p.code),
                 format!(
-                    "{}: step {name:?}: row transforms and copies are not supported by this version of godwit yet",
-                    at(plan, step, "name")
+                    "{}: step {name:?}: {}",
+                    at(plan, step, p.plan_key),
+                    p.message
+                ),
+                p.fix,
+            );
+            false
+        }
+        Err(e) => {
+            report.problem(
+                Some(name),
+                None,
+                format!(
+                    "{}: step {name:?}: cannot inspect table {table}: {e}",
+                    at(plan, step, "table")
+                ),
+                None,
+            );
+            false
+        }
+    }
+}
+
+/// Reports `columns` the table lacks and a `where` the database refuses.
+#[allow(clippy::too_many_arguments)]
+async fn rows_ok(
+    report: &mut CheckReport,
+    plan: &Plan,
+    step: &Step,
+    conn: &mut dyn Conn,
+    table: &str,
+    key: &str,
+    columns: &[String],
+    filter: Option<&str>,
+) {
+    let name = step.name.as_str();
+    if let Ok(Some(info)) = conn.table_info(table).await {
+        for column in columns.iter().filter(|c| info.column(c).is_none()) {
+            report.problem(
+                Some(name),
+                Some("missing-column"),
+                format!(
+                    "{}: step {name:?}: table {table} has no column {column}",
+                    at(plan, step, "columns")
+                ),
+                None,
+            );
+        }
+    }
+    if let Some(filter) = filter {
+        let dialect = conn.dialect();
+        let probe = format!(
+            "SELECT {k} FROM {t} WHERE ({filter}) ORDER BY {k} LIMIT 1",
+            k = quote_ident(dialect, key),
+            t = quote_ident(dialect, table)
+        );
+        if let Err(e) = conn.query(&probe, &[]).await {
+            report.problem(
+                Some(name),
+                Some("invalid-sql"),
+                format!(
+                    "{}: step {name:?}: the key walk fails (check `where`): {e}",
+                    at(plan, step, "where")
                 ),
                 None,
             );

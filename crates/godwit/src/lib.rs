@@ -25,13 +25,13 @@ mod status;
 pub use godwit_driver as driver;
 pub use godwit_plan as plan;
 pub use godwit_sched::{
-    default_concurrency, run, stop_pair, submit, work, Event, EventSink, Restart, RunOptions,
-    RunOutcome, RunStart, StopHandle, StopLevel, StopSignal, WorkerEvent, WorkerOptions,
-    WorkerOutcome,
+    default_concurrency, run, stop_pair, submit, verify, work, Event, EventSink, RangeDifference,
+    Restart, RunOptions, RunOutcome, RunStart, StepCheck, StopHandle, StopLevel, StopSignal,
+    WorkerEvent, WorkerOptions, WorkerOutcome,
 };
 pub use godwit_state as state;
 
-pub use crate::status::{control, control_run, list_runs, status, status_run};
+pub use crate::status::{control, control_run, dead_letters, list_runs, status, status_run};
 
 /// The error type of the scheduler: an invalid plan (nothing changed) or an unreachable
 /// database.

@@ -77,3 +77,20 @@ async fn reader(url: &DbUrl) -> Result<Option<StateStore>, godwit_driver::Error>
 pub async fn status(plan: &Plan) -> Result<Option<RunStatus>, godwit_driver::Error> {
     status_run(&DbUrl::new(plan.state_url()), &plan.name).await
 }
+
+/// The rows the run's transforms skipped (`on_row_error = "skip"`), with their errors: every
+/// step's, or `step`'s only; at most `limit`.
+///
+/// # Errors
+/// When the state database cannot be reached.
+pub async fn dead_letters(
+    url: &DbUrl,
+    run: &str,
+    step: Option<&str>,
+    limit: Option<u64>,
+) -> Result<Vec<godwit_state::DeadLetterRow>, godwit_driver::Error> {
+    match reader(url).await? {
+        Some(store) => store.dead_letters(run, step, limit).await,
+        None => Ok(Vec::new()),
+    }
+}

@@ -29,7 +29,7 @@ use std::fmt;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-pub use crate::model::{OnConflict, OnRowError, Plan, Script, Settings, Step, StepKind};
+pub use crate::model::{Convert, OnConflict, OnRowError, Plan, Script, Settings, Step, StepKind};
 
 /// A 1-based line and column in the plan file.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Default)]
@@ -168,6 +168,26 @@ pub fn parse(
     env: &dyn Fn(&str) -> Option<String>,
 ) -> Result<Plan, PlanErrors> {
     parse::parse(text, path, env)
+}
+
+/// Whether `step` comes, directly or through other steps, `after` a one-off `sql` step: what
+/// such a step creates (a table, an index) may not exist before the run, so checks of it wait
+/// for the step itself.
+pub fn runs_after_one_off(plan: &Plan, step: &Step) -> bool {
+    let mut seen = std::collections::BTreeSet::new();
+    let mut todo: Vec<&str> = step.after.iter().map(String::as_str).collect();
+    while let Some(name) = todo.pop() {
+        if !seen.insert(name) {
+            continue;
+        }
+        if let Some(before) = plan.steps.iter().find(|s| s.name == name) {
+            if matches!(before.kind, StepKind::Once { .. }) {
+                return true;
+            }
+            todo.extend(before.after.iter().map(String::as_str));
+        }
+    }
+    false
 }
 
 /// Parses a duration as plans and flags write it: `500ms`, `30s`, `10m`, `2h`, `1h30m`

@@ -113,6 +113,18 @@ pub struct Step {
     pub location: Location,
     /// Where each of the step's keys was written, for later errors such as "sql must use :start".
     pub key_locations: BTreeMap<String, Location>,
+    /// `convert`: per column, what a transform or copy writes instead of a value the column
+    /// cannot hold without loss (by default such a row fails).
+    pub convert: BTreeMap<String, Convert>,
+}
+
+/// What to write instead of a value a column cannot hold without loss.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Convert {
+    /// SQL NULL (for MySQL's zero dates, a number that does not fit, text that does not parse).
+    Null,
+    /// Bytes that are not UTF-8 going into text: invalid sequences become U+FFFD.
+    Replace,
 }
 
 /// What a step does. Its `Debug` hides the password in a copy's `source`.
@@ -163,6 +175,9 @@ pub enum StepKind {
         filter: Option<String>,
         /// The target table in the plan's database.
         into: String,
+        /// The target column that holds the source key, for `verify`; default: the column
+        /// named like `key`.
+        target_key: Option<String>,
         /// What to do when a row exists.
         on_conflict: OnConflict,
         /// An optional reshaping transform.
@@ -208,6 +223,7 @@ impl fmt::Debug for StepKind {
                 query,
                 filter,
                 into,
+                target_key,
                 on_conflict,
                 script,
             } => f
@@ -219,6 +235,7 @@ impl fmt::Debug for StepKind {
                 .field("query", query)
                 .field("filter", filter)
                 .field("into", into)
+                .field("target_key", target_key)
                 .field("on_conflict", on_conflict)
                 .field("script", script)
                 .finish(),
@@ -235,6 +252,9 @@ pub enum Script {
         code: String,
         /// Where it was read from, for `lua_file`.
         file: Option<PathBuf>,
+        /// The line of its file where the code starts (the plan file's, for inline `lua`), so
+        /// that Lua's error messages name lines the user can find.
+        first_line: usize,
     },
     /// A program and its arguments, fed rows as JSON lines.
     Command(Vec<String>),
@@ -287,6 +307,10 @@ pub struct Settings {
     pub max_rows_per_second: Option<f64>,
     /// SQL whose true first column pauses claiming.
     pub throttle_query: Option<String>,
+    /// The longest a transform may take over one row before the batch fails.
+    pub row_timeout: Duration,
+    /// The most memory one Lua transform may hold, in bytes.
+    pub lua_memory: u64,
 }
 
 impl Default for Settings {
@@ -303,6 +327,8 @@ impl Default for Settings {
             max_batch_size: None,
             max_rows_per_second: None,
             throttle_query: None,
+            row_timeout: Duration::from_secs(5),
+            lua_memory: 64 << 20,
         }
     }
 }
@@ -321,6 +347,7 @@ mod tests {
             query: None,
             filter: None,
             into: "orders_history".into(),
+            target_key: None,
             on_conflict: OnConflict::Error,
             script: None,
         };

@@ -12,7 +12,7 @@ use std::time::Duration;
 
 use toml::de::{DeTable, DeValue};
 
-use crate::model::{OnConflict, OnRowError, Plan, Script, Settings, Step, StepKind};
+use crate::model::{Convert, OnConflict, OnRowError, Plan, Script, Settings, Step, StepKind};
 use crate::order::{self, NamedStep};
 use crate::{parse_duration, Location, PlanError, PlanErrors};
 
@@ -57,6 +57,8 @@ const SETTING_KEYS: &[&str] = &[
     "max_batch_size",
     "max_rows_per_second",
     "throttle_query",
+    "row_timeout",
+    "lua_memory",
 ];
 const STEP_KEYS: &[&str] = &[
     "name",
@@ -72,7 +74,9 @@ const STEP_KEYS: &[&str] = &[
     "source",
     "query",
     "into",
+    "target_key",
     "on_conflict",
+    "convert",
 ];
 /// Every key of every section, for suggestions across sections.
 const ALL_KEYS: &[&str] = &[
@@ -98,6 +102,8 @@ const ALL_KEYS: &[&str] = &[
     "max_batch_size",
     "max_rows_per_second",
     "throttle_query",
+    "row_timeout",
+    "lua_memory",
     "after",
     "table",
     "key",
@@ -110,7 +116,9 @@ const ALL_KEYS: &[&str] = &[
     "source",
     "query",
     "into",
+    "target_key",
     "on_conflict",
+    "convert",
 ];
 const SCRIPT_KEYS: &[&str] = &["lua", "lua_file", "command"];
 const DURATION_EXAMPLES: &str = "\"500ms\", \"30s\", \"10m\" or \"2h\"";
@@ -457,6 +465,52 @@ impl Ctx<'_> {
         }
     }
 
+    /// A size in bytes, written as a string such as "64MiB" or "512KB", or a number of bytes.
+    fn byte_size(&mut self, table: &DeTable<'_>, key: &str) -> Option<u64> {
+        let value = table.get(key)?;
+        let span = value.span();
+        let parsed = match value.get_ref() {
+            DeValue::String(text) => parse_byte_size(text),
+            DeValue::Integer(n) => n.as_str().parse::<u64>().ok(),
+            _ => None,
+        };
+        match parsed {
+            Some(n) if n > 0 => Some(n),
+            _ => {
+                let message = format!(
+                    "`{key}` must be a size such as \"64MiB\", \"512KB\" or \"1GB\" (larger than zero)"
+                );
+                self.error(&span, message);
+                None
+            }
+        }
+    }
+
+    /// `convert = { column = "null" | "replace" }`: what to write instead of a value a column
+    /// cannot hold without loss.
+    fn convert(&mut self, t: &DeTable<'_>) -> BTreeMap<String, Convert> {
+        let mut out = BTreeMap::new();
+        let Some(table) = self.table(t, "convert") else {
+            return out;
+        };
+        for (column, value) in table.iter() {
+            let action = match value.get_ref() {
+                DeValue::String(v) if v == "null" => Convert::Null,
+                DeValue::String(v) if v == "replace" => Convert::Replace,
+                _ => {
+                    let message = format!(
+                        "`convert.{}` must be \"null\" (write NULL instead of a value the column cannot hold) or \"replace\" (replace bytes that are not UTF-8 with U+FFFD)",
+                        column.get_ref()
+                    );
+                    self.error(&value.span(), message);
+                    continue;
+                }
+            };
+            out.insert(column.get_ref().to_string(), action);
+        }
+        out
+    }
+
     /// Expands `${VAR}` in a URL written at `span`, reporting problems at `at`.
     fn expand(&mut self, key: &str, text: &str, at: &Span) -> Option<String> {
         match expand_vars(key, text, self.env) {
@@ -544,6 +598,12 @@ impl Ctx<'_> {
         if let Some((q, _)) = self.text(table, "throttle_query") {
             s.throttle_query = Some(q);
         }
+        if let Some(d) = self.duration(table, "row_timeout") {
+            s.row_timeout = d;
+        }
+        if let Some(n) = self.byte_size(table, "lua_memory") {
+            s.lua_memory = n;
+        }
         // Only the table that writes one of the bounds is told, so a step does not repeat a
         // problem of [defaults].
         if let (Some(lo), Some(hi)) = (s.min_batch_size, s.max_batch_size) {
@@ -575,7 +635,20 @@ impl Ctx<'_> {
         };
         match which {
             "lua" => match self.text(t, "lua") {
-                Some((code, _)) => Ok(Some(Script::Lua { code, file: None })),
+                Some((code, span)) => {
+                    // Lua's messages then cite lines of the plan file: a multi-line string's
+                    // text starts on the line after its opening quotes.
+                    let raw = &self.text[span.start..];
+                    let multi_line = ["'''\n", "\"\"\"\n", "'''\r\n", "\"\"\"\r\n"]
+                        .iter()
+                        .any(|open| raw.starts_with(open));
+                    let first_line = self.loc(&span).line + usize::from(multi_line);
+                    Ok(Some(Script::Lua {
+                        code,
+                        file: None,
+                        first_line,
+                    }))
+                }
                 None => Err(()),
             },
             "lua_file" => {
@@ -588,6 +661,7 @@ impl Ctx<'_> {
                     Ok(code) => Ok(Some(Script::Lua {
                         code,
                         file: Some(full),
+                        first_line: 1,
                     })),
                     Err(e) => {
                         let message = format!("cannot read lua_file {}: {e}", full.display());
@@ -617,6 +691,27 @@ impl Ctx<'_> {
             }
         }
     }
+}
+
+/// `"64MiB"`, `"512 KB"`, `"1GB"` or `"1000"` in bytes; `None` when it is none of these.
+fn parse_byte_size(text: &str) -> Option<u64> {
+    let text = text.trim();
+    let split = text
+        .find(|c: char| !c.is_ascii_digit())
+        .unwrap_or(text.len());
+    let (digits, unit) = text.split_at(split);
+    let n: u64 = digits.parse().ok()?;
+    let factor: u64 = match unit.trim().to_ascii_lowercase().as_str() {
+        "" | "b" => 1,
+        "kb" => 1_000,
+        "kib" | "k" => 1 << 10,
+        "mb" => 1_000_000,
+        "mib" | "m" => 1 << 20,
+        "gb" => 1_000_000_000,
+        "gib" | "g" => 1 << 30,
+        _ => return None,
+    };
+    n.checked_mul(factor)
 }
 
 /// The span of `key` itself (not its value) in `table`.
@@ -845,9 +940,11 @@ fn read_step(
     let key = cx.text(t, "key");
     let filter = cx.text(t, "where");
     let into = cx.text(t, "into");
+    let target_key = cx.text(t, "target_key");
     let query = cx.text(t, "query");
     let source = cx.url(t, "source");
     let columns = cx.strings(t, "columns");
+    let convert = cx.convert(t);
     let on_conflict = match cx.string(t, "on_conflict") {
         Some((v, span)) => match v.as_str() {
             "update" => OnConflict::Update,
@@ -890,6 +987,7 @@ fn read_step(
             query: value(query),
             filter: value(filter),
             into,
+            target_key: value(target_key),
             on_conflict,
             script,
         },
@@ -917,6 +1015,7 @@ fn read_step(
         kind,
         location: cx.loc(&header),
         key_locations,
+        convert,
     };
     (named, Some(step))
 }
@@ -950,7 +1049,7 @@ fn check_shape(cx: &mut Ctx<'_>, t: &DeTable<'_>, header: &Span) {
         }
         return;
     }
-    for key in ["source", "query", "on_conflict"] {
+    for key in ["source", "query", "on_conflict", "target_key"] {
         if has(key) {
             cx.error(
                 &at(key),
@@ -968,6 +1067,11 @@ fn check_shape(cx: &mut Ctx<'_>, t: &DeTable<'_>, header: &Span) {
             cx.error(
                 &at("columns"),
                 "`columns` applies to transforms and copies, not to `sql` steps",
+            );
+        } else if has("convert") {
+            cx.error(
+                &at("convert"),
+                "`convert` applies to transforms and copies, not to `sql` steps",
             );
         }
     }
@@ -1042,6 +1146,10 @@ mod tests {
     fn check_steps(steps: &str, expected: &str) {
         check(&format!("{HEAD}{steps}"), expected);
     }
+
+    /// Where the Lua code of the contract plan's steps starts.
+    const LUA_LINE: usize = 40;
+    const COPY_LUA_LINE: usize = 60;
 
     const CONTRACT_PLAN: &str = r#"name = "vn-phones"                     # required; identifies the run in the state database
 database = "${DB}"                     # required; postgres://…, mysql://…, sqlite://path
@@ -1155,6 +1263,7 @@ lua = '''function transform(row) return row end'''
                     script: Script::Lua {
                         code: "function transform(row)\n  return { phone = \"0\" .. row.phone:sub(3) }\nend\n".into(),
                         file: None,
+                        first_line: LUA_LINE,
                     },
                 },
                 &StepKind::Transform {
@@ -1176,10 +1285,12 @@ lua = '''function transform(row) return row end'''
                     query: None,
                     filter: None,
                     into: "orders_history".into(),
+                    target_key: None,
                     on_conflict: OnConflict::Update,
                     script: Some(Script::Lua {
                         code: "function transform(row) return row end".into(),
                         file: None,
+                        first_line: COPY_LUA_LINE,
                     }),
                 },
             ]
@@ -1305,6 +1416,8 @@ lua = '''function transform(row) return row end'''
             max_batch_size: None,
             max_rows_per_second: None,
             throttle_query: None,
+            row_timeout: Duration::from_secs(5),
+            lua_memory: 64 << 20,
         };
         assert_eq!(plan.defaults, expected);
         assert_eq!(plan.steps[0].settings, expected);
@@ -1493,6 +1606,7 @@ lua = '''function transform(row) return row end'''
                 query: Some("SELECT id FROM t WHERE id BETWEEN :start AND :end".into()),
                 filter: Some("a > 1".into()),
                 into: "u".into(),
+                target_key: None,
                 on_conflict: OnConflict::Ignore,
                 script: Some(Script::Command(vec!["./reshape".into()])),
             }
@@ -1631,6 +1745,7 @@ lua = '''function transform(row) return row end'''
                 script: Script::Lua {
                     code: script.into(),
                     file: Some(dir.join("transforms/phones.lua")),
+                    first_line: 1,
                 },
             }
         );
@@ -1731,5 +1846,21 @@ lua = '''function transform(row) return row end'''
                 column: 24
             }
         );
+    }
+}
+
+#[cfg(test)]
+mod size_tests {
+    use super::parse_byte_size;
+
+    #[test]
+    fn byte_sizes() {
+        assert_eq!(parse_byte_size("64MiB"), Some(64 << 20));
+        assert_eq!(parse_byte_size("512 KB"), Some(512_000));
+        assert_eq!(parse_byte_size("1GB"), Some(1_000_000_000));
+        assert_eq!(parse_byte_size("1000"), Some(1000));
+        assert_eq!(parse_byte_size("12 parsecs"), None);
+        assert_eq!(parse_byte_size("MiB"), None);
+        assert_eq!(parse_byte_size("99999999999999GiB"), None);
     }
 }

@@ -5,7 +5,7 @@ use std::time::{Duration, Instant};
 use godwit_driver::{Conn, Error, KeyKind, Result, TxOptions, Value};
 use godwit_state::{BatchOutcome, ClaimedBatch, StateStore};
 
-use crate::step::{StepCtx, StepWork};
+use crate::step::{ChunkAction, StepCtx, StepWork};
 
 /// How a batch ended when it did not fail.
 pub(crate) enum Executed {
@@ -31,6 +31,15 @@ pub(crate) fn key_params(
         .collect())
 }
 
+/// The batch's first and last key.
+fn key_range(kind: KeyKind, batch: &ClaimedBatch) -> Result<(Value, Value)> {
+    let mut keys = key_params(kind, &[0, 1], batch)?.into_iter();
+    match (keys.next(), keys.next()) {
+        (Some(start), Some(end)) => Ok((start, end)),
+        _ => Err(Error::permanent("a batch needs two keys")),
+    }
+}
+
 /// Runs `batch` on `conn`. On error the transaction may still be open: the caller rolls back
 /// or drops the connection.
 pub(crate) async fn execute(
@@ -47,6 +56,7 @@ pub(crate) async fn execute(
         async_commit: run.exactly_once(),
     };
     let started = Instant::now();
+    let mut dead_letters = Vec::new();
     let rows_affected = match ctx.work() {
         StepWork::Once { sql, outside_tx } if *outside_tx => {
             // CREATE INDEX CONCURRENTLY and VACUUM refuse transactions: run, then record.
@@ -60,24 +70,44 @@ pub(crate) async fn execute(
             conn.execute_unprepared(sql).await?
         }
         StepWork::Chunked {
-            sql,
-            order,
-            key_kind,
-            ..
+            key_kind, action, ..
         } => {
             let kind = key_kind.get().copied().ok_or_else(|| {
                 Error::permanent("the step's key kind is unknown; its walk was not started")
             })?;
-            let params = key_params(kind, order, batch)?;
-            conn.begin(tx).await?;
-            conn.execute(sql, &params).await?
+            match action {
+                ChunkAction::Sql { sql, order } => {
+                    let params = key_params(kind, order, batch)?;
+                    conn.begin(tx).await?;
+                    conn.execute(sql, &params).await?
+                }
+                ChunkAction::Rows(step) => {
+                    let (start, end) = key_range(kind, batch)?;
+                    conn.begin(tx).await?;
+                    let done = step.run(conn, start, end).await?;
+                    dead_letters = done.dead_letters;
+                    done.rows_written
+                }
+                ChunkAction::Copy(step) => {
+                    // The source is read before the target's transaction opens.
+                    let (start, end) = key_range(kind, batch)?;
+                    let (rows, refused) = step.read(start, end).await?;
+                    dead_letters = refused;
+                    conn.begin(tx).await?;
+                    step.write(conn, rows, &mut dead_letters).await?
+                }
+            }
         }
     };
     let outcome = BatchOutcome {
         rows_affected,
+        rows_skipped: dead_letters.len() as u64,
         duration: started.elapsed(),
     };
     if run.exactly_once() {
+        if !dead_letters.is_empty() {
+            StateStore::record_dead_letters(conn, batch, &dead_letters).await?;
+        }
         if !StateStore::record_done(conn, batch, outcome).await? {
             conn.rollback().await?;
             return Ok(Executed::Fenced);
@@ -86,6 +116,10 @@ pub(crate) async fn execute(
         return Ok(Executed::Committed(outcome));
     }
     conn.commit().await?;
+    if !dead_letters.is_empty() {
+        // Keyed by row, so writing them again after a crash replaces rather than adds.
+        with_retries(|| run.state().record_dead_letters_here(batch, &dead_letters)).await?;
+    }
     // At-least-once: the batch is committed; only a crash before this record re-applies it.
     // A failing state database is waited out rather than reported as a batch failure, which
     // would run the batch again.

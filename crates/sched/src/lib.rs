@@ -6,16 +6,20 @@
 //! coordinate only through the state store's claims (see `godwit-state`).
 //!
 //! Where a batch lives, by file: [`walk`](crate::walk) finds its key range, `step.rs` claims it,
-//! `batch.rs` runs it and commits it with its done record, `run.rs` orders the steps.
+//! `batch.rs` runs it and commits it with its done record (`rows.rs` for a transform's rows),
+//! `run.rs` orders the steps.
 #![deny(missing_docs)]
 
 mod batch;
+mod copy;
 mod events;
 mod key;
 mod pool;
+mod rows;
 mod run;
 mod step;
 mod stop;
+mod verify;
 mod walk;
 mod worker;
 
@@ -25,8 +29,9 @@ use std::sync::Arc;
 pub use crate::events::{Event, EventSink};
 pub use crate::key::{key_problem, KeyProblem};
 pub use crate::run::{run, submit};
-pub use crate::step::needs_autocommit;
+pub use crate::step::{build_transform, needs_autocommit};
 pub use crate::stop::{stop_pair, StopHandle, StopLevel, StopSignal};
+pub use crate::verify::{verify, RangeDifference, StepCheck};
 pub use crate::worker::{work, WorkerEvent, WorkerOptions, WorkerOutcome};
 pub use godwit_state::{Restart, RunStart};
 
@@ -132,11 +137,19 @@ pub fn default_concurrency(dialect: godwit_driver::Dialect) -> usize {
     }
 }
 
+/// A transform as it is compared between runs: its code or command, not where it was read.
+fn script_definition(script: &godwit_plan::Script) -> serde_json::Value {
+    match script {
+        godwit_plan::Script::Lua { code, .. } => serde_json::json!({ "lua": code }),
+        godwit_plan::Script::Command(argv) => serde_json::json!({ "command": argv }),
+    }
+}
+
 /// The text that identifies what a step changes; a stored run is resumed only when every
 /// step's definition is the same.
 pub fn step_definition(step: &godwit_plan::Step) -> String {
     use godwit_plan::StepKind;
-    let value = match &step.kind {
+    let mut value = match &step.kind {
         StepKind::Once { sql } => serde_json::json!({ "kind": "once", "sql": sql }),
         StepKind::Chunked {
             table,
@@ -146,12 +159,43 @@ pub fn step_definition(step: &godwit_plan::Step) -> String {
         } => serde_json::json!({
             "kind": "chunked", "table": table, "key": key, "where": filter, "sql": sql,
         }),
-        StepKind::Transform { table, key, .. } => {
-            serde_json::json!({ "kind": "transform", "table": table, "key": key })
-        }
+        StepKind::Transform {
+            table,
+            key,
+            columns,
+            filter,
+            script,
+        } => serde_json::json!({
+            "kind": "transform", "table": table, "key": key, "columns": columns,
+            "where": filter, "script": script_definition(script),
+        }),
         StepKind::Copy {
-            table, key, into, ..
-        } => serde_json::json!({ "kind": "copy", "table": table, "key": key, "into": into }),
+            source,
+            table,
+            key,
+            columns,
+            query,
+            filter,
+            into,
+            on_conflict,
+            script,
+            ..
+        } => serde_json::json!({
+            "kind": "copy",
+            // Redacted: the definition is stored, and a changed password changes no data.
+            "source": source.as_ref().map(|s| godwit_driver::redact_url(s)),
+            "table": table, "key": key, "columns": columns, "query": query, "where": filter,
+            "into": into, "on_conflict": format!("{on_conflict:?}"),
+            "script": script.as_ref().map(script_definition),
+        }),
     };
+    if !step.convert.is_empty() {
+        let rules: serde_json::Map<String, serde_json::Value> = step
+            .convert
+            .iter()
+            .map(|(column, rule)| (column.clone(), format!("{rule:?}").into()))
+            .collect();
+        value["convert"] = rules.into();
+    }
     value.to_string()
 }

@@ -169,20 +169,35 @@ async fn prepare(plan: &Plan) -> Result<Prepared, Error> {
     // A key without a unique index would make every batch scan the table: refuse up front,
     // as `check` does, before anything is recorded.
     for step in &plan.steps {
+        // What a one-off step before it creates does not exist yet: such a step's tables are
+        // checked when it starts (`step::init`).
+        let deferred = godwit_plan::runs_after_one_off(plan, step);
         let (table, key, sql) = match &step.kind {
-            StepKind::Chunked { table, key, sql, .. } => (table, key, sql),
+            StepKind::Chunked {
+                table, key, sql, ..
+            } => (table, key, Some(sql)),
+            StepKind::Transform {
+                table,
+                key,
+                columns,
+                ..
+            } => {
+                if !deferred {
+                    missing_columns(probe.as_mut(), plan, step, table, columns).await?;
+                }
+                (table, key, None)
+            }
             StepKind::Once { .. } => continue,
-            StepKind::Transform { .. } | StepKind::Copy { .. } => {
-                return Err(Error::invalid(format!(
-                    "step {:?}: row transforms and copies are not supported by this version of godwit yet",
-                    step.name
-                )))
+            StepKind::Copy { .. } if deferred => continue,
+            StepKind::Copy { .. } => {
+                copy_problems(probe.as_mut(), plan, step).await?;
+                continue;
             }
         };
         // Without both parameters every batch would touch every row.
         let missing: Vec<&str> = ["start", "end"]
             .into_iter()
-            .filter(|p| !references_param(sql, dialect, p))
+            .filter(|p| sql.is_some_and(|sql| !references_param(sql, dialect, p)))
             .collect();
         if !missing.is_empty() {
             let at = step.key_locations.get("sql").unwrap_or(&step.location);
@@ -194,6 +209,9 @@ async fn prepare(plan: &Plan) -> Result<Prepared, Error> {
                 step.name,
                 missing.join(" and :")
             )));
+        }
+        if deferred {
+            continue;
         }
         let problem = key_problem(probe.as_mut(), table, key).await.map_err(|e| {
             Error::database(&format!("step {:?}: cannot inspect {table}", step.name), &e)
@@ -213,6 +231,139 @@ async fn prepare(plan: &Plan) -> Result<Prepared, Error> {
         state_url,
         exactly_once,
     })
+}
+
+/// Refuses a copy whose source key cannot be walked, whose source lacks a column it names,
+/// whose target table is missing, or (without a transform or `query` to reshape rows) whose
+/// target lacks a column it copies, before anything runs.
+async fn copy_problems(
+    target: &mut dyn godwit_driver::Conn,
+    plan: &Plan,
+    step: &godwit_plan::Step,
+) -> Result<(), Error> {
+    let StepKind::Copy {
+        source,
+        table,
+        key,
+        columns,
+        query,
+        into,
+        script,
+        ..
+    } = &step.kind
+    else {
+        return Ok(());
+    };
+    let at = |plan_key: &str| {
+        let at = step.key_locations.get(plan_key).unwrap_or(&step.location);
+        format!("{}:{}:{}", plan.path.display(), at.line, at.column)
+    };
+    let inspect = |what: &str, e: &godwit_driver::Error| {
+        Error::database(&format!("step {:?}: cannot inspect {what}", step.name), e)
+    };
+    let target_info = target
+        .table_info(into)
+        .await
+        .map_err(|e| inspect(into, &e))?;
+    if target_info.is_none() && !godwit_plan::runs_after_one_off(plan, step) {
+        return Err(Error::invalid(format!(
+            "{}: step {:?}: the target table {into} does not exist in the plan's database; create it first, or in a one-off `sql` step the copy comes `after`",
+            at("into"),
+            step.name
+        )));
+    }
+    let mut own;
+    let conn: &mut dyn godwit_driver::Conn = match source {
+        Some(url) => {
+            let url = DbUrl::new(url.clone());
+            own = godwit_db::connect(&url, &Default::default())
+                .await
+                .map_err(|e| {
+                    Error::database(
+                        &format!("step {:?}: cannot connect to the source {url}", step.name),
+                        &e,
+                    )
+                })?;
+            own.as_mut()
+        }
+        None => target,
+    };
+    if let Some(p) = key_problem(conn, table, key)
+        .await
+        .map_err(|e| inspect(table, &e))?
+    {
+        let fix = p.fix.map(|f| format!("; fix: {f}")).unwrap_or_default();
+        return Err(Error::invalid(format!(
+            "{}: step {:?}: {} ({}){fix}",
+            at(p.plan_key),
+            step.name,
+            p.message,
+            p.code
+        )));
+    }
+    let named = columns.as_deref().unwrap_or_default();
+    missing_columns(conn, plan, step, table, named).await?;
+    // Rows copied as they are must find every column in the target.
+    let (Some(target_info), None, None) = (target_info, query, script) else {
+        return Ok(());
+    };
+    let copied: Vec<String> = match columns {
+        Some(columns) => columns.clone(),
+        None => match conn
+            .table_info(table)
+            .await
+            .map_err(|e| inspect(table, &e))?
+        {
+            Some(info) => info.columns.into_iter().map(|c| c.name).collect(),
+            None => Vec::new(),
+        },
+    };
+    let lacking: Vec<&str> = copied
+        .iter()
+        .filter(|c| target_info.column(c).is_none())
+        .map(String::as_str)
+        .collect();
+    if lacking.is_empty() {
+        return Ok(());
+    }
+    Err(Error::invalid(format!(
+        "{}: step {:?}: the target table {into} has no column {} to copy into; name the columns to copy with `columns`, or reshape rows with a transform",
+        at("into"),
+        step.name,
+        lacking.join(", ")
+    )))
+}
+
+/// Refuses a transform whose `columns` names a column its table lacks, before anything runs.
+async fn missing_columns(
+    conn: &mut dyn godwit_driver::Conn,
+    plan: &Plan,
+    step: &godwit_plan::Step,
+    table: &str,
+    columns: &[String],
+) -> Result<(), Error> {
+    let info = conn.table_info(table).await.map_err(|e| {
+        Error::database(&format!("step {:?}: cannot inspect {table}", step.name), &e)
+    })?;
+    // A missing table is reported with the key's problems.
+    let Some(info) = info else { return Ok(()) };
+    let unknown: Vec<&str> = columns
+        .iter()
+        .filter(|c| info.column(c).is_none())
+        .map(String::as_str)
+        .collect();
+    if unknown.is_empty() {
+        return Ok(());
+    }
+    let at = step.key_locations.get("columns").unwrap_or(&step.location);
+    Err(Error::invalid(format!(
+        "{}:{}:{}: step {:?}: table {table} has no column {}",
+        plan.path.display(),
+        at.line,
+        at.column,
+        step.name,
+        unknown.join(", ")
+    )))
 }
 
 pub(crate) async fn open_state(url: &DbUrl) -> Result<StateStore, Error> {
@@ -342,7 +493,7 @@ pub async fn run(
     let mut steps = Vec::with_capacity(plan.steps.len());
     for step in &plan.steps {
         steps.push(Arc::new(
-            StepCtx::new(ctx.clone(), step.clone(), dialect).map_err(Error::invalid)?,
+            StepCtx::new(ctx.clone(), step.clone(), dialect, &plan.path).map_err(Error::invalid)?,
         ));
     }
 

@@ -2,16 +2,20 @@
 //! and decide when it is finished.
 
 use std::collections::VecDeque;
+use std::path::{Path, PathBuf};
 use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
 use godwit_driver::{rewrite_params, Conn, Dialect, Error, ErrorKind, KeyKind, Value};
-use godwit_plan::{Settings, Step, StepKind};
+use godwit_plan::{Script, Settings, Step, StepKind};
 use godwit_state::{ClaimedBatch, NewBatch, StepCompletion, StepRecord};
+use godwit_transform::{Limits, Source, Transform};
 use tokio::sync::OwnedSemaphorePermit;
 use tokio::task::JoinSet;
 
 use crate::batch::{self, Executed};
+use crate::copy::CopyStep;
+use crate::rows::RowStep;
 use crate::run::RunCtx;
 use crate::stop::StopLevel;
 use crate::walk::KeyWalk;
@@ -29,17 +33,31 @@ pub(crate) enum StepWork {
     },
     Chunked {
         walk: Box<KeyWalk>,
+        key_kind: OnceLock<KeyKind>,
+        action: ChunkAction,
+    },
+}
+
+/// What a chunked step does with each batch's key range.
+pub(crate) enum ChunkAction {
+    /// Runs the step's statement.
+    Sql {
         sql: String,
         /// For each positional parameter: 0 for `:start`, 1 for `:end`.
         order: Vec<usize>,
-        key_kind: OnceLock<KeyKind>,
     },
+    /// Reads the rows, transforms them and writes back the changed ones.
+    Rows(Box<RowStep>),
+    /// Reads the rows from the source, transforms them and inserts them into the target.
+    Copy(Box<CopyStep>),
 }
 
 pub(crate) struct StepCtx {
     run: Arc<RunCtx>,
     step: Step,
     work: StepWork,
+    /// The database whose key is walked: a copy's source, else the plan's database.
+    walk_url: godwit_driver::DbUrl,
 }
 
 /// How a step ended in this process.
@@ -51,7 +69,13 @@ pub(crate) enum StepResult {
 }
 
 impl StepCtx {
-    pub(crate) fn new(run: Arc<RunCtx>, step: Step, dialect: Dialect) -> Result<StepCtx, String> {
+    pub(crate) fn new(
+        run: Arc<RunCtx>,
+        step: Step,
+        dialect: Dialect,
+        plan_path: &Path,
+    ) -> Result<StepCtx, String> {
+        let mut walk_url = run.pool().url().clone();
         let work = match &step.kind {
             StepKind::Once { sql } => StepWork::Once {
                 outside_tx: needs_autocommit(sql, dialect),
@@ -66,19 +90,58 @@ impl StepCtx {
                 let rewritten = rewrite_params(sql, dialect, &["start", "end"]);
                 StepWork::Chunked {
                     walk: Box::new(KeyWalk::new(dialect, table, key, filter.as_deref())),
-                    sql: rewritten.sql,
-                    order: rewritten.order,
                     key_kind: OnceLock::new(),
+                    action: ChunkAction::Sql {
+                        sql: rewritten.sql,
+                        order: rewritten.order,
+                    },
                 }
             }
-            StepKind::Transform { .. } | StepKind::Copy { .. } => {
-                return Err(format!(
-                    "step {:?}: row transforms and copies are not supported by this version of godwit yet",
-                    step.name
-                ))
+            StepKind::Transform {
+                table,
+                key,
+                columns,
+                filter,
+                script,
+            } => {
+                let transform = build_transform(script, &step.settings, plan_path)
+                    .map_err(|e| format!("step {:?}: {e}", step.name))?;
+                StepWork::Chunked {
+                    walk: Box::new(KeyWalk::new(dialect, table, key, filter.as_deref())),
+                    key_kind: OnceLock::new(),
+                    action: ChunkAction::Rows(Box::new(RowStep::new(
+                        table,
+                        key,
+                        columns,
+                        filter.as_deref(),
+                        transform,
+                        step.settings.on_row_error,
+                        step.convert.clone(),
+                    ))),
+                }
+            }
+            StepKind::Copy {
+                table, key, filter, ..
+            } => {
+                let source_url = CopyStep::source_url(&step, run.pool().url());
+                let source_dialect = source_url.dialect().unwrap_or(dialect);
+                walk_url = source_url.clone();
+                let copy = CopyStep::for_step(&step, source_url, source_dialect, plan_path)
+                    .map_err(|e| format!("step {:?}: {e}", step.name))?
+                    .ok_or("a copy step without a copy")?;
+                StepWork::Chunked {
+                    walk: Box::new(KeyWalk::new(source_dialect, table, key, filter.as_deref())),
+                    key_kind: OnceLock::new(),
+                    action: ChunkAction::Copy(Box::new(copy)),
+                }
             }
         };
-        Ok(StepCtx { run, step, work })
+        Ok(StepCtx {
+            run,
+            step,
+            work,
+            walk_url,
+        })
     }
 
     pub(crate) fn run(&self) -> &RunCtx {
@@ -109,6 +172,37 @@ impl StepCtx {
             batch.attempts() + 1,
             self.step.settings.max_attempts
         )
+    }
+}
+
+/// Compiles a step's Lua, or prepares its program, once for this process.
+pub fn build_transform(
+    script: &Script,
+    settings: &Settings,
+    plan_path: &Path,
+) -> Result<Transform, godwit_driver::Error> {
+    let limits = Limits {
+        row_timeout: settings.row_timeout,
+        lua_memory: settings.lua_memory,
+    };
+    let plan_dir = match plan_path.parent() {
+        Some(dir) if !dir.as_os_str().is_empty() => dir.to_path_buf(),
+        _ => PathBuf::from("."),
+    };
+    match script {
+        Script::Lua {
+            code,
+            file,
+            first_line,
+        } => Transform::lua(
+            Source {
+                code: code.clone(),
+                file: file.clone().unwrap_or_else(|| plan_path.to_path_buf()),
+                first_line: *first_line,
+            },
+            limits,
+        ),
+        Script::Command(argv) => Ok(Transform::command(argv.clone(), plan_dir, limits)),
     }
 }
 
@@ -143,7 +237,7 @@ pub fn needs_autocommit(sql: &str, dialect: Dialect) -> bool {
 /// judge a full scan plus sort cheaper than reading the key index in order up to the LIMIT,
 /// and every claim would read the whole table; JIT and parallel workers only add start-up
 /// time to a query that reads one batch's worth of the index.
-async fn open_walker(
+pub(crate) async fn open_walker(
     url: &godwit_driver::DbUrl,
     timeout: Duration,
 ) -> Result<Box<dyn Conn>, godwit_driver::Error> {
@@ -174,6 +268,16 @@ async fn init(ctx: &StepCtx, conn: &mut dyn Conn) -> Result<StepRecord, godwit_d
                     .await?
             }
             StepWork::Chunked { walk, .. } => {
+                // Checked before the run when the table existed then; a table made by a
+                // one-off step of the plan is checked now.
+                if let StepKind::Chunked { table, key, .. }
+                | StepKind::Transform { table, key, .. }
+                | StepKind::Copy { table, key, .. } = &ctx.step.kind
+                {
+                    if let Some(p) = crate::key::key_problem(conn, table, key).await? {
+                        return Err(Error::permanent(format!("{} ({})", p.message, p.code)));
+                    }
+                }
                 let upper = walk.upper_key(conn).await?;
                 let (kind, encoded) = match &upper {
                     None | Some(Value::Null) => (None, None),
@@ -221,7 +325,7 @@ fn spawn_count(ctx: Arc<StepCtx>, record: &StepRecord) {
         let counted = async {
             let upper = kind.decode(&upper)?;
             // A fresh connection: pooled ones may carry the batches' time limit.
-            let mut conn = godwit_db::connect(run.pool().url(), &Default::default()).await?;
+            let mut conn = godwit_db::connect(&ctx.walk_url, &Default::default()).await?;
             let n = walk.count(conn.as_mut(), &upper).await?;
             run.state()
                 .set_rows_total(run.name(), ctx.name(), n)
@@ -534,7 +638,7 @@ pub(crate) async fn drive(ctx: Arc<StepCtx>) -> StepResult {
     let mut attempt = 0;
     let (mut walker, record) = loop {
         let starting = async {
-            let mut conn = open_walker(run.pool().url(), ctx.settings().batch_timeout).await?;
+            let mut conn = open_walker(&ctx.walk_url, ctx.settings().batch_timeout).await?;
             let record = init(&ctx, conn.as_mut()).await?;
             Ok::<_, godwit_driver::Error>((conn, record))
         };
@@ -601,7 +705,7 @@ pub(crate) async fn drive(ctx: Arc<StepCtx>) -> StepResult {
         // overlap the batches in flight instead of adding to each slot's idle time.
         let claiming = async {
             if walker.is_none() {
-                walker = Some(open_walker(run.pool().url(), ctx.settings().batch_timeout).await?);
+                walker = Some(open_walker(&ctx.walk_url, ctx.settings().batch_timeout).await?);
             }
             match walker.as_mut() {
                 Some(conn) => claim(&ctx, conn.as_mut(), &mut cache).await,

@@ -7,7 +7,7 @@ use godwit_driver::{Conn, Dialect, Error, Result, Value};
 
 /// The version of the state tables this build writes. A later release that changes them
 /// migrates from this number; an older release refuses newer tables.
-pub const SCHEMA_VERSION: i64 = 2;
+pub const SCHEMA_VERSION: i64 = 3;
 
 /// SQL for "now" in milliseconds on the state database's clock.
 pub(crate) fn now_ms(dialect: Dialect) -> &'static str {
@@ -85,6 +85,7 @@ fn ddl(dialect: Dialect) -> Vec<String> {
   finished_ms BIGINT,
   duration_ms BIGINT,
   rows_affected BIGINT,
+  rows_skipped BIGINT,
   error_code VARCHAR(32),
   error {long_text},
   PRIMARY KEY (run, step, batch){batches_index}
@@ -104,9 +105,38 @@ fn ddl(dialect: Dialect) -> Vec<String> {
   state VARCHAR(16) NOT NULL
 ){engine}"
     ));
+    // A row's key can be longer than an index entry may be (MySQL: 3072 bytes, PostgreSQL:
+    // about 2700), so the primary key holds the SHA-256 of the key and the key itself is
+    // compared on every write: a digest clash fails loudly rather than replacing another key's
+    // letter. The second index is the listing's order, so a limit reads no more than it returns.
+    let letters_index = match dialect {
+        Dialect::MySql => {
+            ",\n  INDEX godwit_dead_letters_order (run, step, batch, created_ms, seq, key_digest)"
+        }
+        Dialect::Postgres | Dialect::Sqlite => "",
+    };
+    statements.push(format!(
+        "CREATE TABLE IF NOT EXISTS godwit_dead_letters (
+  run VARCHAR(191) NOT NULL,
+  step VARCHAR(191) NOT NULL,
+  key_digest VARCHAR(64) NOT NULL,
+  key_text TEXT NOT NULL,
+  batch BIGINT NOT NULL,
+  seq BIGINT NOT NULL,
+  error {long_text} NOT NULL,
+  row_json {long_text} NOT NULL,
+  created_ms BIGINT NOT NULL,
+  PRIMARY KEY (run, step, key_digest){letters_index}
+){engine}"
+    ));
     if dialect != Dialect::MySql {
         statements.push(
             "CREATE INDEX IF NOT EXISTS godwit_batches_open ON godwit_batches (run, step, state)"
+                .to_string(),
+        );
+        statements.push(
+            "CREATE INDEX IF NOT EXISTS godwit_dead_letters_order \
+             ON godwit_dead_letters (run, step, batch, created_ms, seq, key_digest)"
                 .to_string(),
         );
     }
@@ -196,6 +226,13 @@ async fn migrate(conn: &mut dyn Conn) -> Result<()> {
     if !view_exists(conn, "godwit_queue").await? {
         conn.execute_unprepared(&queue_view(conn.dialect())).await?;
     }
+    // Version 3: rows a transform skipped, per batch (`godwit_dead_letters` is new, made with
+    // the other tables above).
+    let batches = conn.table_info("godwit_batches").await?;
+    if batches.is_some_and(|t| t.column("rows_skipped").is_none()) {
+        conn.execute_unprepared("ALTER TABLE godwit_batches ADD COLUMN rows_skipped BIGINT")
+            .await?;
+    }
     Ok(())
 }
 
@@ -262,6 +299,13 @@ fn queue_view(dialect: Dialect) -> String {
     )
 }
 
+/// Whether the state tables are at `version` or later: `known` (the version when the store
+/// was opened) when it is, else the version read again, since another process may have
+/// migrated them since. Reads only.
+pub(crate) async fn at_least(conn: &mut dyn Conn, known: i64, version: i64) -> Result<bool> {
+    Ok(known >= version || check_version(conn).await? >= version)
+}
+
 /// Refuses state tables written by a newer godwit and returns their version. Reads only.
 pub(crate) async fn check_version(conn: &mut dyn Conn) -> Result<i64> {
     let rows = conn
@@ -270,9 +314,11 @@ pub(crate) async fn check_version(conn: &mut dyn Conn) -> Result<i64> {
             &[],
         )
         .await?;
+    // Read as text: MySQL returns this utf8mb4_bin VARCHAR as bytes, which are no integer.
     let found = rows
         .first()
-        .and_then(|r| r.get(0).as_i64())
+        .and_then(|r| crate::get_text(r.get(0)))
+        .and_then(|v| v.trim().parse().ok())
         .unwrap_or_default();
     if found > SCHEMA_VERSION {
         return Err(Error::config(format!(

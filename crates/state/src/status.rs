@@ -75,7 +75,12 @@ pub struct StepStatus {
 
 const RATE_WINDOW_MS: i64 = 30_000;
 
-pub(crate) async fn read(conn: &mut dyn Conn, run: String) -> Result<Option<RunStatus>> {
+/// `skipped`: whether `godwit_batches` has `rows_skipped` (version 3).
+pub(crate) async fn read(
+    conn: &mut dyn Conn,
+    run: String,
+    skipped: bool,
+) -> Result<Option<RunStatus>> {
     let d = conn.dialect();
     let now = schema::now_ms(d);
     let runs = conn
@@ -110,7 +115,16 @@ pub(crate) async fn read(conn: &mut dyn Conn, run: String) -> Result<Option<RunS
         )
         .await?;
     // One pass over the run's batches for every step's counters; the casts keep MySQL and
-    // PostgreSQL from widening sums to DECIMAL/NUMERIC.
+    // PostgreSQL from widening sums to DECIMAL/NUMERIC. Batches recorded before version 3
+    // have no skipped rows (NULL).
+    let int = int_type(d);
+    let skipped = if skipped {
+        format!(
+            "CAST(SUM(CASE WHEN state = 'done' THEN COALESCE(rows_skipped, 0) ELSE 0 END) AS {int})"
+        )
+    } else {
+        "0".to_string()
+    };
     let counts = conn
         .query(
             &sql(
@@ -121,9 +135,9 @@ pub(crate) async fn read(conn: &mut dyn Conn, run: String) -> Result<Option<RunS
                        CAST(SUM(CASE WHEN state = 'failed' THEN 1 ELSE 0 END) AS {int}), \
                        CAST(SUM(CASE WHEN state = 'done' THEN n_rows ELSE 0 END) AS {int}), \
                        CAST(SUM(CASE WHEN state = 'done' AND finished_ms >= ? THEN n_rows ELSE 0 END) AS {int}), \
-                       MIN(CASE WHEN state = 'done' AND finished_ms >= ? THEN claimed_ms END) \
-                     FROM godwit_batches WHERE run = ? GROUP BY step",
-                    int = int_type(d)
+                       MIN(CASE WHEN state = 'done' AND finished_ms >= ? THEN claimed_ms END), \
+                       {skipped} \
+                     FROM godwit_batches WHERE run = ? GROUP BY step"
                 ),
             ),
             &[
@@ -168,7 +182,7 @@ pub(crate) async fn read(conn: &mut dyn Conn, run: String) -> Result<Option<RunS
             batches_done: n(1),
             batches_failed: n(2),
             rows_done,
-            rows_skipped: 0,
+            rows_skipped: n(6),
             rows_total_estimate: rows_total,
             rows_per_second: (rows_per_second * 10.0).round() / 10.0,
             eta_seconds,

@@ -1,99 +1,15 @@
 //! The claim protocol on each real database: compare-and-set claims, leases, fencing,
 //! retries, completion and status.
 
+mod common;
+
 use std::time::Duration;
 
-use godwit_driver::{Conn, ConnectOptions, DbUrl, Error};
+use common::{connect, db, range, run_name, spec, started_step, store, Db, LEASE};
+use godwit_driver::Error;
 use godwit_state::{
-    BatchOutcome, Control, NewBatch, Restart, RunSpec, RunStart, RunState, StateStore,
-    StepCompletion, StepRecord, StepSpec,
+    BatchOutcome, Control, Restart, RunStart, RunState, StateStore, StepCompletion,
 };
-
-struct Db {
-    url: DbUrl,
-    _dir: tempfile::TempDir,
-}
-
-async fn db(backend: &str) -> Db {
-    let dir = tempfile::tempdir().expect("temp dir");
-    let url = match backend {
-        "pg" => std::env::var("GODWIT_TEST_PG")
-            .expect("GODWIT_TEST_PG is not set: run the tests with scripts/test.sh"),
-        "mysql" => std::env::var("GODWIT_TEST_MYSQL")
-            .expect("GODWIT_TEST_MYSQL is not set: run the tests with scripts/test.sh"),
-        _ => format!("sqlite://{}/state.db", dir.path().display()),
-    };
-    Db {
-        url: DbUrl::new(url),
-        _dir: dir,
-    }
-}
-
-async fn connect(db: &Db) -> Box<dyn Conn> {
-    godwit_db::connect(
-        &db.url,
-        &ConnectOptions {
-            create_if_missing: true,
-        },
-    )
-    .await
-    .unwrap_or_else(|e| panic!("cannot connect to {}: {e}", db.url))
-}
-
-async fn store(db: &Db) -> StateStore {
-    StateStore::open(&db.url, connect(db).await)
-        .await
-        .expect("open state")
-}
-
-fn spec(name: &str, definition: &str) -> RunSpec {
-    RunSpec {
-        name: name.into(),
-        plan_text: "name = \"x\"".into(),
-        steps: vec![StepSpec {
-            name: "s".into(),
-            definition: definition.into(),
-            batch_size: 10,
-        }],
-    }
-}
-
-fn range(a: i64, b: i64, last: bool) -> NewBatch {
-    NewBatch {
-        start_key: Some(a.to_string()),
-        end_key: Some(b.to_string()),
-        n_rows: b - a + 1,
-        last,
-    }
-}
-
-fn run_name() -> String {
-    format!("claims-{:016x}", rand_u64())
-}
-
-fn rand_u64() -> u64 {
-    let t = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_nanos())
-        .unwrap_or_default();
-    (t as u64) ^ u64::from(std::process::id()).rotate_left(32)
-}
-
-const LEASE: Duration = Duration::from_secs(30);
-
-/// A new run whose one step `s`, keyed by integers up to `upper`, has started its walk.
-async fn started_step(state: &StateStore, upper: &str) -> (String, StepRecord) {
-    let run = run_name();
-    state
-        .begin_run(&spec(&run, "v1"), Restart::Resume)
-        .await
-        .unwrap();
-    let record = state
-        .init_step(&run, "s", Some("int"), Some(upper), false)
-        .await
-        .unwrap();
-    (run, record)
-}
 
 async fn claims_are_compare_and_set_and_fenced(backend: &str) {
     let db = db(backend).await;
@@ -178,6 +94,7 @@ async fn claims_are_compare_and_set_and_fenced(backend: &str) {
     let outcome = BatchOutcome {
         rows_affected: 10,
         duration: Duration::from_millis(5),
+        rows_skipped: 0,
     };
     let mut conn = connect(&db).await;
     conn.begin(Default::default()).await.unwrap();
@@ -303,7 +220,8 @@ async fn retries_release_and_completion(backend: &str) {
             &again,
             BatchOutcome {
                 rows_affected: 1,
-                duration: Duration::ZERO
+                duration: Duration::ZERO,
+                rows_skipped: 0,
             }
         )
         .await
@@ -402,6 +320,7 @@ async fn several_batches_in_one_claim(backend: &str) {
     let outcome = BatchOutcome {
         rows_affected: 10,
         duration: Duration::from_millis(1),
+        rows_skipped: 0,
     };
     assert!(state.record_done_here(&claimed[1], outcome).await.unwrap());
     assert_eq!(queue(&db, &run).await, Some((1, 2)));
@@ -466,6 +385,7 @@ async fn a_rewound_cursor_is_noticed(backend: &str) {
     let outcome = BatchOutcome {
         rows_affected: 10,
         duration: Duration::from_millis(1),
+        rows_skipped: 0,
     };
     assert!(!state.record_done_here(&claimed[0], outcome).await.unwrap());
     assert_eq!(
@@ -565,6 +485,7 @@ async fn queue_view_counts_what_is_left(backend: &str) {
     let outcome = BatchOutcome {
         rows_affected: 10,
         duration: Duration::from_millis(5),
+        rows_skipped: 0,
     };
     assert!(state.record_done_here(&claimed[0], outcome).await.unwrap());
     state.release(&claimed[1]).await.unwrap();
@@ -597,7 +518,7 @@ async fn queue_view_counts_what_is_left(backend: &str) {
     assert_eq!(queue(&db, &submitted).await, None);
 }
 
-/// State tables of version 1 gain what version 2 added when a newer godwit opens them.
+/// State tables of version 1 gain what versions 2 and 3 added when a newer godwit opens them.
 #[tokio::test]
 async fn version_1_tables_are_migrated() {
     let db = db("sqlite").await;
@@ -606,6 +527,8 @@ async fn version_1_tables_are_migrated() {
     for statement in [
         "DROP VIEW godwit_queue",
         "ALTER TABLE godwit_steps DROP COLUMN batch_size",
+        "DROP TABLE godwit_dead_letters",
+        "ALTER TABLE godwit_batches DROP COLUMN rows_skipped",
         "UPDATE godwit_meta SET value = '1' WHERE name = 'schema_version'",
     ] {
         conn.execute_unprepared(statement).await.unwrap();

@@ -1,0 +1,419 @@
+//! Column types as godwit sorts them, and fitting a value to a column without losing it.
+//!
+//! A transform returns plain values (a Lua string, a JSON number); before they are bound, each
+//! is fitted to the type of the column it goes into. A fit that would lose data (a fraction
+//! into an integer column, text that is not a number, bytes that are not UTF-8 into text) is
+//! an error naming the problem, never a silent rounding.
+
+use chrono::{DateTime, NaiveDate, NaiveDateTime, NaiveTime, Utc};
+
+use crate::Value;
+
+/// The family of a column's type, from the database's own type name.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum SqlType {
+    /// Integers of any width.
+    Int,
+    /// Exact decimals (`numeric`, `decimal`).
+    Decimal,
+    /// Binary floating point.
+    Float,
+    /// Booleans.
+    Bool,
+    /// Text of any length.
+    Text,
+    /// Bytes.
+    Bytes,
+    /// JSON documents.
+    Json,
+    /// UUIDs.
+    Uuid,
+    /// Dates.
+    Date,
+    /// Times of day.
+    Time,
+    /// Timestamps without time zone (MySQL's `DATETIME` too).
+    Timestamp,
+    /// Timestamps with time zone.
+    TimestampTz,
+    /// Anything else (enums, arrays, network types…): handed over as text, which the
+    /// database converts.
+    Other,
+}
+
+impl SqlType {
+    /// Sorts a type name as [`crate::ColumnInfo::data_type`] gives it (any case; a length or
+    /// precision in brackets is ignored).
+    pub fn of(data_type: &str) -> SqlType {
+        let t = data_type.trim().to_ascii_lowercase();
+        // Arrays (`integer[]`, internally `_int4`) and times with a zone are godwit's
+        // "other": read as their text.
+        let time_with_zone =
+            !t.starts_with("timestamp") && t.starts_with("time") && t.contains("with time zone");
+        if t.ends_with(']') || t.starts_with('_') || t == "timetz" || time_with_zone {
+            return SqlType::Other;
+        }
+        let base = t.split(['(', ' ']).next().unwrap_or("");
+        match base {
+            "int" | "integer" | "bigint" | "smallint" | "tinyint" | "mediumint" | "int2"
+            | "int4" | "int8" | "serial" | "bigserial" | "smallserial" | "year" => SqlType::Int,
+            "numeric" | "decimal" | "dec" | "number" | "fixed" => SqlType::Decimal,
+            "real" | "float" | "double" | "float4" | "float8" => SqlType::Float,
+            "bool" | "boolean" => SqlType::Bool,
+            "text" | "tinytext" | "mediumtext" | "longtext" | "char" | "varchar" | "character"
+            | "nchar" | "nvarchar" | "clob" | "citext" | "bpchar" | "name" | "enum" | "set" => {
+                SqlType::Text
+            }
+            "bytea" | "blob" | "tinyblob" | "mediumblob" | "longblob" | "binary" | "varbinary" => {
+                SqlType::Bytes
+            }
+            "json" | "jsonb" => SqlType::Json,
+            "uuid" => SqlType::Uuid,
+            "date" => SqlType::Date,
+            "time" => SqlType::Time,
+            "datetime" => SqlType::Timestamp,
+            "timestamptz" => SqlType::TimestampTz,
+            "timestamp" if t.contains("with time zone") && !t.contains("without") => {
+                SqlType::TimestampTz
+            }
+            "timestamp" => SqlType::Timestamp,
+            // SQLite's affinity rules for declared types godwit does not know by name.
+            _ if t.contains("int") && !t.contains("interval") && !t.contains("point") => {
+                SqlType::Int
+            }
+            _ if t.contains("char") || t.contains("text") || t.contains("clob") => SqlType::Text,
+            _ => SqlType::Other,
+        }
+    }
+
+    /// A value read from a column of this type, in the form transforms see: UTF-8 bytes from
+    /// a text column are text (MariaDB sends `_bin` text as bytes), JSON stored as text is a
+    /// document (MySQL and SQLite hand JSON over as text).
+    pub fn read(self, value: Value) -> Value {
+        match (self, value) {
+            (SqlType::Text, Value::Bytes(b)) => match String::from_utf8(b) {
+                Ok(s) => Value::Text(s),
+                Err(e) => Value::Bytes(e.into_bytes()),
+            },
+            (SqlType::Json, Value::Text(s)) => match serde_json::from_str(&s) {
+                Ok(json) => Value::Json(json),
+                Err(_) => Value::Text(s),
+            },
+            // MariaDB's UUID type arrives as the bytes of its text.
+            (SqlType::Uuid, Value::Bytes(b)) => match String::from_utf8(b) {
+                Ok(s) => s.parse().map_or(Value::Text(s), Value::Uuid),
+                Err(e) => Value::Bytes(e.into_bytes()),
+            },
+            (SqlType::Json, Value::Bytes(b)) => match serde_json::from_slice(&b) {
+                Ok(json) => Value::Json(json),
+                Err(_) => Value::Bytes(b),
+            },
+            (_, value) => value,
+        }
+    }
+
+    /// Fits `value` to a column of this type, or says why it cannot without losing data.
+    ///
+    /// Dates, times, timestamps, UUIDs and other types given as text stay text: the database
+    /// parses them (and refuses a bad one with its own error).
+    pub fn fit(self, value: Value) -> Result<Value, String> {
+        use Value as V;
+        Ok(match (self, value) {
+            (_, V::Null) => V::Null,
+            (SqlType::Int, V::Int(n)) => V::Int(n),
+            (SqlType::Int, V::Bool(b)) => V::Int(i64::from(b)),
+            (SqlType::Int, V::Float(f)) => {
+                if f.fract() == 0.0 && f >= -(2f64.powi(63)) && f < 2f64.powi(63) {
+                    V::Int(f as i64)
+                } else {
+                    return Err(format!("{f} is not an integer"));
+                }
+            }
+            (SqlType::Int, V::Text(s) | V::Decimal(s)) => {
+                let t = s.trim();
+                match t.parse::<i64>() {
+                    Ok(n) => V::Int(n),
+                    // Wider than 64 bits (MySQL's BIGINT UNSIGNED): the database checks range.
+                    Err(_) if is_integer_text(t) => V::Decimal(t.to_string()),
+                    Err(_) => return Err(format!("{s:?} is not an integer")),
+                }
+            }
+            (SqlType::Decimal, V::Int(n)) => V::Decimal(n.to_string()),
+            (SqlType::Decimal, V::Float(f)) if f.is_finite() => V::Decimal(f.to_string()),
+            (SqlType::Decimal, V::Text(s) | V::Decimal(s)) => {
+                let t = s.trim();
+                if is_decimal_text(t) {
+                    V::Decimal(t.to_string())
+                } else {
+                    return Err(format!("{s:?} is not a decimal number"));
+                }
+            }
+            (SqlType::Float, V::Int(n)) => V::Float(n as f64),
+            (SqlType::Float, V::Float(f)) => V::Float(f),
+            (SqlType::Float, V::Text(s) | V::Decimal(s)) => match s.trim().parse::<f64>() {
+                Ok(f) => V::Float(f),
+                Err(_) => return Err(format!("{s:?} is not a number")),
+            },
+            (SqlType::Bool, V::Bool(b)) => V::Bool(b),
+            (SqlType::Bool, V::Int(n @ (0 | 1))) => V::Bool(n == 1),
+            (SqlType::Bool, V::Text(s)) => match s.trim().to_ascii_lowercase().as_str() {
+                "true" | "t" | "1" | "yes" | "on" => V::Bool(true),
+                "false" | "f" | "0" | "no" | "off" => V::Bool(false),
+                _ => return Err(format!("{s:?} is not a boolean")),
+            },
+            (SqlType::Text, V::Text(s)) => V::Text(s),
+            (SqlType::Text, V::Bytes(b)) => match String::from_utf8(b) {
+                Ok(s) => V::Text(s),
+                Err(_) => return Err("bytes that are not UTF-8 cannot go into a text column".into()),
+            },
+            (SqlType::Text, V::Json(j)) => V::Text(j.to_string()),
+            (SqlType::Text, V::Int(n)) => V::Text(n.to_string()),
+            (SqlType::Text, V::Float(f)) => V::Text(f.to_string()),
+            (SqlType::Text, V::Decimal(s)) => V::Text(s),
+            (SqlType::Text, V::Bool(b)) => V::Text(b.to_string()),
+            (
+                SqlType::Text,
+                v @ (V::Uuid(_) | V::Date(_) | V::Time(_) | V::Timestamp(_) | V::TimestampTz(_)),
+            ) => V::Text(v.text_form().unwrap_or_default()),
+            (SqlType::Bytes, V::Bytes(b)) => V::Bytes(b),
+            (SqlType::Bytes, V::Text(s)) => V::Bytes(s.into_bytes()),
+            (SqlType::Json, V::Json(j)) => V::Json(j),
+            (SqlType::Json, V::Text(s)) => match serde_json::from_str(&s) {
+                Ok(j) => V::Json(j),
+                Err(_) => return Err(format!("{s:?} is not JSON text; return a table for a document")),
+            },
+            (SqlType::Json, V::Int(n)) => V::Json(n.into()),
+            (SqlType::Json, V::Bool(b)) => V::Json(b.into()),
+            (SqlType::Json, V::Float(f)) => match serde_json::Number::from_f64(f) {
+                Some(n) => V::Json(n.into()),
+                None => return Err(format!("{f} cannot be written as JSON")),
+            },
+            (SqlType::Date | SqlType::Timestamp | SqlType::TimestampTz, V::Text(s))
+                if s.starts_with("0000-00-00") =>
+            {
+                return Err(format!(
+                    "{s:?} is MySQL's zero date, which is no date; say what to write instead with `convert = {{ <column> = \"null\" }}`"
+                ))
+            }
+            // Text a transform wrote (Lua sees dates as text) becomes the typed value when it
+            // reads as one, so every database gets the same instant; other text is left to
+            // the database to parse (PostgreSQL's `infinity`) or refuse.
+            (SqlType::Date, V::Text(s)) => parse_date(&s).map_or(V::Text(s), V::Date),
+            (SqlType::Time, V::Text(s)) => parse_time(&s).map_or(V::Text(s), V::Time),
+            (SqlType::Timestamp, V::Text(s)) => parse_timestamp(&s)
+                .map(|t| V::Timestamp(t.naive_utc()))
+                .unwrap_or(V::Text(s)),
+            (SqlType::TimestampTz, V::Text(s)) => parse_timestamp(&s).map_or(V::Text(s), V::TimestampTz),
+            (SqlType::Uuid, V::Text(s)) => s.trim().parse().map_or(V::Text(s), V::Uuid),
+            // A time-zone-less timestamp is taken as UTC, as godwit's sessions are.
+            (SqlType::TimestampTz, V::Timestamp(t)) => V::TimestampTz(t.and_utc()),
+            (SqlType::Timestamp, V::TimestampTz(t)) => V::Timestamp(t.naive_utc()),
+            (
+                SqlType::Uuid
+                | SqlType::Date
+                | SqlType::Time
+                | SqlType::Timestamp
+                | SqlType::TimestampTz
+                | SqlType::Other,
+                value,
+            ) => match value {
+                V::Json(j) => V::Text(j.to_string()),
+                V::Bytes(_) | V::Float(_) | V::Bool(_)
+                    if !matches!(self, SqlType::Other) =>
+                {
+                    return Err(format!("{} cannot go into a {self:?} column", kind(&value)))
+                }
+                value => value,
+            },
+            (to, value) => {
+                return Err(format!(
+                    "{} cannot go into a {} column",
+                    kind(&value),
+                    format!("{to:?}").to_lowercase()
+                ))
+            }
+        })
+    }
+}
+
+/// What a value is, for messages.
+fn kind(value: &Value) -> &'static str {
+    match value {
+        Value::Null => "NULL",
+        Value::Bool(_) => "a boolean",
+        Value::Int(_) => "an integer",
+        Value::Float(_) => "a float",
+        Value::Decimal(_) => "a decimal",
+        Value::Text(_) => "text",
+        Value::Bytes(_) => "bytes",
+        Value::Json(_) => "a JSON document",
+        Value::Uuid(_) => "a UUID",
+        Value::Date(_) => "a date",
+        Value::Time(_) => "a time",
+        Value::Timestamp(_) | Value::TimestampTz(_) => "a timestamp",
+    }
+}
+
+fn parse_date(s: &str) -> Option<NaiveDate> {
+    NaiveDate::parse_from_str(s.trim(), "%Y-%m-%d").ok()
+}
+
+fn parse_time(s: &str) -> Option<NaiveTime> {
+    NaiveTime::parse_from_str(s.trim(), "%H:%M:%S%.f").ok()
+}
+
+/// `2024-02-29 23:59:58.5`, with `T` or a space, with or without an offset (`Z`, `+02:00`,
+/// `+0200`, `+02`); without one it is UTC.
+fn parse_timestamp(s: &str) -> Option<DateTime<Utc>> {
+    let s = s.trim();
+    for format in [
+        "%Y-%m-%d %H:%M:%S%.f%:z",
+        "%Y-%m-%dT%H:%M:%S%.f%:z",
+        "%Y-%m-%d %H:%M:%S%.f%z",
+        "%Y-%m-%dT%H:%M:%S%.f%z",
+        "%Y-%m-%d %H:%M:%S%.f%#z",
+        "%Y-%m-%dT%H:%M:%S%.f%#z",
+    ] {
+        if let Ok(t) = DateTime::parse_from_str(s, format) {
+            return Some(t.with_timezone(&Utc));
+        }
+    }
+    let naive = s.strip_suffix('Z').unwrap_or(s);
+    for format in ["%Y-%m-%d %H:%M:%S%.f", "%Y-%m-%dT%H:%M:%S%.f"] {
+        if let Ok(t) = NaiveDateTime::parse_from_str(naive, format) {
+            return Some(t.and_utc());
+        }
+    }
+    None
+}
+
+fn is_integer_text(t: &str) -> bool {
+    let digits = t.strip_prefix(['-', '+']).unwrap_or(t);
+    !digits.is_empty() && digits.bytes().all(|b| b.is_ascii_digit())
+}
+
+/// `-12.50`, `3`, `.5`, `1e-3`: what every database accepts as an exact numeric literal; and
+/// PostgreSQL's `NaN` and `±Infinity` (a database without them refuses them itself).
+fn is_decimal_text(t: &str) -> bool {
+    if matches!(t, "NaN" | "Infinity" | "-Infinity" | "+Infinity") {
+        return true;
+    }
+    let body = t.strip_prefix(['-', '+']).unwrap_or(t);
+    let (mantissa, exponent) = match body.find(['e', 'E']) {
+        Some(i) => (&body[..i], Some(&body[i + 1..])),
+        None => (body, None),
+    };
+    let (int, frac) = mantissa.split_once('.').unwrap_or((mantissa, ""));
+    let digits = |s: &str| s.bytes().all(|b| b.is_ascii_digit());
+    (!int.is_empty() || !frac.is_empty())
+        && digits(int)
+        && digits(frac)
+        && exponent.is_none_or(is_integer_text)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sorts_type_names_of_the_three_databases() {
+        for (name, t) in [
+            ("integer", SqlType::Int),
+            ("bigint(20) unsigned", SqlType::Int),
+            ("tinyint(1)", SqlType::Int),
+            ("numeric(10,2)", SqlType::Decimal),
+            ("decimal(65,30)", SqlType::Decimal),
+            ("double precision", SqlType::Float),
+            ("character varying(20)", SqlType::Text),
+            ("varchar(255)", SqlType::Text),
+            ("longtext", SqlType::Text),
+            ("bytea", SqlType::Bytes),
+            ("varbinary(16)", SqlType::Bytes),
+            ("jsonb", SqlType::Json),
+            ("timestamp without time zone", SqlType::Timestamp),
+            ("timestamp(3) with time zone", SqlType::TimestampTz),
+            ("datetime(6)", SqlType::Timestamp),
+            ("time without time zone", SqlType::Time),
+            ("interval", SqlType::Other),
+            ("integer[]", SqlType::Other),
+            ("text[]", SqlType::Other),
+            ("_int4", SqlType::Other),
+            ("time with time zone", SqlType::Other),
+            ("time(3) with time zone", SqlType::Other),
+            ("time(3) without time zone", SqlType::Time),
+            ("user-defined", SqlType::Other),
+            ("unsigned big int", SqlType::Int),
+            ("", SqlType::Other),
+        ] {
+            assert_eq!(SqlType::of(name), t, "{name}");
+        }
+    }
+
+    #[test]
+    fn fits_without_losing_data() {
+        assert_eq!(SqlType::Int.fit(Value::Float(3.0)), Ok(Value::Int(3)));
+        assert!(SqlType::Int.fit(Value::Float(3.5)).is_err());
+        assert!(SqlType::Int.fit(Value::Text("12a".into())).is_err());
+        assert_eq!(
+            SqlType::Int.fit(Value::Text("18446744073709551615".into())),
+            Ok(Value::Decimal("18446744073709551615".into()))
+        );
+        assert_eq!(
+            SqlType::Decimal.fit(Value::Text("-0.000000000000000000001".into())),
+            Ok(Value::Decimal("-0.000000000000000000001".into()))
+        );
+        assert!(SqlType::Decimal.fit(Value::Text("1,5".into())).is_err());
+        assert!(SqlType::Decimal.fit(Value::Float(f64::NAN)).is_err());
+        assert!(SqlType::Text.fit(Value::Bytes(vec![0xff])).is_err());
+        assert_eq!(
+            SqlType::Json.fit(Value::Text("[1]".into())),
+            Ok(Value::Json(serde_json::json!([1])))
+        );
+        assert!(SqlType::Json.fit(Value::Text("nope".into())).is_err());
+        assert_eq!(SqlType::Bool.fit(Value::Int(1)), Ok(Value::Bool(true)));
+        assert!(SqlType::Bool.fit(Value::Int(2)).is_err());
+        assert_eq!(SqlType::Date.fit(Value::Null), Ok(Value::Null));
+        let noon = NaiveDate::from_ymd_opt(2024, 2, 29)
+            .unwrap()
+            .and_hms_micro_opt(12, 0, 0, 500_000)
+            .unwrap();
+        for text in [
+            "2024-02-29 12:00:00.5",
+            "2024-02-29T12:00:00.5Z",
+            "2024-02-29 14:00:00.5+02:00",
+            "2024-02-29 14:00:00.5+02",
+        ] {
+            assert_eq!(
+                SqlType::TimestampTz.fit(Value::Text(text.into())),
+                Ok(Value::TimestampTz(noon.and_utc())),
+                "{text}"
+            );
+        }
+        assert_eq!(
+            SqlType::Timestamp.fit(Value::Text("2024-02-29 12:00:00.5".into())),
+            Ok(Value::Timestamp(noon))
+        );
+        assert_eq!(
+            SqlType::Date.fit(Value::Text("infinity".into())),
+            Ok(Value::Text("infinity".into()))
+        );
+        assert!(SqlType::Date.fit(Value::Float(1.0)).is_err());
+        assert!(SqlType::Date.fit(Value::Text("0000-00-00".into())).is_err());
+        assert!(SqlType::Timestamp
+            .fit(Value::Text("0000-00-00 00:00:00".into()))
+            .is_err());
+    }
+
+    #[test]
+    fn reads_text_and_json_in_the_form_transforms_see() {
+        assert_eq!(
+            SqlType::Text.read(Value::Bytes(b"caf\xc3\xa9".to_vec())),
+            Value::Text("café".into())
+        );
+        assert_eq!(
+            SqlType::Json.read(Value::Text("{\"a\":{}}".into())),
+            Value::Json(serde_json::json!({"a": {}}))
+        );
+        assert_eq!(SqlType::Int.read(Value::Int(1)), Value::Int(1));
+    }
+}

@@ -1,0 +1,435 @@
+//! A copy step's batch: read a key range from the source, optionally transform it, and insert
+//! the rows into the target table in the batch's transaction on the plan's database, so the
+//! rows and the batch's done record commit together.
+//!
+//! The source is read before the target's transaction opens, so the transaction holds its
+//! locks only while writing. Rows are written with multi-row `INSERT`s (one per group of rows
+//! with the same columns, split only at the database's parameter limit), with
+//! `on_conflict`: `error` (plain insert), `ignore` (`ON CONFLICT DO NOTHING`; on MySQL an
+//! update that changes nothing, since `INSERT IGNORE` would also hide truncations) or `update`
+//! (an upsert on the target's unique key).
+
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::sync::Arc;
+
+use godwit_driver::{
+    quote_ident, rewrite_params, Conn, DbUrl, Dialect, Error, SqlType, TableInfo, Value,
+};
+use godwit_plan::{Convert, OnConflict, OnRowError, Step, StepKind};
+use godwit_state::DeadLetter;
+use godwit_transform::{Outcome, Rows, Transform};
+use tokio::sync::OnceCell;
+
+use crate::pool::ConnPool;
+use crate::rows::{key_text, param, refuse_row, Columns, MAX_PARAMS};
+use crate::step::build_transform;
+
+/// A copy step, prepared once per process.
+pub(crate) struct CopyStep {
+    /// Connections to the source database (the plan's own when `source` is not given).
+    pub(crate) source: ConnPool,
+    table: String,
+    key: String,
+    columns: Option<Vec<String>>,
+    /// `query` with `:start`/`:end` rewritten, and the order of its parameters.
+    query: Option<(String, Vec<usize>)>,
+    filter: Option<String>,
+    into: String,
+    on_conflict: OnConflict,
+    transform: Option<Transform>,
+    on_row_error: OnRowError,
+    convert: BTreeMap<String, Convert>,
+    read: OnceCell<Read>,
+    write: OnceCell<Write>,
+}
+
+/// How the source is read.
+struct Read {
+    sql: String,
+    /// The source's column types by name, for reading values in the form transforms see.
+    types: Columns,
+}
+
+/// What the target looks like.
+struct Write {
+    columns: Columns,
+    /// The columns of the target's unique key used for `on_conflict = "update"`.
+    conflict_key: Vec<String>,
+}
+
+impl CopyStep {
+    /// The copy `step` describes (`None` for another kind of step), reading from
+    /// `source_url`; its transform is compiled here.
+    pub(crate) fn for_step(
+        step: &Step,
+        source_url: DbUrl,
+        source_dialect: Dialect,
+        plan_path: &Path,
+    ) -> Result<Option<CopyStep>, Error> {
+        let StepKind::Copy {
+            table,
+            key,
+            columns,
+            query,
+            filter,
+            into,
+            on_conflict,
+            script,
+            ..
+        } = &step.kind
+        else {
+            return Ok(None);
+        };
+        let transform = script
+            .as_ref()
+            .map(|s| build_transform(s, &step.settings, plan_path))
+            .transpose()?;
+        Ok(Some(CopyStep {
+            source: ConnPool::new(source_url, step.settings.lease),
+            table: table.clone(),
+            key: key.clone(),
+            columns: columns.clone(),
+            query: query.as_deref().map(|q| {
+                let rewritten = rewrite_params(q, source_dialect, &["start", "end"]);
+                (rewritten.sql, rewritten.order)
+            }),
+            filter: filter.clone(),
+            into: into.clone(),
+            on_conflict: *on_conflict,
+            transform,
+            on_row_error: step.settings.on_row_error,
+            convert: step.convert.clone(),
+            read: OnceCell::new(),
+            write: OnceCell::new(),
+        }))
+    }
+
+    /// Where a copy reads: its `source`, or else the plan's database.
+    pub(crate) fn source_url(step: &Step, plan_database: &DbUrl) -> DbUrl {
+        match &step.kind {
+            StepKind::Copy {
+                source: Some(url), ..
+            } => DbUrl::new(url.clone()),
+            _ => plan_database.clone(),
+        }
+    }
+
+    async fn read_plan(&self, conn: &mut dyn Conn) -> Result<&Read, Error> {
+        self.read
+            .get_or_try_init(|| async {
+                let info = conn.table_info(&self.table).await?.ok_or_else(|| {
+                    Error::permanent(format!("source table {} does not exist", self.table))
+                })?;
+                Ok(Read::new(conn.dialect(), self, &info))
+            })
+            .await
+    }
+
+    async fn write_plan(&self, conn: &mut dyn Conn) -> Result<&Write, Error> {
+        self.write
+            .get_or_try_init(|| async {
+                let info = conn.table_info(&self.into).await?.ok_or_else(|| {
+                    Error::permanent(format!("target table {} does not exist", self.into))
+                })?;
+                Ok(Write::new(&info, conn.dialect()))
+            })
+            .await
+    }
+
+    /// The target table.
+    pub(crate) fn into(&self) -> &str {
+        &self.into
+    }
+
+    /// The source key.
+    pub(crate) fn key(&self) -> &str {
+        &self.key
+    }
+
+    /// Whether rows that cannot be copied become dead letters (`on_row_error = "skip"`).
+    pub(crate) fn skips_bad_rows(&self) -> bool {
+        self.on_row_error == OnRowError::Skip
+    }
+
+    /// The step's `convert` rules.
+    pub(crate) fn convert(&self) -> &BTreeMap<String, Convert> {
+        &self.convert
+    }
+
+    /// The target's columns.
+    pub(crate) async fn target_columns(&self, conn: &mut dyn Conn) -> Result<&Columns, Error> {
+        Ok(&self.write_plan(conn).await?.columns)
+    }
+
+    /// Reads the rows between `start` and `end` (inclusive) from the source and transforms
+    /// them: the rows to write (grouped by their columns) and the refused rows.
+    pub(crate) async fn read(
+        &self,
+        start: Value,
+        end: Value,
+    ) -> Result<(Vec<Vec<(String, Value)>>, Vec<DeadLetter>), Error> {
+        let mut conn = self.source.take().await?;
+        let read = async {
+            let plan = self.read_plan(conn.as_mut()).await?;
+            let params = match &self.query {
+                Some((_, order)) => order
+                    .iter()
+                    .map(|&i| if i == 0 { start.clone() } else { end.clone() })
+                    .collect(),
+                None => vec![start, end],
+            };
+            let rows = conn.query(&plan.sql, &params).await?;
+            Ok::<_, Error>((plan, rows))
+        }
+        .await;
+        let (plan, rows) = match read {
+            Ok(found) => {
+                self.source.give(conn);
+                found
+            }
+            // A connection that failed mid-query is not given back.
+            Err(e) => return Err(e),
+        };
+        let names: Arc<[String]> = match rows.first() {
+            Some(row) => row.columns().to_vec().into(),
+            None => return Ok((Vec::new(), Vec::new())),
+        };
+        let types: Vec<SqlType> = names
+            .iter()
+            .map(|n| plan.types.get(n).map_or(SqlType::Other, |c| c.sql_type))
+            .collect();
+        let rows: Vec<Vec<Value>> = rows
+            .into_iter()
+            .map(|row| {
+                row.into_values()
+                    .into_iter()
+                    .zip(&types)
+                    .map(|(v, t)| t.read(v))
+                    .collect()
+            })
+            .collect();
+        let input = Rows {
+            columns: names.clone(),
+            rows,
+        };
+        let outcomes = match &self.transform {
+            Some(t) => t.apply(input.clone()).await?,
+            None => input
+                .rows
+                .iter()
+                .map(|values| {
+                    Outcome::Row(names.iter().cloned().zip(values.iter().cloned()).collect())
+                })
+                .collect(),
+        };
+        let mut out = Vec::with_capacity(input.rows.len());
+        let mut dead_letters = Vec::new();
+        for (values, outcome) in input.rows.iter().zip(outcomes) {
+            let refused = match outcome {
+                Outcome::Keep => continue,
+                Outcome::Row(row) => {
+                    out.push(row);
+                    continue;
+                }
+                Outcome::Rows(rows) => {
+                    out.extend(rows);
+                    continue;
+                }
+                Outcome::Error(e) => e,
+            };
+            let key = key_of(&names, &self.key, values);
+            let letter = refuse_row(self.on_row_error, key, refused, &names, values)?;
+            dead_letters.push(letter);
+        }
+        Ok((out, dead_letters))
+    }
+
+    /// Writes `rows` into the target in the open transaction on `conn`. A row that does not
+    /// fit the target (a column it lacks, a value its type cannot hold) fails the batch or
+    /// becomes a dead letter, as `on_row_error` says.
+    pub(crate) async fn write(
+        &self,
+        conn: &mut dyn Conn,
+        rows: Vec<Vec<(String, Value)>>,
+        dead_letters: &mut Vec<DeadLetter>,
+    ) -> Result<u64, Error> {
+        let dialect = conn.dialect();
+        let write = self.write_plan(conn).await?;
+        let mut groups: BTreeMap<Vec<String>, Vec<Vec<Value>>> = BTreeMap::new();
+        for row in rows {
+            match write.columns.fit(row.clone(), &self.convert) {
+                Ok(fitted) => {
+                    let (names, values): (Vec<String>, Vec<Value>) = fitted.into_iter().unzip();
+                    groups.entry(names).or_default().push(values);
+                }
+                Err(problem) => {
+                    let names: Vec<String> = row.iter().map(|(n, _)| n.clone()).collect();
+                    let values: Vec<Value> = row.into_iter().map(|(_, v)| v).collect();
+                    let key = key_of(&names, &self.key, &values);
+                    let problem = format!("target table {}: {problem}", self.into);
+                    let letter = refuse_row(self.on_row_error, key, problem, &names, &values)?;
+                    dead_letters.push(letter);
+                }
+            }
+        }
+        let mut written = 0;
+        for (names, rows) in &groups {
+            let per_statement = (MAX_PARAMS / names.len().max(1)).max(1);
+            for chunk in rows.chunks(per_statement) {
+                let (sql, params) =
+                    write.insert(dialect, &self.into, self.on_conflict, names, chunk)?;
+                written += conn.execute(&sql, &params).await?;
+            }
+        }
+        Ok(written)
+    }
+}
+
+impl Read {
+    fn new(dialect: Dialect, step: &CopyStep, info: &TableInfo) -> Read {
+        let types = Columns::new(info, dialect);
+        if let Some((sql, _)) = &step.query {
+            return Read {
+                sql: sql.clone(),
+                types,
+            };
+        }
+        let names: Vec<String> = match &step.columns {
+            Some(columns) => columns.clone(),
+            None => info.columns.iter().map(|c| c.name.clone()).collect(),
+        };
+        let list: Vec<String> = names
+            .iter()
+            .map(|n| {
+                let q = quote_ident(dialect, n);
+                let other = types.get(n).is_some_and(|c| c.sql_type == SqlType::Other);
+                // Types godwit does not decode (enums, arrays, network types) travel as text.
+                if dialect == Dialect::Postgres && other {
+                    format!("{q}::text AS {q}")
+                } else {
+                    q
+                }
+            })
+            .collect();
+        let k = quote_ident(dialect, &step.key);
+        let filter = step
+            .filter
+            .as_deref()
+            .map(|f| format!(" AND ({f})"))
+            .unwrap_or_default();
+        Read {
+            sql: format!(
+                "SELECT {} FROM {} WHERE {k} >= {} AND {k} <= {}{filter} ORDER BY {k}",
+                list.join(", "),
+                quote_ident(dialect, &step.table),
+                dialect.param(1),
+                dialect.param(2),
+            ),
+            types,
+        }
+    }
+}
+
+impl Write {
+    fn new(info: &TableInfo, dialect: Dialect) -> Write {
+        // The primary key if there is one, else the first unique index.
+        let chosen = info
+            .indexes
+            .iter()
+            .find(|i| i.primary)
+            .or_else(|| info.indexes.iter().find(|i| i.unique));
+        Write {
+            columns: Columns::new(info, dialect),
+            conflict_key: chosen.map(|i| i.columns.clone()).unwrap_or_default(),
+        }
+    }
+
+    /// One multi-row insert of `rows` (values in `names` order).
+    fn insert(
+        &self,
+        dialect: Dialect,
+        table: &str,
+        on_conflict: OnConflict,
+        names: &[String],
+        rows: &[Vec<Value>],
+    ) -> Result<(String, Vec<Value>), Error> {
+        let q = |n: &str| quote_ident(dialect, n);
+        let mut params = Vec::with_capacity(rows.len() * names.len());
+        let mut tuples = Vec::with_capacity(rows.len());
+        for values in rows {
+            let mut cells = Vec::with_capacity(names.len());
+            for (name, value) in names.iter().zip(values) {
+                params.push(param(dialect, value));
+                cells.push(format!(
+                    "{}{}",
+                    dialect.param(params.len()),
+                    self.columns.cast(dialect, name)
+                ));
+            }
+            tuples.push(format!("({})", cells.join(", ")));
+        }
+        let in_key = |n: &String| self.conflict_key.iter().any(|k| k.eq_ignore_ascii_case(n));
+        let others: Vec<&String> = names.iter().filter(|n| !in_key(n)).collect();
+        let clause = match (on_conflict, dialect) {
+            (OnConflict::Error, _) => String::new(),
+            (OnConflict::Ignore, Dialect::Postgres | Dialect::Sqlite) => {
+                " ON CONFLICT DO NOTHING".to_string()
+            }
+            (OnConflict::Ignore, Dialect::MySql) => {
+                let first = q(&names[0]);
+                format!(" ON DUPLICATE KEY UPDATE {first} = {first}")
+            }
+            (OnConflict::Update, Dialect::Postgres | Dialect::Sqlite) => {
+                if self.conflict_key.is_empty() {
+                    return Err(Error::permanent(format!(
+                        "on_conflict = \"update\" needs a primary key or unique index on {table}"
+                    )));
+                }
+                let target: Vec<String> = self.conflict_key.iter().map(|k| q(k)).collect();
+                if others.is_empty() {
+                    format!(" ON CONFLICT ({}) DO NOTHING", target.join(", "))
+                } else {
+                    let set: Vec<String> = others
+                        .iter()
+                        .map(|n| format!("{} = excluded.{}", q(n), q(n)))
+                        .collect();
+                    format!(
+                        " ON CONFLICT ({}) DO UPDATE SET {}",
+                        target.join(", "),
+                        set.join(", ")
+                    )
+                }
+            }
+            (OnConflict::Update, Dialect::MySql) => {
+                let set: Vec<String> = if others.is_empty() {
+                    vec![format!("{} = {}", q(&names[0]), q(&names[0]))]
+                } else {
+                    others
+                        .iter()
+                        .map(|n| format!("{} = VALUES({})", q(n), q(n)))
+                        .collect()
+                };
+                format!(" ON DUPLICATE KEY UPDATE {}", set.join(", "))
+            }
+        };
+        let columns: Vec<String> = names.iter().map(|n| q(n)).collect();
+        let sql = format!(
+            "INSERT INTO {} ({}) VALUES {}{clause}",
+            quote_ident(dialect, table),
+            columns.join(", "),
+            tuples.join(", ")
+        );
+        Ok((sql, params))
+    }
+}
+
+/// The source key of a row, for messages and dead letters: the column named like the step's
+/// key, else the row's first value.
+fn key_of(names: &[String], key: &str, values: &[Value]) -> String {
+    let at = names
+        .iter()
+        .position(|n| n.eq_ignore_ascii_case(key))
+        .unwrap_or(0);
+    values.get(at).map_or_else(String::new, key_text)
+}

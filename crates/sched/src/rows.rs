@@ -1,0 +1,647 @@
+//! A transform step's batch: read the batch's rows under lock, run the transform, write back
+//! only the rows it changed, in the batch's transaction.
+//!
+//! No application write is lost: the rows are read `FOR UPDATE` (PostgreSQL, MySQL), so a
+//! concurrent writer waits for the batch's commit and then applies its change on top; SQLite's
+//! `BEGIN IMMEDIATE` already holds the only write lock. The write is one set-based statement per
+//! group of rows changing the same columns (`UPDATE … FROM (VALUES …)` on PostgreSQL and
+//! SQLite, `UPDATE … JOIN (SELECT … UNION ALL …)` on MySQL), split only where a statement would
+//! pass the database's limit on bound parameters.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
+
+use godwit_driver::{quote_ident, Conn, Dialect, Error, SqlType, TableInfo, Value};
+use godwit_plan::{Convert, OnRowError};
+use godwit_state::DeadLetter;
+use godwit_transform::json::{row_line, text_form};
+use godwit_transform::{Outcome, Rows, Transform};
+use tokio::sync::OnceCell;
+
+/// Bound parameters per statement: under SQLite's 32,766 and the 65,535 of the others.
+pub(crate) const MAX_PARAMS: usize = 30_000;
+
+/// A transform step, prepared once per process.
+pub(crate) struct RowStep {
+    pub(crate) table: String,
+    pub(crate) key: String,
+    /// Columns read besides the key; empty means all.
+    pub(crate) columns: Vec<String>,
+    pub(crate) filter: Option<String>,
+    pub(crate) transform: Transform,
+    pub(crate) on_row_error: OnRowError,
+    convert: BTreeMap<String, Convert>,
+    shape: OnceCell<Shape>,
+}
+
+/// What the table looks like, learned from the database on the first batch.
+struct Shape {
+    read_sql: String,
+    /// Names of the columns read, the key first.
+    names: Arc<[String]>,
+    /// The type of each column read, for reading it in the form transforms see.
+    read_types: Vec<SqlType>,
+    /// Every column of the table.
+    columns: Columns,
+    /// The key's name as stored.
+    key: String,
+    /// MySQL: the joined key converted to the text key's own character set and collation
+    /// (empty for other keys).
+    key_collate: String,
+}
+
+/// What one batch did.
+pub(crate) struct RowsDone {
+    pub(crate) rows_written: u64,
+    pub(crate) dead_letters: Vec<DeadLetter>,
+}
+
+impl RowStep {
+    pub(crate) fn new(
+        table: &str,
+        key: &str,
+        columns: &[String],
+        filter: Option<&str>,
+        transform: Transform,
+        on_row_error: OnRowError,
+        convert: BTreeMap<String, Convert>,
+    ) -> RowStep {
+        RowStep {
+            table: table.to_string(),
+            key: key.to_string(),
+            columns: columns.to_vec(),
+            filter: filter.map(str::to_string),
+            transform,
+            on_row_error,
+            convert,
+            shape: OnceCell::new(),
+        }
+    }
+
+    async fn shape(&self, conn: &mut dyn Conn) -> Result<&Shape, Error> {
+        self.shape
+            .get_or_try_init(|| async {
+                let info = conn.table_info(&self.table).await?.ok_or_else(|| {
+                    Error::permanent(format!("table {} does not exist", self.table))
+                })?;
+                Shape::new(conn.dialect(), self, &info)
+            })
+            .await
+    }
+
+    /// Runs the batch between `start` and `end` (inclusive) in the open transaction on `conn`.
+    /// Row errors become dead letters or, with `on_row_error = "fail"`, a permanent error
+    /// naming the row's key.
+    pub(crate) async fn run(
+        &self,
+        conn: &mut dyn Conn,
+        start: Value,
+        end: Value,
+    ) -> Result<RowsDone, Error> {
+        let dialect = conn.dialect();
+        let shape = self.shape(conn).await?;
+        let read = conn.query(&shape.read_sql, &[start, end]).await?;
+        let rows: Vec<Vec<Value>> = read
+            .into_iter()
+            .map(|row| {
+                row.into_values()
+                    .into_iter()
+                    .zip(&shape.read_types)
+                    .map(|(v, t)| t.read(v))
+                    .collect()
+            })
+            .collect();
+        let input = Rows {
+            columns: shape.names.clone(),
+            rows,
+        };
+        let outcomes = self.transform.apply(input.clone()).await?;
+        let mut dead_letters = Vec::new();
+        // Changed rows grouped by the columns they change, so each group is one statement.
+        let mut groups: BTreeMap<Vec<String>, Vec<(Value, Vec<Value>)>> = BTreeMap::new();
+        for (values, outcome) in input.rows.iter().zip(outcomes) {
+            match shape.changes(values, outcome, &self.convert) {
+                Ok(None) => {}
+                Ok(Some((names, new_values))) => groups
+                    .entry(names)
+                    .or_default()
+                    .push((values[0].clone(), new_values)),
+                Err(problem) => {
+                    let key = key_text(&values[0]);
+                    let letter =
+                        refuse_row(self.on_row_error, key, problem, &input.columns, values)?;
+                    dead_letters.push(letter);
+                }
+            }
+        }
+        let mut rows_written = 0;
+        for (names, rows) in &groups {
+            let per_statement = (MAX_PARAMS / (names.len() + 1)).max(1);
+            for chunk in rows.chunks(per_statement) {
+                let (sql, params) = shape.update(dialect, &self.table, names, chunk);
+                rows_written += conn.execute(&sql, &params).await?;
+            }
+        }
+        Ok(RowsDone {
+            rows_written,
+            dead_letters,
+        })
+    }
+}
+
+impl Shape {
+    fn new(dialect: Dialect, step: &RowStep, info: &TableInfo) -> Result<Shape, Error> {
+        let key = info
+            .column(&step.key)
+            .ok_or_else(|| {
+                Error::permanent(format!("table {} has no column {}", step.table, step.key))
+            })?
+            .name
+            .clone();
+        let mut names = vec![key.clone()];
+        if step.columns.is_empty() {
+            names.extend(
+                info.columns
+                    .iter()
+                    .filter(|c| c.name != key)
+                    .map(|c| c.name.clone()),
+            );
+        } else {
+            for wanted in &step.columns {
+                let column = info.column(wanted).ok_or_else(|| {
+                    Error::permanent(format!("table {} has no column {wanted}", step.table))
+                })?;
+                if !names.contains(&column.name) {
+                    names.push(column.name.clone());
+                }
+            }
+        }
+        let columns = Columns::new(info, dialect);
+        let read_types: Vec<SqlType> = names
+            .iter()
+            .map(|n| columns.get(n).map_or(SqlType::Other, |c| c.sql_type))
+            .collect();
+        let list: Vec<String> = names
+            .iter()
+            .zip(&read_types)
+            .map(|(n, t)| {
+                let q = quote_ident(dialect, n);
+                // Types godwit does not decode (enums, arrays, network types) arrive as text.
+                if dialect == Dialect::Postgres && *t == SqlType::Other {
+                    format!("{q}::text AS {q}")
+                } else {
+                    q
+                }
+            })
+            .collect();
+        let k = quote_ident(dialect, &key);
+        let filter = step
+            .filter
+            .as_deref()
+            .map(|f| format!(" AND ({f})"))
+            .unwrap_or_default();
+        let lock = match dialect {
+            Dialect::Postgres | Dialect::MySql => " FOR UPDATE",
+            Dialect::Sqlite => "",
+        };
+        let read_sql = format!(
+            "SELECT {} FROM {} WHERE {k} >= {} AND {k} <= {}{filter} ORDER BY {k}{lock}",
+            list.join(", "),
+            quote_ident(dialect, &step.table),
+            dialect.param(1),
+            dialect.param(2),
+        );
+        let key_collate = match info.column(&key).and_then(|c| c.collation.as_deref()) {
+            Some(collation) if dialect == Dialect::MySql => {
+                convert_to(collation, "godwit_v.godwit_k").unwrap_or_default()
+            }
+            _ => String::new(),
+        };
+        Ok(Shape {
+            read_sql,
+            names: names.into(),
+            read_types,
+            columns,
+            key,
+            key_collate,
+        })
+    }
+
+    /// The columns a row's outcome changes and their new values, fitted to the columns'
+    /// types; `None` when nothing changes; `Err` for a bad row.
+    #[allow(clippy::type_complexity)]
+    fn changes(
+        &self,
+        values: &[Value],
+        outcome: Outcome,
+        convert: &BTreeMap<String, Convert>,
+    ) -> Result<Option<(Vec<String>, Vec<Value>)>, String> {
+        let row = match outcome {
+            Outcome::Keep => return Ok(None),
+            Outcome::Error(e) => return Err(e),
+            Outcome::Rows(_) => {
+                return Err(
+                    "a transform step updates the row it was given: return one table of columns (lists of rows are for copies)"
+                        .into(),
+                )
+            }
+            Outcome::Row(row) => row,
+        };
+        let mut names = Vec::with_capacity(row.len());
+        let mut new_values = Vec::with_capacity(row.len());
+        for (stored, fitted) in self.columns.fit(row, convert)? {
+            let old = self
+                .names
+                .iter()
+                .position(|n| *n == stored)
+                .map(|i| &values[i]);
+            if old.is_some_and(|old| same(old, &fitted)) {
+                continue;
+            }
+            if stored == self.key {
+                return Err(format!("a transform cannot change the key column {stored}"));
+            }
+            names.push(stored);
+            new_values.push(fitted);
+        }
+        if names.is_empty() {
+            return Ok(None);
+        }
+        Ok(Some((names, new_values)))
+    }
+
+    /// One statement writing `rows` (key, new values in `names` order).
+    fn update(
+        &self,
+        dialect: Dialect,
+        table: &str,
+        names: &[String],
+        rows: &[(Value, Vec<Value>)],
+    ) -> (String, Vec<Value>) {
+        let t = quote_ident(dialect, table);
+        let k = quote_ident(dialect, &self.key);
+        let cast = |name: &str| self.columns.cast(dialect, name);
+        let mut params = Vec::with_capacity(rows.len() * (names.len() + 1));
+        let aliases: Vec<String> = (1..=names.len()).map(|i| format!("godwit_{i}")).collect();
+        let set: Vec<String> = names
+            .iter()
+            .zip(&aliases)
+            .map(|(n, a)| format!("{} = godwit_v.{a}", quote_ident(dialect, n)))
+            .collect();
+        let mut tuples = Vec::with_capacity(rows.len());
+        for (i, (key, values)) in rows.iter().enumerate() {
+            let mut cells = Vec::with_capacity(names.len() + 1);
+            params.push(param(dialect, key));
+            let key_cell = dialect.param(params.len());
+            cells.push(match (dialect, i) {
+                (Dialect::MySql, 0) => format!("{key_cell} AS godwit_k"),
+                _ => format!("{key_cell}{}", cast(&self.key)),
+            });
+            for ((name, value), alias) in names.iter().zip(values).zip(&aliases) {
+                params.push(param(dialect, value));
+                let cell = dialect.param(params.len());
+                cells.push(match (dialect, i) {
+                    (Dialect::MySql, 0) => format!("{cell} AS {alias}"),
+                    _ => format!("{cell}{}", cast(name)),
+                });
+            }
+            tuples.push(cells.join(", "));
+        }
+        let sql = match dialect {
+            Dialect::Postgres => format!(
+                "UPDATE {t} SET {} FROM (VALUES ({})) AS godwit_v(godwit_k, {}) WHERE {k} = godwit_v.godwit_k",
+                set.join(", "),
+                tuples.join("), ("),
+                aliases.join(", ")
+            ),
+            Dialect::Sqlite => format!(
+                "WITH godwit_v(godwit_k, {}) AS (VALUES ({})) UPDATE {t} SET {} FROM godwit_v WHERE {k} = godwit_v.godwit_k",
+                aliases.join(", "),
+                tuples.join("), ("),
+                set.join(", ")
+            ),
+            Dialect::MySql => {
+                // A parameter arrives in the connection's character set; a key of another one
+                // must be compared in its own, or MySQL refuses the mix of collations.
+                let joined = if self.key_collate.is_empty() {
+                    "godwit_v.godwit_k"
+                } else {
+                    &self.key_collate
+                };
+                format!(
+                    "UPDATE {t} JOIN (SELECT {}) AS godwit_v ON {t}.{k} = {joined} SET {}",
+                    tuples.join(" UNION ALL SELECT "),
+                    set.join(", ")
+                )
+            }
+        };
+        (sql, params)
+    }
+}
+
+/// The columns of a table that rows are written into, by name.
+pub(crate) struct Columns {
+    by_name: HashMap<String, Column>,
+}
+
+/// One column of a table written to.
+pub(crate) struct Column {
+    /// The name as stored.
+    pub(crate) name: String,
+    pub(crate) sql_type: SqlType,
+    /// PostgreSQL: the type a bound value is cast to.
+    cast: Option<String>,
+    /// The decimals the column holds exactly; a decimal beyond them would be rounded (by
+    /// PostgreSQL and MySQL without an error) and is refused instead.
+    decimals: Option<Decimals>,
+}
+
+/// What a decimal column holds without rounding.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub(crate) enum Decimals {
+    /// `numeric(precision, scale)`.
+    Fixed { precision: usize, scale: usize },
+    /// SQLite's NUMERIC affinity: integers of 64 bits, else a float's 15 significant digits.
+    Sqlite,
+}
+
+impl Decimals {
+    fn of(dialect: Dialect, sql_type: SqlType, data_type: &str) -> Option<Decimals> {
+        if sql_type != SqlType::Decimal {
+            return None;
+        }
+        if dialect == Dialect::Sqlite {
+            return Some(Decimals::Sqlite);
+        }
+        let inner = data_type.split_once('(')?.1.split_once(')')?.0;
+        let mut parts = inner.split(',').map(|p| p.trim().parse::<usize>());
+        let precision = parts.next()?.ok()?;
+        let scale = match parts.next() {
+            Some(s) => s.ok()?,
+            None => 0,
+        };
+        Some(Decimals::Fixed { precision, scale })
+    }
+
+    /// Why `text` does not fit, if it does not.
+    fn refuse(self, text: &str) -> Option<String> {
+        let (int_digits, frac_digits) = decimal_digits(text)?;
+        let fits = match self {
+            Decimals::Fixed { precision, scale } => {
+                frac_digits <= scale && int_digits <= precision.saturating_sub(scale)
+            }
+            Decimals::Sqlite => {
+                (frac_digits == 0 && text.trim().parse::<i64>().is_ok())
+                    || int_digits + frac_digits <= 15
+            }
+        };
+        if fits {
+            return None;
+        }
+        Some(match self {
+            Decimals::Fixed { precision, scale } => format!(
+                "{text} does not fit numeric({precision},{scale}) without rounding; round it in a transform or widen the column"
+            ),
+            Decimals::Sqlite => format!(
+                "{text} has more digits than SQLite keeps in a NUMERIC column (a float's 15); declare the column TEXT to keep them"
+            ),
+        })
+    }
+}
+
+/// The digits of a decimal's integer part (without leading zeros) and of its fraction
+/// (without trailing zeros); `None` for what is not a plain decimal (`NaN`, `Infinity`).
+fn decimal_digits(text: &str) -> Option<(usize, usize)> {
+    let t = text.trim();
+    let t = t.strip_prefix(['-', '+']).unwrap_or(t);
+    let (mantissa, exponent) = match t.find(['e', 'E']) {
+        Some(i) => (&t[..i], t[i + 1..].parse::<i64>().ok()?),
+        None => (t, 0),
+    };
+    let (int, frac) = mantissa.split_once('.').unwrap_or((mantissa, ""));
+    if !(int.bytes().all(|b| b.is_ascii_digit()) && frac.bytes().all(|b| b.is_ascii_digit())) {
+        return None;
+    }
+    let digits: String = format!("{int}{frac}");
+    // Where the point falls among `digits`, after the exponent moved it.
+    let point = int.len() as i64 + exponent;
+    let first = digits.find(|c| c != '0')? as i64;
+    let last = digits.rfind(|c| c != '0')? as i64 + 1;
+    let int_digits = (point - first).max(0) as usize;
+    let frac_digits = (last - point).max(0) as usize;
+    Some((int_digits, frac_digits))
+}
+
+impl Columns {
+    pub(crate) fn new(info: &TableInfo, dialect: Dialect) -> Columns {
+        let by_name = info
+            .columns
+            .iter()
+            .map(|c| {
+                let sql_type = c.sql_type();
+                let column = Column {
+                    name: c.name.clone(),
+                    sql_type,
+                    cast: c.cast.clone(),
+                    decimals: Decimals::of(dialect, sql_type, &c.data_type),
+                };
+                (c.name.to_lowercase(), column)
+            })
+            .collect();
+        Columns { by_name }
+    }
+
+    /// The column named `name`, compared without case as unquoted names are.
+    pub(crate) fn get(&self, name: &str) -> Option<&Column> {
+        self.by_name.get(&name.to_lowercase())
+    }
+
+    /// What follows a placeholder for `name`: a cast on PostgreSQL, where a parameter's type
+    /// is otherwise guessed from the first row.
+    pub(crate) fn cast(&self, dialect: Dialect, name: &str) -> String {
+        match (dialect, self.get(name).and_then(|c| c.cast.as_deref())) {
+            (Dialect::Postgres, Some(cast)) => format!("::{cast}"),
+            _ => String::new(),
+        }
+    }
+
+    /// A transform's row fitted to the table: each column by its stored name with its value
+    /// fitted to the column's type, or what is wrong with the row. `convert` says, per
+    /// column, what to write instead of a value the column cannot hold without loss.
+    pub(crate) fn fit(
+        &self,
+        row: Vec<(String, Value)>,
+        convert: &BTreeMap<String, Convert>,
+    ) -> Result<Vec<(String, Value)>, String> {
+        row.into_iter()
+            .map(|(name, value)| {
+                let column = self
+                    .get(&name)
+                    .ok_or_else(|| format!("the table has no column {name}"))?;
+                let rule = convert
+                    .iter()
+                    .find(|(c, _)| c.eq_ignore_ascii_case(&column.name))
+                    .map(|(_, rule)| *rule);
+                let value = match (rule, value, column.sql_type) {
+                    (Some(Convert::Replace), Value::Bytes(b), SqlType::Text) => {
+                        Value::Text(String::from_utf8_lossy(&b).into_owned())
+                    }
+                    (_, value, _) => value,
+                };
+                let fitted = column
+                    .sql_type
+                    .fit(value)
+                    .and_then(|v| match (&v, column.decimals) {
+                        (Value::Decimal(d), Some(limit)) => limit.refuse(d).map_or(Ok(v), Err),
+                        _ => Ok(v),
+                    });
+                let fitted = match (fitted, rule) {
+                    (Ok(v), _) => v,
+                    (Err(_), Some(Convert::Null)) => Value::Null,
+                    (Err(problem), _) => return Err(format!("column {}: {problem}", column.name)),
+                };
+                Ok((column.name.clone(), fitted))
+            })
+            .collect()
+    }
+}
+
+/// MySQL: `expr` converted to the character set and collation of a text column, so that a
+/// value sent in the connection's character set compares with the column's values (a mix of
+/// collations is otherwise refused). `None` for a collation name that is not a plain word.
+pub(crate) fn convert_to(collation: &str, expr: &str) -> Option<String> {
+    let plain = !collation.is_empty()
+        && collation
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'_');
+    if !plain {
+        return None;
+    }
+    let charset = collation.split('_').next().unwrap_or(collation);
+    Some(format!(
+        "CONVERT({expr} USING {charset}) COLLATE {collation}"
+    ))
+}
+
+/// A value as the writers bind it. On PostgreSQL every value goes as text into a cast to the
+/// column's type: a prepared statement fixes its parameters' types when first run, and the
+/// same statement text comes back with a NULL (sent as text) where a date once was, which
+/// PostgreSQL would then read as a date's binary form. As text, every run agrees.
+pub(crate) fn param(dialect: Dialect, value: &Value) -> Value {
+    if dialect != Dialect::Postgres {
+        return value.clone();
+    }
+    Value::Text(match value {
+        Value::Null => return Value::Null,
+        Value::Bool(b) => b.to_string(),
+        Value::Int(n) => n.to_string(),
+        Value::Float(f) if f.is_nan() => "NaN".to_string(),
+        Value::Float(f) if f.is_infinite() => {
+            if *f > 0.0 { "Infinity" } else { "-Infinity" }.to_string()
+        }
+        // Rust prints the shortest text that reads back as the same float.
+        Value::Float(f) => f.to_string(),
+        Value::Text(s) | Value::Decimal(s) => s.clone(),
+        Value::Bytes(b) => {
+            let mut hex = String::with_capacity(2 + b.len() * 2);
+            hex.push_str("\\x");
+            const DIGITS: &[u8; 16] = b"0123456789abcdef";
+            for byte in b {
+                hex.push(char::from(DIGITS[usize::from(byte >> 4)]));
+                hex.push(char::from(DIGITS[usize::from(byte & 0xf)]));
+            }
+            hex
+        }
+        Value::Json(j) => j.to_string(),
+        other => text_form(other).unwrap_or_default(),
+    })
+}
+
+/// Whether a transform's value is the one the column holds already (as the transform saw it:
+/// decimals, dates and UUIDs as their text).
+fn same(old: &Value, new: &Value) -> bool {
+    if old == new {
+        return true;
+    }
+    match (text_form(old), new) {
+        (Some(text), Value::Text(s) | Value::Decimal(s)) => text == *s,
+        _ => false,
+    }
+}
+
+/// A row a step cannot write: with `on_row_error = "fail"` the batch's error, naming the row's
+/// key; with `"skip"` its dead letter.
+pub(crate) fn refuse_row(
+    on_row_error: OnRowError,
+    key: String,
+    problem: String,
+    names: &[String],
+    values: &[Value],
+) -> Result<DeadLetter, Error> {
+    match on_row_error {
+        OnRowError::Fail => Err(Error::permanent(format!(
+            "the row with key {key}: {problem} (on_row_error = \"skip\" records such rows and goes on)"
+        ))),
+        OnRowError::Skip => Ok(DeadLetter {
+            key,
+            error: problem,
+            row: row_line(names, values),
+        }),
+    }
+}
+
+/// A key as the state tables and messages show it.
+pub(crate) fn key_text(key: &Value) -> String {
+    match key {
+        Value::Int(n) => n.to_string(),
+        Value::Text(s) => s.clone(),
+        Value::Bytes(b) => String::from_utf8_lossy(b).into_owned(),
+        other => text_form(other).unwrap_or_else(|| format!("{other:?}")),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn decimals_that_would_be_rounded_are_refused() {
+        let fixed = Decimals::Fixed {
+            precision: 5,
+            scale: 2,
+        };
+        assert_eq!(fixed.refuse("123.45"), None);
+        assert_eq!(fixed.refuse("-123.450000"), None);
+        assert_eq!(fixed.refuse("0.5"), None);
+        assert!(fixed.refuse("123.456").is_some());
+        assert!(fixed.refuse("1234.5").is_some());
+        assert_eq!(fixed.refuse("1.2345e2"), None);
+        assert!(fixed.refuse("1.2345e3").is_some());
+        assert_eq!(fixed.refuse("NaN"), None);
+        assert_eq!(Decimals::Sqlite.refuse("9223372036854775807"), None);
+        assert_eq!(Decimals::Sqlite.refuse("1234567.12345678"), None);
+        assert!(Decimals::Sqlite
+            .refuse("12345678901234567890.0123456789")
+            .is_some());
+        assert_eq!(decimal_digits("000.000"), None);
+        assert_eq!(decimal_digits("0.001"), Some((0, 3)));
+        assert_eq!(
+            Decimals::of(Dialect::Postgres, SqlType::Decimal, "numeric(12,2)"),
+            Some(Decimals::Fixed {
+                precision: 12,
+                scale: 2
+            })
+        );
+        assert_eq!(
+            Decimals::of(Dialect::MySql, SqlType::Decimal, "decimal(10,0) unsigned"),
+            Some(Decimals::Fixed {
+                precision: 10,
+                scale: 0
+            })
+        );
+        assert_eq!(
+            Decimals::of(Dialect::Postgres, SqlType::Decimal, "numeric"),
+            None
+        );
+    }
+}

@@ -1,0 +1,470 @@
+//! `godwit verify`: compares each copy step's source, as the copy would write it, with its
+//! target, key range by key range.
+//!
+//! The ranges are the source's keys in runs of `batch_size`, widened to meet each other so
+//! that together they cover every key (a target row between two source keys, or past the
+//! last one, is found). For each range the source rows are read and transformed exactly as
+//! the copy does, fitted to the target's column types, and both sides are reduced to a count
+//! and a content hash of their rows in a canonical text form (decimals without trailing
+//! zeros, JSON with sorted keys, bytes in hex, timestamps in UTC): the databases print the
+//! same value differently, so the hash is computed here rather than by each database. One
+//! range at a time is in memory.
+
+use std::collections::BTreeSet;
+use std::hash::{Hash, Hasher};
+use std::path::Path;
+
+use godwit_driver::{quote_ident, Conn, DbUrl, Error as DbError, KeyKind, SqlType, Value};
+use godwit_plan::{Plan, StepKind};
+use godwit_transform::json::text_form;
+
+use crate::copy::CopyStep;
+use crate::step::open_walker;
+use crate::walk::KeyWalk;
+use crate::Error;
+
+/// How many batches' worth of keys one walk query returns.
+const RANGES_PER_WALK: usize = 16;
+
+/// What `verify` found for one copy step.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct StepCheck {
+    /// The step.
+    pub step: String,
+    /// Key ranges compared.
+    pub ranges: u64,
+    /// Rows the copy writes, counted from the source (after the transform).
+    pub source_rows: u64,
+    /// Rows found in the target over the same key ranges.
+    pub target_rows: u64,
+    /// The ranges that differ.
+    pub differences: Vec<RangeDifference>,
+}
+
+/// A key range whose source and target differ.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct RangeDifference {
+    /// Keys greater than this (`None`: from the lowest key).
+    pub after: Option<String>,
+    /// Keys up to and including this (`None`: to the highest key).
+    pub through: Option<String>,
+    /// Rows the copy writes in this range.
+    pub source_rows: u64,
+    /// Rows the target holds in this range.
+    pub target_rows: u64,
+    /// The content hashes, as hexadecimal.
+    pub source_hash: String,
+    /// The target's.
+    pub target_hash: String,
+    /// The first key whose row differs: missing in the target, only in the target, or which
+    /// columns differ.
+    pub first_difference: Option<String>,
+}
+
+/// Compares every copy step of `plan`. Steps that are not copies are left out.
+///
+/// # Errors
+/// When a database cannot be reached or read, or a step cannot be verified (its target has
+/// no column named like the source key).
+pub async fn verify(plan: &Plan) -> Result<Vec<StepCheck>, Error> {
+    let target_url = DbUrl::new(plan.database.clone());
+    let mut out = Vec::new();
+    for step in &plan.steps {
+        let StepKind::Copy {
+            table,
+            key,
+            filter,
+            target_key,
+            ..
+        } = &step.kind
+        else {
+            continue;
+        };
+        let fail =
+            |what: &str, e: &DbError| Error::database(&format!("step {:?}: {what}", step.name), e);
+        let source_url = CopyStep::source_url(step, &target_url);
+        let mut walker = open_walker(&source_url, step.settings.batch_timeout)
+            .await
+            .map_err(|e| fail("cannot connect to the source", &e))?;
+        let source_dialect = walker.dialect();
+        let copy = CopyStep::for_step(step, source_url, source_dialect, Path::new(&plan.path))
+            .map_err(|e| Error::invalid(format!("step {:?}: {e}", step.name)))?
+            .ok_or_else(|| Error::invalid("a copy step without a copy"))?;
+        let mut target = godwit_db::connect(&target_url, &Default::default())
+            .await
+            .map_err(|e| fail("cannot connect to the plan's database", &e))?;
+        let walk = KeyWalk::new(source_dialect, table, key, filter.as_deref());
+        let check = verify_step(
+            &step.name,
+            &copy,
+            target_key.as_deref().unwrap_or(key),
+            &walk,
+            walker.as_mut(),
+            target.as_mut(),
+            step.settings.batch_size,
+        )
+        .await
+        .map_err(|e| match e.kind() {
+            godwit_driver::ErrorKind::Config => Error::invalid(format!(
+                "{}: step {:?}: {e}",
+                plan.path.display(),
+                step.name
+            )),
+            _ => fail("cannot verify", &e),
+        })?;
+        out.push(check);
+    }
+    Ok(out)
+}
+
+async fn verify_step(
+    name: &str,
+    copy: &CopyStep,
+    target_key: &str,
+    walk: &KeyWalk,
+    walker: &mut dyn Conn,
+    target: &mut dyn Conn,
+    batch_size: u64,
+) -> Result<StepCheck, DbError> {
+    let columns = copy.target_columns(target).await?;
+    let target_key = columns
+        .get(target_key)
+        .ok_or_else(|| {
+            DbError::permanent(format!(
+                "verify compares key ranges of the source key {}, and the target table {} has no column {target_key} to hold it; name the one that does with `target_key`",
+                copy.key(),
+                copy.into()
+            ))
+        })?
+        .name
+        .clone();
+    let mut check = StepCheck {
+        step: name.to_string(),
+        ranges: 0,
+        source_rows: 0,
+        target_rows: 0,
+        differences: Vec::new(),
+    };
+    let Some(upper) = walk.upper_key(walker).await?.filter(|v| !v.is_null()) else {
+        // An empty source: the target must be empty too.
+        let side = read_target(target, copy, &target_key, None, None, &[]).await?;
+        compare(&mut check, None, None, Vec::new(), side);
+        return Ok(check);
+    };
+    let kind = KeyKind::of(&upper).ok_or_else(|| {
+        DbError::permanent(format!("the key holds {upper:?}, which is not a key"))
+    })?;
+    let mut after: Option<Value> = None;
+    loop {
+        let ranges = walk
+            .next_ranges(
+                walker,
+                kind,
+                after.as_ref(),
+                &upper,
+                batch_size,
+                RANGES_PER_WALK,
+            )
+            .await?;
+        let Some(last) = ranges.last() else { break };
+        let ends = last.reaches_end;
+        for range in ranges {
+            let (rows, refused) = copy.read(range.first.clone(), range.last.clone()).await?;
+            let mut source_rows = Vec::with_capacity(rows.len());
+            let mut unwritable: Side = Vec::new();
+            let mut names = BTreeSet::new();
+            for row in rows {
+                match columns.fit(row.clone(), copy.convert()) {
+                    Ok(fitted) => {
+                        if !fitted.iter().any(|(n, _)| *n == target_key) {
+                            // A plan problem, not a database's: `verify` says exit 2.
+                            return Err(DbError::config(format!(
+                                "verify finds a copied row's range by its column {target_key}, which the copy does not write; name the target column that holds the source key with `target_key`"
+                            )));
+                        }
+                        names.extend(fitted.iter().map(|(n, _)| n.clone()));
+                        source_rows.push(fitted);
+                    }
+                    // Skipped rows are dead letters, not expected in the target; with
+                    // `on_row_error = "fail"` the copy cannot have written them, and verify
+                    // says so.
+                    Err(problem) if !copy.skips_bad_rows() => {
+                        let key = row
+                            .iter()
+                            .find(|(n, _)| n.eq_ignore_ascii_case(&target_key))
+                            .map_or_else(String::new, |(_, v)| canonical(v));
+                        unwritable.push((key, format!("cannot be written: {problem}")));
+                    }
+                    Err(_) => {}
+                }
+            }
+            if !copy.skips_bad_rows() {
+                unwritable.extend(
+                    refused
+                        .into_iter()
+                        .map(|l| (l.key, format!("refused by the transform: {}", l.error))),
+                );
+            }
+            let names: Vec<String> = names.into_iter().collect();
+            let mut source = canonical_rows(source_rows, &names, &target_key);
+            source.extend(unwritable);
+            source.sort();
+            let through = if ends && range.reaches_end {
+                None
+            } else {
+                Some(&range.last)
+            };
+            let side =
+                read_target(target, copy, &target_key, after.as_ref(), through, &names).await?;
+            compare(
+                &mut check,
+                after.as_ref().map(shown),
+                through.map(shown),
+                source,
+                side,
+            );
+            after = Some(range.last);
+        }
+        if ends {
+            break;
+        }
+    }
+    Ok(check)
+}
+
+/// One side of a range: each row as its key's text and its canonical text, sorted.
+type Side = Vec<(String, String)>;
+
+async fn read_target(
+    target: &mut dyn Conn,
+    copy: &CopyStep,
+    key: &str,
+    after: Option<&Value>,
+    through: Option<&Value>,
+    names: &[String],
+) -> Result<Side, DbError> {
+    let dialect = target.dialect();
+    let k = quote_ident(dialect, key);
+    let mut wanted: Vec<String> = names.to_vec();
+    if !wanted.iter().any(|n| n == key) {
+        wanted.push(key.to_string());
+    }
+    wanted.sort();
+    let list: Vec<String> = wanted.iter().map(|n| quote_ident(dialect, n)).collect();
+    let mut conditions = Vec::new();
+    let mut params = Vec::new();
+    if let Some(a) = after {
+        params.push(a.clone());
+        conditions.push(format!("{k} > {}", dialect.param(params.len())));
+    }
+    if let Some(t) = through {
+        params.push(t.clone());
+        conditions.push(format!("{k} <= {}", dialect.param(params.len())));
+    }
+    let filter = if conditions.is_empty() {
+        String::new()
+    } else {
+        format!(" WHERE {}", conditions.join(" AND "))
+    };
+    let sql = format!(
+        "SELECT {} FROM {}{filter}",
+        list.join(", "),
+        quote_ident(dialect, copy.into())
+    );
+    let columns = copy.target_columns(target).await?;
+    let types: Vec<SqlType> = wanted
+        .iter()
+        .map(|n| columns.get(n).map_or(SqlType::Other, |c| c.sql_type))
+        .collect();
+    let rows = target.query(&sql, &params).await?;
+    let rows = rows
+        .into_iter()
+        .map(|row| {
+            wanted
+                .iter()
+                .cloned()
+                .zip(
+                    row.into_values()
+                        .into_iter()
+                        .zip(&types)
+                        // As the source's values are: fitted to the column (a SQLite boolean
+                        // reads back as 1, a MariaDB one as an integer).
+                        .map(|(v, t)| {
+                            let v = t.read(v);
+                            t.fit(v.clone()).unwrap_or(v)
+                        }),
+                )
+                .collect::<Vec<(String, Value)>>()
+        })
+        .collect();
+    // Only the columns the copy writes are compared; the key was read to place the row.
+    Ok(canonical_rows(rows, names, key))
+}
+
+/// Rows as (key, canonical text over `names`), sorted.
+fn canonical_rows(rows: Vec<Vec<(String, Value)>>, names: &[String], key: &str) -> Side {
+    let mut out: Side = rows
+        .into_iter()
+        .map(|row| {
+            let get = |name: &str| row.iter().find(|(n, _)| n == name).map(|(_, v)| v);
+            let key_text = get(key).map_or_else(String::new, canonical);
+            let text: Vec<String> = names
+                .iter()
+                .map(|n| {
+                    format!(
+                        "{n}={}",
+                        get(n).map_or_else(|| "\u{2205}".to_string(), canonical)
+                    )
+                })
+                .collect();
+            (key_text, text.join("\u{1f}"))
+        })
+        .collect();
+    out.sort();
+    out
+}
+
+fn compare(
+    check: &mut StepCheck,
+    after: Option<String>,
+    through: Option<String>,
+    source: Side,
+    target: Side,
+) {
+    check.ranges += 1;
+    check.source_rows += source.len() as u64;
+    check.target_rows += target.len() as u64;
+    let (source_hash, target_hash) = (hash(&source), hash(&target));
+    if source.len() == target.len() && source_hash == target_hash {
+        return;
+    }
+    let first_difference = first_difference(&source, &target);
+    check.differences.push(RangeDifference {
+        after,
+        through,
+        source_rows: source.len() as u64,
+        target_rows: target.len() as u64,
+        source_hash,
+        target_hash,
+        first_difference,
+    });
+}
+
+/// What differs first, by key: a row the target lacks, a row only the target has, or the
+/// columns of a row that differ. A key may hold several rows (a fan-out copy).
+fn first_difference(source: &Side, target: &Side) -> Option<String> {
+    use std::collections::BTreeMap;
+    let group = |side: &'_ Side| {
+        let mut by_key: BTreeMap<String, Vec<String>> = BTreeMap::new();
+        for (k, r) in side {
+            by_key.entry(k.clone()).or_default().push(r.clone());
+        }
+        by_key
+    };
+    let (source, target) = (group(source), group(target));
+    let keys: std::collections::BTreeSet<&String> = source.keys().chain(target.keys()).collect();
+    for key in keys {
+        let none = Vec::new();
+        let s = source.get(key).unwrap_or(&none);
+        let t = target.get(key).unwrap_or(&none);
+        if s == t {
+            continue;
+        }
+        if t.is_empty() {
+            return Some(format!("key {key}: missing in the target"));
+        }
+        if s.is_empty() {
+            return Some(format!("key {key}: in the target only"));
+        }
+        if s.len() != t.len() {
+            return Some(format!(
+                "key {key}: {} rows in the source, {} in the target",
+                s.len(),
+                t.len()
+            ));
+        }
+        // Rows are sorted on both sides: the first pair that differs shows the columns.
+        let (a, b) = s.iter().zip(t).find(|(a, b)| a != b)?;
+        let columns: Vec<String> = a
+            .split('\u{1f}')
+            .zip(b.split('\u{1f}'))
+            .filter(|(x, y)| x != y)
+            .map(|(x, y)| {
+                let (name, x) = x.split_once('=').unwrap_or(("?", x));
+                let y = y.split_once('=').map_or(y, |(_, y)| y);
+                format!("{name}: source {x:?}, target {y:?}")
+            })
+            .collect();
+        return Some(format!("key {key}: {}", columns.join("; ")));
+    }
+    None
+}
+
+/// A stable hash of one side's rows (the same in every process of one build).
+fn hash(side: &Side) -> String {
+    #[allow(deprecated)]
+    let mut h = std::hash::SipHasher::new();
+    side.hash(&mut h);
+    format!("{:016x}", h.finish())
+}
+
+fn shown(v: &Value) -> String {
+    canonical(v)
+}
+
+/// A value's text for comparison across databases: equal values print alike whichever
+/// database gave them.
+fn canonical(v: &Value) -> String {
+    match v {
+        Value::Null => "NULL".to_string(),
+        Value::Bool(b) => b.to_string(),
+        Value::Int(n) => n.to_string(),
+        Value::Float(f) => format!("{f}"),
+        Value::Decimal(s) => decimal(s),
+        Value::Text(s) => s.clone(),
+        Value::Bytes(b) => b.iter().map(|x| format!("{x:02x}")).collect(),
+        Value::Json(j) => j.to_string(),
+        other => text_form(other).unwrap_or_default(),
+    }
+}
+
+/// A decimal without trailing fractional zeros or a leading `+`; `-0` is `0`.
+fn decimal(s: &str) -> String {
+    let s = s.trim().trim_start_matches('+');
+    let (neg, digits) = match s.strip_prefix('-') {
+        Some(rest) => (true, rest),
+        None => (false, s),
+    };
+    let (int, frac) = digits.split_once('.').unwrap_or((digits, ""));
+    let int = int.trim_start_matches('0');
+    let frac = frac.trim_end_matches('0');
+    let int = if int.is_empty() { "0" } else { int };
+    let body = if frac.is_empty() {
+        int.to_string()
+    } else {
+        format!("{int}.{frac}")
+    };
+    if neg && body != "0" {
+        format!("-{body}")
+    } else {
+        body
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn decimals_compare_by_value() {
+        assert_eq!(decimal("12.500"), "12.5");
+        assert_eq!(decimal("-0.00"), "0");
+        assert_eq!(decimal("007"), "7");
+        assert_eq!(decimal("+1.0"), "1");
+        assert_eq!(decimal("-0.010"), "-0.01");
+        assert_eq!(
+            canonical(&Value::Decimal("5.00".into())),
+            canonical(&Value::Int(5))
+        );
+    }
+}
