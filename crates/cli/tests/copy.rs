@@ -643,11 +643,6 @@ mod types {
 }
 
 mod types_verify {
-    // FIXME: verify compares a boolean as the target's driver returns it (SQLite: the integer
-    // 1; MariaDB: `true`) with the source's value fitted to the target column (SQLite
-    // BOOLEAN: `true`; MariaDB TINYINT(1): `1`), so every range holding a non-NULL boolean
-    // differs on MariaDB and SQLite targets although the data is equal. On MariaDB a UUID
-    // column is also read as bytes and hashed as hex against the source's text.
     pairs!(types_verify:
         pg_to_pg: Postgres -> Postgres,
         pg_to_mysql: Postgres -> MySql,
@@ -664,9 +659,6 @@ mod types_verify {
 /// UUIDs, dates and timestamps from PostgreSQL into text columns arrive as their text:
 /// SQLite has no such types and TEXT is the usual column for them; CHAR(36) is MariaDB's
 /// usual column for a UUID.
-// FIXME: `SqlType::fit` (crates/driver/src/types.rs) has no arm for a UUID, date, time or
-// timestamp value into a Text column, so the copy fails with "column u: a UUID cannot go
-// into a text column"; such values should become their text (`text_form`).
 async fn temporal_and_uuid_into_text_columns(target: Backend) {
     let dbs = Dbs::new(Backend::Postgres, target).await;
     let (s, t) = (dbs.source(), dbs.target());
@@ -732,10 +724,6 @@ async fn uuid_into_mariadb_char_column() {
 }
 
 /// MariaDB's own UUID type copies into a PostgreSQL uuid column, and `verify` agrees.
-// FIXME: the MariaDB driver hands a UUID column over as bytes (its text, unconverted), and
-// `SqlType::Uuid.fit` refuses bytes: "column u: bytes cannot go into a Uuid column". Reading
-// should turn the UUID column's bytes into text (`SqlType::read` for Uuid, like Text), which
-// also fixes verify hashing a MariaDB UUID target as hex.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn mariadb_uuid_column_into_postgres() {
     let dbs = Dbs::new(Backend::MySql, Backend::Postgres).await;
@@ -903,11 +891,6 @@ async fn decimal_overflow_skipped_on_mariadb() {
 /// than rounded: 123.456 into NUMERIC(5,2) would become 123.46; on SQLite a column declared
 /// DECIMAL has NUMERIC affinity and would keep 12345678901234567890.0123456789 as the REAL
 /// 1.23456789012346e+19.
-// FIXME: the copy succeeds and the databases round silently (PostgreSQL and MariaDB to the
-// column's scale, SQLite to a double). `SqlType::fit` knows no precision or scale: the
-// target's `numeric(p,s)`/`decimal(p,s)` (and SQLite's NUMERIC affinity) should be kept with
-// the column and a decimal that does not fit exactly refused as a row error, as the module
-// documentation of crates/driver/src/types.rs promises ("never a silent rounding").
 async fn decimal_rounding_refused(backend: Backend) {
     let db = db_for(backend).await;
     let (amount, target_type) = match backend {
@@ -1531,11 +1514,6 @@ async fn verify_reports_each_difference_mariadb_to_sqlite() {
 
 /// A copy that failed on a row the target cannot hold left that row out of the target; the
 /// source and the target differ, and `verify` must say so.
-// FIXME: verify (crates/sched/src/verify.rs, `verify_step`) drops from the source side every
-// row that does not fit the target ("a row the target cannot hold is the copy's to refuse; it
-// is not expected"), so after a failed copy it reports "same" and exits 0 although the
-// target lacks rows. Such rows should count as differences (at least unless they are dead
-// letters of a copy with on_row_error = "skip", and then be reported as such).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn verify_counts_rows_the_copy_could_not_write() {
     let db = db_for(Backend::Postgres).await;
@@ -1842,12 +1820,6 @@ async fn refusals_before_anything_runs(source: Backend, target: Backend) {
 /// A copy whose source rows have a column the target table lacks is refused before anything
 /// runs, like a missing target table, rather than failing (or, with `on_row_error = "skip"`,
 /// turning every row into a dead letter).
-// FIXME: `run` starts, and with on_row_error = "skip" exits 0 having copied nothing: every row
-// is a dead letter ("target table …: the table has no column extra"), `check` calls the plan
-// valid and `verify` says "same" (0 rows on either side). `copy_problems` in
-// crates/sched/src/run.rs (and `check`) should compare the source's columns (`columns`, or
-// all of the table's) with the target's when no transform or query reshapes the rows, and
-// refuse a column the target lacks, naming it and the plan location of `into`.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn target_lacking_a_source_column_is_refused() {
     let db = db_for(Backend::Postgres).await;
@@ -1904,3 +1876,140 @@ async fn refusals_within_postgres() {
 }
 
 per_backend!(row_errors_fail_or_become_dead_letters, on_conflict_modes);
+
+/// A text longer than the target's `varchar(n)` is a bad row: with `on_row_error = "skip"`
+/// it becomes a dead letter naming the column, and the other rows are copied.
+async fn text_too_long_skipped(backend: Backend) {
+    let db = db_for(backend).await;
+    let (src, dst) = (db.table("long_src"), db.table("long_dst"));
+    let id = id_type(db.backend);
+    db.exec(&format!(
+        "CREATE TABLE {src} (id {id} PRIMARY KEY, name VARCHAR(50))"
+    ))
+    .await;
+    db.exec(&format!(
+        "CREATE TABLE {dst} (id {id} PRIMARY KEY, name VARCHAR(5))"
+    ))
+    .await;
+    insert(
+        &db,
+        &src,
+        "id, name",
+        &[
+            "(1, 'Anh')".into(),
+            "(2, 'Nguyễn Văn')".into(),
+            "(3, 'Zoë')".into(),
+        ],
+    )
+    .await;
+    let plan = copy_plan(
+        &db,
+        &format!("{}_long", db.tag),
+        "on_row_error = \"skip\"",
+        &[format!(
+            "name = \"copy\"\ntable = \"{src}\"\nkey = \"id\"\ninto = \"{dst}\""
+        )],
+    );
+    let out = run_plan(&plan);
+    assert_eq!(out.code, Some(0), "{out}");
+    let ids = snapshot(&db, &format!("SELECT id FROM {dst} ORDER BY id")).await;
+    assert_eq!(
+        ids,
+        vec![vec![Some("1".to_string())], vec![Some("3".to_string())]]
+    );
+    let out = gw(&["dead-letters", path_str(&plan), "--json"]);
+    let letters: Vec<serde_json::Value> = out
+        .stdout
+        .lines()
+        .filter_map(|l| serde_json::from_str(l).ok())
+        .collect();
+    assert_eq!(letters.len(), 1, "{out}");
+    assert_eq!(letters[0]["key"], "2", "{out}");
+    let error = letters[0]["error"].as_str().unwrap_or_default();
+    assert!(
+        error.contains("column name") && error.contains("10 characters"),
+        "{error}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn text_too_long_skipped_on_postgres() {
+    text_too_long_skipped(Backend::Postgres).await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn text_too_long_skipped_on_mariadb() {
+    text_too_long_skipped(Backend::MySql).await
+}
+
+/// Rows far wider than `max_batch_bytes` are read and written in slices: a batch of 40 rows of
+/// 200 KB each under a 1 MiB cap arrives whole and exact, and `verify` agrees.
+async fn wide_rows_are_copied_in_slices(backend: Backend) {
+    let db = db_for(backend).await;
+    let (src, dst) = (db.table("wide_src"), db.table("wide_dst"));
+    let id = id_type(db.backend);
+    let text = match backend {
+        Backend::MySql => "LONGTEXT",
+        _ => "TEXT",
+    };
+    for t in [&src, &dst] {
+        db.exec(&format!(
+            "CREATE TABLE {t} (id {id} PRIMARY KEY, body {text})"
+        ))
+        .await;
+    }
+    let repeat = match backend {
+        Backend::Postgres => "repeat",
+        Backend::MySql => "REPEAT",
+        Backend::Sqlite => "",
+    };
+    for i in 1..=40 {
+        let body = match backend {
+            // SQLite has no repeat(): a blob of zeros, replaced by the digit, cast to text.
+            Backend::Sqlite => format!("replace(hex(zeroblob(100000)), '0', '{}')", i % 10),
+            _ => format!("{repeat}('{}', 200000)", i % 10),
+        };
+        db.exec(&format!(
+            "INSERT INTO {src} (id, body) VALUES ({i}, {body})"
+        ))
+        .await;
+    }
+    let plan = copy_plan(
+        &db,
+        &format!("{}_wide", db.tag),
+        "batch_size = 40\nmax_batch_bytes = \"1MiB\"",
+        &[format!(
+            "name = \"copy\"\ntable = \"{src}\"\nkey = \"id\"\ninto = \"{dst}\""
+        )],
+    );
+    let out = run_plan(&plan);
+    assert_eq!(out.code, Some(0), "{out}");
+    let length = match backend {
+        Backend::MySql => "CHAR_LENGTH",
+        _ => "LENGTH",
+    };
+    let same = db
+        .scalar(&format!(
+            "SELECT COUNT(*) FROM {src} s JOIN {dst} d ON d.id = s.id \
+             WHERE d.body = s.body AND {length}(d.body) = 200000"
+        ))
+        .await;
+    assert_eq!(same, 40);
+    let out = gw(&["verify", path_str(&plan)]);
+    assert_eq!(out.code, Some(0), "{out}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn wide_rows_are_copied_in_slices_on_postgres() {
+    wide_rows_are_copied_in_slices(Backend::Postgres).await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn wide_rows_are_copied_in_slices_on_mariadb() {
+    wide_rows_are_copied_in_slices(Backend::MySql).await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn wide_rows_are_copied_in_slices_on_sqlite() {
+    wide_rows_are_copied_in_slices(Backend::Sqlite).await
+}

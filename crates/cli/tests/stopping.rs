@@ -178,16 +178,25 @@ async fn lock_wait_is_retried(backend: Backend) {
         .await;
     assert_eq!(bad, 0);
     if backend != Backend::Sqlite {
-        let code = db
+        // The batch holding row 15 waited and was retried; another may have been retried
+        // too on a loaded machine (its statement over the 500 ms limit), which is no error.
+        let locked = db
             .query(&format!(
-                "SELECT COUNT(*) FROM godwit_batches WHERE run = '{table}' AND attempts > 0 AND state = 'done'"
+                "SELECT COUNT(*) FROM godwit_batches WHERE run = '{table}' AND start_key = '11' \
+                 AND attempts > 0 AND state = 'done'"
             ))
             .await;
         assert_eq!(
-            code[0][0].as_i64(),
+            locked[0][0].as_i64(),
             Some(1),
-            "exactly the locked batch was retried"
+            "the locked batch was retried"
         );
+        let open = db
+            .scalar(&format!(
+                "SELECT COUNT(*) FROM godwit_batches WHERE run = '{table}' AND state <> 'done'"
+            ))
+            .await;
+        assert_eq!(open, 0, "every batch is done");
     }
 }
 

@@ -287,6 +287,55 @@ fn parse_timestamp(s: &str) -> Option<DateTime<Utc>> {
     None
 }
 
+/// A decimal number's text in one form: no `+`, no exponent, no leading zeros before the point
+/// or trailing zeros after it, `0` for every zero (`-0.00`, `0e5`). `None` for text that is
+/// not a finite decimal number, or whose exponent is out of all proportion (over 1,000).
+pub fn normalize_decimal(text: &str) -> Option<String> {
+    let t = text.trim();
+    let (negative, body) = match t.strip_prefix('-') {
+        Some(rest) => (true, rest),
+        None => (false, t.strip_prefix('+').unwrap_or(t)),
+    };
+    let (mantissa, exponent) = match body.find(['e', 'E']) {
+        Some(i) => (&body[..i], body[i + 1..].parse::<i64>().ok()?),
+        None => (body, 0),
+    };
+    if exponent.abs() > 1000 {
+        return None;
+    }
+    let (int, frac) = mantissa.split_once('.').unwrap_or((mantissa, ""));
+    let all_digits = |s: &str| s.bytes().all(|b| b.is_ascii_digit());
+    if (int.is_empty() && frac.is_empty()) || !all_digits(int) || !all_digits(frac) {
+        return None;
+    }
+    let digits = format!("{int}{frac}");
+    // The point sits after this many of `digits` (may be negative or past the end).
+    let point = int.len() as i64 + exponent;
+    let (Some(first), Some(last)) = (digits.find(|c| c != '0'), digits.rfind(|c| c != '0')) else {
+        return Some("0".to_string());
+    };
+    let (first, last) = (first as i64, last as i64 + 1);
+    let significant = &digits[first as usize..last as usize];
+    let mut out = String::new();
+    if negative {
+        out.push('-');
+    }
+    if point <= first {
+        out.push_str("0.");
+        out.push_str(&"0".repeat((first - point) as usize));
+        out.push_str(significant);
+    } else if point >= last {
+        out.push_str(significant);
+        out.push_str(&"0".repeat((point - last) as usize));
+    } else {
+        let split = (point - first) as usize;
+        out.push_str(&significant[..split]);
+        out.push('.');
+        out.push_str(&significant[split..]);
+    }
+    Some(out)
+}
+
 fn is_integer_text(t: &str) -> bool {
     let digits = t.strip_prefix(['-', '+']).unwrap_or(t);
     !digits.is_empty() && digits.bytes().all(|b| b.is_ascii_digit())
@@ -402,6 +451,30 @@ mod tests {
         assert!(SqlType::Timestamp
             .fit(Value::Text("0000-00-00 00:00:00".into()))
             .is_err());
+    }
+
+    #[test]
+    fn decimals_have_one_normal_form() {
+        for (text, normal) in [
+            ("12.500", "12.5"),
+            ("-0.00", "0"),
+            ("007", "7"),
+            ("+1.0", "1"),
+            ("-0.010", "-0.01"),
+            ("1e3", "1000"),
+            ("1.5E-3", "0.0015"),
+            ("123.456e1", "1234.56"),
+            ("0e5", "0"),
+            (
+                "12345678901234567890.0123456789",
+                "12345678901234567890.0123456789",
+            ),
+        ] {
+            assert_eq!(normalize_decimal(text).as_deref(), Some(normal), "{text}");
+        }
+        for text in ["NaN", "", ".", "1e", "1.2.3", "1e5000", "0x10"] {
+            assert_eq!(normalize_decimal(text), None, "{text}");
+        }
     }
 
     #[test]

@@ -311,6 +311,9 @@ pub struct Settings {
     pub row_timeout: Duration,
     /// The most memory one Lua transform may hold, in bytes.
     pub lua_memory: u64,
+    /// About the most row data a transform or copy holds at once per batch: a batch of wide
+    /// rows is read and written in slices of at most this many bytes.
+    pub max_batch_bytes: u64,
 }
 
 impl Default for Settings {
@@ -329,6 +332,7 @@ impl Default for Settings {
             throttle_query: None,
             row_timeout: Duration::from_secs(5),
             lua_memory: 64 << 20,
+            max_batch_bytes: 16 << 20,
         }
     }
 }

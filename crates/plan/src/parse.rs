@@ -59,6 +59,7 @@ const SETTING_KEYS: &[&str] = &[
     "throttle_query",
     "row_timeout",
     "lua_memory",
+    "max_batch_bytes",
 ];
 const STEP_KEYS: &[&str] = &[
     "name",
@@ -104,6 +105,7 @@ const ALL_KEYS: &[&str] = &[
     "throttle_query",
     "row_timeout",
     "lua_memory",
+    "max_batch_bytes",
     "after",
     "table",
     "key",
@@ -603,6 +605,9 @@ impl Ctx<'_> {
         }
         if let Some(n) = self.byte_size(table, "lua_memory") {
             s.lua_memory = n;
+        }
+        if let Some(n) = self.byte_size(table, "max_batch_bytes") {
+            s.max_batch_bytes = n;
         }
         // Only the table that writes one of the bounds is told, so a step does not repeat a
         // problem of [defaults].
@@ -1418,6 +1423,7 @@ lua = '''function transform(row) return row end'''
             throttle_query: None,
             row_timeout: Duration::from_secs(5),
             lua_memory: 64 << 20,
+            max_batch_bytes: 16 << 20,
         };
         assert_eq!(plan.defaults, expected);
         assert_eq!(plan.steps[0].settings, expected);

@@ -89,12 +89,10 @@ pub(crate) async fn execute(
                     done.rows_written
                 }
                 ChunkAction::Copy(step) => {
-                    // The source is read before the target's transaction opens.
                     let (start, end) = key_range(kind, batch)?;
-                    let (rows, refused) = step.read(start, end).await?;
+                    let (written, refused) = step.run(conn, tx, start, end).await?;
                     dead_letters = refused;
-                    conn.begin(tx).await?;
-                    step.write(conn, rows, &mut dead_letters).await?
+                    written
                 }
             }
         }

@@ -14,7 +14,7 @@ use std::path::Path;
 use std::sync::Arc;
 
 use godwit_driver::{
-    quote_ident, rewrite_params, Conn, DbUrl, Dialect, Error, SqlType, TableInfo, Value,
+    quote_ident, rewrite_params, Conn, DbUrl, Dialect, Error, SqlType, TableInfo, TxOptions, Value,
 };
 use godwit_plan::{Convert, OnConflict, OnRowError, Step, StepKind};
 use godwit_state::DeadLetter;
@@ -23,6 +23,7 @@ use tokio::sync::OnceCell;
 
 use crate::pool::ConnPool;
 use crate::rows::{key_text, param, refuse_row, Columns, MAX_PARAMS};
+use crate::slices::{self, row_bytes, Slicer};
 use crate::step::build_transform;
 
 /// A copy step, prepared once per process.
@@ -40,13 +41,28 @@ pub(crate) struct CopyStep {
     transform: Option<Transform>,
     on_row_error: OnRowError,
     convert: BTreeMap<String, Convert>,
+    slicer: Slicer,
     read: OnceCell<Read>,
     write: OnceCell<Write>,
 }
 
+/// The name under which godwit's own read of a source selects the walked key.
+const SLICE_KEY: &str = "godwit_slice_key";
+
+/// Where a slice of a batch starts.
+enum Slice {
+    /// At the batch's first key.
+    First(Value),
+    /// After the last key the previous slice read.
+    After(Value),
+}
+
 /// How the source is read.
 struct Read {
-    sql: String,
+    /// The first slice of a range (or a user's whole `query`).
+    first_sql: String,
+    /// The slices after it.
+    next_sql: String,
     /// The source's column types by name, for reading values in the form transforms see.
     types: Columns,
 }
@@ -100,6 +116,7 @@ impl CopyStep {
             transform,
             on_row_error: step.settings.on_row_error,
             convert: step.convert.clone(),
+            slicer: Slicer::new(step.settings.max_batch_bytes, step.settings.batch_size),
             read: OnceCell::new(),
             write: OnceCell::new(),
         }))
@@ -162,24 +179,87 @@ impl CopyStep {
         Ok(&self.write_plan(conn).await?.columns)
     }
 
-    /// Reads the rows between `start` and `end` (inclusive) from the source and transforms
-    /// them: the rows to write (grouped by their columns) and the refused rows.
-    pub(crate) async fn read(
+    /// Copies the batch between `start` and `end` (inclusive) into the target on `conn`, slice
+    /// by slice: each slice is read from the source, transformed and written before the next
+    /// is read. The target's transaction opens (with `tx`) after the first read, so it is not
+    /// held while a slow source answers its first query. Returns the rows written and the
+    /// refused rows.
+    pub(crate) async fn run(
+        &self,
+        conn: &mut dyn Conn,
+        tx: TxOptions,
+        start: Value,
+        end: Value,
+    ) -> Result<(u64, Vec<DeadLetter>), Error> {
+        let mut written = 0;
+        let mut letters = Vec::new();
+        let mut began = false;
+        let mut slice = Slice::First(start);
+        loop {
+            let (rows, refused, next) = self.read(&slice, &end).await?;
+            letters.extend(refused);
+            if !began {
+                conn.begin(tx).await?;
+                began = true;
+            }
+            written += self.write(conn, rows, &mut letters).await?;
+            match next {
+                Some(after) => slice = Slice::After(after),
+                None => return Ok((written, letters)),
+            }
+        }
+    }
+
+    /// Reads the whole range between `start` and `end` (inclusive), as `verify` compares it.
+    pub(crate) async fn read_range(
         &self,
         start: Value,
         end: Value,
     ) -> Result<(Vec<Vec<(String, Value)>>, Vec<DeadLetter>), Error> {
+        let (mut all, mut letters) = (Vec::new(), Vec::new());
+        let mut slice = Slice::First(start);
+        loop {
+            let (rows, refused, next) = self.read(&slice, &end).await?;
+            all.extend(rows);
+            letters.extend(refused);
+            match next {
+                Some(after) => slice = Slice::After(after),
+                None => return Ok((all, letters)),
+            }
+        }
+    }
+
+    /// Reads one slice from the source and transforms it: the rows to write, the refused
+    /// rows, and the last key read when the range may hold more rows after it.
+    #[allow(clippy::type_complexity)]
+    async fn read(
+        &self,
+        slice: &Slice,
+        end: &Value,
+    ) -> Result<(Vec<Vec<(String, Value)>>, Vec<DeadLetter>, Option<Value>), Error> {
         let mut conn = self.source.take().await?;
+        let limit = self.slicer.rows();
         let read = async {
             let plan = self.read_plan(conn.as_mut()).await?;
-            let params = match &self.query {
-                Some((_, order)) => order
-                    .iter()
-                    .map(|&i| if i == 0 { start.clone() } else { end.clone() })
-                    .collect(),
-                None => vec![start, end],
+            let (sql, params) = match (&self.query, slice) {
+                // A user's query is read whole: godwit cannot add a LIMIT to it.
+                (Some((_, order)), Slice::First(start) | Slice::After(start)) => (
+                    &plan.first_sql,
+                    order
+                        .iter()
+                        .map(|&i| if i == 0 { start.clone() } else { end.clone() })
+                        .collect(),
+                ),
+                (None, Slice::First(start)) => (
+                    &plan.first_sql,
+                    vec![start.clone(), end.clone(), Value::Int(limit)],
+                ),
+                (None, Slice::After(after)) => (
+                    &plan.next_sql,
+                    vec![after.clone(), end.clone(), Value::Int(limit)],
+                ),
             };
-            let rows = conn.query(&plan.sql, &params).await?;
+            let rows = conn.query(sql, &params).await?;
             Ok::<_, Error>((plan, rows))
         }
         .await;
@@ -191,9 +271,22 @@ impl CopyStep {
             // A connection that failed mid-query is not given back.
             Err(e) => return Err(e),
         };
+        let full = self.query.is_none() && rows.len() as i64 >= limit;
+        // godwit's own read puts the walked key first, for the next slice; it is not copied.
+        let skip = usize::from(self.query.is_none());
         let names: Arc<[String]> = match rows.first() {
-            Some(row) => row.columns().to_vec().into(),
-            None => return Ok((Vec::new(), Vec::new())),
+            Some(row) => row.columns()[skip..].to_vec().into(),
+            None => return Ok((Vec::new(), Vec::new(), None)),
+        };
+        let next = match (full, rows.last()) {
+            // MariaDB hands `_bin` text over as bytes; the walk binds such keys as text.
+            (true, Some(last)) => Some(match last.get(0).clone() {
+                Value::Bytes(b) => {
+                    String::from_utf8(b).map_or_else(|e| Value::Bytes(e.into_bytes()), Value::Text)
+                }
+                key => key,
+            }),
+            _ => None,
         };
         let types: Vec<SqlType> = names
             .iter()
@@ -204,11 +297,14 @@ impl CopyStep {
             .map(|row| {
                 row.into_values()
                     .into_iter()
+                    .skip(skip)
                     .zip(&types)
                     .map(|(v, t)| t.read(v))
                     .collect()
             })
             .collect();
+        self.slicer
+            .observe(rows.len(), rows.iter().map(|r| row_bytes(r)).sum());
         let input = Rows {
             columns: names.clone(),
             rows,
@@ -242,7 +338,7 @@ impl CopyStep {
             let letter = refuse_row(self.on_row_error, key, refused, &names, values)?;
             dead_letters.push(letter);
         }
-        Ok((out, dead_letters))
+        Ok((out, dead_letters, next))
     }
 
     /// Writes `rows` into the target in the open transaction on `conn`. A row that does not
@@ -291,7 +387,8 @@ impl Read {
         let types = Columns::new(info, dialect);
         if let Some((sql, _)) = &step.query {
             return Read {
-                sql: sql.clone(),
+                first_sql: sql.clone(),
+                next_sql: sql.clone(),
                 types,
             };
         }
@@ -299,9 +396,11 @@ impl Read {
             Some(columns) => columns.clone(),
             None => info.columns.iter().map(|c| c.name.clone()).collect(),
         };
-        let list: Vec<String> = names
-            .iter()
-            .map(|n| {
+        let k = quote_ident(dialect, &step.key);
+        // The key comes first, under a name of its own: a slice continues after the last key
+        // it read, whether or not the key is among the columns copied.
+        let list: Vec<String> = std::iter::once(format!("{k} AS {SLICE_KEY}"))
+            .chain(names.iter().map(|n| {
                 let q = quote_ident(dialect, n);
                 let other = types.get(n).is_some_and(|c| c.sql_type == SqlType::Other);
                 // Types godwit does not decode (enums, arrays, network types) travel as text.
@@ -310,22 +409,24 @@ impl Read {
                 } else {
                     q
                 }
-            })
+            }))
             .collect();
-        let k = quote_ident(dialect, &step.key);
         let filter = step
             .filter
             .as_deref()
             .map(|f| format!(" AND ({f})"))
             .unwrap_or_default();
-        Read {
-            sql: format!(
-                "SELECT {} FROM {} WHERE {k} >= {} AND {k} <= {}{filter} ORDER BY {k}",
+        let sql = |first: bool| {
+            let (range, limit) = slices::bounds(dialect, &k, first);
+            format!(
+                "SELECT {} FROM {} WHERE {range}{filter} ORDER BY {k}{limit}",
                 list.join(", "),
                 quote_ident(dialect, &step.table),
-                dialect.param(1),
-                dialect.param(2),
-            ),
+            )
+        };
+        Read {
+            first_sql: sql(true),
+            next_sql: sql(false),
             types,
         }
     }

@@ -12,11 +12,13 @@ use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 
 use godwit_driver::{quote_ident, Conn, Dialect, Error, SqlType, TableInfo, Value};
-use godwit_plan::{Convert, OnRowError};
+use godwit_plan::{Convert, OnRowError, Step, StepKind};
 use godwit_state::DeadLetter;
 use godwit_transform::json::{row_line, text_form};
 use godwit_transform::{Outcome, Rows, Transform};
 use tokio::sync::OnceCell;
+
+use crate::slices::{self, row_bytes, Slicer};
 
 /// Bound parameters per statement: under SQLite's 32,766 and the 65,535 of the others.
 pub(crate) const MAX_PARAMS: usize = 30_000;
@@ -31,12 +33,15 @@ pub(crate) struct RowStep {
     pub(crate) transform: Transform,
     pub(crate) on_row_error: OnRowError,
     convert: BTreeMap<String, Convert>,
+    slicer: Slicer,
     shape: OnceCell<Shape>,
 }
 
 /// What the table looks like, learned from the database on the first batch.
 struct Shape {
-    read_sql: String,
+    /// The first slice of a batch, and the ones after it.
+    first_sql: String,
+    next_sql: String,
     /// Names of the columns read, the key first.
     names: Arc<[String]>,
     /// The type of each column read, for reading it in the form transforms see.
@@ -57,25 +62,29 @@ pub(crate) struct RowsDone {
 }
 
 impl RowStep {
-    pub(crate) fn new(
-        table: &str,
-        key: &str,
-        columns: &[String],
-        filter: Option<&str>,
-        transform: Transform,
-        on_row_error: OnRowError,
-        convert: BTreeMap<String, Convert>,
-    ) -> RowStep {
-        RowStep {
-            table: table.to_string(),
-            key: key.to_string(),
-            columns: columns.to_vec(),
-            filter: filter.map(str::to_string),
+    /// The transform step `step` describes (`None` for another kind of step).
+    pub(crate) fn for_step(step: &Step, transform: Transform) -> Option<RowStep> {
+        let StepKind::Transform {
+            table,
+            key,
+            columns,
+            filter,
+            ..
+        } = &step.kind
+        else {
+            return None;
+        };
+        Some(RowStep {
+            table: table.clone(),
+            key: key.clone(),
+            columns: columns.clone(),
+            filter: filter.clone(),
             transform,
-            on_row_error,
-            convert,
+            on_row_error: step.settings.on_row_error,
+            convert: step.convert.clone(),
+            slicer: Slicer::new(step.settings.max_batch_bytes, step.settings.batch_size),
             shape: OnceCell::new(),
-        }
+        })
     }
 
     async fn shape(&self, conn: &mut dyn Conn) -> Result<&Shape, Error> {
@@ -100,17 +109,49 @@ impl RowStep {
     ) -> Result<RowsDone, Error> {
         let dialect = conn.dialect();
         let shape = self.shape(conn).await?;
-        let read = conn.query(&shape.read_sql, &[start, end]).await?;
-        let rows: Vec<Vec<Value>> = read
-            .into_iter()
-            .map(|row| {
-                row.into_values()
-                    .into_iter()
-                    .zip(&shape.read_types)
-                    .map(|(v, t)| t.read(v))
-                    .collect()
-            })
-            .collect();
+        let mut done = RowsDone {
+            rows_written: 0,
+            dead_letters: Vec::new(),
+        };
+        // Slice by slice, so that wide rows never fill memory; each slice is read, transformed
+        // and written before the next, all in the batch's transaction.
+        let (mut sql, mut from) = (&shape.first_sql, start);
+        loop {
+            let limit = self.slicer.rows();
+            let read = conn
+                .query(sql, &[from.clone(), end.clone(), Value::Int(limit)])
+                .await?;
+            let full = read.len() as i64 >= limit;
+            let rows: Vec<Vec<Value>> = read
+                .into_iter()
+                .map(|row| {
+                    row.into_values()
+                        .into_iter()
+                        .zip(&shape.read_types)
+                        .map(|(v, t)| t.read(v))
+                        .collect()
+                })
+                .collect();
+            self.slicer
+                .observe(rows.len(), rows.iter().map(|r| row_bytes(r)).sum());
+            let last = rows.last().map(|r| r[0].clone());
+            self.slice(conn, dialect, shape, rows, &mut done).await?;
+            match last {
+                Some(key) if full => (sql, from) = (&shape.next_sql, key),
+                _ => return Ok(done),
+            }
+        }
+    }
+
+    /// Transforms one slice's rows and writes back those that changed.
+    async fn slice(
+        &self,
+        conn: &mut dyn Conn,
+        dialect: Dialect,
+        shape: &Shape,
+        rows: Vec<Vec<Value>>,
+        done: &mut RowsDone,
+    ) -> Result<(), Error> {
         let input = Rows {
             columns: shape.names.clone(),
             rows,
@@ -134,18 +175,15 @@ impl RowStep {
                 }
             }
         }
-        let mut rows_written = 0;
         for (names, rows) in &groups {
             let per_statement = (MAX_PARAMS / (names.len() + 1)).max(1);
             for chunk in rows.chunks(per_statement) {
                 let (sql, params) = shape.update(dialect, &self.table, names, chunk);
-                rows_written += conn.execute(&sql, &params).await?;
+                done.rows_written += conn.execute(&sql, &params).await?;
             }
         }
-        Ok(RowsDone {
-            rows_written,
-            dead_letters,
-        })
+        done.dead_letters.extend(dead_letters);
+        Ok(())
     }
 }
 
@@ -204,13 +242,14 @@ impl Shape {
             Dialect::Postgres | Dialect::MySql => " FOR UPDATE",
             Dialect::Sqlite => "",
         };
-        let read_sql = format!(
-            "SELECT {} FROM {} WHERE {k} >= {} AND {k} <= {}{filter} ORDER BY {k}{lock}",
-            list.join(", "),
-            quote_ident(dialect, &step.table),
-            dialect.param(1),
-            dialect.param(2),
-        );
+        let sql = |first: bool| {
+            let (range, limit) = slices::bounds(dialect, &k, first);
+            format!(
+                "SELECT {} FROM {} WHERE {range}{filter} ORDER BY {k}{limit}{lock}",
+                list.join(", "),
+                quote_ident(dialect, &step.table),
+            )
+        };
         let key_collate = match info.column(&key).and_then(|c| c.collation.as_deref()) {
             Some(collation) if dialect == Dialect::MySql => {
                 convert_to(collation, "godwit_v.godwit_k").unwrap_or_default()
@@ -218,7 +257,8 @@ impl Shape {
             _ => String::new(),
         };
         Ok(Shape {
-            read_sql,
+            first_sql: sql(true),
+            next_sql: sql(false),
             names: names.into(),
             read_types,
             columns,
@@ -354,6 +394,52 @@ pub(crate) struct Column {
     /// The decimals the column holds exactly; a decimal beyond them would be rounded (by
     /// PostgreSQL and MySQL without an error) and is refused instead.
     decimals: Option<Decimals>,
+    /// The most characters a `varchar(n)`/`char(n)` column holds: a longer text is a bad row
+    /// (which `on_row_error = "skip"` can set aside) rather than a failed statement.
+    max_chars: Option<usize>,
+}
+
+/// The length limit of a `varchar(n)`, `character varying(n)` or `char(n)` column.
+fn max_chars(dialect: Dialect, sql_type: SqlType, data_type: &str) -> Option<usize> {
+    if sql_type != SqlType::Text || dialect == Dialect::Sqlite {
+        return None;
+    }
+    let t = data_type.to_ascii_lowercase();
+    let limited = [
+        "varchar(",
+        "character varying(",
+        "char(",
+        "character(",
+        "nvarchar(",
+        "nchar(",
+    ]
+    .iter()
+    .any(|p| t.starts_with(p));
+    if !limited {
+        return None;
+    }
+    t.split_once('(')?.1.split_once(')')?.0.trim().parse().ok()
+}
+
+impl Column {
+    /// `v` (already of the column's type) when the column holds it as it is: a decimal
+    /// within its precision and scale, a text within its length.
+    fn holds(&self, v: Value) -> Result<Value, String> {
+        match &v {
+            Value::Decimal(d) => match self.decimals.and_then(|l| l.refuse(d)) {
+                Some(problem) => Err(problem),
+                None => Ok(v),
+            },
+            Value::Text(t) => match self.max_chars {
+                Some(max) if t.chars().count() > max => Err(format!(
+                    "{} characters are more than the column's {max}",
+                    t.chars().count()
+                )),
+                _ => Ok(v),
+            },
+            _ => Ok(v),
+        }
+    }
 }
 
 /// What a decimal column holds without rounding.
@@ -444,6 +530,7 @@ impl Columns {
                     sql_type,
                     cast: c.cast.clone(),
                     decimals: Decimals::of(dialect, sql_type, &c.data_type),
+                    max_chars: max_chars(dialect, sql_type, &c.data_type),
                 };
                 (c.name.to_lowercase(), column)
             })
@@ -488,13 +575,7 @@ impl Columns {
                     }
                     (_, value, _) => value,
                 };
-                let fitted = column
-                    .sql_type
-                    .fit(value)
-                    .and_then(|v| match (&v, column.decimals) {
-                        (Value::Decimal(d), Some(limit)) => limit.refuse(d).map_or(Ok(v), Err),
-                        _ => Ok(v),
-                    });
+                let fitted = column.sql_type.fit(value).and_then(|v| column.holds(v));
                 let fitted = match (fitted, rule) {
                     (Ok(v), _) => v,
                     (Err(_), Some(Convert::Null)) => Value::Null,
@@ -641,6 +722,19 @@ mod tests {
         );
         assert_eq!(
             Decimals::of(Dialect::Postgres, SqlType::Decimal, "numeric"),
+            None
+        );
+        assert_eq!(
+            max_chars(Dialect::Postgres, SqlType::Text, "character varying(20)"),
+            Some(20)
+        );
+        assert_eq!(
+            max_chars(Dialect::MySql, SqlType::Text, "varchar(190)"),
+            Some(190)
+        );
+        assert_eq!(max_chars(Dialect::Postgres, SqlType::Text, "text"), None);
+        assert_eq!(
+            max_chars(Dialect::Sqlite, SqlType::Text, "varchar(5)"),
             None
         );
     }

@@ -100,24 +100,18 @@ impl StepCtx {
             StepKind::Transform {
                 table,
                 key,
-                columns,
                 filter,
                 script,
+                ..
             } => {
                 let transform = build_transform(script, &step.settings, plan_path)
                     .map_err(|e| format!("step {:?}: {e}", step.name))?;
+                let rows = RowStep::for_step(&step, transform)
+                    .ok_or("a transform step without a transform")?;
                 StepWork::Chunked {
                     walk: Box::new(KeyWalk::new(dialect, table, key, filter.as_deref())),
                     key_kind: OnceLock::new(),
-                    action: ChunkAction::Rows(Box::new(RowStep::new(
-                        table,
-                        key,
-                        columns,
-                        filter.as_deref(),
-                        transform,
-                        step.settings.on_row_error,
-                        step.convert.clone(),
-                    ))),
+                    action: ChunkAction::Rows(Box::new(rows)),
                 }
             }
             StepKind::Copy {

@@ -14,7 +14,9 @@ use std::collections::BTreeSet;
 use std::hash::{Hash, Hasher};
 use std::path::Path;
 
-use godwit_driver::{quote_ident, Conn, DbUrl, Error as DbError, KeyKind, SqlType, Value};
+use godwit_driver::{
+    normalize_decimal, quote_ident, Conn, DbUrl, Error as DbError, KeyKind, SqlType, Value,
+};
 use godwit_plan::{Plan, StepKind};
 use godwit_transform::json::text_form;
 
@@ -169,7 +171,9 @@ async fn verify_step(
         let Some(last) = ranges.last() else { break };
         let ends = last.reaches_end;
         for range in ranges {
-            let (rows, refused) = copy.read(range.first.clone(), range.last.clone()).await?;
+            let (rows, refused) = copy
+                .read_range(range.first.clone(), range.last.clone())
+                .await?;
             let mut source_rows = Vec::with_capacity(rows.len());
             let mut unwritable: Side = Vec::new();
             let mut names = BTreeSet::new();
@@ -423,31 +427,32 @@ fn canonical(v: &Value) -> String {
         Value::Decimal(s) => decimal(s),
         Value::Text(s) => s.clone(),
         Value::Bytes(b) => b.iter().map(|x| format!("{x:02x}")).collect(),
-        Value::Json(j) => j.to_string(),
+        Value::Json(j) => canonical_json(j).to_string(),
         other => text_form(other).unwrap_or_default(),
     }
 }
 
-/// A decimal without trailing fractional zeros or a leading `+`; `-0` is `0`.
+/// A decimal in one form (`1.50` and `1.5e0` are `1.5`); other text as it is.
 fn decimal(s: &str) -> String {
-    let s = s.trim().trim_start_matches('+');
-    let (neg, digits) = match s.strip_prefix('-') {
-        Some(rest) => (true, rest),
-        None => (false, s),
-    };
-    let (int, frac) = digits.split_once('.').unwrap_or((digits, ""));
-    let int = int.trim_start_matches('0');
-    let frac = frac.trim_end_matches('0');
-    let int = if int.is_empty() { "0" } else { int };
-    let body = if frac.is_empty() {
-        int.to_string()
-    } else {
-        format!("{int}.{frac}")
-    };
-    if neg && body != "0" {
-        format!("-{body}")
-    } else {
-        body
+    normalize_decimal(s).unwrap_or_else(|| s.trim().to_string())
+}
+
+/// A JSON document with its keys sorted (serde_json's maps are) and its numbers in one form,
+/// so that `1.50` in one database and `1.5` in another compare equal.
+fn canonical_json(j: &serde_json::Value) -> serde_json::Value {
+    use serde_json::Value as J;
+    match j {
+        J::Number(n) => match normalize_decimal(&n.to_string()) {
+            Some(d) => J::String(format!("\u{1}{d}")),
+            None => J::Number(n.clone()),
+        },
+        J::Array(items) => J::Array(items.iter().map(canonical_json).collect()),
+        J::Object(map) => J::Object(
+            map.iter()
+                .map(|(k, v)| (k.clone(), canonical_json(v)))
+                .collect(),
+        ),
+        other => other.clone(),
     }
 }
 
@@ -458,10 +463,13 @@ mod tests {
     #[test]
     fn decimals_compare_by_value() {
         assert_eq!(decimal("12.500"), "12.5");
-        assert_eq!(decimal("-0.00"), "0");
-        assert_eq!(decimal("007"), "7");
-        assert_eq!(decimal("+1.0"), "1");
-        assert_eq!(decimal("-0.010"), "-0.01");
+        assert_eq!(decimal("NaN"), "NaN");
+        assert_eq!(
+            canonical(&Value::Json(serde_json::json!({"b": 1.5, "a": [2]}))),
+            canonical(&Value::Json(
+                serde_json::from_str(r#"{"a": [2.0], "b": 1.50}"#).unwrap()
+            ))
+        );
         assert_eq!(
             canonical(&Value::Decimal("5.00".into())),
             canonical(&Value::Int(5))

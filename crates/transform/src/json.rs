@@ -38,12 +38,25 @@ pub fn from_json(json: Json) -> Value {
         Json::Bool(b) => Value::Bool(b),
         Json::Number(n) => match n.as_i64() {
             Some(i) => Value::Int(i),
-            None if n.is_u64() => Value::Decimal(n.to_string()),
-            None => Value::Float(n.as_f64().unwrap_or(f64::NAN)),
+            None => {
+                // A float when one holds it exactly, else its digits as an exact decimal.
+                let text = n.to_string();
+                match text.parse::<f64>() {
+                    Ok(f) if exact_float(f, &text) => Value::Float(f),
+                    _ => Value::Decimal(text),
+                }
+            }
         },
         Json::String(s) => Value::Text(s),
         other => Value::Json(other),
     }
+}
+
+/// Whether the float `f` read from `text` is exactly the number written there.
+pub(crate) fn exact_float(f: f64, text: &str) -> bool {
+    f.is_finite()
+        && godwit_driver::normalize_decimal(&f.to_string())
+            == godwit_driver::normalize_decimal(text)
 }
 
 /// Bytes a program wrote back as base64 text.
@@ -98,6 +111,10 @@ mod tests {
             Value::Decimal("18446744073709551615".into())
         );
         assert_eq!(from_json(serde_json::json!(1.5)), Value::Float(1.5));
+        assert_eq!(
+            from_json(serde_json::from_str("12345678901234567890.0123456789").unwrap()),
+            Value::Decimal("12345678901234567890.0123456789".into())
+        );
         assert_eq!(
             from_json(serde_json::json!({"a": []})),
             Value::Json(serde_json::json!({"a": []}))

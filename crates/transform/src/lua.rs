@@ -17,7 +17,7 @@ use godwit_driver::{Error, Value};
 use mlua::chunk::ChunkMode;
 use mlua::{HookTriggers, Lua, LuaOptions, LuaSerdeExt, StdLib, VmState};
 
-use crate::json::text_form;
+use crate::json::{exact_float, text_form};
 use crate::{Limits, Outcome, Rows, Source};
 
 /// How many VM instructions run between two looks at the clock: about 0.1 ms of Lua.
@@ -353,17 +353,32 @@ fn install_sandbox(lua: &Lua, clock: Arc<Clock>) -> mlua::Result<()> {
     let json = lua.create_table()?;
     json.raw_set(
         "encode",
-        lua.create_function(|lua, value: mlua::Value| {
-            let json: serde_json::Value = lua.from_value(value)?;
-            Ok(json.to_string())
-        })?,
+        lua.create_function(|lua, value: mlua::Value| Ok(lua_to_json(lua, value)?.to_string()))?,
     )?;
     json.raw_set(
         "decode",
         lua.create_function(|lua, text: mlua::LuaString| {
             let json: serde_json::Value = serde_json::from_slice(&text.as_bytes())
                 .map_err(|e| mlua::Error::runtime(format!("godwit.json.decode: {e}")))?;
-            lua.to_value(&json)
+            json_to_lua(lua, &json)
+        })?,
+    )?;
+    // A JSON number Lua cannot hold exactly: a table keeping its digits, printed as them.
+    let number_mt = lua.create_table()?;
+    number_mt.raw_set(
+        "__tostring",
+        lua.create_function(|_, t: mlua::Table| t.raw_get::<mlua::Value>(BIG_NUMBER))?,
+    )?;
+    lua.set_named_registry_value(BIG_NUMBER, number_mt)?;
+    json.raw_set(
+        "number",
+        lua.create_function(|lua, digits: String| {
+            if godwit_driver::normalize_decimal(&digits).is_none() {
+                return Err(mlua::Error::runtime(format!(
+                    "godwit.json.number: {digits:?} is not a decimal number"
+                )));
+            }
+            big_number(lua, &digits)
         })?,
     )?;
     json.raw_set("array_mt", lua.array_metatable())?;
@@ -428,7 +443,7 @@ fn to_lua(lua: &Lua, value: &Value) -> mlua::Result<mlua::Value> {
         Value::Float(f) => mlua::Value::Number(*f),
         Value::Text(s) => mlua::Value::String(lua.create_string(s)?),
         Value::Bytes(b) => mlua::Value::String(lua.create_string(b)?),
-        Value::Json(j) => lua.to_value(j)?,
+        Value::Json(j) => json_to_lua(lua, j)?,
         other => mlua::Value::String(lua.create_string(text_form(other).unwrap_or_default())?),
     })
 }
@@ -445,7 +460,7 @@ fn from_lua(lua: &Lua, value: mlua::Value) -> Result<Value, String> {
             Ok(text) => Value::Text(text.to_string()),
             Err(_) => Value::Bytes(s.as_bytes().to_vec()),
         },
-        t @ mlua::Value::Table(_) => Value::Json(lua.from_value(t).map_err(|e| first_part(&e))?),
+        t @ mlua::Value::Table(_) => Value::Json(lua_to_json(lua, t).map_err(|e| first_part(&e))?),
         other => {
             return Err(format!(
                 "a {} cannot be written to a column",
@@ -453,6 +468,80 @@ fn from_lua(lua: &Lua, value: mlua::Value) -> Result<Value, String> {
             ))
         }
     })
+}
+
+/// The key under which a JSON number Lua cannot hold exactly keeps its digits.
+const BIG_NUMBER: &str = "$godwit_number";
+
+/// A JSON document as Lua tables: arrays keep the array marker (so `[]` stays `[]`), `null` is
+/// `godwit.null`, integers are integers, numbers a float holds exactly are floats, and any
+/// other number (more digits than a float keeps) a `godwit.json.number` that keeps its digits,
+/// so that fields a script does not touch are written back as they were.
+fn json_to_lua(lua: &Lua, json: &serde_json::Value) -> mlua::Result<mlua::Value> {
+    use serde_json::Value as J;
+    Ok(match json {
+        J::Null => mlua::Value::NULL,
+        J::Bool(b) => mlua::Value::Boolean(*b),
+        J::Number(n) => {
+            if let Some(i) = n.as_i64() {
+                return Ok(mlua::Value::Integer(i));
+            }
+            let text = n.to_string();
+            match text.parse::<f64>() {
+                Ok(f) if exact_float(f, &text) => mlua::Value::Number(f),
+                _ => big_number(lua, &text)?,
+            }
+        }
+        J::String(s) => mlua::Value::String(lua.create_string(s)?),
+        J::Array(items) => {
+            let t = lua.create_table_with_capacity(items.len(), 0)?;
+            for (i, item) in items.iter().enumerate() {
+                t.raw_set(i + 1, json_to_lua(lua, item)?)?;
+            }
+            t.set_metatable(Some(lua.array_metatable()))?;
+            mlua::Value::Table(t)
+        }
+        J::Object(map) => {
+            let t = lua.create_table_with_capacity(0, map.len())?;
+            for (k, v) in map {
+                t.raw_set(k.as_str(), json_to_lua(lua, v)?)?;
+            }
+            mlua::Value::Table(t)
+        }
+    })
+}
+
+fn big_number(lua: &Lua, digits: &str) -> mlua::Result<mlua::Value> {
+    let t = lua.create_table()?;
+    t.raw_set(BIG_NUMBER, digits)?;
+    t.set_metatable(Some(lua.named_registry_value::<mlua::Table>(BIG_NUMBER)?))?;
+    Ok(mlua::Value::Table(t))
+}
+
+/// Lua tables as a JSON document, big numbers back to the numbers they hold.
+fn lua_to_json(lua: &Lua, value: mlua::Value) -> mlua::Result<serde_json::Value> {
+    let mut json: serde_json::Value = lua.from_value(value)?;
+    restore_big_numbers(&mut json);
+    Ok(json)
+}
+
+fn restore_big_numbers(json: &mut serde_json::Value) {
+    use serde_json::Value as J;
+    match json {
+        J::Object(map) => {
+            if map.len() == 1 {
+                if let Some(J::String(digits)) = map.get(BIG_NUMBER) {
+                    if let Ok(n) = digits.parse::<serde_json::Number>() {
+                        *json = J::Number(n);
+                        return;
+                    }
+                }
+            }
+            map.values_mut().for_each(restore_big_numbers);
+        }
+        J::Array(items) => items.iter_mut().for_each(restore_big_numbers),
+        _ => {}
+    }
 }
 
 fn is_memory_error(e: &mlua::Error) -> bool {
