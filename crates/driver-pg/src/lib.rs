@@ -161,6 +161,7 @@ fn bind<'q>(mut query: Query<'q>, params: &'q [Value]) -> Query<'q> {
             Value::Time(t) => query.bind(*t),
             Value::Timestamp(t) => query.bind(*t),
             Value::TimestampTz(t) => query.bind(*t),
+            Value::TextArray(items) => query.bind(items),
         };
     }
     query

@@ -92,9 +92,48 @@ pub struct ColumnInfo {
 }
 
 impl ColumnInfo {
-    /// The family of the column's type.
+    /// The family of the column's type. SQLite's rules for declared types it does not know
+    /// (`…INT…` is an integer) apply to SQLite only: a PostgreSQL `int4range` is no integer.
     pub fn sql_type(&self) -> SqlType {
-        SqlType::of(&self.data_type)
+        match &self.cast {
+            Some(_) => SqlType::of_name(&self.data_type),
+            None => SqlType::of(&self.data_type),
+        }
+    }
+
+    /// PostgreSQL: whether the driver reads this column's values itself; others are read as
+    /// their text (`column::text`).
+    pub fn decodable(&self) -> bool {
+        let Some(cast) = &self.cast else { return true };
+        // `quote_ident` quotes names that are keywords (`"numeric"`, `"char"`).
+        let name = cast
+            .strip_prefix("pg_catalog.")
+            .unwrap_or("")
+            .trim_matches('"');
+        matches!(
+            name,
+            "bool"
+                | "int2"
+                | "int4"
+                | "int8"
+                | "oid"
+                | "float4"
+                | "float8"
+                | "text"
+                | "varchar"
+                | "bpchar"
+                | "name"
+                | "char"
+                | "uuid"
+                | "date"
+                | "time"
+                | "timestamp"
+                | "timestamptz"
+                | "json"
+                | "jsonb"
+                | "bytea"
+                | "numeric"
+        )
     }
 }
 

@@ -43,18 +43,30 @@ pub enum SqlType {
 
 impl SqlType {
     /// Sorts a type name as [`crate::ColumnInfo::data_type`] gives it (any case; a length or
-    /// precision in brackets is ignored).
+    /// precision in brackets is ignored), with SQLite's rules for declared types it does not
+    /// know by name (`…INT…` is an integer, `…CHAR…` text).
     pub fn of(data_type: &str) -> SqlType {
         let t = data_type.trim().to_ascii_lowercase();
+        SqlType::known(&t).unwrap_or_else(|| SqlType::of_affinity(&t))
+    }
+
+    /// [`SqlType::of`] without SQLite's rules: a name godwit does not know is
+    /// [`SqlType::Other`] (a PostgreSQL `int4range` is no integer).
+    pub fn of_name(data_type: &str) -> SqlType {
+        SqlType::known(&data_type.trim().to_ascii_lowercase()).unwrap_or(SqlType::Other)
+    }
+
+    /// The family of a lower-case type name godwit knows.
+    fn known(t: &str) -> Option<SqlType> {
         // Arrays (`integer[]`, internally `_int4`) and times with a zone are godwit's
         // "other": read as their text.
         let time_with_zone =
             !t.starts_with("timestamp") && t.starts_with("time") && t.contains("with time zone");
         if t.ends_with(']') || t.starts_with('_') || t == "timetz" || time_with_zone {
-            return SqlType::Other;
+            return Some(SqlType::Other);
         }
         let base = t.split(['(', ' ']).next().unwrap_or("");
-        match base {
+        Some(match base {
             "int" | "integer" | "bigint" | "smallint" | "tinyint" | "mediumint" | "int2"
             | "int4" | "int8" | "serial" | "bigserial" | "smallserial" | "year" => SqlType::Int,
             "numeric" | "decimal" | "dec" | "number" | "fixed" => SqlType::Decimal,
@@ -77,6 +89,12 @@ impl SqlType {
                 SqlType::TimestampTz
             }
             "timestamp" => SqlType::Timestamp,
+            _ => return None,
+        })
+    }
+
+    fn of_affinity(t: &str) -> SqlType {
+        match t {
             // SQLite's affinity rules for declared types godwit does not know by name.
             _ if t.contains("int") && !t.contains("interval") && !t.contains("point") => {
                 SqlType::Int
@@ -130,11 +148,12 @@ impl SqlType {
                 }
             }
             (SqlType::Int, V::Text(s) | V::Decimal(s)) => {
-                let t = s.trim();
+                // `5.00` is the integer 5; `5.5` is no integer.
+                let t = normalize_decimal(&s).unwrap_or_else(|| s.trim().to_string());
                 match t.parse::<i64>() {
                     Ok(n) => V::Int(n),
                     // Wider than 64 bits (MySQL's BIGINT UNSIGNED): the database checks range.
-                    Err(_) if is_integer_text(t) => V::Decimal(t.to_string()),
+                    Err(_) if is_integer_text(&t) => V::Decimal(t),
                     Err(_) => return Err(format!("{s:?} is not an integer")),
                 }
             }
@@ -148,10 +167,19 @@ impl SqlType {
                     return Err(format!("{s:?} is not a decimal number"));
                 }
             }
-            (SqlType::Float, V::Int(n)) => V::Float(n as f64),
+            // A float column holds 53 bits of mantissa: what it would round is refused.
+            (SqlType::Float, V::Int(n)) => {
+                if n.unsigned_abs() <= 1 << 53 {
+                    V::Float(n as f64)
+                } else {
+                    return Err(format!("{n} has more digits than a float column keeps"));
+                }
+            }
             (SqlType::Float, V::Float(f)) => V::Float(f),
             (SqlType::Float, V::Text(s) | V::Decimal(s)) => match s.trim().parse::<f64>() {
-                Ok(f) => V::Float(f),
+                Ok(f) if !f.is_finite() => V::Float(f),
+                Ok(f) if normalize_decimal(&f.to_string()) == normalize_decimal(&s) => V::Float(f),
+                Ok(_) => return Err(format!("{s} has more digits than a float column keeps")),
                 Err(_) => return Err(format!("{s:?} is not a number")),
             },
             (SqlType::Bool, V::Bool(b)) => V::Bool(b),
@@ -198,7 +226,20 @@ impl SqlType {
             // Text a transform wrote (Lua sees dates as text) becomes the typed value when it
             // reads as one, so every database gets the same instant; other text is left to
             // the database to parse (PostgreSQL's `infinity`) or refuse.
-            (SqlType::Date, V::Text(s)) => parse_date(&s).map_or(V::Text(s), V::Date),
+            (SqlType::Date, V::Text(s)) => match (parse_date(&s), parse_timestamp(&s)) {
+                (Some(d), _) => V::Date(d),
+                (None, Some(t)) => date_of(t.naive_utc(), &s)?,
+                (None, None) => V::Text(s),
+            },
+            // A date column would drop a time of day: only midnight goes in.
+            (SqlType::Date, V::Timestamp(t)) => date_of(t, &t.to_string())?,
+            (SqlType::Date, V::TimestampTz(t)) => date_of(t.naive_utc(), &t.to_string())?,
+            (SqlType::Time, v @ (V::Timestamp(_) | V::TimestampTz(_))) => {
+                return Err(format!(
+                    "{} cannot go into a time column: its date would be dropped",
+                    v.text_form().unwrap_or_default()
+                ))
+            }
             (SqlType::Time, V::Text(s)) => parse_time(&s).map_or(V::Text(s), V::Time),
             (SqlType::Timestamp, V::Text(s)) => parse_timestamp(&s)
                 .map(|t| V::Timestamp(t.naive_utc()))
@@ -251,6 +292,19 @@ fn kind(value: &Value) -> &'static str {
         Value::Date(_) => "a date",
         Value::Time(_) => "a time",
         Value::Timestamp(_) | Value::TimestampTz(_) => "a timestamp",
+        Value::TextArray(_) => "an array",
+    }
+}
+
+/// The date of a timestamp at midnight; any other time of day would be dropped by a date
+/// column, which is refused.
+fn date_of(t: NaiveDateTime, shown: &str) -> Result<Value, String> {
+    if t.time() == NaiveTime::MIN {
+        Ok(Value::Date(t.date()))
+    } else {
+        Err(format!(
+            "{shown} has a time of day, which a date column would drop"
+        ))
     }
 }
 
@@ -279,7 +333,12 @@ fn parse_timestamp(s: &str) -> Option<DateTime<Utc>> {
         }
     }
     let naive = s.strip_suffix('Z').unwrap_or(s);
-    for format in ["%Y-%m-%d %H:%M:%S%.f", "%Y-%m-%dT%H:%M:%S%.f"] {
+    for format in [
+        "%Y-%m-%d %H:%M:%S%.f",
+        "%Y-%m-%dT%H:%M:%S%.f",
+        "%Y-%m-%d %H:%M",
+        "%Y-%m-%dT%H:%M",
+    ] {
         if let Ok(t) = NaiveDateTime::parse_from_str(naive, format) {
             return Some(t.and_utc());
         }
@@ -447,6 +506,25 @@ mod tests {
             Ok(Value::Text("infinity".into()))
         );
         assert!(SqlType::Date.fit(Value::Float(1.0)).is_err());
+        assert!(SqlType::Date
+            .fit(Value::Text("2024-01-01 10:00".into()))
+            .is_err());
+        assert!(SqlType::Date
+            .fit(Value::Text("2024-01-01 00:00:00".into()))
+            .is_ok());
+        assert!(SqlType::Float.fit(Value::Int((1 << 53) + 1)).is_err());
+        assert_eq!(
+            SqlType::Float.fit(Value::Decimal("0.1".into())),
+            Ok(Value::Float(0.1))
+        );
+        assert!(SqlType::Float
+            .fit(Value::Decimal("12345678901234567890.5".into()))
+            .is_err());
+        assert_eq!(
+            SqlType::Int.fit(Value::Decimal("5.00".into())),
+            Ok(Value::Int(5))
+        );
+        assert!(SqlType::Int.fit(Value::Decimal("5.50".into())).is_err());
         assert!(SqlType::Date.fit(Value::Text("0000-00-00".into())).is_err());
         assert!(SqlType::Timestamp
             .fit(Value::Text("0000-00-00 00:00:00".into()))

@@ -36,6 +36,9 @@ pub enum Value {
     Timestamp(NaiveDateTime),
     /// A timestamp with time zone, in UTC.
     TimestampTz(DateTime<Utc>),
+    /// A PostgreSQL `text[]` parameter: one column of a batch's values in their text form, for
+    /// set-based writes (`unnest`). Other databases bind it as its JSON text.
+    TextArray(Vec<Option<String>>),
 }
 
 impl Value {

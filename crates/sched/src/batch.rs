@@ -97,6 +97,9 @@ pub(crate) async fn execute(
             }
         }
     };
+    // One letter per key: the rows a fan-out made of one source row are refused together.
+    let mut seen = std::collections::HashSet::new();
+    dead_letters.retain(|l| seen.insert(l.key.clone()));
     let outcome = BatchOutcome {
         rows_affected,
         rows_skipped: dead_letters.len() as u64,

@@ -22,7 +22,7 @@ use godwit_transform::{Outcome, Rows, Transform};
 use tokio::sync::OnceCell;
 
 use crate::pool::ConnPool;
-use crate::rows::{key_text, param, refuse_row, Columns, MAX_PARAMS};
+use crate::rows::{key_text, pg_text, refuse_row, Columns, MAX_PARAMS};
 use crate::slices::{self, row_bytes, Slicer};
 use crate::step::build_transform;
 
@@ -191,6 +191,8 @@ impl CopyStep {
         start: Value,
         end: Value,
     ) -> Result<(u64, Vec<DeadLetter>), Error> {
+        // Known before the first read: which columns the target has.
+        self.write_plan(conn).await?;
         let mut written = 0;
         let mut letters = Vec::new();
         let mut began = false;
@@ -278,15 +280,22 @@ impl CopyStep {
             Some(row) => row.columns()[skip..].to_vec().into(),
             None => return Ok((Vec::new(), Vec::new(), None)),
         };
-        let next = match (full, rows.last()) {
-            // MariaDB hands `_bin` text over as bytes; the walk binds such keys as text.
-            (true, Some(last)) => Some(match last.get(0).clone() {
-                Value::Bytes(b) => {
-                    String::from_utf8(b).map_or_else(|e| Value::Bytes(e.into_bytes()), Value::Text)
-                }
-                key => key,
-            }),
-            _ => None,
+        // The walked key of each row (MariaDB hands `_bin` text over as bytes; the walk binds
+        // such keys as text), for the next slice and for naming refused rows.
+        let keys: Vec<Option<Value>> = rows
+            .iter()
+            .map(|row| {
+                (skip == 1).then(|| match row.get(0).clone() {
+                    Value::Bytes(b) => String::from_utf8(b)
+                        .map_or_else(|e| Value::Bytes(e.into_bytes()), Value::Text),
+                    key => key,
+                })
+            })
+            .collect();
+        let next = if full {
+            keys.last().cloned().flatten()
+        } else {
+            None
         };
         let types: Vec<SqlType> = names
             .iter()
@@ -308,25 +317,51 @@ impl CopyStep {
         let input = Rows {
             columns: names.clone(),
             rows,
+            bytes_columns: self
+                .write
+                .get()
+                .map_or_else(|| Arc::from([]), |w| w.columns.bytes_columns()),
         };
-        let outcomes = match &self.transform {
-            Some(t) => t.apply(input.clone()).await?,
-            None => input
+        let Some(transform) = &self.transform else {
+            // Copied as they are: no clone, nothing to refuse here.
+            let out = input
                 .rows
-                .iter()
-                .map(|values| {
-                    Outcome::Row(names.iter().cloned().zip(values.iter().cloned()).collect())
-                })
-                .collect(),
+                .into_iter()
+                .map(|values| names.iter().cloned().zip(values).collect())
+                .collect();
+            return Ok((out, Vec::new(), next));
         };
+        let outcomes = transform.apply(input.clone()).await?;
         let mut out = Vec::with_capacity(input.rows.len());
         let mut dead_letters = Vec::new();
-        for (values, outcome) in input.rows.iter().zip(outcomes) {
+        for ((values, outcome), key) in input.rows.iter().zip(outcomes).zip(&keys) {
             let refused = match outcome {
                 Outcome::Keep => continue,
-                Outcome::Row(row) => {
+                Outcome::Row(row) if row.is_empty() => {
+                    "the transform returned an empty row; return nil to skip a row".to_string()
+                }
+                Outcome::Row(mut row) => {
+                    // NULL reaches Lua as nil, which a table cannot hold: a column that was
+                    // NULL and that the transform did not set stays NULL in the copy, rather
+                    // than taking the target's default (or, on update, its old value).
+                    let in_target = |name: &str| {
+                        self.write
+                            .get()
+                            .is_some_and(|w| w.columns.get(name).is_some())
+                    };
+                    for (name, value) in names.iter().zip(values) {
+                        if value.is_null()
+                            && in_target(name)
+                            && !row.iter().any(|(n, _)| n.eq_ignore_ascii_case(name))
+                        {
+                            row.push((name.clone(), Value::Null));
+                        }
+                    }
                     out.push(row);
                     continue;
+                }
+                Outcome::Rows(rows) if rows.iter().any(Vec::is_empty) => {
+                    "the transform returned an empty row in its list".to_string()
                 }
                 Outcome::Rows(rows) => {
                     out.extend(rows);
@@ -334,7 +369,10 @@ impl CopyStep {
                 }
                 Outcome::Error(e) => e,
             };
-            let key = key_of(&names, &self.key, values);
+            let key = match key {
+                Some(k) => key_text(k),
+                None => key_of(&names, &self.key, values),
+            };
             let letter = refuse_row(self.on_row_error, key, refused, &names, values)?;
             dead_letters.push(letter);
         }
@@ -402,9 +440,9 @@ impl Read {
         let list: Vec<String> = std::iter::once(format!("{k} AS {SLICE_KEY}"))
             .chain(names.iter().map(|n| {
                 let q = quote_ident(dialect, n);
-                let other = types.get(n).is_some_and(|c| c.sql_type == SqlType::Other);
-                // Types godwit does not decode (enums, arrays, network types) travel as text.
-                if dialect == Dialect::Postgres && other {
+                // Types godwit does not decode (enums, arrays, ranges, network types) travel
+                // as text.
+                if info.column(n).is_some_and(|c| !c.decodable()) {
                     format!("{q}::text AS {q}")
                 } else {
                     q
@@ -456,20 +494,45 @@ impl Write {
         rows: &[Vec<Value>],
     ) -> Result<(String, Vec<Value>), Error> {
         let q = |n: &str| quote_ident(dialect, n);
-        let mut params = Vec::with_capacity(rows.len() * names.len());
-        let mut tuples = Vec::with_capacity(rows.len());
-        for values in rows {
-            let mut cells = Vec::with_capacity(names.len());
-            for (name, value) in names.iter().zip(values) {
-                params.push(param(dialect, value));
-                cells.push(format!(
-                    "{}{}",
-                    dialect.param(params.len()),
-                    self.columns.cast(dialect, name)
-                ));
+        let (source, params) = if dialect == Dialect::Postgres {
+            // One text[] parameter per column, cast to the column's type: the statement's text
+            // depends only on the columns, so it is prepared once, whatever the rows.
+            let mut columns: Vec<Vec<Option<String>>> =
+                vec![Vec::with_capacity(rows.len()); names.len()];
+            for values in rows {
+                for (column, value) in columns.iter_mut().zip(values) {
+                    column.push(pg_text(value));
+                }
             }
-            tuples.push(format!("({})", cells.join(", ")));
-        }
+            let aliases: Vec<String> = (1..=names.len()).map(|i| format!("godwit_{i}")).collect();
+            let selected: Vec<String> = names
+                .iter()
+                .zip(&aliases)
+                .map(|(n, a)| format!("{a}{}", self.columns.cast(dialect, n)))
+                .collect();
+            let arrays: Vec<String> = (1..=names.len()).map(|i| format!("${i}::text[]")).collect();
+            (
+                format!(
+                    " SELECT {} FROM unnest({}) AS godwit_v({})",
+                    selected.join(", "),
+                    arrays.join(", "),
+                    aliases.join(", ")
+                ),
+                columns.into_iter().map(Value::TextArray).collect(),
+            )
+        } else {
+            let mut params = Vec::with_capacity(rows.len() * names.len());
+            let mut tuples = Vec::with_capacity(rows.len());
+            for values in rows {
+                let mut cells = Vec::with_capacity(names.len());
+                for value in values {
+                    params.push(value.clone());
+                    cells.push(dialect.param(params.len()));
+                }
+                tuples.push(format!("({})", cells.join(", ")));
+            }
+            (format!(" VALUES {}", tuples.join(", ")), params)
+        };
         let in_key = |n: &String| self.conflict_key.iter().any(|k| k.eq_ignore_ascii_case(n));
         let others: Vec<&String> = names.iter().filter(|n| !in_key(n)).collect();
         let clause = match (on_conflict, dialect) {
@@ -516,10 +579,9 @@ impl Write {
         };
         let columns: Vec<String> = names.iter().map(|n| q(n)).collect();
         let sql = format!(
-            "INSERT INTO {} ({}) VALUES {}{clause}",
+            "INSERT INTO {} ({}){source}{clause}",
             quote_ident(dialect, table),
             columns.join(", "),
-            tuples.join(", ")
         );
         Ok((sql, params))
     }

@@ -11,14 +11,14 @@
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 
-use godwit_driver::{quote_ident, Conn, Dialect, Error, SqlType, TableInfo, Value};
+use godwit_driver::{quote_ident, Conn, Dialect, Error, KeyKind, SqlType, TableInfo, Value};
 use godwit_plan::{Convert, OnRowError, Step, StepKind};
 use godwit_state::DeadLetter;
 use godwit_transform::json::{row_line, text_form};
 use godwit_transform::{Outcome, Rows, Transform};
 use tokio::sync::OnceCell;
 
-use crate::slices::{self, row_bytes, Slicer};
+use crate::slices::{row_bytes, Slicer};
 
 /// Bound parameters per statement: under SQLite's 32,766 and the 65,535 of the others.
 pub(crate) const MAX_PARAMS: usize = 30_000;
@@ -39,9 +39,12 @@ pub(crate) struct RowStep {
 
 /// What the table looks like, learned from the database on the first batch.
 struct Shape {
-    /// The first slice of a batch, and the ones after it.
-    first_sql: String,
-    next_sql: String,
+    /// The whole batch's rows, locked.
+    read_sql: String,
+    /// The batch's keys, locking their rows.
+    lock_sql: String,
+    /// The rows between two keys, already locked.
+    slice_sql: String,
     /// Names of the columns read, the key first.
     names: Arc<[String]>,
     /// The type of each column read, for reading it in the form transforms see.
@@ -113,17 +116,8 @@ impl RowStep {
             rows_written: 0,
             dead_letters: Vec::new(),
         };
-        // Slice by slice, so that wide rows never fill memory; each slice is read, transformed
-        // and written before the next, all in the batch's transaction.
-        let (mut sql, mut from) = (&shape.first_sql, start);
-        loop {
-            let limit = self.slicer.rows();
-            let read = conn
-                .query(sql, &[from.clone(), end.clone(), Value::Int(limit)])
-                .await?;
-            let full = read.len() as i64 >= limit;
-            let rows: Vec<Vec<Value>> = read
-                .into_iter()
+        let normalise = |read: Vec<godwit_driver::Row>| -> Vec<Vec<Value>> {
+            read.into_iter()
                 .map(|row| {
                     row.into_values()
                         .into_iter()
@@ -131,16 +125,35 @@ impl RowStep {
                         .map(|(v, t)| t.read(v))
                         .collect()
                 })
-                .collect();
+                .collect()
+        };
+        if self.slicer.whole_batch() {
+            // Rows of known, ordinary width: the whole batch in one locking read.
+            let rows = normalise(conn.query(&shape.read_sql, &[start, end]).await?);
             self.slicer
                 .observe(rows.len(), rows.iter().map(|r| row_bytes(r)).sum());
-            let last = rows.last().map(|r| r[0].clone());
             self.slice(conn, dialect, shape, rows, &mut done).await?;
-            match last {
-                Some(key) if full => (sql, from) = (&shape.next_sql, key),
-                _ => return Ok(done),
-            }
+            return Ok(done);
         }
+        // Wide rows (or a step's first batch, while their width is unknown): lock the batch's
+        // keys first, then read, transform and write the rows in slices of those keys. With
+        // the rows locked, no concurrent change can move a key between slices.
+        let keys: Vec<Value> = normalise(conn.query(&shape.lock_sql, &[start, end]).await?)
+            .into_iter()
+            .filter_map(|r| r.into_iter().next())
+            .collect();
+        let mut at = 0;
+        while at < keys.len() {
+            let take = usize::try_from(self.slicer.rows()).unwrap_or(1).max(1);
+            let slice = &keys[at..keys.len().min(at + take)];
+            at += slice.len();
+            let (first, last) = (slice[0].clone(), slice[slice.len() - 1].clone());
+            let rows = normalise(conn.query(&shape.slice_sql, &[first, last]).await?);
+            self.slicer
+                .observe(rows.len(), rows.iter().map(|r| row_bytes(r)).sum());
+            self.slice(conn, dialect, shape, rows, &mut done).await?;
+        }
+        Ok(done)
     }
 
     /// Transforms one slice's rows and writes back those that changed.
@@ -155,6 +168,7 @@ impl RowStep {
         let input = Rows {
             columns: shape.names.clone(),
             rows,
+            bytes_columns: shape.columns.bytes_columns(),
         };
         let outcomes = self.transform.apply(input.clone()).await?;
         let mut dead_letters = Vec::new();
@@ -221,11 +235,11 @@ impl Shape {
             .collect();
         let list: Vec<String> = names
             .iter()
-            .zip(&read_types)
-            .map(|(n, t)| {
+            .map(|n| {
                 let q = quote_ident(dialect, n);
-                // Types godwit does not decode (enums, arrays, network types) arrive as text.
-                if dialect == Dialect::Postgres && *t == SqlType::Other {
+                // Types godwit does not decode (enums, arrays, ranges, network types) arrive
+                // as text.
+                if info.column(n).is_some_and(|c| !c.decodable()) {
                     format!("{q}::text AS {q}")
                 } else {
                     q
@@ -242,14 +256,13 @@ impl Shape {
             Dialect::Postgres | Dialect::MySql => " FOR UPDATE",
             Dialect::Sqlite => "",
         };
-        let sql = |first: bool| {
-            let (range, limit) = slices::bounds(dialect, &k, first);
-            format!(
-                "SELECT {} FROM {} WHERE {range}{filter} ORDER BY {k}{limit}{lock}",
-                list.join(", "),
-                quote_ident(dialect, &step.table),
-            )
-        };
+        let range = format!(
+            "{k} >= {} AND {k} <= {}{filter}",
+            dialect.param(1),
+            dialect.param(2)
+        );
+        let t = quote_ident(dialect, &step.table);
+        let selected = list.join(", ");
         let key_collate = match info.column(&key).and_then(|c| c.collation.as_deref()) {
             Some(collation) if dialect == Dialect::MySql => {
                 convert_to(collation, "godwit_v.godwit_k").unwrap_or_default()
@@ -257,8 +270,9 @@ impl Shape {
             _ => String::new(),
         };
         Ok(Shape {
-            first_sql: sql(true),
-            next_sql: sql(false),
+            read_sql: format!("SELECT {selected} FROM {t} WHERE {range} ORDER BY {k}{lock}"),
+            lock_sql: format!("SELECT {k} FROM {t} WHERE {range} ORDER BY {k}{lock}"),
+            slice_sql: format!("SELECT {selected} FROM {t} WHERE {range} ORDER BY {k}"),
             names: names.into(),
             read_types,
             columns,
@@ -321,8 +335,36 @@ impl Shape {
         let t = quote_ident(dialect, table);
         let k = quote_ident(dialect, &self.key);
         let cast = |name: &str| self.columns.cast(dialect, name);
-        let mut params = Vec::with_capacity(rows.len() * (names.len() + 1));
         let aliases: Vec<String> = (1..=names.len()).map(|i| format!("godwit_{i}")).collect();
+        if dialect == Dialect::Postgres {
+            // One text[] parameter per column: the statement's text depends only on the
+            // columns, so it is prepared once, whatever the number of rows.
+            let mut columns: Vec<Vec<Option<String>>> =
+                vec![Vec::with_capacity(rows.len()); names.len() + 1];
+            for (key, values) in rows {
+                columns[0].push(pg_text(key));
+                for (column, value) in columns[1..].iter_mut().zip(values) {
+                    column.push(pg_text(value));
+                }
+            }
+            let set: Vec<String> = names
+                .iter()
+                .zip(&aliases)
+                .map(|(n, a)| format!("{} = godwit_v.{a}{}", quote_ident(dialect, n), cast(n)))
+                .collect();
+            let arrays: Vec<String> = (1..=names.len() + 1)
+                .map(|i| format!("${i}::text[]"))
+                .collect();
+            let sql = format!(
+                "UPDATE {t} SET {} FROM unnest({}) AS godwit_v(godwit_k, {}) WHERE {k} = godwit_v.godwit_k{}",
+                set.join(", "),
+                arrays.join(", "),
+                aliases.join(", "),
+                cast(&self.key)
+            );
+            return (sql, columns.into_iter().map(Value::TextArray).collect());
+        }
+        let mut params = Vec::with_capacity(rows.len() * (names.len() + 1));
         let set: Vec<String> = names
             .iter()
             .zip(&aliases)
@@ -331,14 +373,14 @@ impl Shape {
         let mut tuples = Vec::with_capacity(rows.len());
         for (i, (key, values)) in rows.iter().enumerate() {
             let mut cells = Vec::with_capacity(names.len() + 1);
-            params.push(param(dialect, key));
+            params.push(key.clone());
             let key_cell = dialect.param(params.len());
             cells.push(match (dialect, i) {
                 (Dialect::MySql, 0) => format!("{key_cell} AS godwit_k"),
                 _ => format!("{key_cell}{}", cast(&self.key)),
             });
             for ((name, value), alias) in names.iter().zip(values).zip(&aliases) {
-                params.push(param(dialect, value));
+                params.push(value.clone());
                 let cell = dialect.param(params.len());
                 cells.push(match (dialect, i) {
                     (Dialect::MySql, 0) => format!("{cell} AS {alias}"),
@@ -348,13 +390,7 @@ impl Shape {
             tuples.push(cells.join(", "));
         }
         let sql = match dialect {
-            Dialect::Postgres => format!(
-                "UPDATE {t} SET {} FROM (VALUES ({})) AS godwit_v(godwit_k, {}) WHERE {k} = godwit_v.godwit_k",
-                set.join(", "),
-                tuples.join("), ("),
-                aliases.join(", ")
-            ),
-            Dialect::Sqlite => format!(
+            Dialect::Sqlite | Dialect::Postgres => format!(
                 "WITH godwit_v(godwit_k, {}) AS (VALUES ({})) UPDATE {t} SET {} FROM godwit_v WHERE {k} = godwit_v.godwit_k",
                 aliases.join(", "),
                 tuples.join("), ("),
@@ -538,6 +574,15 @@ impl Columns {
         Columns { by_name }
     }
 
+    /// The names of the columns that hold bytes.
+    pub(crate) fn bytes_columns(&self) -> Arc<[String]> {
+        self.by_name
+            .values()
+            .filter(|c| c.sql_type == SqlType::Bytes)
+            .map(|c| c.name.clone())
+            .collect()
+    }
+
     /// The column named `name`, compared without case as unquoted names are.
     pub(crate) fn get(&self, name: &str) -> Option<&Column> {
         self.by_name.get(&name.to_lowercase())
@@ -604,16 +649,12 @@ pub(crate) fn convert_to(collation: &str, expr: &str) -> Option<String> {
     ))
 }
 
-/// A value as the writers bind it. On PostgreSQL every value goes as text into a cast to the
-/// column's type: a prepared statement fixes its parameters' types when first run, and the
-/// same statement text comes back with a NULL (sent as text) where a date once was, which
-/// PostgreSQL would then read as a date's binary form. As text, every run agrees.
-pub(crate) fn param(dialect: Dialect, value: &Value) -> Value {
-    if dialect != Dialect::Postgres {
-        return value.clone();
-    }
-    Value::Text(match value {
-        Value::Null => return Value::Null,
+/// A value in the text form PostgreSQL's writers send it in: every value goes as text into a
+/// cast to its column's type (inside a `text[]` for `unnest`), so the statement's parameter
+/// types never depend on the values, and a prepared statement fits every batch.
+pub(crate) fn pg_text(value: &Value) -> Option<String> {
+    Some(match value {
+        Value::Null => return None,
         Value::Bool(b) => b.to_string(),
         Value::Int(n) => n.to_string(),
         Value::Float(f) if f.is_nan() => "NaN".to_string(),
@@ -634,6 +675,7 @@ pub(crate) fn param(dialect: Dialect, value: &Value) -> Value {
             hex
         }
         Value::Json(j) => j.to_string(),
+        Value::TextArray(items) => serde_json::json!(items).to_string(),
         other => text_form(other).unwrap_or_default(),
     })
 }
@@ -673,6 +715,10 @@ pub(crate) fn refuse_row(
 
 /// A key as the state tables and messages show it.
 pub(crate) fn key_text(key: &Value) -> String {
+    // As `start_key`/`end_key` hold keys, so a letter's key can be compared with its batch's.
+    if let Some(text) = KeyKind::of(key).and_then(|kind| kind.encode(key).ok()) {
+        return text;
+    }
     match key {
         Value::Int(n) => n.to_string(),
         Value::Text(s) => s.clone(),

@@ -39,6 +39,11 @@ impl Slicer {
         i64::try_from(rows).unwrap_or(i64::MAX)
     }
 
+    /// Whether a whole batch fits in one slice (the rows' width is known and small).
+    pub(crate) fn whole_batch(&self) -> bool {
+        self.row_bytes.load(Ordering::Relaxed) != 0 && self.rows() as u64 >= self.batch_size
+    }
+
     /// Learns from a slice of `rows` rows holding `bytes` bytes. A wider slice counts at
     /// once; a narrower one only halfway, so one narrow slice does not let the next grow
     /// past the cap.
@@ -93,9 +98,11 @@ mod tests {
     fn slices_start_small_then_fit_the_cap() {
         let s = Slicer::new(1 << 20, 1000);
         assert_eq!(s.rows(), 64);
+        assert!(!s.whole_batch());
         // Narrow rows: the whole batch in one slice.
         s.observe(64, 64 * 100);
         assert_eq!(s.rows(), 1000);
+        assert!(s.whole_batch());
         // 100 KiB rows: ten at a time.
         s.observe(10, 10 * 100 * 1024);
         assert_eq!(s.rows(), 10);

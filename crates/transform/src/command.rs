@@ -194,7 +194,7 @@ impl Program {
                 }
                 Ok(Ok(_)) => {}
             }
-            match answer(&rows.columns, values, line.trim_end()) {
+            match answer(&rows.columns, values, &rows.bytes_columns, line.trim_end()) {
                 Ok(outcome) => out.push(crate::keep_json_scalars(&rows.columns, values, outcome)),
                 Err(problem) => {
                     writer.abort();
@@ -224,8 +224,8 @@ impl Program {
         Ok(out)
     }
 
-    /// Kills the program and returns the end of its stderr.
-    async fn stop(mut self) -> String {
+    /// Kills the program's process group (a wrapper's children too).
+    fn kill_group(&mut self) {
         if let Some(pid) = self.child.id().and_then(|pid| i32::try_from(pid).ok()) {
             // SAFETY: kill(2) with a negative pid signals that process group; it touches no
             // memory of ours. The group is the child's own (`process_group(0)`).
@@ -234,6 +234,11 @@ impl Program {
             }
         }
         let _ = self.child.start_kill();
+    }
+
+    /// Kills the program and returns the end of its stderr.
+    async fn stop(mut self) -> String {
+        self.kill_group();
         let _ = tokio::time::timeout(Duration::from_secs(2), self.child.wait()).await;
         // The pipe closes with the program; give the reader a moment to take the last bytes.
         let _ = tokio::time::timeout(Duration::from_secs(1), &mut self.stderr_done).await;
@@ -242,8 +247,20 @@ impl Program {
     }
 }
 
+/// A program left behind (its pool dropped, its batch abandoned) goes with its whole group.
+impl Drop for Program {
+    fn drop(&mut self) {
+        self.kill_group();
+    }
+}
+
 /// Reads one answer line.
-fn answer(columns: &[String], values: &[Value], line: &str) -> Result<Outcome, String> {
+fn answer(
+    columns: &[String],
+    values: &[Value],
+    bytes_columns: &[String],
+    line: &str,
+) -> Result<Outcome, String> {
     let json: Json = serde_json::from_str(line).map_err(|e| {
         let shown: String = line.chars().take(200).collect();
         format!("answered {shown:?}, which is not a JSON line ({e})")
@@ -256,7 +273,7 @@ fn answer(columns: &[String], values: &[Value], line: &str) -> Result<Outcome, S
                 other => other.to_string(),
             })
         }
-        Json::Object(map) => match object_row(columns, values, map) {
+        Json::Object(map) => match object_row(columns, values, bytes_columns, map) {
             Ok(row) => Outcome::Row(row),
             Err(e) => Outcome::Error(e),
         },
@@ -268,7 +285,7 @@ fn answer(columns: &[String], values: &[Value], line: &str) -> Result<Outcome, S
                         "the program answered a list whose items are not all objects".into(),
                     ));
                 };
-                match object_row(columns, values, map) {
+                match object_row(columns, values, bytes_columns, map) {
                     Ok(row) => rows.push(row),
                     Err(e) => return Ok(Outcome::Error(e)),
                 }
@@ -288,14 +305,16 @@ fn answer(columns: &[String], values: &[Value], line: &str) -> Result<Outcome, S
 fn object_row(
     columns: &[String],
     values: &[Value],
+    bytes_columns: &[String],
     map: serde_json::Map<String, Json>,
 ) -> Result<Vec<(String, Value)>, String> {
     let mut row = Vec::with_capacity(map.len());
     for (name, json) in map {
-        let was_bytes = columns
-            .iter()
-            .position(|c| *c == name)
-            .is_some_and(|i| matches!(values.get(i), Some(Value::Bytes(_))));
+        let was_bytes = bytes_columns.iter().any(|c| c.eq_ignore_ascii_case(&name))
+            || columns
+                .iter()
+                .position(|c| *c == name)
+                .is_some_and(|i| matches!(values.get(i), Some(Value::Bytes(_))));
         let value = match json {
             Json::String(text) if was_bytes => Value::Bytes(
                 decode_bytes(&text)

@@ -27,6 +27,9 @@ pub struct Rows {
     pub columns: Arc<[String]>,
     /// The values, one `Vec` per row, in `columns` order.
     pub rows: Vec<Vec<Value>>,
+    /// The columns of the table written to that hold bytes: a program writes bytes as base64
+    /// text, decoded back for these columns (and for any it was given bytes in).
+    pub bytes_columns: Arc<[String]>,
 }
 
 /// What a transform made of one row.

@@ -413,6 +413,14 @@ xpcall = function(...)
   if over() then error("row_timeout", 0) end
   return unpack(r, 1, r.n)
 end
+-- A finalizer (__gc) runs outside any row's time limit: refused.
+local raw_setmetatable = setmetatable
+setmetatable = function(t, mt)
+  if type(mt) == "table" and rawget(mt, "__gc") ~= nil then
+    error("__gc finalizers are not allowed in a transform", 2)
+  end
+  return raw_setmetatable(t, mt)
+end
 local json = godwit.json
 local array_mt = json.array_mt
 json.array_mt = nil

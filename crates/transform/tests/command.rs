@@ -50,6 +50,7 @@ fn batch(columns: &[&str], rows: Vec<Vec<Value>>) -> Rows {
     Rows {
         columns: columns.iter().map(|c| c.to_string()).collect(),
         rows,
+        bytes_columns: Arc::from([]),
     }
 }
 
