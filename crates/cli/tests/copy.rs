@@ -2013,3 +2013,63 @@ async fn wide_rows_are_copied_in_slices_on_mariadb() {
 async fn wide_rows_are_copied_in_slices_on_sqlite() {
     wide_rows_are_copied_in_slices(Backend::Sqlite).await
 }
+
+/// NULL reaches Lua as nil, which a table cannot hold: `return row` still copies the NULL,
+/// rather than leaving the column to the target's default or, on update, its old value.
+async fn nulls_survive_a_lua_copy(backend: Backend) {
+    let db = db_for(backend).await;
+    let (src, dst) = (db.table("nulls_src"), db.table("nulls_dst"));
+    let id = id_type(db.backend);
+    db.exec(&format!(
+        "CREATE TABLE {src} (id {id} PRIMARY KEY, note VARCHAR(20), legacy VARCHAR(20))"
+    ))
+    .await;
+    db.exec(&format!(
+        "CREATE TABLE {dst} (id {id} PRIMARY KEY, note VARCHAR(20) DEFAULT 'default')"
+    ))
+    .await;
+    insert(
+        &db,
+        &src,
+        "id, note, legacy",
+        &["(1, NULL, NULL)".into(), "(2, 'b', NULL)".into()],
+    )
+    .await;
+    insert(&db, &dst, "id, note", &["(2, 'old')".into()]).await;
+    let plan = copy_plan(
+        &db,
+        &format!("{}_nulls", db.tag),
+        "",
+        &[format!(
+            "name = \"copy\"\ntable = \"{src}\"\nkey = \"id\"\ninto = \"{dst}\"\n\
+             on_conflict = \"update\"\n\
+             lua = '''function transform(row) return {{ id = row.id, note = row.note }} end'''"
+        )],
+    );
+    let out = run_plan(&plan);
+    assert_eq!(out.code, Some(0), "{out}");
+    let rows = snapshot(&db, &format!("SELECT id, note FROM {dst} ORDER BY id")).await;
+    assert_eq!(
+        rows,
+        vec![
+            vec![Some("1".to_string()), None],
+            vec![Some("2".to_string()), Some("b".to_string())],
+        ],
+        "a NULL is copied as NULL, not the default; `legacy`, which the target lacks, is not asked for"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn nulls_survive_a_lua_copy_on_postgres() {
+    nulls_survive_a_lua_copy(Backend::Postgres).await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn nulls_survive_a_lua_copy_on_mariadb() {
+    nulls_survive_a_lua_copy(Backend::MySql).await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn nulls_survive_a_lua_copy_on_sqlite() {
+    nulls_survive_a_lua_copy(Backend::Sqlite).await
+}

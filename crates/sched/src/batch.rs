@@ -118,8 +118,15 @@ pub(crate) async fn execute(
     }
     conn.commit().await?;
     if !dead_letters.is_empty() {
-        // Keyed by row, so writing them again after a crash replaces rather than adds.
-        with_retries(|| run.state().record_dead_letters_here(batch, &dead_letters)).await?;
+        // Keyed by row, so writing them again (the batch re-run after a crash) replaces rather
+        // than adds. A state database that stays unreachable loses these letters, not the
+        // batch: failing it here would apply it again.
+        if let Err(e) =
+            with_retries(|| run.state().record_dead_letters_here(batch, &dead_letters)).await
+        {
+            tracing::error!(step = batch.step(), batch = batch.number(), error = %e,
+                "the batch committed but its skipped rows could not be recorded");
+        }
     }
     // At-least-once: the batch is committed; only a crash before this record re-applies it.
     // A failing state database is waited out rather than reported as a batch failure, which

@@ -46,6 +46,30 @@ pub(crate) struct CopyStep {
     write: OnceCell<Write>,
 }
 
+/// A slice's rows on their way to the target.
+pub(crate) enum Copied {
+    /// As a transform made them: each row with its own columns.
+    Named(Vec<Vec<(String, Value)>>),
+    /// As they were read: every row with the same columns.
+    Positional {
+        names: Arc<[String]>,
+        rows: Vec<Vec<Value>>,
+    },
+}
+
+impl Copied {
+    /// Each row with its columns named.
+    pub(crate) fn named(self) -> Vec<Vec<(String, Value)>> {
+        match self {
+            Copied::Named(rows) => rows,
+            Copied::Positional { names, rows } => rows
+                .into_iter()
+                .map(|values| names.iter().cloned().zip(values).collect())
+                .collect(),
+        }
+    }
+}
+
 /// The name under which godwit's own read of a source selects the walked key.
 const SLICE_KEY: &str = "godwit_slice_key";
 
@@ -222,7 +246,7 @@ impl CopyStep {
         let mut slice = Slice::First(start);
         loop {
             let (rows, refused, next) = self.read(&slice, &end).await?;
-            all.extend(rows);
+            all.extend(rows.named());
             letters.extend(refused);
             match next {
                 Some(after) => slice = Slice::After(after),
@@ -233,12 +257,11 @@ impl CopyStep {
 
     /// Reads one slice from the source and transforms it: the rows to write, the refused
     /// rows, and the last key read when the range may hold more rows after it.
-    #[allow(clippy::type_complexity)]
     async fn read(
         &self,
         slice: &Slice,
         end: &Value,
-    ) -> Result<(Vec<Vec<(String, Value)>>, Vec<DeadLetter>, Option<Value>), Error> {
+    ) -> Result<(Copied, Vec<DeadLetter>, Option<Value>), Error> {
         let mut conn = self.source.take().await?;
         let limit = self.slicer.rows();
         let read = async {
@@ -278,7 +301,7 @@ impl CopyStep {
         let skip = usize::from(self.query.is_none());
         let names: Arc<[String]> = match rows.first() {
             Some(row) => row.columns()[skip..].to_vec().into(),
-            None => return Ok((Vec::new(), Vec::new(), None)),
+            None => return Ok((Copied::Named(Vec::new()), Vec::new(), None)),
         };
         // The walked key of each row (MariaDB hands `_bin` text over as bytes; the walk binds
         // such keys as text), for the next slice and for naming refused rows.
@@ -323,13 +346,12 @@ impl CopyStep {
                 .map_or_else(|| Arc::from([]), |w| w.columns.bytes_columns()),
         };
         let Some(transform) = &self.transform else {
-            // Copied as they are: no clone, nothing to refuse here.
-            let out = input
-                .rows
-                .into_iter()
-                .map(|values| names.iter().cloned().zip(values).collect())
-                .collect();
-            return Ok((out, Vec::new(), next));
+            // Copied as they are: the column names are shared by every row.
+            let copied = Copied::Positional {
+                names,
+                rows: input.rows,
+            };
+            return Ok((copied, Vec::new(), next));
         };
         let outcomes = transform.apply(input.clone()).await?;
         let mut out = Vec::with_capacity(input.rows.len());
@@ -376,7 +398,7 @@ impl CopyStep {
             let letter = refuse_row(self.on_row_error, key, refused, &names, values)?;
             dead_letters.push(letter);
         }
-        Ok((out, dead_letters, next))
+        Ok((Copied::Named(out), dead_letters, next))
     }
 
     /// Writes `rows` into the target in the open transaction on `conn`. A row that does not
@@ -385,11 +407,25 @@ impl CopyStep {
     pub(crate) async fn write(
         &self,
         conn: &mut dyn Conn,
-        rows: Vec<Vec<(String, Value)>>,
+        rows: Copied,
         dead_letters: &mut Vec<DeadLetter>,
     ) -> Result<u64, Error> {
         let dialect = conn.dialect();
         let write = self.write_plan(conn).await?;
+        let rows = match rows {
+            Copied::Positional { names, rows } => {
+                match self.write_positional(write, &names, rows, dead_letters)? {
+                    Ok((stored, fitted)) => {
+                        return self
+                            .insert_all(conn, dialect, write, &stored, &fitted)
+                            .await
+                    }
+                    // A column the target lacks: each row is refused by name below.
+                    Err(rows) => rows,
+                }
+            }
+            Copied::Named(rows) => rows,
+        };
         let mut groups: BTreeMap<Vec<String>, Vec<Vec<Value>>> = BTreeMap::new();
         for row in rows {
             match write.columns.fit(row.clone(), &self.convert) {
@@ -409,12 +445,89 @@ impl CopyStep {
         }
         let mut written = 0;
         for (names, rows) in &groups {
-            let per_statement = (MAX_PARAMS / names.len().max(1)).max(1);
-            for chunk in rows.chunks(per_statement) {
-                let (sql, params) =
-                    write.insert(dialect, &self.into, self.on_conflict, names, chunk)?;
-                written += conn.execute(&sql, &params).await?;
+            written += self.insert_all(conn, dialect, write, names, rows).await?;
+        }
+        Ok(written)
+    }
+
+    /// Rows copied as they are, with the same columns: each value fitted to its column by
+    /// position, without a name per value. `Ok(Err(rows))` when the target lacks one of the
+    /// columns (the rows then go the way of transformed rows, refused one by one).
+    #[allow(clippy::type_complexity)]
+    fn write_positional(
+        &self,
+        write: &Write,
+        names: &[String],
+        rows: Vec<Vec<Value>>,
+        dead_letters: &mut Vec<DeadLetter>,
+    ) -> Result<Result<(Vec<String>, Vec<Vec<Value>>), Vec<Vec<(String, Value)>>>, Error> {
+        let columns: Option<Vec<&crate::rows::Column>> =
+            names.iter().map(|n| write.columns.get(n)).collect();
+        let Some(columns) = columns else {
+            let named = rows
+                .into_iter()
+                .map(|values| names.iter().cloned().zip(values).collect())
+                .collect();
+            return Ok(Err(named));
+        };
+        let key_at = names
+            .iter()
+            .position(|n| n.eq_ignore_ascii_case(&self.key))
+            .unwrap_or(0);
+        let stored: Vec<String> = columns.iter().map(|c| c.name.clone()).collect();
+        let mut fitted = Vec::with_capacity(rows.len());
+        for values in rows {
+            let key = values.get(key_at).map_or_else(String::new, key_text);
+            let mut out = Vec::with_capacity(values.len());
+            let mut problem = None;
+            for (value, column) in values.into_iter().zip(&columns) {
+                match column.fit(value, &self.convert) {
+                    Ok(v) => out.push(v),
+                    Err(p) => {
+                        problem = Some(p);
+                        break;
+                    }
+                }
             }
+            match problem {
+                None => fitted.push(out),
+                Some(problem) => {
+                    // The row as far as it was fitted; the error names the value that was not.
+                    let problem = format!("target table {}: {problem}", self.into);
+                    let shown = &stored[..out.len()];
+                    let letter = refuse_row(self.on_row_error, key, problem, shown, &out)?;
+                    dead_letters.push(letter);
+                }
+            }
+        }
+        Ok(Ok((stored, fitted)))
+    }
+
+    /// Inserts `rows` (values in `names` order) with as few statements as the database's limit
+    /// on parameters allows.
+    async fn insert_all(
+        &self,
+        conn: &mut dyn Conn,
+        dialect: Dialect,
+        write: &Write,
+        names: &[String],
+        rows: &[Vec<Value>],
+    ) -> Result<u64, Error> {
+        if rows.is_empty() {
+            return Ok(0);
+        }
+        if names.is_empty() {
+            return Err(Error::permanent(format!(
+                "a row with no columns cannot be copied into {}",
+                self.into
+            )));
+        }
+        let per_statement = (MAX_PARAMS / names.len().max(1)).max(1);
+        let mut written = 0;
+        for chunk in rows.chunks(per_statement) {
+            let (sql, params) =
+                write.insert(dialect, &self.into, self.on_conflict, names, chunk)?;
+            written += conn.execute(&sql, &params).await?;
         }
         Ok(written)
     }

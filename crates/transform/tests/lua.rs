@@ -525,6 +525,10 @@ async fn the_sandbox_refuses_escapes_per_row() {
             "assert(load('\\27Lua\\84\\0', 'x', 'bt', {}))",
             "attempt to load a binary chunk (mode is 't')",
         ),
+        (
+            "setmetatable({}, {__gc = function() while true do end end})",
+            "__gc finalizers are not allowed",
+        ),
     ];
     let mut code = String::from("function transform(row)\n");
     for (i, (body, _)) in cases.iter().enumerate() {
