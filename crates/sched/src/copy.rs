@@ -2,12 +2,13 @@
 //! the rows into the target table in the batch's transaction on the plan's database, so the
 //! rows and the batch's done record commit together.
 //!
-//! The source is read before the target's transaction opens, so the transaction holds its
-//! locks only while writing. Rows are written with multi-row `INSERT`s (one per group of rows
-//! with the same columns, split only at the database's parameter limit), with
-//! `on_conflict`: `error` (plain insert), `ignore` (`ON CONFLICT DO NOTHING`; on MySQL an
-//! update that changes nothing, since `INSERT IGNORE` would also hide truncations) or `update`
-//! (an upsert on the target's unique key).
+//! A batch is read in slices (`slices.rs`); the first is read before the target's transaction
+//! opens. Each slice is written with one `INSERT` per group of rows with the same columns:
+//! `INSERT … SELECT … FROM unnest(text[], …)` on PostgreSQL, multi-row `VALUES` elsewhere
+//! (split only at the database's parameter limit), with `on_conflict`: `error` (plain insert),
+//! `ignore` (`ON CONFLICT DO NOTHING`; on MySQL an update that changes nothing, since
+//! `INSERT IGNORE` would also hide truncations) or `update` (an upsert on the target's primary
+//! key or first unique index).
 
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -29,7 +30,7 @@ use crate::step::build_transform;
 /// A copy step, prepared once per process.
 pub(crate) struct CopyStep {
     /// Connections to the source database (the plan's own when `source` is not given).
-    pub(crate) source: ConnPool,
+    source: ConnPool,
     table: String,
     key: String,
     columns: Option<Vec<String>>,

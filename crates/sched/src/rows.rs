@@ -3,10 +3,11 @@
 //!
 //! No application write is lost: the rows are read `FOR UPDATE` (PostgreSQL, MySQL), so a
 //! concurrent writer waits for the batch's commit and then applies its change on top; SQLite's
-//! `BEGIN IMMEDIATE` already holds the only write lock. The write is one set-based statement per
-//! group of rows changing the same columns (`UPDATE … FROM (VALUES …)` on PostgreSQL and
-//! SQLite, `UPDATE … JOIN (SELECT … UNION ALL …)` on MySQL), split only where a statement would
-//! pass the database's limit on bound parameters.
+//! `BEGIN IMMEDIATE` already holds the only write lock. A batch of wide rows locks its keys
+//! first and is then read in slices between them (`slices.rs`). The write is one set-based
+//! statement per group of rows changing the same columns (`UPDATE … FROM unnest(text[], …)` on
+//! PostgreSQL, `UPDATE … FROM (VALUES …)` on SQLite, `UPDATE … JOIN (SELECT … UNION ALL …)` on
+//! MySQL), split only where a statement would pass the database's limit on bound parameters.
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
@@ -25,13 +26,13 @@ pub(crate) const MAX_PARAMS: usize = 30_000;
 
 /// A transform step, prepared once per process.
 pub(crate) struct RowStep {
-    pub(crate) table: String,
-    pub(crate) key: String,
+    table: String,
+    key: String,
     /// Columns read besides the key; empty means all.
-    pub(crate) columns: Vec<String>,
-    pub(crate) filter: Option<String>,
-    pub(crate) transform: Transform,
-    pub(crate) on_row_error: OnRowError,
+    columns: Vec<String>,
+    filter: Option<String>,
+    transform: Transform,
+    on_row_error: OnRowError,
     convert: BTreeMap<String, Convert>,
     slicer: Slicer,
     shape: OnceCell<Shape>,

@@ -1,10 +1,11 @@
 //! A batch of wide rows read in slices, so that a transform or copy never holds much more than
 //! `max_batch_bytes` of row data at once, whatever the rows' width.
 //!
-//! Each slice is the next rows of the batch's key range in key order (`LIMIT`, continuing after
-//! the last key read). The step learns its rows' average size from the slices it reads: its
-//! first slice is a small probe, later ones as many rows as fit in `max_batch_bytes`, which for
-//! ordinary rows is the whole batch in one read.
+//! A copy reads each slice as the next rows of the batch's key range in key order (`LIMIT`,
+//! continuing after the last key read); a transform locks the batch's keys first and reads the
+//! rows between every `n`th of them. The step learns its rows' average size from the slices it
+//! reads: its first slice is a small probe, later ones as many rows as fit in
+//! `max_batch_bytes`, which for ordinary rows is the whole batch in one read.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 
