@@ -14,36 +14,12 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use common::{
-    isolated_db, path_str, spawn_watched, status_json, Backend, IsolatedDb, KillOnDrop, TestDb,
+    db_for, id_type, insert, path_str, spawn_watched, status_json, Backend, Db, KillOnDrop, TestDb,
 };
 use godwit_driver::Value;
 use rand::Rng;
 
 // --- helpers ----------------------------------------------------------------------------------
-
-/// A database for one test: on PostgreSQL a schema of its own (its `godwit_*` tables too), on
-/// SQLite a file of its own, on MariaDB tables and a plan name unique to the test.
-enum Db {
-    Own(IsolatedDb),
-    Shared(TestDb),
-}
-
-impl std::ops::Deref for Db {
-    type Target = TestDb;
-    fn deref(&self) -> &TestDb {
-        match self {
-            Db::Own(db) => db,
-            Db::Shared(db) => db,
-        }
-    }
-}
-
-async fn db_for(backend: Backend) -> Db {
-    match backend {
-        Backend::MySql => Db::Shared(TestDb::new(backend).await),
-        _ => Db::Own(isolated_db(backend).await),
-    }
-}
 
 /// The source and target databases of a copy: one database when both are the same backend
 /// (the copy then has no `source`), else one of each.
@@ -175,24 +151,6 @@ fn quoted(backend: Backend, s: &str) -> String {
     match backend {
         Backend::MySql => format!("'{}'", s.replace('\\', "\\\\")),
         _ => format!("'{s}'"),
-    }
-}
-
-/// Inserts `rows` (SQL tuples) in chunks.
-async fn insert(db: &TestDb, table: &str, columns: &str, rows: &[String]) {
-    for chunk in rows.chunks(500) {
-        db.exec(&format!(
-            "INSERT INTO {table} ({columns}) VALUES {}",
-            chunk.join(", ")
-        ))
-        .await;
-    }
-}
-
-fn id_type(backend: Backend) -> &'static str {
-    match backend {
-        Backend::Sqlite => "INTEGER",
-        _ => "BIGINT",
     }
 }
 

@@ -11,38 +11,14 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use common::{
-    isolated_db, path_str, spawn, spawn_watched_cmd, status_json, text, Backend, IsolatedDb,
-    KillOnDrop, TestDb,
+    db_for, id_type, insert, isolated_db, path_str, spawn, spawn_watched_cmd, status_json, text,
+    Backend, KillOnDrop, TestDb,
 };
 use godwit_driver::Value;
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 
 // --- helpers ----------------------------------------------------------------------------------
-
-/// A database for one test: on PostgreSQL a schema of its own (its `godwit_*` tables too), on
-/// SQLite a file of its own, on MariaDB tables and a plan name unique to the test.
-enum Db {
-    Own(IsolatedDb),
-    Shared(TestDb),
-}
-
-impl std::ops::Deref for Db {
-    type Target = TestDb;
-    fn deref(&self) -> &TestDb {
-        match self {
-            Db::Own(db) => db,
-            Db::Shared(db) => db,
-        }
-    }
-}
-
-async fn db_for(backend: Backend) -> Db {
-    match backend {
-        Backend::MySql => Db::Shared(TestDb::new(backend).await),
-        _ => Db::Own(isolated_db(backend).await),
-    }
-}
 
 /// What one finished godwit command printed.
 struct Out {
@@ -151,25 +127,6 @@ async fn runs_stored(db: &TestDb, name: &str) -> i64 {
     .await
 }
 
-/// The integer key type (SQLite's rowid alias on SQLite).
-fn id_type(backend: Backend) -> &'static str {
-    match backend {
-        Backend::Sqlite => "INTEGER",
-        _ => "BIGINT",
-    }
-}
-
-/// Inserts `rows` (already SQL literals, one tuple each) in chunks.
-async fn insert(db: &TestDb, table: &str, columns: &str, rows: &[String]) {
-    for chunk in rows.chunks(500) {
-        db.exec(&format!(
-            "INSERT INTO {table} ({columns}) VALUES {}",
-            chunk.join(", ")
-        ))
-        .await;
-    }
-}
-
 /// A text value as an SQL literal.
 fn sql_text(v: &Option<String>) -> String {
     match v {
@@ -205,29 +162,9 @@ fn append_t_step(table: &str, spin: u32, refuse_every: Option<i64>) -> String {
 
 // --- the 2018 Vietnamese renumbering, computed independently of godwit -----------------------
 
-const RULES: [(&str, &str); 21] = [
-    ("0162", "032"),
-    ("0163", "033"),
-    ("0164", "034"),
-    ("0165", "035"),
-    ("0166", "036"),
-    ("0167", "037"),
-    ("0168", "038"),
-    ("0169", "039"),
-    ("0120", "070"),
-    ("0121", "079"),
-    ("0122", "077"),
-    ("0126", "076"),
-    ("0128", "078"),
-    ("0123", "083"),
-    ("0124", "084"),
-    ("0125", "085"),
-    ("0127", "081"),
-    ("0129", "082"),
-    ("0186", "056"),
-    ("0188", "058"),
-    ("0199", "059"),
-];
+/// The demo's table of prefix changes: data, not the code under test (that is the example
+/// plans' SQL, Lua and Python).
+const RULES: [(&str, &str); 21] = godwit::demo::PREFIXES;
 
 /// An 11-digit prefix no rule knows.
 const UNKNOWN_PREFIXES: [&str; 5] = ["0170", "0111", "0160", "0190", "0999"];

@@ -207,7 +207,6 @@ async fn check_step(report: &mut CheckReport, plan: &Plan, step: &Step, conn: &m
             table,
             key,
             columns,
-            query,
             filter,
             into,
             script,
@@ -267,16 +266,13 @@ async fn check_step(report: &mut CheckReport, plan: &Plan, step: &Step, conn: &m
                     filter.as_deref(),
                 )
                 .await;
-                // Rows copied as they are must find every column in the target.
-                if let (Some(target), None, None) = (&target_info, query, script) {
-                    let copied: Vec<String> = match columns {
-                        Some(c) => c.clone(),
-                        None => match source_conn.table_info(table).await {
-                            Ok(Some(info)) => info.columns.into_iter().map(|c| c.name).collect(),
-                            _ => Vec::new(),
-                        },
-                    };
-                    for column in copied.iter().filter(|c| target.column(c).is_none()) {
+                // Rows copied as they are must find every column in the target. (A source
+                // that cannot be described was reported with its key.)
+                if let Some(target) = &target_info {
+                    let lacking = godwit_sched::columns_target_lacks(source_conn, step, target)
+                        .await
+                        .unwrap_or_default();
+                    for column in lacking {
                         report.problem(
                             Some(name),
                             Some("missing-target-column"),

@@ -23,7 +23,7 @@ use godwit_transform::{Outcome, Rows, Transform};
 use tokio::sync::OnceCell;
 
 use crate::pool::ConnPool;
-use crate::rows::{key_text, pg_text, refuse_row, Columns, MAX_PARAMS};
+use crate::rows::{key_text, pg_text, refuse_row, selected, Columns, MAX_PARAMS};
 use crate::slices::{self, row_bytes, Slicer};
 use crate::step::build_transform;
 
@@ -552,16 +552,7 @@ impl Read {
         // The key comes first, under a name of its own: a slice continues after the last key
         // it read, whether or not the key is among the columns copied.
         let list: Vec<String> = std::iter::once(format!("{k} AS {SLICE_KEY}"))
-            .chain(names.iter().map(|n| {
-                let q = quote_ident(dialect, n);
-                // Types godwit does not decode (enums, arrays, ranges, network types) travel
-                // as text.
-                if info.column(n).is_some_and(|c| !c.decodable()) {
-                    format!("{q}::text AS {q}")
-                } else {
-                    q
-                }
-            }))
+            .chain(names.iter().map(|n| selected(dialect, info, n)))
             .collect();
         let filter = step
             .filter

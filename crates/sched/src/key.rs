@@ -1,7 +1,8 @@
 //! Whether a step's key can be walked: the table and column exist and a unique index leads with
 //! the key. Both `check` and `run` ask, so a plan that would scan the table per batch never runs.
 
-use godwit_driver::{quote_ident, Conn, Result};
+use godwit_driver::{quote_ident, Conn, Result, TableInfo};
+use godwit_plan::{Step, StepKind};
 
 /// Why a table and key cannot be walked.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -82,4 +83,38 @@ pub async fn key_problem(
         plan_key: "key",
         fix: Some(fix),
     }))
+}
+
+/// The columns a copy writes as it reads them (no transform, no `query`) that its target
+/// `target` lacks; empty for any other step, and for a copy that reshapes its rows (the
+/// transform or query decides their columns). `source` is the copy's source database.
+///
+/// # Errors
+/// When the source table cannot be described.
+pub async fn columns_target_lacks(
+    source: &mut dyn Conn,
+    step: &Step,
+    target: &TableInfo,
+) -> Result<Vec<String>> {
+    let StepKind::Copy {
+        table,
+        columns,
+        query: None,
+        script: None,
+        ..
+    } = &step.kind
+    else {
+        return Ok(Vec::new());
+    };
+    let copied: Vec<String> = match columns {
+        Some(columns) => columns.clone(),
+        None => match source.table_info(table).await? {
+            Some(info) => info.columns.into_iter().map(|c| c.name).collect(),
+            None => Vec::new(),
+        },
+    };
+    Ok(copied
+        .into_iter()
+        .filter(|c| target.column(c).is_none())
+        .collect())
 }

@@ -28,7 +28,7 @@ use std::fmt;
 use std::sync::Arc;
 
 pub use crate::events::{Event, EventSink};
-pub use crate::key::{key_problem, KeyProblem};
+pub use crate::key::{columns_target_lacks, key_problem, KeyProblem};
 pub use crate::run::{run, submit};
 pub use crate::step::{build_transform, needs_autocommit};
 pub use crate::stop::{stop_pair, StopHandle, StopLevel, StopSignal};

@@ -15,7 +15,7 @@ use std::sync::Arc;
 use godwit_driver::{quote_ident, Conn, Dialect, Error, KeyKind, SqlType, TableInfo, Value};
 use godwit_plan::{Convert, OnRowError, Step, StepKind};
 use godwit_state::DeadLetter;
-use godwit_transform::json::{row_line, text_form};
+use godwit_transform::json::row_line;
 use godwit_transform::{Outcome, Rows, Transform};
 use tokio::sync::OnceCell;
 
@@ -234,19 +234,7 @@ impl Shape {
             .iter()
             .map(|n| columns.get(n).map_or(SqlType::Other, |c| c.sql_type))
             .collect();
-        let list: Vec<String> = names
-            .iter()
-            .map(|n| {
-                let q = quote_ident(dialect, n);
-                // Types godwit does not decode (enums, arrays, ranges, network types) arrive
-                // as text.
-                if info.column(n).is_some_and(|c| !c.decodable()) {
-                    format!("{q}::text AS {q}")
-                } else {
-                    q
-                }
-            })
-            .collect();
+        let list: Vec<String> = names.iter().map(|n| selected(dialect, info, n)).collect();
         let k = quote_ident(dialect, &key);
         let filter = step
             .filter
@@ -702,7 +690,7 @@ pub(crate) fn pg_text(value: &Value) -> Option<String> {
         Value::Time(t) => t.to_string(),
         Value::Timestamp(t) => t.to_string(),
         Value::TimestampTz(t) => format!("{}+00", t.naive_utc()),
-        other => text_form(other).unwrap_or_default(),
+        other => other.text_form().unwrap_or_default(),
     })
 }
 
@@ -712,9 +700,20 @@ fn same(old: &Value, new: &Value) -> bool {
     if old == new {
         return true;
     }
-    match (text_form(old), new) {
+    match (old.text_form(), new) {
         (Some(text), Value::Text(s) | Value::Decimal(s)) => text == *s,
         _ => false,
+    }
+}
+
+/// `name` as a read selects it: types godwit does not decode (enums, arrays, ranges, network
+/// types) as their text.
+pub(crate) fn selected(dialect: Dialect, info: &TableInfo, name: &str) -> String {
+    let q = quote_ident(dialect, name);
+    if info.column(name).is_some_and(|c| !c.decodable()) {
+        format!("{q}::text AS {q}")
+    } else {
+        q
     }
 }
 
@@ -749,7 +748,7 @@ pub(crate) fn key_text(key: &Value) -> String {
         Value::Int(n) => n.to_string(),
         Value::Text(s) => s.clone(),
         Value::Bytes(b) => String::from_utf8_lossy(b).into_owned(),
-        other => text_form(other).unwrap_or_else(|| format!("{other:?}")),
+        other => other.text_form().unwrap_or_else(|| format!("{other:?}")),
     }
 }
 

@@ -246,9 +246,7 @@ async fn copy_problems(
         table,
         key,
         columns,
-        query,
         into,
-        script,
         ..
     } = &step.kind
     else {
@@ -303,26 +301,12 @@ async fn copy_problems(
     }
     let named = columns.as_deref().unwrap_or_default();
     missing_columns(conn, plan, step, table, named).await?;
-    // Rows copied as they are must find every column in the target.
-    let (Some(target_info), None, None) = (target_info, query, script) else {
+    let Some(target_info) = target_info else {
         return Ok(());
     };
-    let copied: Vec<String> = match columns {
-        Some(columns) => columns.clone(),
-        None => match conn
-            .table_info(table)
-            .await
-            .map_err(|e| inspect(table, &e))?
-        {
-            Some(info) => info.columns.into_iter().map(|c| c.name).collect(),
-            None => Vec::new(),
-        },
-    };
-    let lacking: Vec<&str> = copied
-        .iter()
-        .filter(|c| target_info.column(c).is_none())
-        .map(String::as_str)
-        .collect();
+    let lacking = crate::key::columns_target_lacks(conn, step, &target_info)
+        .await
+        .map_err(|e| inspect(table, &e))?;
     if lacking.is_empty() {
         return Ok(());
     }

@@ -18,7 +18,6 @@ use godwit_driver::{
     normalize_decimal, quote_ident, Conn, DbUrl, Error as DbError, KeyKind, SqlType, Value,
 };
 use godwit_plan::{Plan, StepKind};
-use godwit_transform::json::text_form;
 
 use crate::copy::CopyStep;
 use crate::step::open_walker;
@@ -428,7 +427,7 @@ fn canonical(v: &Value) -> String {
         Value::Text(s) => s.clone(),
         Value::Bytes(b) => b.iter().map(|x| format!("{x:02x}")).collect(),
         Value::Json(j) => canonical_json(j).to_string(),
-        other => text_form(other).unwrap_or_default(),
+        other => other.text_form().unwrap_or_default(),
     }
 }
 

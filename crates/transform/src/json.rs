@@ -1,14 +1,8 @@
-//! Values as JSON and as text: what an external program reads and writes, what a dead letter
-//! keeps, and the SQL text form of values Lua sees as strings.
+//! Values as JSON: what an external program reads and writes, and what a dead letter keeps.
 
 use base64::Engine as _;
 use godwit_driver::Value;
 use serde_json::Value as Json;
-
-/// The SQL text form of values that transforms see as strings ([`Value::text_form`]).
-pub fn text_form(value: &Value) -> Option<String> {
-    value.text_form()
-}
 
 /// A value as JSON for an external program: bytes as base64 text, non-finite floats as the
 /// strings `"NaN"`, `"Infinity"` and `"-Infinity"` (JSON has no such numbers).
@@ -26,7 +20,7 @@ pub fn to_json(value: &Value) -> Json {
         Value::Text(s) => Json::from(s.as_str()),
         Value::Bytes(b) => Json::from(base64::engine::general_purpose::STANDARD.encode(b)),
         Value::Json(j) => j.clone(),
-        other => Json::from(text_form(other).unwrap_or_default()),
+        other => Json::from(other.text_form().unwrap_or_default()),
     }
 }
 
@@ -122,9 +116,7 @@ mod tests {
         assert_eq!(decode_bytes("AP8="), Some(vec![0, 255]));
         let d = NaiveDate::from_ymd_opt(1999, 12, 31).unwrap();
         assert_eq!(
-            text_form(&Value::Timestamp(
-                d.and_hms_micro_opt(1, 2, 3, 450_000).unwrap()
-            )),
+            Value::Timestamp(d.and_hms_micro_opt(1, 2, 3, 450_000).unwrap()).text_form(),
             Some("1999-12-31 01:02:03.450".into())
         );
     }

@@ -17,7 +17,7 @@ use godwit_driver::{Error, Value};
 use mlua::chunk::ChunkMode;
 use mlua::{HookTriggers, Lua, LuaOptions, LuaSerdeExt, StdLib, VmState};
 
-use crate::json::{exact_float, text_form};
+use crate::json::exact_float;
 use crate::{Limits, Outcome, Rows, Source};
 
 /// How many VM instructions run between two looks at the clock: about 0.1 ms of Lua.
@@ -452,7 +452,7 @@ fn to_lua(lua: &Lua, value: &Value) -> mlua::Result<mlua::Value> {
         Value::Text(s) => mlua::Value::String(lua.create_string(s)?),
         Value::Bytes(b) => mlua::Value::String(lua.create_string(b)?),
         Value::Json(j) => json_to_lua(lua, j)?,
-        other => mlua::Value::String(lua.create_string(text_form(other).unwrap_or_default())?),
+        other => mlua::Value::String(lua.create_string(other.text_form().unwrap_or_default())?),
     })
 }
 
@@ -580,7 +580,7 @@ pub(crate) fn key_text(values: &[Value]) -> String {
     match values.first() {
         Some(Value::Int(n)) => n.to_string(),
         Some(Value::Text(s)) => format!("{s:?}"),
-        Some(other) => text_form(other).unwrap_or_else(|| format!("{other:?}")),
+        Some(other) => other.text_form().unwrap_or_else(|| format!("{other:?}")),
         None => "(none)".to_string(),
     }
 }

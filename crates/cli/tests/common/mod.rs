@@ -514,3 +514,46 @@ impl Drop for KillOnDrop {
         }
     }
 }
+
+/// A database for one test: on PostgreSQL a schema of its own (its `godwit_*` tables too), on
+/// SQLite a file of its own, on MariaDB tables and a plan name unique to the test.
+pub enum Db {
+    Own(IsolatedDb),
+    Shared(TestDb),
+}
+
+impl std::ops::Deref for Db {
+    type Target = TestDb;
+    fn deref(&self) -> &TestDb {
+        match self {
+            Db::Own(db) => db,
+            Db::Shared(db) => db,
+        }
+    }
+}
+
+pub async fn db_for(backend: Backend) -> Db {
+    match backend {
+        Backend::MySql => Db::Shared(TestDb::new(backend).await),
+        _ => Db::Own(isolated_db(backend).await),
+    }
+}
+
+/// The integer key type (SQLite's rowid alias on SQLite).
+pub fn id_type(backend: Backend) -> &'static str {
+    match backend {
+        Backend::Sqlite => "INTEGER",
+        _ => "BIGINT",
+    }
+}
+
+/// Inserts `rows` (already SQL literals, one tuple each) in chunks.
+pub async fn insert(db: &TestDb, table: &str, columns: &str, rows: &[String]) {
+    for chunk in rows.chunks(500) {
+        db.exec(&format!(
+            "INSERT INTO {table} ({columns}) VALUES {}",
+            chunk.join(", ")
+        ))
+        .await;
+    }
+}
