@@ -14,7 +14,8 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use common::{
-    db_for, id_type, insert, path_str, spawn_watched, status_json, Backend, Db, KillOnDrop, TestDb,
+    db_for, godwit, id_type, insert, path_str, spawn_watched, spawn_watched_cmd, status_json,
+    Backend, Db, KillOnDrop, TestDb,
 };
 use godwit_driver::Value;
 use rand::Rng;
@@ -26,6 +27,9 @@ use rand::Rng;
 struct Dbs {
     source: Db,
     target: Option<Db>,
+    /// Within one database, name it as the step's `source` anyway (a copy "between"
+    /// databases that happen to be one).
+    named_source: bool,
 }
 
 impl Dbs {
@@ -39,6 +43,15 @@ impl Dbs {
         Dbs {
             source: src,
             target,
+            named_source: false,
+        }
+    }
+
+    /// One database of `backend`, named as the copy's `source`.
+    async fn named(backend: Backend) -> Dbs {
+        Dbs {
+            named_source: true,
+            ..Dbs::new(backend, backend).await
         }
     }
 
@@ -50,11 +63,12 @@ impl Dbs {
         self.target.as_deref().unwrap_or(&self.source)
     }
 
-    /// The step's `source = "…"` line (with its newline), empty for a copy within one database.
+    /// The step's `source = "…"` line (with its newline), empty for a copy within one database
+    /// that does not name it.
     fn source_line(&self) -> String {
-        match &self.target {
-            Some(_) => format!("source = \"{}\"\n", self.source.url),
-            None => String::new(),
+        match (&self.target, self.named_source) {
+            (None, false) => String::new(),
+            _ => format!("source = \"{}\"\n", self.source.url),
         }
     }
 }
@@ -1166,9 +1180,13 @@ async fn on_conflict_modes(backend: Backend) {
 /// A copy killed with SIGKILL at random moments, again and again, then resumed until it
 /// exits 0: the target equals the source, no key is there twice, and `verify` agrees.
 async fn kill_9_during_copy(source: Backend, target: Backend) {
+    kill_9_during(Dbs::new(source, target).await).await
+}
+
+async fn kill_9_during(dbs: Dbs) {
     const ROWS: i64 = 4000;
-    let dbs = Dbs::new(source, target).await;
     let (s, t) = (dbs.source(), dbs.target());
+    let (source, target) = (s.backend, t.backend);
     let (src, dst) = (s.table("killed_src"), t.table("killed_dst"));
     let table = |db: &TestDb, name: &str| {
         let amount = match db.backend {
@@ -1328,6 +1346,18 @@ async fn kill_9_sqlite_to_sqlite() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn kill_9_postgres_to_mariadb() {
     kill_9_during_copy(Backend::Postgres, Backend::MySql).await
+}
+
+/// Within one PostgreSQL database: one `INSERT … SELECT` per batch.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kill_9_within_postgres() {
+    kill_9_during_copy(Backend::Postgres, Backend::Postgres).await
+}
+
+/// PostgreSQL named as its own source: rows undecoded through binary COPY.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kill_9_postgres_to_postgres_binary() {
+    kill_9_during(Dbs::named(Backend::Postgres).await).await
 }
 
 // --- 5. verify ------------------------------------------------------------------------------------
@@ -2030,4 +2060,188 @@ async fn nulls_survive_a_lua_copy_on_mariadb() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn nulls_survive_a_lua_copy_on_sqlite() {
     nulls_survive_a_lua_copy(Backend::Sqlite).await
+}
+
+// --- 5. PostgreSQL's bulk paths ---------------------------------------------------------------
+
+/// A plain copy into PostgreSQL takes one of three paths: within one database into columns
+/// of exactly the source's types, one `INSERT … SELECT` per batch; from another database
+/// (here the same one named as `source`), rows undecoded through binary COPY; when a column
+/// differs, rows decoded, fitted and written with text COPY. All three keep every value:
+/// those chrono cannot hold (`infinity`, `24:00:00`), NaN and infinite numerics, and the
+/// characters COPY's text format escapes (a literal `\N` is text, not NULL).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_bulk_paths_keep_every_value() {
+    let db = db_for(Backend::Postgres).await;
+    let src = db.table("bulk_src");
+    let columns = |text: &str| {
+        format!(
+            "id BIGINT PRIMARY KEY, ts TIMESTAMPTZ, d DATE, t TIME, n NUMERIC, \
+             f DOUBLE PRECISION, s {text}, j JSONB, b BYTEA"
+        )
+    };
+    db.exec(&format!("CREATE TABLE {src} ({})", columns("TEXT")))
+        .await;
+    let mut rows = vec![
+        r#"(1, 'infinity', 'infinity', '24:00:00', 'NaN', 'NaN', E'carriage\rreturn',
+            '{"a":[1,{"b":null}],"big":12345678901234567890}', '\x00ff')"#
+            .to_string(),
+        r#"(2, '-infinity', '-infinity', '00:00:00', '-0.000000000000000000000000000001', '-0',
+            '\N', '[]', '\x')"#
+            .to_string(),
+        r#"(3, '2024-02-29 23:59:59.999999+00', '0001-01-01', '23:59:59.999999',
+            '123456789012345678901234567890.5', 1e308, E'tab\there\\back\nline\\N', '{}', NULL)"#
+            .to_string(),
+        "(4, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL)".to_string(),
+        r#"(5, '1999-12-31 23:59:59+00', '2000-01-01', '12:00:00.5', 'Infinity', '-Infinity',
+            '', '"text"', '\x5c4e')"#
+            .to_string(),
+        r#"(6, '0001-01-01 00:00:00+00', '1900-02-28', '00:00:00.000001', '-Infinity', 'Infinity',
+            'h\u00e9llo \u{1F600}', 'null', '\x0a09')"#
+            .replace("\\u00e9", "\u{e9}")
+            .replace("\\u{1F600}", "\u{1F600}"),
+    ];
+    for k in 10..=40 {
+        rows.push(format!(
+            "({k}, timestamptz '2001-01-01 00:00:00+00' + {k} * interval '1 day 1.25 s', \
+             date '2001-01-01' + {k}, time '00:00:00' + {k} * interval '1 minute', \
+             {k}.{k}, {k}.5, 'row {k}', '{{\"k\":{k}}}', '\\x{k:02x}')"
+        ));
+    }
+    insert(&db, &src, "id, ts, d, t, n, f, s, j, b", &rows).await;
+    let shown = |table: &str| {
+        format!(
+            "SELECT id, ts::text, d::text, t::text, n::text, f::text, s, j::text, \
+             encode(b, 'hex') FROM {table} ORDER BY id"
+        )
+    };
+    let wanted = snapshot(&db, &shown(&src)).await;
+    let source = format!("source = \"{}\"\n", db.url);
+    for (name, text, source, path) in [
+        (
+            "in_database",
+            "TEXT",
+            "",
+            "one INSERT ... SELECT per batch, within the database",
+        ),
+        (
+            "binary",
+            "TEXT",
+            source.as_str(),
+            "rows undecoded, binary COPY",
+        ),
+        (
+            "text",
+            "VARCHAR(100)",
+            source.as_str(),
+            "rows decoded and fitted, text COPY",
+        ),
+    ] {
+        let dst = db.table(&format!("bulk_{name}"));
+        db.exec(&format!("CREATE TABLE {dst} ({})", columns(text)))
+            .await;
+        let plan = copy_plan(
+            &db,
+            &format!("{}_bulk_{name}", db.tag),
+            "batch_size = 7",
+            &[format!(
+                "name = \"copy\"\n{source}table = \"{src}\"\nkey = \"id\"\ninto = \"{dst}\""
+            )],
+        );
+        // The debug log names the path the copy took.
+        let mut cmd = godwit();
+        cmd.args(["run", path_str(&plan)])
+            .env("RUST_LOG", "godwit_sched=debug");
+        let mut watched = KillOnDrop(spawn_watched_cmd(cmd));
+        let code = watched.finish(Duration::from_secs(90));
+        let stderr = watched.stderr_text();
+        assert_eq!(code, Some(0), "{name}: {stderr}");
+        assert!(
+            stderr.contains(&format!("copy: {path}")),
+            "{name}: {stderr}"
+        );
+        assert_same_rows(name, &snapshot(&db, &shown(&dst)).await, &wanted);
+        let (code, json) = verify_json(&plan);
+        assert_eq!(code, Some(0), "{name}: {json}");
+        assert_eq!(
+            json["steps"][0]["source_rows"],
+            rows.len(),
+            "{name}: {json}"
+        );
+        assert_eq!(
+            json["steps"][0]["target_rows"],
+            rows.len(),
+            "{name}: {json}"
+        );
+        // Within one database the databases hash each side; then one changed value (a NaN
+        // for an infinity) is still found, in its range, with its column.
+        if name == "in_database" {
+            let mut cmd = godwit();
+            cmd.args(["verify", path_str(&plan)])
+                .env("RUST_LOG", "godwit_sched=debug");
+            let mut watched = KillOnDrop(spawn_watched_cmd(cmd));
+            assert_eq!(watched.finish(Duration::from_secs(90)), Some(0));
+            let stderr = watched.stderr_text();
+            assert!(
+                stderr.contains("verify: counts and hashes computed by the database"),
+                "{stderr}"
+            );
+            db.exec(&format!("UPDATE {dst} SET n = 'NaN' WHERE id = 5"))
+                .await;
+            let (code, json) = verify_json(&plan);
+            assert_eq!(code, Some(1), "{json}");
+            let differences = json["steps"][0]["differences"].as_array().unwrap();
+            assert_eq!(differences.len(), 1, "{json}");
+            assert_eq!(
+                differences[0]["first_difference"], "key 5: n: source \"Infinity\", target \"NaN\"",
+                "{json}"
+            );
+        }
+    }
+}
+
+/// `where` and `columns` hold on every PostgreSQL path: only the matching rows, only the
+/// named columns (the target's other columns take their defaults).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_copies_keep_to_where_and_columns() {
+    let db = db_for(Backend::Postgres).await;
+    let src = db.table("subset_src");
+    db.exec(&format!(
+        "CREATE TABLE {src} (id BIGINT PRIMARY KEY, s TEXT NOT NULL, secret TEXT)"
+    ))
+    .await;
+    let rows: Vec<String> = (1..=50).map(|k| format!("({k}, 's{k}', 'x{k}')")).collect();
+    insert(&db, &src, "id, s, secret", &rows).await;
+    let wanted = snapshot(
+        &db,
+        &format!("SELECT id, s, 'none' FROM {src} WHERE id % 3 = 0 ORDER BY id"),
+    )
+    .await;
+    assert_eq!(wanted.len(), 16);
+    let source = format!("source = \"{}\"\n", db.url);
+    for (name, text, source) in [
+        ("in_database", "TEXT", ""),
+        ("binary", "TEXT", source.as_str()),
+        ("text", "VARCHAR(10)", source.as_str()),
+    ] {
+        let dst = db.table(&format!("subset_{name}"));
+        db.exec(&format!(
+            "CREATE TABLE {dst} (id BIGINT PRIMARY KEY, s {text} NOT NULL, \
+             secret TEXT NOT NULL DEFAULT 'none')"
+        ))
+        .await;
+        let plan = copy_plan(
+            &db,
+            &format!("{}_subset_{name}", db.tag),
+            "batch_size = 8",
+            &[format!(
+                "name = \"copy\"\n{source}table = \"{src}\"\nkey = \"id\"\n\
+                 columns = [\"id\", \"s\"]\nwhere = \"id % 3 = 0\"\ninto = \"{dst}\""
+            )],
+        );
+        let out = run_plan(&plan);
+        assert_eq!(out.code, Some(0), "{name}: {out}");
+        let got = snapshot(&db, &format!("SELECT id, s, secret FROM {dst} ORDER BY id")).await;
+        assert_eq!(got, wanted, "{name}");
+    }
 }

@@ -5,15 +5,16 @@
 //! timeout; class 08 and the shutdown codes mean the connection is gone.
 #![deny(missing_docs)]
 
+use std::fmt::Write as _;
 use std::str::FromStr;
 use std::sync::Arc;
 
 use async_trait::async_trait;
 use godwit_driver::{
     quote_ident, ColumnInfo, Conn, ConnectOptions, DbUrl, Dialect, Error, ErrorKind, IndexInfo,
-    Result, Row, TableInfo, TxOptions, Value,
+    RawRows, Result, Row, TableInfo, TxOptions, Value,
 };
-use sqlx::postgres::{PgArguments, PgConnectOptions, PgConnection, PgRow};
+use sqlx::postgres::{PgArguments, PgConnectOptions, PgConnection, PgRow, PgValueRef};
 use sqlx::{Column, ConnectOptions as _, Postgres, Row as _, TypeInfo, ValueRef};
 
 /// A connection to a PostgreSQL server.
@@ -74,44 +75,53 @@ fn numeric_text(bytes: &[u8]) -> Option<String> {
         0x0000 | 0x4000 => {}
         _ => return None,
     }
-    let digits: Vec<u16> = (0..ndigits).map(|i| word(4 + i)).collect::<Option<_>>()?;
-    if digits.iter().any(|&d| d > 9999) {
+    if bytes.len() != 8 + 2 * ndigits {
+        return None;
+    }
+    let digits = |i: usize| word(4 + i).unwrap_or(0);
+    if (0..ndigits).any(|i| digits(i) > 9999) {
         return None;
     }
     // Digit i is worth 10000^(weight - i).
     let digit = |power: i32| -> u16 {
         usize::try_from(weight - power)
             .ok()
-            .and_then(|i| digits.get(i).copied())
-            .unwrap_or(0)
+            .filter(|&i| i < ndigits)
+            .map_or(0, digits)
     };
-    let mut int_part = String::new();
+    let push4 = |out: &mut String, d: u16| {
+        for unit in [1000, 100, 10, 1] {
+            out.push(char::from(b'0' + (d / unit % 10) as u8));
+        }
+    };
+    let mut out = String::with_capacity(4 * (weight.max(0) as usize + 1) + dscale + 2);
+    out.push('-');
+    let mut leading = true;
     for power in (0..=weight.max(0)).rev() {
-        if int_part.is_empty() {
-            let d = digit(power);
+        let d = digit(power);
+        if leading {
             if d != 0 || power == 0 {
-                int_part = d.to_string();
+                let _ = write!(out, "{d}");
+                leading = false;
             }
         } else {
-            int_part.push_str(&format!("{:04}", digit(power)));
+            push4(&mut out, d);
         }
     }
-    let mut frac = String::new();
-    let mut power = -1;
-    while frac.len() < dscale {
-        frac.push_str(&format!("{:04}", digit(power)));
-        power -= 1;
-    }
-    frac.truncate(dscale);
-    let negative = sign == 0x4000 && (int_part != "0" || frac.bytes().any(|b| b != b'0'));
-    let mut out = String::with_capacity(int_part.len() + frac.len() + 2);
-    if negative {
-        out.push('-');
-    }
-    out.push_str(&int_part);
     if dscale > 0 {
         out.push('.');
-        out.push_str(&frac);
+        let end = out.len() + dscale;
+        let mut power = -1;
+        while out.len() < end {
+            push4(&mut out, digit(power));
+            power -= 1;
+        }
+        out.truncate(end);
+    }
+    // The sign was written first; it stays only on a negative number that is not zero.
+    let zero = out[1..].bytes().all(|b| b == b'0' || b == b'.');
+    if sign != 0x4000 || zero {
+        out.remove(0);
     }
     Some(out)
 }
@@ -119,23 +129,23 @@ fn numeric_text(bytes: &[u8]) -> Option<String> {
 /// PostgreSQL's dates and times that chrono cannot hold, as their text: `infinity` and
 /// `-infinity` (which sqlx's decoding would panic on) and the time `24:00:00` (which it would
 /// read as midnight). Written back as text, the server reads them again.
-fn special_temporal(raw: &sqlx::postgres::PgValueRef<'_>, type_name: &str) -> Option<Value> {
+fn special_temporal(raw: &PgValueRef<'_>, kind: Kind) -> Option<Value> {
     if raw.format() != sqlx::postgres::PgValueFormat::Binary {
         return None;
     }
     let bytes = raw.as_bytes().ok()?;
-    let text = match type_name {
-        "DATE" => match i32::from_be_bytes(bytes.try_into().ok()?) {
+    let text = match kind {
+        Kind::Date => match i32::from_be_bytes(bytes.try_into().ok()?) {
             i32::MAX => "infinity",
             i32::MIN => "-infinity",
             _ => return None,
         },
-        "TIMESTAMP" | "TIMESTAMPTZ" => match i64::from_be_bytes(bytes.try_into().ok()?) {
+        Kind::Timestamp | Kind::TimestampTz => match i64::from_be_bytes(bytes.try_into().ok()?) {
             i64::MAX => "infinity",
             i64::MIN => "-infinity",
             _ => return None,
         },
-        "TIME" => match i64::from_be_bytes(bytes.try_into().ok()?) {
+        Kind::Time => match i64::from_be_bytes(bytes.try_into().ok()?) {
             86_400_000_000 => "24:00:00",
             _ => return None,
         },
@@ -167,64 +177,114 @@ fn bind<'q>(mut query: Query<'q>, params: &'q [Value]) -> Query<'q> {
     query
 }
 
-fn decode_row(row: &PgRow, columns: &Arc<[String]>) -> Result<Row> {
-    let mut values = Vec::with_capacity(columns.len());
-    for (idx, column) in row.columns().iter().enumerate() {
-        let raw = row.try_get_raw(idx).map_err(classify)?;
-        if raw.is_null() {
-            values.push(Value::Null);
-            continue;
+/// How a column's values are decoded: decided once per result from the column's type, not
+/// for every value.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Kind {
+    Bool,
+    Int2,
+    Int4,
+    Int8,
+    Oid,
+    Float4,
+    Float8,
+    Text,
+    Uuid,
+    Date,
+    Time,
+    Timestamp,
+    TimestampTz,
+    Json,
+    Bytea,
+    Numeric,
+    /// A type godwit does not read.
+    Other,
+}
+
+impl Kind {
+    fn of(column: &sqlx::postgres::PgColumn) -> Kind {
+        match column.type_info().name() {
+            "BOOL" => Kind::Bool,
+            "INT2" => Kind::Int2,
+            "INT4" => Kind::Int4,
+            "INT8" => Kind::Int8,
+            "OID" => Kind::Oid,
+            "FLOAT4" => Kind::Float4,
+            "FLOAT8" => Kind::Float8,
+            "TEXT" | "VARCHAR" | "BPCHAR" | "NAME" | "CHAR" => Kind::Text,
+            "UUID" => Kind::Uuid,
+            "DATE" => Kind::Date,
+            "TIME" => Kind::Time,
+            "TIMESTAMP" => Kind::Timestamp,
+            "TIMESTAMPTZ" => Kind::TimestampTz,
+            "JSON" | "JSONB" => Kind::Json,
+            "BYTEA" => Kind::Bytea,
+            "NUMERIC" => Kind::Numeric,
+            _ => Kind::Other,
         }
-        let get_err = |e| classify(e);
-        let type_name = column.type_info().name();
-        if let Some(special) = special_temporal(&raw, type_name) {
-            values.push(special);
-            continue;
-        }
-        let decoded = (|| -> Result<Value> {
-            Ok(match type_name {
-                "BOOL" => Value::Bool(row.try_get(idx).map_err(get_err)?),
-                "INT2" => Value::Int(row.try_get::<i16, _>(idx).map_err(get_err)?.into()),
-                "INT4" => Value::Int(row.try_get::<i32, _>(idx).map_err(get_err)?.into()),
-                "INT8" => Value::Int(row.try_get::<i64, _>(idx).map_err(get_err)?),
-                "OID" => Value::Int(
-                    row.try_get::<sqlx::postgres::types::Oid, _>(idx)
-                        .map_err(get_err)?
-                        .0
-                        .into(),
-                ),
-                "FLOAT4" => Value::Float(row.try_get::<f32, _>(idx).map_err(get_err)?.into()),
-                "FLOAT8" => Value::Float(row.try_get::<f64, _>(idx).map_err(get_err)?),
-                "TEXT" | "VARCHAR" | "BPCHAR" | "NAME" | "CHAR" => {
-                    Value::Text(row.try_get(idx).map_err(get_err)?)
-                }
-                "UUID" => Value::Uuid(row.try_get(idx).map_err(get_err)?),
-                "DATE" => Value::Date(row.try_get(idx).map_err(get_err)?),
-                "TIME" => Value::Time(row.try_get(idx).map_err(get_err)?),
-                "TIMESTAMP" => Value::Timestamp(row.try_get(idx).map_err(get_err)?),
-                "TIMESTAMPTZ" => Value::TimestampTz(row.try_get(idx).map_err(get_err)?),
-                "JSON" | "JSONB" => Value::Json(row.try_get(idx).map_err(get_err)?),
-                "BYTEA" => Value::Bytes(row.try_get(idx).map_err(get_err)?),
-                "NUMERIC" => {
-                    let bytes = raw
-                        .as_bytes()
-                        .map_err(|e| Error::permanent(e.to_string()))?;
-                    Value::Decimal(
-                        numeric_text(bytes)
-                            .ok_or_else(|| Error::permanent("a NUMERIC godwit cannot decode"))?,
-                    )
-                }
-                other => {
-                    return Err(Error::permanent(format!(
-                        "type {other} cannot be read by godwit yet; cast it to text in the query"
-                    )))
-                }
-            })
-        })();
-        let value = decoded.map_err(|e| e.context(format_args!("column {}", column.name())))?;
-        values.push(value);
     }
+
+    fn of_row(row: &PgRow) -> Vec<Kind> {
+        row.columns().iter().map(Kind::of).collect()
+    }
+}
+
+fn decode_row(row: &PgRow, columns: &Arc<[String]>, kinds: &[Kind]) -> Result<Row> {
+    let values = kinds
+        .iter()
+        .enumerate()
+        .map(|(idx, &kind)| decode_value(row, idx, kind))
+        .collect::<Result<Vec<Value>>>()?;
     Ok(Row::new(columns.clone(), values))
+}
+
+/// The value in column `idx` of `row`, a column of `kind`.
+fn decode_value(row: &PgRow, idx: usize, kind: Kind) -> Result<Value> {
+    let raw = row.try_get_raw(idx).map_err(classify)?;
+    if raw.is_null() {
+        return Ok(Value::Null);
+    }
+    if matches!(
+        kind,
+        Kind::Date | Kind::Time | Kind::Timestamp | Kind::TimestampTz
+    ) {
+        if let Some(special) = special_temporal(&raw, kind) {
+            return Ok(special);
+        }
+    }
+    fn decode<'r, T: sqlx::Decode<'r, Postgres>>(raw: PgValueRef<'r>) -> Result<T> {
+        T::decode(raw).map_err(|e| Error::permanent(e.to_string()))
+    }
+    let decoded = match kind {
+        Kind::Bool => decode(raw).map(Value::Bool),
+        Kind::Int2 => decode::<i16>(raw).map(|n| Value::Int(n.into())),
+        Kind::Int4 => decode::<i32>(raw).map(|n| Value::Int(n.into())),
+        Kind::Int8 => decode(raw).map(Value::Int),
+        Kind::Oid => decode::<sqlx::postgres::types::Oid>(raw).map(|n| Value::Int(n.0.into())),
+        Kind::Float4 => decode::<f32>(raw).map(|f| Value::Float(f.into())),
+        Kind::Float8 => decode(raw).map(Value::Float),
+        Kind::Text => decode(raw).map(Value::Text),
+        Kind::Uuid => decode(raw).map(Value::Uuid),
+        Kind::Date => decode(raw).map(Value::Date),
+        Kind::Time => decode(raw).map(Value::Time),
+        Kind::Timestamp => decode(raw).map(Value::Timestamp),
+        Kind::TimestampTz => decode(raw).map(Value::TimestampTz),
+        Kind::Json => decode(raw).map(Value::Json),
+        Kind::Bytea => decode(raw).map(Value::Bytes),
+        Kind::Numeric => raw
+            .as_bytes()
+            .map_err(|e| Error::permanent(e.to_string()))
+            .and_then(|bytes| {
+                numeric_text(bytes)
+                    .map(Value::Decimal)
+                    .ok_or_else(|| Error::permanent("a NUMERIC godwit cannot decode"))
+            }),
+        Kind::Other => Err(Error::permanent(format!(
+            "type {} cannot be read by godwit yet; cast it to text in the query",
+            row.columns()[idx].type_info().name()
+        ))),
+    };
+    decoded.map_err(|e| e.context(format_args!("column {}", row.columns()[idx].name())))
 }
 
 /// Classifies by SQLSTATE; see the crate documentation.
@@ -256,6 +316,40 @@ fn text(value: &Value) -> String {
     match value {
         Value::Text(s) => s.clone(),
         _ => String::new(),
+    }
+}
+
+/// `COPY table (columns) FROM STDIN` with `options`.
+fn copy_statement(table: &str, columns: &[String], options: &str) -> String {
+    let list: Vec<String> = columns
+        .iter()
+        .map(|c| quote_ident(Dialect::Postgres, c))
+        .collect();
+    format!(
+        "COPY {} ({}) FROM STDIN{options}",
+        quote_ident(Dialect::Postgres, table),
+        list.join(", ")
+    )
+}
+
+/// Appends one field of `COPY`'s text format: backslash, tab, newline and carriage return
+/// escaped, everything else as it is.
+fn push_copy_field(data: &mut String, field: &str) {
+    if !field
+        .bytes()
+        .any(|b| matches!(b, b'\\' | b'\t' | b'\n' | b'\r'))
+    {
+        data.push_str(field);
+        return;
+    }
+    for c in field.chars() {
+        match c {
+            '\\' => data.push_str("\\\\"),
+            '\t' => data.push_str("\\t"),
+            '\n' => data.push_str("\\n"),
+            '\r' => data.push_str("\\r"),
+            c => data.push(c),
+        }
     }
 }
 
@@ -300,7 +394,10 @@ impl Conn for PgConn {
             .iter()
             .map(|c| c.name().to_string())
             .collect();
-        rows.iter().map(|r| decode_row(r, &columns)).collect()
+        let kinds = Kind::of_row(first);
+        rows.iter()
+            .map(|r| decode_row(r, &columns, &kinds))
+            .collect()
     }
 
     fn session_id(&self) -> Option<i64> {
@@ -426,6 +523,103 @@ impl Conn for PgConn {
             })
             .collect();
         Ok(Some(TableInfo { columns, indexes }))
+    }
+
+    async fn copy_in(
+        &mut self,
+        table: &str,
+        columns: &[String],
+        rows: &[Vec<Value>],
+    ) -> Result<Option<u64>> {
+        let mut copy = self
+            .conn
+            .copy_in_raw(&copy_statement(table, columns, ""))
+            .await
+            .map_err(classify)?;
+        // Sent in pieces of about this size, so a slice's rows are never held twice whole.
+        const PIECE: usize = 256 * 1024;
+        let mut data = String::with_capacity(PIECE + 4096);
+        let mut field = String::new();
+        for row in rows {
+            for (i, value) in row.iter().enumerate() {
+                if i > 0 {
+                    data.push('\t');
+                }
+                field.clear();
+                if value.write_pg_text(&mut field) {
+                    push_copy_field(&mut data, &field);
+                } else {
+                    data.push_str("\\N");
+                }
+            }
+            data.push('\n');
+            if data.len() >= PIECE {
+                copy.send(data.as_bytes()).await.map_err(classify)?;
+                data.clear();
+            }
+        }
+        if !data.is_empty() {
+            copy.send(data.as_bytes()).await.map_err(classify)?;
+        }
+        // The server reports bad rows (a duplicate key, a violated constraint) here.
+        copy.finish().await.map(Some).map_err(classify)
+    }
+
+    async fn read_raw(&mut self, sql: &str, params: &[Value]) -> Result<Option<RawRows>> {
+        let rows = bind(sqlx::query(sql), params)
+            .fetch_all(&mut self.conn)
+            .await
+            .map_err(classify)?;
+        let mut raw = RawRows {
+            rows: rows.len(),
+            last_key: match rows.last() {
+                Some(row) => Some(decode_value(row, 0, Kind::of(&row.columns()[0]))?),
+                None => None,
+            },
+            data: Vec::new(),
+        };
+        // Each tuple of binary COPY: its field count, then each field's length (-1 for NULL)
+        // and bytes, which are exactly the binary form the server sent the value in.
+        for row in &rows {
+            let fields = row.columns().len().saturating_sub(1);
+            let count = i16::try_from(fields)
+                .map_err(|_| Error::permanent(format!("{fields} columns are too many to copy")))?;
+            raw.data.extend_from_slice(&count.to_be_bytes());
+            for idx in 1..=fields {
+                let value = row.try_get_raw(idx).map_err(classify)?;
+                if value.is_null() {
+                    raw.data.extend_from_slice(&(-1_i32).to_be_bytes());
+                    continue;
+                }
+                let bytes = value
+                    .as_bytes()
+                    .map_err(|e| Error::permanent(e.to_string()))?;
+                let len = i32::try_from(bytes.len())
+                    .map_err(|_| Error::permanent("a value of 2 GiB or more cannot be copied"))?;
+                raw.data.extend_from_slice(&len.to_be_bytes());
+                raw.data.extend_from_slice(bytes);
+            }
+        }
+        Ok(Some(raw))
+    }
+
+    async fn copy_in_raw(
+        &mut self,
+        table: &str,
+        columns: &[String],
+        rows: &RawRows,
+    ) -> Result<Option<u64>> {
+        let statement = copy_statement(table, columns, " (FORMAT binary)");
+        let mut copy = self.conn.copy_in_raw(&statement).await.map_err(classify)?;
+        // The signature, no flags, no header extension; the tuples; the trailer.
+        copy.send(&b"PGCOPY\n\xff\r\n\0\0\0\0\0\0\0\0\0"[..])
+            .await
+            .map_err(classify)?;
+        copy.send(rows.data.as_slice()).await.map_err(classify)?;
+        copy.send(&(-1_i16).to_be_bytes()[..])
+            .await
+            .map_err(classify)?;
+        copy.finish().await.map(Some).map_err(classify)
     }
 
     async fn server_version(&mut self) -> Result<String> {

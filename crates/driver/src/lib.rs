@@ -13,6 +13,7 @@
 
 mod error;
 mod ident;
+mod pg_text;
 mod placeholders;
 mod types;
 mod url;
@@ -212,6 +213,39 @@ pub trait Conn: Send {
     /// one-off statements that some databases refuse to prepare, such as `VACUUM`).
     async fn execute_unprepared(&mut self, sql: &str) -> Result<u64>;
 
+    /// Loads `rows` (values in `columns` order, already of the columns' types) into `table` in
+    /// the open transaction through the database's bulk-load path: PostgreSQL's
+    /// `COPY … FROM STDIN`, which the server parses with far less work per row than an
+    /// `INSERT`. `Ok(None)` where the database has no such path; the caller then inserts.
+    async fn copy_in(
+        &mut self,
+        _table: &str,
+        _columns: &[String],
+        _rows: &[Vec<Value>],
+    ) -> Result<Option<u64>> {
+        Ok(None)
+    }
+
+    /// Runs a query whose first column is a key and returns the other columns undecoded, in
+    /// the form [`Conn::copy_in_raw`] of the same kind of database writes, with the last row's
+    /// key decoded (where a keyset walk continues). `Ok(None)` where the database has no such
+    /// form. Only for values written unchanged into columns of exactly their types.
+    async fn read_raw(&mut self, _sql: &str, _params: &[Value]) -> Result<Option<RawRows>> {
+        Ok(None)
+    }
+
+    /// Loads rows read by [`Conn::read_raw`] on the same kind of database into `columns` of
+    /// `table` (in the order the query read them), in the open transaction. `Ok(None)` where
+    /// the database has no such path.
+    async fn copy_in_raw(
+        &mut self,
+        _table: &str,
+        _columns: &[String],
+        _rows: &RawRows,
+    ) -> Result<Option<u64>> {
+        Ok(None)
+    }
+
     /// Opens a transaction. On SQLite it takes the write lock at once (`BEGIN IMMEDIATE`) so that
     /// concurrent writers wait for the busy timeout instead of failing on lock upgrade.
     async fn begin(&mut self, options: TxOptions) -> Result<()>;
@@ -241,6 +275,18 @@ pub trait Conn: Send {
     async fn end_session(&mut self, _session: i64) -> Result<()> {
         Ok(())
     }
+}
+
+/// Rows in a database's own wire form, read by [`Conn::read_raw`] and written by
+/// [`Conn::copy_in_raw`] without a value ever being decoded: PostgreSQL's binary `COPY` tuples.
+#[derive(Debug, Clone, Default)]
+pub struct RawRows {
+    /// How many rows `data` holds.
+    pub rows: usize,
+    /// The last row's key (the query's first column), decoded.
+    pub last_key: Option<Value>,
+    /// The rows without their key column, in the database's bulk-load form.
+    pub data: Vec<u8>,
 }
 
 /// Options for opening a connection.

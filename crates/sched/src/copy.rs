@@ -15,7 +15,8 @@ use std::path::Path;
 use std::sync::Arc;
 
 use godwit_driver::{
-    quote_ident, rewrite_params, Conn, DbUrl, Dialect, Error, SqlType, TableInfo, TxOptions, Value,
+    quote_ident, rewrite_params, ColumnInfo, Conn, DbUrl, Dialect, Error, RawRows, SqlType,
+    TableInfo, TxOptions, Value,
 };
 use godwit_plan::{Convert, OnConflict, OnRowError, Step, StepKind};
 use godwit_state::DeadLetter;
@@ -45,6 +46,13 @@ pub(crate) struct CopyStep {
     slicer: Slicer,
     read: OnceCell<Read>,
     write: OnceCell<Write>,
+    /// Whether the source is the plan's own database (no `source`), where a plain copy can
+    /// be one statement that never ships a row.
+    same_database: bool,
+    /// That statement, when the copy can be one (decided at the first batch).
+    in_database: OnceCell<Option<InDatabase>>,
+    /// How rows reach the target, logged (at debug level) the first time.
+    path: std::sync::OnceLock<&'static str>,
 }
 
 /// A slice's rows on their way to the target.
@@ -56,6 +64,9 @@ pub(crate) enum Copied {
         names: Arc<[String]>,
         rows: Vec<Vec<Value>>,
     },
+    /// Undecoded, for the target's columns of exactly the source's types (by their names in
+    /// the target).
+    Raw { names: Vec<String>, rows: RawRows },
 }
 
 impl Copied {
@@ -67,6 +78,8 @@ impl Copied {
                 .into_iter()
                 .map(|values| names.iter().cloned().zip(values).collect())
                 .collect(),
+            // Only a copy's own reads are raw, never those `verify` compares.
+            Copied::Raw { .. } => Vec::new(),
         }
     }
 }
@@ -90,11 +103,16 @@ struct Read {
     next_sql: String,
     /// The source's column types by name, for reading values in the form transforms see.
     types: Columns,
+    /// The columns godwit's own read selects after the key (`None` for a user's `query`).
+    copied: Option<Vec<ColumnInfo>>,
+    /// The source's dialect.
+    dialect: Dialect,
 }
 
 /// What the target looks like.
 struct Write {
     columns: Columns,
+    dialect: Dialect,
     /// The columns of the target's unique key used for `on_conflict = "update"`.
     conflict_key: Vec<String>,
 }
@@ -117,6 +135,7 @@ impl CopyStep {
             into,
             on_conflict,
             script,
+            source,
             ..
         } = &step.kind
         else {
@@ -144,6 +163,9 @@ impl CopyStep {
             slicer: Slicer::new(step.settings.max_batch_bytes, step.settings.batch_size),
             read: OnceCell::new(),
             write: OnceCell::new(),
+            same_database: source.is_none(),
+            in_database: OnceCell::new(),
+            path: std::sync::OnceLock::new(),
         }))
     }
 
@@ -177,6 +199,13 @@ impl CopyStep {
                 Ok(Write::new(&info, conn.dialect()))
             })
             .await
+    }
+
+    /// Logs how rows reach the target, the first time a batch takes a path.
+    fn took(&self, path: &'static str) {
+        if self.path.set(path).is_ok() {
+            tracing::debug!(table = %self.table, into = %self.into, "copy: {path}");
+        }
     }
 
     /// The target table.
@@ -218,12 +247,18 @@ impl CopyStep {
     ) -> Result<(u64, Vec<DeadLetter>), Error> {
         // Known before the first read: which columns the target has.
         self.write_plan(conn).await?;
+        if let Some(plain) = self.in_database(conn).await? {
+            self.took("one INSERT ... SELECT per batch, within the database");
+            conn.begin(tx).await?;
+            let written = conn.execute(&plain.insert, &[start, end]).await?;
+            return Ok((written, Vec::new()));
+        }
         let mut written = 0;
         let mut letters = Vec::new();
         let mut began = false;
         let mut slice = Slice::First(start);
         loop {
-            let (rows, refused, next) = self.read(&slice, &end).await?;
+            let (rows, refused, next) = self.read(&slice, &end, true).await?;
             letters.extend(refused);
             if !began {
                 conn.begin(tx).await?;
@@ -237,6 +272,69 @@ impl CopyStep {
         }
     }
 
+    /// How the copy runs without a row leaving the database, when it can: a plain copy (no
+    /// transform, no `query`) within one PostgreSQL database between columns of exactly the
+    /// same types, so nothing needs fitting.
+    pub(crate) async fn in_database(
+        &self,
+        conn: &mut dyn Conn,
+    ) -> Result<Option<&InDatabase>, Error> {
+        let plain = self
+            .in_database
+            .get_or_try_init(|| async {
+                let dialect = conn.dialect();
+                let plain = self.same_database
+                    && self.transform.is_none()
+                    && self.query.is_none()
+                    && dialect == Dialect::Postgres;
+                if !plain {
+                    return Ok(None);
+                }
+                let write = self.write_plan(conn).await?;
+                let read = self.read_plan(conn).await?;
+                let (Some(targets), Some(copied)) = (read.same_types(write, false), &read.copied)
+                else {
+                    return Ok(None);
+                };
+                let sources: Vec<String> = copied.iter().map(|c| c.name.clone()).collect();
+                let q = |n: &str| quote_ident(dialect, n);
+                let k = q(&self.key);
+                let quoted = |names: &[String]| names.iter().map(|n| q(n)).collect::<Vec<_>>();
+                let clause =
+                    write.conflict_clause(dialect, &self.into, self.on_conflict, &targets)?;
+                let insert = format!(
+                    "INSERT INTO {} ({}) SELECT {} FROM {} WHERE {k} >= {} AND {k} <= {}{}{clause}",
+                    q(&self.into),
+                    quoted(&targets).join(", "),
+                    quoted(&sources).join(", "),
+                    q(&self.table),
+                    dialect.param(1),
+                    dialect.param(2),
+                    self.and_filter(),
+                );
+                Ok::<_, Error>(Some(InDatabase {
+                    insert,
+                    sources,
+                    targets,
+                }))
+            })
+            .await?;
+        Ok(plain.as_ref())
+    }
+
+    /// The step's `where` as a further condition (` AND (…)`), or nothing.
+    pub(crate) fn and_filter(&self) -> String {
+        self.filter
+            .as_deref()
+            .map(|f| format!(" AND ({f})"))
+            .unwrap_or_default()
+    }
+
+    /// The source table.
+    pub(crate) fn table(&self) -> &str {
+        &self.table
+    }
+
     /// Reads the whole range between `start` and `end` (inclusive), as `verify` compares it.
     pub(crate) async fn read_range(
         &self,
@@ -246,7 +344,7 @@ impl CopyStep {
         let (mut all, mut letters) = (Vec::new(), Vec::new());
         let mut slice = Slice::First(start);
         loop {
-            let (rows, refused, next) = self.read(&slice, &end).await?;
+            let (rows, refused, next) = self.read(&slice, &end, false).await?;
             all.extend(rows.named());
             letters.extend(refused);
             match next {
@@ -258,10 +356,13 @@ impl CopyStep {
 
     /// Reads one slice from the source and transforms it: the rows to write, the refused
     /// rows, and the last key read when the range may hold more rows after it.
+    /// With `passthrough`, a plain copy between PostgreSQL columns of the same types reads
+    /// its rows undecoded (`Copied::Raw`).
     async fn read(
         &self,
         slice: &Slice,
         end: &Value,
+        passthrough: bool,
     ) -> Result<(Copied, Vec<DeadLetter>, Option<Value>), Error> {
         let mut conn = self.source.take().await?;
         let limit = self.slicer.rows();
@@ -285,8 +386,20 @@ impl CopyStep {
                     vec![after.clone(), end.clone(), Value::Int(limit)],
                 ),
             };
+            // Undecoded rows can only be loaded as they are: `on_conflict` needs an INSERT.
+            let raw = match (passthrough, &self.transform, self.write.get()) {
+                (true, None, Some(write)) if self.on_conflict == OnConflict::Error => {
+                    plan.same_types(write, true)
+                }
+                _ => None,
+            };
+            if let Some(names) = raw {
+                if let Some(rows) = conn.read_raw(sql, &params).await? {
+                    return Ok((plan, Fetched::Raw(names, rows)));
+                }
+            }
             let rows = conn.query(sql, &params).await?;
-            Ok::<_, Error>((plan, rows))
+            Ok::<_, Error>((plan, Fetched::Rows(rows)))
         }
         .await;
         let (plan, rows) = match read {
@@ -296,6 +409,17 @@ impl CopyStep {
             }
             // A connection that failed mid-query is not given back.
             Err(e) => return Err(e),
+        };
+        let rows = match rows {
+            Fetched::Rows(rows) => rows,
+            Fetched::Raw(names, rows) => {
+                self.slicer.observe(rows.rows, rows.data.len() as u64);
+                let next = match rows.rows as i64 >= limit {
+                    true => rows.last_key.clone(),
+                    false => None,
+                };
+                return Ok((Copied::Raw { names, rows }, Vec::new(), next));
+            }
         };
         let full = self.query.is_none() && rows.len() as i64 >= limit;
         // godwit's own read puts the walked key first, for the next slice; it is not copied.
@@ -426,6 +550,16 @@ impl CopyStep {
                 }
             }
             Copied::Named(rows) => rows,
+            Copied::Raw { names, rows } => {
+                self.took("rows undecoded, binary COPY");
+                return match conn.copy_in_raw(&self.into, &names, &rows).await? {
+                    Some(written) => Ok(written),
+                    None => Err(Error::permanent(format!(
+                        "{} cannot load the rows read from the source",
+                        dialect.name()
+                    ))),
+                };
+            }
         };
         let mut groups: BTreeMap<Vec<String>, Vec<Vec<Value>>> = BTreeMap::new();
         for row in rows {
@@ -477,26 +611,28 @@ impl CopyStep {
             .unwrap_or(0);
         let stored: Vec<String> = columns.iter().map(|c| c.name.clone()).collect();
         let mut fitted = Vec::with_capacity(rows.len());
-        for values in rows {
-            let key = values.get(key_at).map_or_else(String::new, key_text);
-            let mut out = Vec::with_capacity(values.len());
+        for mut values in rows {
+            // Fitted in place: no second vector per row. The key is kept aside in case its
+            // own value is the one that does not fit.
+            let key = values.get(key_at).cloned();
             let mut problem = None;
-            for (value, column) in values.into_iter().zip(&columns) {
-                match column.fit(value, &self.convert) {
-                    Ok(v) => out.push(v),
+            for (at, (value, column)) in values.iter_mut().zip(&columns).enumerate() {
+                match column.fit(std::mem::replace(value, Value::Null), &self.convert) {
+                    Ok(v) => *value = v,
                     Err(p) => {
-                        problem = Some(p);
+                        problem = Some((at, p));
                         break;
                     }
                 }
             }
             match problem {
-                None => fitted.push(out),
-                Some(problem) => {
+                None => fitted.push(values),
+                Some((at, problem)) => {
                     // The row as far as it was fitted; the error names the value that was not.
+                    let key = key.as_ref().map_or_else(String::new, key_text);
                     let problem = format!("target table {}: {problem}", self.into);
-                    let shown = &stored[..out.len()];
-                    let letter = refuse_row(self.on_row_error, key, problem, shown, &out)?;
+                    let (shown, values) = (&stored[..at], &values[..at]);
+                    let letter = refuse_row(self.on_row_error, key, problem, shown, values)?;
                     dead_letters.push(letter);
                 }
             }
@@ -523,6 +659,15 @@ impl CopyStep {
                 self.into
             )));
         }
+        if self.on_conflict == OnConflict::Error {
+            // The bulk path where the database has one (PostgreSQL's COPY): no statement to
+            // plan, no parameters to bind, one pass of the server's input functions.
+            if let Some(written) = conn.copy_in(&self.into, names, rows).await? {
+                self.took("rows decoded and fitted, text COPY");
+                return Ok(written);
+            }
+        }
+        self.took("rows decoded and fitted, multi-row INSERT");
         let per_statement = (MAX_PARAMS / names.len().max(1)).max(1);
         let mut written = 0;
         for chunk in rows.chunks(per_statement) {
@@ -542,6 +687,8 @@ impl Read {
                 first_sql: sql.clone(),
                 next_sql: sql.clone(),
                 types,
+                copied: None,
+                dialect,
             };
         }
         let names: Vec<String> = match &step.columns {
@@ -571,7 +718,50 @@ impl Read {
             first_sql: sql(true),
             next_sql: sql(false),
             types,
+            copied: names.iter().map(|n| info.column(n).cloned()).collect(),
+            dialect,
         }
+    }
+}
+
+/// A copy that runs inside its one database (`CopyStep::in_database`).
+pub(crate) struct InDatabase {
+    /// A batch: `INSERT … SELECT` of the key range `$1..=$2`.
+    insert: String,
+    /// The copied columns of the source, in order.
+    pub(crate) sources: Vec<String>,
+    /// The target's columns they go into, in the same order.
+    pub(crate) targets: Vec<String>,
+}
+
+/// What a read of the source returned.
+enum Fetched {
+    Rows(Vec<godwit_driver::Row>),
+    /// Undecoded, with the target's names of its columns.
+    Raw(Vec<String>, RawRows),
+}
+
+impl Read {
+    /// The target's names of the copied columns when each goes into a target column of
+    /// exactly its type, length and precision included (a narrower `numeric` would round, a
+    /// narrower `varchar` would refuse what godwit should refuse by row), PostgreSQL into
+    /// PostgreSQL. Values can then go across undecoded or never leave the database. With
+    /// `decoded`, also only columns the driver reads natively (whose binary form is known).
+    fn same_types(&self, write: &Write, decoded: bool) -> Option<Vec<String>> {
+        if self.dialect != Dialect::Postgres || write.dialect != Dialect::Postgres {
+            return None;
+        }
+        self.copied
+            .as_ref()?
+            .iter()
+            .map(|source| {
+                let target = write.columns.get(&source.name)?;
+                let same = (source.decodable() || !decoded)
+                    && target.data_type == source.data_type
+                    && target.cast == source.cast;
+                same.then(|| target.name.clone())
+            })
+            .collect()
     }
 }
 
@@ -585,6 +775,7 @@ impl Write {
             .or_else(|| info.indexes.iter().find(|i| i.unique));
         Write {
             columns: Columns::new(info, dialect),
+            dialect,
             conflict_key: chosen.map(|i| i.columns.clone()).unwrap_or_default(),
         }
     }
@@ -638,9 +829,29 @@ impl Write {
             }
             (format!(" VALUES {}", tuples.join(", ")), params)
         };
+        let clause = self.conflict_clause(dialect, table, on_conflict, names)?;
+        let columns: Vec<String> = names.iter().map(|n| q(n)).collect();
+        let sql = format!(
+            "INSERT INTO {} ({}){source}{clause}",
+            quote_ident(dialect, table),
+            columns.join(", "),
+        );
+        Ok((sql, params))
+    }
+
+    /// What an insert of `names` into `table` adds for `on_conflict`: nothing, a `DO NOTHING`
+    /// or an upsert on the target's unique key.
+    fn conflict_clause(
+        &self,
+        dialect: Dialect,
+        table: &str,
+        on_conflict: OnConflict,
+        names: &[String],
+    ) -> Result<String, Error> {
+        let q = |n: &str| quote_ident(dialect, n);
         let in_key = |n: &String| self.conflict_key.iter().any(|k| k.eq_ignore_ascii_case(n));
         let others: Vec<&String> = names.iter().filter(|n| !in_key(n)).collect();
-        let clause = match (on_conflict, dialect) {
+        Ok(match (on_conflict, dialect) {
             (OnConflict::Error, _) => String::new(),
             (OnConflict::Ignore, Dialect::Postgres | Dialect::Sqlite) => {
                 " ON CONFLICT DO NOTHING".to_string()
@@ -681,14 +892,7 @@ impl Write {
                 };
                 format!(" ON DUPLICATE KEY UPDATE {}", set.join(", "))
             }
-        };
-        let columns: Vec<String> = names.iter().map(|n| q(n)).collect();
-        let sql = format!(
-            "INSERT INTO {} ({}){source}{clause}",
-            quote_ident(dialect, table),
-            columns.join(", "),
-        );
-        Ok((sql, params))
+        })
     }
 }
 

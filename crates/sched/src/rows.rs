@@ -419,7 +419,9 @@ pub(crate) struct Column {
     pub(crate) name: String,
     pub(crate) sql_type: SqlType,
     /// PostgreSQL: the type a bound value is cast to.
-    cast: Option<String>,
+    pub(crate) cast: Option<String>,
+    /// The database's name of the type, with its length or precision.
+    pub(crate) data_type: String,
     /// The decimals the column holds exactly; a decimal beyond them would be rounded (by
     /// PostgreSQL and MySQL without an error) and is refused instead.
     decimals: Option<Decimals>,
@@ -582,6 +584,7 @@ impl Columns {
                     name: c.name.clone(),
                     sql_type,
                     cast: c.cast.clone(),
+                    data_type: c.data_type.clone(),
                     decimals: Decimals::of(dialect, sql_type, &c.data_type),
                     max_chars: max_chars(dialect, sql_type, &c.data_type),
                 };
@@ -661,37 +664,8 @@ pub(crate) fn convert_to(collation: &str, expr: &str) -> Option<String> {
 /// cast to its column's type (inside a `text[]` for `unnest`), so the statement's parameter
 /// types never depend on the values, and a prepared statement fits every batch.
 pub(crate) fn pg_text(value: &Value) -> Option<String> {
-    Some(match value {
-        Value::Null => return None,
-        Value::Bool(b) => b.to_string(),
-        Value::Int(n) => n.to_string(),
-        Value::Float(f) if f.is_nan() => "NaN".to_string(),
-        Value::Float(f) if f.is_infinite() => {
-            if *f > 0.0 { "Infinity" } else { "-Infinity" }.to_string()
-        }
-        // Rust prints the shortest text that reads back as the same float.
-        Value::Float(f) => f.to_string(),
-        Value::Text(s) | Value::Decimal(s) => s.clone(),
-        Value::Bytes(b) => {
-            let mut hex = String::with_capacity(2 + b.len() * 2);
-            hex.push_str("\\x");
-            const DIGITS: &[u8; 16] = b"0123456789abcdef";
-            for byte in b {
-                hex.push(char::from(DIGITS[usize::from(byte >> 4)]));
-                hex.push(char::from(DIGITS[usize::from(byte & 0xf)]));
-            }
-            hex
-        }
-        Value::Json(j) => j.to_string(),
-        Value::TextArray(items) => serde_json::json!(items).to_string(),
-        // chrono's `Display` (ISO 8601 with a space) is several times faster than a format
-        // string, and PostgreSQL reads it.
-        Value::Date(d) => d.to_string(),
-        Value::Time(t) => t.to_string(),
-        Value::Timestamp(t) => t.to_string(),
-        Value::TimestampTz(t) => format!("{}+00", t.naive_utc()),
-        other => other.text_form().unwrap_or_default(),
-    })
+    let mut out = String::new();
+    value.write_pg_text(&mut out).then_some(out)
 }
 
 /// Whether a transform's value is the one the column holds already (as the transform saw it:
