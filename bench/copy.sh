@@ -20,6 +20,7 @@ rows=${1:-1000000}
 rounds=${2:-3}
 on_conflict=${3:-error}
 eval "$(scripts/test-services.sh)"
+. bench/lib.sh
 url=$GODWIT_TEST_PG
 cargo build --release -q
 bin=$PWD/target/release/godwit
@@ -77,18 +78,6 @@ plan in-database.toml
 plan other-database.toml "source = \"$url\""
 
 now() { date +%s.%N; }
-# The CPU seconds every PostgreSQL process on this machine has used: live processes' own,
-# plus what the postmaster collected from its ended children (a godwit run's backends).
-pg_cpu() {
-  local tick total=0 pid fields
-  tick=$(getconf CLK_TCK)
-  for pid in $(pgrep -x postgres; pgrep -f '^postgres: '); do
-    fields=$(cut -d')' -f2- "/proc/$pid/stat" 2>/dev/null) || continue
-    # Fields after the command: utime, stime, cutime, cstime are the 12th-15th.
-    total=$(echo "$fields" | awk -v t="$total" '{print t + $12 + $13 + $14 + $15}')
-  done
-  echo "$total / $tick" | bc -l
-}
 declare -a sql_secs same_secs other_secs decoded_secs
 
 # godwit_line ROUND LABEL PLAN: runs the plan, checks the row count, prints a line, sets $secs.

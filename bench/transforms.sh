@@ -5,12 +5,14 @@
 #
 #   bench/transforms.sh [ROWS]        (default 300000; a third of them are rewritten)
 #
-# Prints seconds, rewritten rows/s, the cost per rewritten row over the SQL step, and peak RSS.
+# Prints seconds, rewritten rows/s, godwit's and PostgreSQL's CPU, the cost per rewritten row
+# over the SQL step, and peak RSS.
 # Needs PostgreSQL and python3 (scripts/test-services.sh provides them); builds in release mode.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 rows=${1:-300000}
 eval "$(scripts/test-services.sh)"
+. bench/lib.sh
 url=$GODWIT_TEST_PG
 cargo build --release -q
 bin=$PWD/target/release/godwit
@@ -72,15 +74,19 @@ where = "length(phone) = 11"
 batch_size = 1000
 $body
 TOML
-  local t0 t1
+  local t0 t1 c0 c1
+  c0=$(pg_cpu)
   t0=$(date +%s.%N)
-  /usr/bin/time -f '%M' -o "$out/rss" "$bin" run "$out/plan.toml" --quiet
+  /usr/bin/time -f '%U %S %M' -o "$out/time" "$bin" run "$out/plan.toml" --quiet
   t1=$(date +%s.%N)
+  c1=$(pg_cpu)
   secs=$(echo "$t1 - $t0" | bc -l)
   rewritten=$(psql_ -c "SELECT count(*) FROM bench_tx_customers WHERE length(phone) = 10 AND phone NOT LIKE '09%'")
-  rss=$(( $(cat "$out/rss") / 1024 ))
-  printf '%-28s %8.2fs %10.0f rewritten rows/s  %6s rows rewritten  peak RSS %s MiB\n' \
-    "$label" "$secs" "$(echo "$rewritten / $secs" | bc -l)" "$rewritten" "$rss"
+  local user sys rss
+  read -r user sys rss < "$out/time"
+  printf '%-28s %8.2fs %10.0f rewritten rows/s  %6s rows rewritten  CPU: godwit %.2fs, PostgreSQL %.2fs  peak RSS %s MiB\n' \
+    "$label" "$secs" "$(echo "$rewritten / $secs" | bc -l)" "$rewritten" \
+    "$(echo "$user + $sys" | bc -l)" "$(echo "$c1 - $c0" | bc -l)" "$((rss / 1024))"
 }
 
 echo "rows: $rows (a third rewritten), batch_size 1000, concurrency: godwit's default"
