@@ -2100,6 +2100,13 @@ async fn postgres_bulk_paths_keep_every_value() {
             'h\u00e9llo \u{1F600}', 'null', '\x0a09')"#
             .replace("\\u00e9", "\u{e9}")
             .replace("\\u{1F600}", "\u{1F600}"),
+        // Before the common era, and past year 9999.
+        r#"(7, '0044-03-15 12:00:00.5+00 BC', '0001-12-31 BC', '01:02:03', '0', '1', 'bc',
+            '1', '\x00')"#
+            .to_string(),
+        r#"(8, '12345-06-07 08:09:10+00', '10000-01-01', '23:59:59', '1', '2', 'far', '2',
+            '\x01')"#
+            .to_string(),
     ];
     for k in 10..=40 {
         rows.push(format!(
@@ -2210,14 +2217,17 @@ async fn postgres_copies_keep_to_where_and_columns() {
         "CREATE TABLE {src} (id BIGINT PRIMARY KEY, s TEXT NOT NULL, secret TEXT)"
     ))
     .await;
-    let rows: Vec<String> = (1..=50).map(|k| format!("({k}, 's{k}', 'x{k}')")).collect();
+    // Batches of 150 matching rows: read in slices (64 rows first, then the rest).
+    let rows: Vec<String> = (1..=600)
+        .map(|k| format!("({k}, 's{k}', 'x{k}')"))
+        .collect();
     insert(&db, &src, "id, s, secret", &rows).await;
     let wanted = snapshot(
         &db,
         &format!("SELECT id, s, 'none' FROM {src} WHERE id % 3 = 0 ORDER BY id"),
     )
     .await;
-    assert_eq!(wanted.len(), 16);
+    assert_eq!(wanted.len(), 200);
     let source = format!("source = \"{}\"\n", db.url);
     for (name, text, source) in [
         ("in_database", "TEXT", ""),
@@ -2233,7 +2243,7 @@ async fn postgres_copies_keep_to_where_and_columns() {
         let plan = copy_plan(
             &db,
             &format!("{}_subset_{name}", db.tag),
-            "batch_size = 8",
+            "batch_size = 150",
             &[format!(
                 "name = \"copy\"\n{source}table = \"{src}\"\nkey = \"id\"\n\
                  columns = [\"id\", \"s\"]\nwhere = \"id % 3 = 0\"\ninto = \"{dst}\""
@@ -2243,5 +2253,63 @@ async fn postgres_copies_keep_to_where_and_columns() {
         assert_eq!(out.code, Some(0), "{name}: {out}");
         let got = snapshot(&db, &format!("SELECT id, s, secret FROM {dst} ORDER BY id")).await;
         assert_eq!(got, wanted, "{name}");
+    }
+}
+
+/// `COPY` writes neither into a view nor through `INSERT` rules (it ignores them): a copy into
+/// an updatable view, or into a table whose rule sends rows elsewhere, inserts, whichever path
+/// its types would allow.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_copies_into_views_and_ruled_tables_insert() {
+    let db = db_for(Backend::Postgres).await;
+    let src = db.table("viewed_src");
+    db.exec(&format!(
+        "CREATE TABLE {src} (id BIGINT PRIMARY KEY, v TEXT)"
+    ))
+    .await;
+    let rows: Vec<String> = (1..=30).map(|k| format!("({k}, 'v{k}')")).collect();
+    insert(&db, &src, "id, v", &rows).await;
+    let wanted = snapshot(&db, &format!("SELECT id, v FROM {src} ORDER BY id")).await;
+    let source = format!("source = \"{}\"\n", db.url);
+    for (name, source) in [("in_database", ""), ("other", source.as_str())] {
+        let (base, view) = (
+            db.table(&format!("viewed_base_{name}")),
+            db.table(&format!("viewed_view_{name}")),
+        );
+        let (ruled, redirected) = (
+            db.table(&format!("ruled_{name}")),
+            db.table(&format!("redirected_{name}")),
+        );
+        for table in [&base, &ruled, &redirected] {
+            db.exec(&format!(
+                "CREATE TABLE {table} (id BIGINT PRIMARY KEY, v TEXT)"
+            ))
+            .await;
+        }
+        db.exec(&format!("CREATE VIEW {view} AS SELECT id, v FROM {base}"))
+            .await;
+        db.exec(&format!(
+            "CREATE RULE {ruled}_redirect AS ON INSERT TO {ruled} \
+             DO INSTEAD INSERT INTO {redirected} VALUES (NEW.id, NEW.v)"
+        ))
+        .await;
+        for (into, lands) in [(&view, &base), (&ruled, &redirected)] {
+            let plan = copy_plan(
+                &db,
+                &format!("{}_{}", db.tag, into),
+                "batch_size = 7",
+                &[format!(
+                    "name = \"copy\"\n{source}table = \"{src}\"\nkey = \"id\"\ninto = \"{into}\""
+                )],
+            );
+            let out = run_plan(&plan);
+            assert_eq!(out.code, Some(0), "{name} into {into}: {out}");
+            let got = snapshot(&db, &format!("SELECT id, v FROM {lands} ORDER BY id")).await;
+            assert_eq!(
+                got, wanted,
+                "{name}: rows copied into {into} land in {lands}"
+            );
+        }
+        assert_eq!(db.scalar(&format!("SELECT COUNT(*) FROM {ruled}")).await, 0);
     }
 }

@@ -435,7 +435,11 @@ impl Conn for MySqlConn {
                 }),
             }
         }
-        Ok(Some(TableInfo { columns, indexes }))
+        Ok(Some(TableInfo {
+            columns,
+            indexes,
+            bulk_load: false,
+        }))
     }
 
     async fn server_version(&mut self) -> Result<String> {

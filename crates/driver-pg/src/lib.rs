@@ -522,7 +522,20 @@ impl Conn for PgConn {
                     .collect(),
             })
             .collect();
-        Ok(Some(TableInfo { columns, indexes }))
+        let bulk = self
+            .query(
+                "SELECT c.relkind IN ('r', 'p') AND NOT c.relrowsecurity \
+                   AND NOT EXISTS (SELECT 1 FROM pg_rewrite r \
+                                   WHERE r.ev_class = c.oid AND r.ev_type = '3') \
+                 FROM pg_class c WHERE c.oid = to_regclass($1)",
+                std::slice::from_ref(&name),
+            )
+            .await?;
+        Ok(Some(TableInfo {
+            columns,
+            indexes,
+            bulk_load: bulk.first().is_some_and(|r| r.get(0) == &Value::Bool(true)),
+        }))
     }
 
     async fn copy_in(

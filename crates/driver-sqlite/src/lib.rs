@@ -306,7 +306,11 @@ impl Conn for SqliteConn {
                 primary: false,
             });
         }
-        Ok(Some(TableInfo { columns, indexes }))
+        Ok(Some(TableInfo {
+            columns,
+            indexes,
+            bulk_load: false,
+        }))
     }
 
     async fn server_version(&mut self) -> Result<String> {

@@ -158,6 +158,11 @@ pub struct TableInfo {
     pub columns: Vec<ColumnInfo>,
     /// Every index, primary key included.
     pub indexes: Vec<IndexInfo>,
+    /// Whether rows may be loaded with the database's bulk path ([`Conn::copy_in`],
+    /// [`Conn::copy_in_raw`]): a PostgreSQL table, not a view, without `INSERT` rules (which
+    /// `COPY` ignores) and without row-level security (which refuses `COPY`). `false` where
+    /// the database has no bulk path.
+    pub bulk_load: bool,
 }
 
 impl TableInfo {

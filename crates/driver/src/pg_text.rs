@@ -45,12 +45,19 @@ impl Value {
             Value::Uuid(u) => {
                 let _ = write!(out, "{}", u.hyphenated());
             }
-            Value::Date(d) => push_date(out, *d),
+            Value::Date(d) => {
+                let bc = push_date(out, *d);
+                push_era(out, bc);
+            }
             Value::Time(t) => push_time(out, *t),
-            Value::Timestamp(t) => push_datetime(out, *t),
+            Value::Timestamp(t) => {
+                let bc = push_datetime(out, *t);
+                push_era(out, bc);
+            }
             Value::TimestampTz(t) => {
-                push_datetime(out, t.naive_utc());
+                let bc = push_datetime(out, t.naive_utc());
                 out.push_str("+00");
+                push_era(out, bc);
             }
             Value::TextArray(items) => {
                 let _ = write!(out, "{}", serde_json::json!(items));
@@ -72,18 +79,27 @@ fn push_digits(out: &mut String, n: u32, digits: u32) {
     out.push_str(std::str::from_utf8(&buf[..digits as usize]).unwrap_or_default());
 }
 
-fn push_date(out: &mut String, d: NaiveDate) {
-    match u32::try_from(d.year()) {
-        Ok(year) if year <= 9999 => {
-            push_digits(out, year, 4);
-            out.push('-');
-            push_digits(out, d.month(), 2);
-            out.push('-');
-            push_digits(out, d.day(), 2);
-        }
-        _ => {
-            let _ = write!(out, "{d}");
-        }
+/// The date as PostgreSQL reads it; `true` when it is before the common era, which
+/// PostgreSQL writes as the year counted back from 1 with ` BC` after the whole value (chrono's
+/// year 0 is 1 BC, its -43 is 44 BC). Years past 9999 have more digits, without a sign.
+fn push_date(out: &mut String, d: NaiveDate) -> bool {
+    let bc = d.year() <= 0;
+    let year = if bc { 1 - d.year() } else { d.year() }.unsigned_abs();
+    if year <= 9999 {
+        push_digits(out, year, 4);
+    } else {
+        let _ = write!(out, "{year}");
+    }
+    out.push('-');
+    push_digits(out, d.month(), 2);
+    out.push('-');
+    push_digits(out, d.day(), 2);
+    bc
+}
+
+fn push_era(out: &mut String, bc: bool) {
+    if bc {
+        out.push_str(" BC");
     }
 }
 
@@ -112,14 +128,11 @@ fn push_time(out: &mut String, t: NaiveTime) {
     }
 }
 
-fn push_datetime(out: &mut String, t: NaiveDateTime) {
-    if !(0..=9999).contains(&t.year()) {
-        let _ = write!(out, "{t}");
-        return;
-    }
-    push_date(out, t.date());
+fn push_datetime(out: &mut String, t: NaiveDateTime) -> bool {
+    let bc = push_date(out, t.date());
     out.push(' ');
     push_time(out, t.time());
+    bc
 }
 
 #[cfg(test)]
@@ -135,13 +148,13 @@ mod tests {
 
     #[test]
     fn temporal_values_read_back_as_chrono_reads_them() {
-        // Spread over years 0–9999 and every fraction length, including none.
+        // Spread over years 1–9999 and every fraction length, including none.
         let mut seed = 0x9e37_79b9_7f4a_7c15_u64;
         for i in 0..20_000 {
             seed ^= seed << 13;
             seed ^= seed >> 7;
             seed ^= seed << 17;
-            let secs = (seed % 315_537_897_600) as i64 - 62_167_219_200;
+            let secs = (seed % 315_506_361_600) as i64 - 62_135_596_800;
             let nanos = match i % 4 {
                 0 => 0,
                 1 => (seed % 1_000) as u32 * 1_000_000,
@@ -170,14 +183,23 @@ mod tests {
     }
 
     #[test]
-    fn years_outside_four_digits_use_chrono() {
+    fn years_outside_four_digits_as_postgresql_reads_them() {
         let far = NaiveDate::from_ymd_opt(12345, 1, 2).unwrap();
-        assert_eq!(text(&Value::Date(far)).unwrap(), far.to_string());
-        let bc = NaiveDate::from_ymd_opt(-44, 3, 15)
-            .unwrap()
-            .and_hms_opt(12, 0, 0)
-            .unwrap();
-        assert_eq!(text(&Value::Timestamp(bc)).unwrap(), bc.to_string());
+        assert_eq!(text(&Value::Date(far)).unwrap(), "12345-01-02");
+        // chrono's year -43 is 44 BC; its year 0 is 1 BC.
+        let bc = NaiveDate::from_ymd_opt(-43, 3, 15).unwrap();
+        assert_eq!(text(&Value::Date(bc)).unwrap(), "0044-03-15 BC");
+        let noon = bc.and_hms_micro_opt(12, 0, 0, 500_000).unwrap();
+        assert_eq!(
+            text(&Value::Timestamp(noon)).unwrap(),
+            "0044-03-15 12:00:00.500 BC"
+        );
+        assert_eq!(
+            text(&Value::TimestampTz(noon.and_utc())).unwrap(),
+            "0044-03-15 12:00:00.500+00 BC"
+        );
+        let one_bc = NaiveDate::from_ymd_opt(0, 12, 31).unwrap();
+        assert_eq!(text(&Value::Date(one_bc)).unwrap(), "0001-12-31 BC");
     }
 
     #[test]

@@ -113,6 +113,8 @@ struct Read {
 struct Write {
     columns: Columns,
     dialect: Dialect,
+    /// Whether `COPY` may load the target (`TableInfo::bulk_load`).
+    bulk_load: bool,
     /// The columns of the target's unique key used for `on_conflict = "update"`.
     conflict_key: Vec<String>,
 }
@@ -659,7 +661,7 @@ impl CopyStep {
                 self.into
             )));
         }
-        if self.on_conflict == OnConflict::Error {
+        if self.on_conflict == OnConflict::Error && write.bulk_load {
             // The bulk path where the database has one (PostgreSQL's COPY): no statement to
             // plan, no parameters to bind, one pass of the server's input functions.
             if let Some(written) = conn.copy_in(&self.into, names, rows).await? {
@@ -746,9 +748,14 @@ impl Read {
     /// exactly its type, length and precision included (a narrower `numeric` would round, a
     /// narrower `varchar` would refuse what godwit should refuse by row), PostgreSQL into
     /// PostgreSQL. Values can then go across undecoded or never leave the database. With
-    /// `decoded`, also only columns the driver reads natively (whose binary form is known).
-    fn same_types(&self, write: &Write, decoded: bool) -> Option<Vec<String>> {
+    /// `raw` (rows that cross undecoded), also only columns the driver reads natively (whose
+    /// binary form is known), into a target `COPY` can load.
+    fn same_types(&self, write: &Write, raw: bool) -> Option<Vec<String>> {
         if self.dialect != Dialect::Postgres || write.dialect != Dialect::Postgres {
+            return None;
+        }
+        // Undecoded rows can only be loaded with COPY.
+        if raw && !write.bulk_load {
             return None;
         }
         self.copied
@@ -756,7 +763,7 @@ impl Read {
             .iter()
             .map(|source| {
                 let target = write.columns.get(&source.name)?;
-                let same = (source.decodable() || !decoded)
+                let same = (source.decodable() || !raw)
                     && target.data_type == source.data_type
                     && target.cast == source.cast;
                 same.then(|| target.name.clone())
@@ -776,6 +783,7 @@ impl Write {
         Write {
             columns: Columns::new(info, dialect),
             dialect,
+            bulk_load: info.bulk_load,
             conflict_key: chosen.map(|i| i.columns.clone()).unwrap_or_default(),
         }
     }
