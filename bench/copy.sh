@@ -19,15 +19,7 @@ cd "$(dirname "$0")/.."
 rows=${1:-1000000}
 rounds=${2:-3}
 on_conflict=${3:-error}
-eval "$(scripts/test-services.sh)"
 . bench/lib.sh
-url=$GODWIT_TEST_PG
-cargo build --release -q
-bin=$PWD/target/release/godwit
-out=$(mktemp -d)
-trap 'rm -rf "$out"' EXIT
-
-psql_() { psql "$url" -v ON_ERROR_STOP=1 -qAt "$@"; }
 
 psql_ <<SQL
 DROP TABLE IF EXISTS bench_copy_src;
@@ -46,15 +38,9 @@ fresh_target() {
 DROP TABLE IF EXISTS bench_copy_dst;
 CREATE TABLE bench_copy_dst (LIKE bench_copy_src INCLUDING ALL);
 ALTER TABLE bench_copy_dst ALTER email TYPE ${1:-text};
-DO \$\$ BEGIN
-  IF to_regclass('godwit_runs') IS NOT NULL THEN
-    DELETE FROM godwit_batches WHERE run = 'bench-copy';
-    DELETE FROM godwit_steps WHERE run = 'bench-copy';
-    DELETE FROM godwit_runs WHERE run = 'bench-copy';
-  END IF;
-END \$\$;
 CHECKPOINT;
 SQL
+  forget_run bench-copy
 }
 
 # plan FILE [SOURCE_LINE]: the copy step, reading from the plan's database or from `source`.

@@ -1,4 +1,31 @@
-# Shared by the benchmark scripts (sourced, not run).
+# Shared by the benchmark scripts: sourced from the repository root, it starts the test
+# services, builds godwit in release mode and sets `url` (the test PostgreSQL), `bin` (the
+# binary) and `out` (a temporary directory removed on exit).
+
+eval "$(scripts/test-services.sh)"
+url=$GODWIT_TEST_PG
+cargo build --release -q
+bin=$PWD/target/release/godwit
+out=$(mktemp -d)
+trap 'rm -rf "$out"' EXIT
+
+psql_() { psql "$url" -v ON_ERROR_STOP=1 -qAt "$@"; }
+
+# forget_run NAME: removes run NAME from godwit's state tables, so that it starts afresh.
+forget_run() {
+  psql_ >/dev/null <<SQL
+DO \$\$ BEGIN
+  IF to_regclass('godwit_dead_letters') IS NOT NULL THEN
+    DELETE FROM godwit_dead_letters WHERE run = '$1';
+  END IF;
+  IF to_regclass('godwit_runs') IS NOT NULL THEN
+    DELETE FROM godwit_batches WHERE run = '$1';
+    DELETE FROM godwit_steps WHERE run = '$1';
+    DELETE FROM godwit_runs WHERE run = '$1';
+  END IF;
+END \$\$;
+SQL
+}
 
 # The CPU seconds every PostgreSQL process on this machine has used: live processes' own,
 # plus what the postmaster collected from its ended children (a godwit run's backends).

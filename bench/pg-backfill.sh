@@ -11,25 +11,12 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 rows=${1:-2000000}
-eval "$(scripts/test-services.sh)"
-url=$GODWIT_TEST_PG
-cargo build --release -q
-bin=target/release/godwit
-out=$(mktemp -d)
-trap 'rm -rf "$out"' EXIT
-
-psql_() { psql "$url" -v ON_ERROR_STOP=1 -qAt "$@"; }
+. bench/lib.sh
 
 build_table() {
+  forget_run bench-backfill
   psql_ <<SQL
 DROP TABLE IF EXISTS bench_customers;
-DO \$\$ BEGIN
-  IF to_regclass('godwit_runs') IS NOT NULL THEN
-    DELETE FROM godwit_batches WHERE run = 'bench-backfill';
-    DELETE FROM godwit_steps WHERE run = 'bench-backfill';
-    DELETE FROM godwit_runs WHERE run = 'bench-backfill';
-  END IF;
-END \$\$;
 CREATE TABLE bench_customers (id bigint PRIMARY KEY, name text NOT NULL, phone text NOT NULL);
 INSERT INTO bench_customers
 SELECT i, 'Customer ' || i,

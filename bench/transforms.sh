@@ -11,28 +11,13 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 rows=${1:-300000}
-eval "$(scripts/test-services.sh)"
 . bench/lib.sh
-url=$GODWIT_TEST_PG
-cargo build --release -q
-bin=$PWD/target/release/godwit
-out=$(mktemp -d)
-trap 'rm -rf "$out"' EXIT
 cp examples/transforms/phones.lua examples/transforms/phones.py "$out/"
 
-psql_() { psql "$url" -v ON_ERROR_STOP=1 -qAt "$@"; }
-
 build_table() {
+  forget_run bench-transforms
   psql_ <<SQL
 DROP TABLE IF EXISTS bench_tx_customers;
-DO \$\$ BEGIN
-  IF to_regclass('godwit_runs') IS NOT NULL THEN
-    DELETE FROM godwit_dead_letters WHERE run = 'bench-transforms';
-    DELETE FROM godwit_batches WHERE run = 'bench-transforms';
-    DELETE FROM godwit_steps WHERE run = 'bench-transforms';
-    DELETE FROM godwit_runs WHERE run = 'bench-transforms';
-  END IF;
-END \$\$;
 CREATE TABLE bench_tx_customers (id bigint PRIMARY KEY, name text NOT NULL, phone text NOT NULL);
 INSERT INTO bench_tx_customers
 SELECT i, 'Customer ' || i,

@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # Memory of a copy of wide rows, side by side in one run: 2,000 rows of 256 KB (500 MB) copied
 # within PostgreSQL at batch_size 500 and concurrency 4, once with `max_batch_bytes` at 8 MiB
-# and once with a cap so large it never slices (each batch then holds 125 MB of rows).
+# and once with a cap so large it never slices (each batch then holds 125 MB of rows). The
+# database is named as the step's `source`, so that the rows pass through godwit (binary COPY):
+# within one database the copy would be an `INSERT … SELECT` that never reads a row.
 #
 #   bench/wide-rows.sh
 #
@@ -9,14 +11,8 @@
 # builds in release mode.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-eval "$(scripts/test-services.sh)"
-url=$GODWIT_TEST_PG
-cargo build --release -q
-bin=$PWD/target/release/godwit
-out=$(mktemp -d)
-trap 'rm -rf "$out"' EXIT
+. bench/lib.sh
 
-psql_() { psql "$url" -v ON_ERROR_STOP=1 -qAt "$@"; }
 psql_ <<SQL
 DROP TABLE IF EXISTS bench_wide_src, bench_wide_dst;
 CREATE TABLE bench_wide_src (id bigint PRIMARY KEY, body text NOT NULL);
@@ -27,14 +23,15 @@ SQL
 
 run() {
   local label=$1 cap=$2
-  psql_ -c "TRUNCATE bench_wide_dst" -c "DELETE FROM godwit_batches WHERE run = 'bench-wide'" \
-        -c "DELETE FROM godwit_steps WHERE run = 'bench-wide'" -c "DELETE FROM godwit_runs WHERE run = 'bench-wide'"
+  psql_ -c "TRUNCATE bench_wide_dst"
+  forget_run bench-wide
   cat > "$out/plan.toml" <<TOML
 name = "bench-wide"
 database = "$url"
 
 [[steps]]
 name = "wide"
+source = "$url"
 table = "bench_wide_src"
 key = "id"
 into = "bench_wide_dst"

@@ -9,6 +9,13 @@
 //! `ignore` (`ON CONFLICT DO NOTHING`; on MySQL an update that changes nothing, since
 //! `INSERT IGNORE` would also hide truncations) or `update` (an upsert on the target's primary
 //! key or first unique index).
+//!
+//! Three shortcuts into PostgreSQL, because there the database must stay the bottleneck:
+//! within one database between columns of exactly the same types a batch is one
+//! `INSERT … SELECT` and no row passes through godwit (`CopyStep::in_database`); from another
+//! PostgreSQL database into such columns rows stay in their binary wire form and are loaded
+//! with binary `COPY` (`Copied::Raw`); other rows with `on_conflict = "error"` are loaded with
+//! text `COPY` (`Conn::copy_in`). `COPY` only into plain tables (`TableInfo::bulk_load`).
 
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -416,10 +423,8 @@ impl CopyStep {
             Fetched::Rows(rows) => rows,
             Fetched::Raw(names, rows) => {
                 self.slicer.observe(rows.rows, rows.data.len() as u64);
-                let next = match rows.rows as i64 >= limit {
-                    true => rows.last_key.clone(),
-                    false => None,
-                };
+                let full = rows.rows as i64 >= limit;
+                let next = if full { rows.last_key.clone() } else { None };
                 return Ok((Copied::Raw { names, rows }, Vec::new(), next));
             }
         };
