@@ -278,9 +278,9 @@ async fn verify_step(
     Ok(check)
 }
 
-/// The queries that reduce one key range of each side to a row count and an MD5 of its
-/// rows' MD5s (of their text), ordered by the key, inside the database (one database, columns of the same
-/// types: both sides print a value alike).
+/// The queries that reduce one key range of each side to a row count and an MD5 of its rows'
+/// MD5s (of their text), ordered by the key, inside the database (one database, columns of
+/// the same types: both sides print a value alike).
 struct Digests {
     /// Per side (source, target): the statement for each of (after, through) given or not.
     source: [String; 4],
