@@ -1863,7 +1863,97 @@ async fn refusals_within_postgres() {
     refusals_before_anything_runs(Backend::Postgres, Backend::Postgres).await
 }
 
-per_backend!(row_errors_fail_or_become_dead_letters, on_conflict_modes);
+per_backend!(
+    row_errors_fail_or_become_dead_letters,
+    on_conflict_modes,
+    rows_the_database_refuses_are_skipped
+);
+
+/// The dead letters of `plan`, by key.
+fn dead_letters_by_key(plan: &Path) -> Vec<(String, String)> {
+    let out = gw(&["dead-letters", path_str(plan), "--json"]);
+    assert_eq!(out.code, Some(0), "{out}");
+    let mut letters: Vec<(String, String)> = out
+        .stdout
+        .lines()
+        .map(|l| {
+            let l: serde_json::Value =
+                serde_json::from_str(l).unwrap_or_else(|e| panic!("{e}: {l}"));
+            (
+                l["key"].as_str().unwrap_or_default().to_string(),
+                l["error"].as_str().unwrap_or_default().to_string(),
+            )
+        })
+        .collect();
+    letters.sort_by_key(|(k, _)| k.parse::<i64>().unwrap_or(i64::MAX));
+    letters
+}
+
+/// Rows the target database itself refuses (a CHECK constraint, a second value for a UNIQUE
+/// column) with `on_row_error = "skip"`: the batch is written again row by row in savepoints,
+/// the refused rows become dead letters with the database's own error code, the others are
+/// copied. (On PostgreSQL this copy runs as `INSERT … SELECT` until a batch is refused.)
+async fn rows_the_database_refuses_are_skipped(backend: Backend) {
+    let db = db_for(backend).await;
+    let (src, dst) = (db.table("refused_src"), db.table("refused_dst"));
+    let id = id_type(backend);
+    let opts = table_options(backend);
+    db.exec(&format!(
+        "CREATE TABLE {src} (id {id} PRIMARY KEY, v INTEGER NOT NULL, u VARCHAR(20)){opts}"
+    ))
+    .await;
+    db.exec(&format!(
+        "CREATE TABLE {dst} (id {id} PRIMARY KEY, v INTEGER NOT NULL CHECK (v >= 0), \
+         u VARCHAR(20) UNIQUE){opts}"
+    ))
+    .await;
+    let rows: Vec<String> = (1..=20i64)
+        .map(|k| {
+            let v = if k == 5 || k == 13 { -k } else { k };
+            let u = if k == 7 || k == 8 {
+                "dup".to_string()
+            } else {
+                format!("u{k}")
+            };
+            format!("({k}, {v}, '{u}')")
+        })
+        .collect();
+    insert(&db, &src, "id, v, u", &rows).await;
+    let plan = copy_plan(
+        &db,
+        &format!("{}_refused", db.tag),
+        "batch_size = 6\non_row_error = \"skip\"",
+        &[format!(
+            "name = \"copy\"\ntable = \"{src}\"\nkey = \"id\"\ninto = \"{dst}\""
+        )],
+    );
+    let out = run_plan(&plan);
+    assert_eq!(out.code, Some(0), "{out}");
+    let kept: Vec<i64> = (1..=20).filter(|k| ![5, 8, 13].contains(k)).collect();
+    let got = snapshot(&db, &format!("SELECT id FROM {dst} ORDER BY id")).await;
+    let wanted: Vec<Vec<Option<String>>> = kept.iter().map(|k| vec![Some(k.to_string())]).collect();
+    assert_eq!(got, wanted);
+    let (check, unique): (&[&str], &[&str]) = match backend {
+        Backend::Postgres => (&["[23514]"], &["[23505]"]),
+        // MariaDB's CHECK failure, MySQL 8's; a duplicate entry.
+        Backend::MySql => (&["[4025]", "[3819]"], &["[1062]"]),
+        // SQLITE_CONSTRAINT_CHECK; SQLITE_CONSTRAINT_UNIQUE.
+        Backend::Sqlite => (&["[275]"], &["[2067]"]),
+    };
+    let letters = dead_letters_by_key(&plan);
+    let keys: Vec<&str> = letters.iter().map(|(k, _)| k.as_str()).collect();
+    assert_eq!(keys, ["5", "8", "13"], "{letters:?}");
+    for (key, error) in &letters {
+        let codes = if key == "8" { unique } else { check };
+        assert!(
+            codes.iter().any(|c| error.contains(c)) && error.contains(&dst),
+            "key {key}: {error}"
+        );
+    }
+    let status = status_json(&plan);
+    assert_eq!(status["state"], "done", "{status}");
+    assert_eq!(status["steps"][0]["rows_skipped"], 3, "{status}");
+}
 
 /// A text longer than the target's `varchar(n)` is a bad row: with `on_row_error = "skip"`
 /// it becomes a dead letter naming the column, and the other rows are copied.

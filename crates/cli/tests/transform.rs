@@ -1741,7 +1741,87 @@ async fn lua_print_never_reaches_json_stdout() {
     );
 }
 
+/// With `on_row_error = "skip"`, rows whose new values the database refuses (a CHECK
+/// constraint) are set aside too, with the database's code, beside the rows the script
+/// refuses; every other row is written.
+async fn rows_the_database_refuses_are_skipped(backend: Backend) {
+    let db = db_for(backend).await;
+    let table = db.table("db_refuses");
+    db.exec(&format!(
+        "CREATE TABLE {table} (id {} PRIMARY KEY, phone VARCHAR(20) NOT NULL, note VARCHAR(40), \
+         CHECK (note IS NULL OR id % 41 <> 0))",
+        id_type(backend)
+    ))
+    .await;
+    let values: Vec<String> = (1..=300)
+        .map(|i| format!("({i}, '0162{i:07}', NULL)"))
+        .collect();
+    insert(&db, &table, "id, phone, note", &values).await;
+    let plan = write_plan(
+        &db,
+        "db_refuses.toml",
+        &table,
+        "batch_size = 50\non_row_error = \"skip\"",
+        &bad_rows_step(&table),
+    );
+    let out = gw(&["run", path_str(&plan), "--concurrency", "2"]);
+    assert_eq!(out.code, Some(0), "{}", out.stderr);
+    let by_script: Vec<i64> = (1..=300).filter(|i| i % 97 == 0).collect();
+    let by_database: Vec<i64> = (1..=300).filter(|i| i % 41 == 0).collect();
+    let rows = db
+        .query(&format!("SELECT id, phone, note FROM {table} ORDER BY id"))
+        .await;
+    assert_eq!(rows.len(), 300);
+    for row in &rows {
+        let id = row[0].as_i64().expect("id");
+        let (phone, note) = (cell(&row[1]).expect("phone"), cell(&row[2]));
+        let refused = by_script.contains(&id) || by_database.contains(&id);
+        let expected = (!refused).then(|| format!("ok {phone}"));
+        assert_eq!(note, expected, "row {id}");
+    }
+    let out = gw(&["dead-letters", path_str(&plan), "--json"]);
+    assert_eq!(out.code, Some(0), "{}", out.stderr);
+    let mut letters: Vec<(i64, String)> = out
+        .stdout
+        .lines()
+        .map(|l| {
+            let l: serde_json::Value =
+                serde_json::from_str(l).unwrap_or_else(|e| panic!("{e}: {l}"));
+            let key = l["key"]
+                .as_str()
+                .expect("key")
+                .parse()
+                .expect("numeric key");
+            (key, l["error"].as_str().unwrap_or_default().to_string())
+        })
+        .collect();
+    letters.sort();
+    let mut wanted: Vec<i64> = by_script.iter().chain(&by_database).copied().collect();
+    wanted.sort();
+    let keys: Vec<i64> = letters.iter().map(|(k, _)| *k).collect();
+    assert_eq!(keys, wanted, "{letters:?}");
+    let codes: &[&str] = match backend {
+        Backend::Postgres => &["[23514]"],
+        Backend::MySql => &["[4025]", "[3819]"],
+        Backend::Sqlite => &["[275]"],
+    };
+    for (key, error) in &letters {
+        if by_database.contains(key) {
+            assert!(
+                codes.iter().any(|c| error.contains(c)),
+                "key {key}: {error}"
+            );
+        } else {
+            assert!(error.contains("no rule for"), "key {key}: {error}");
+        }
+    }
+    let status = status_json(&plan);
+    assert_eq!(status["state"], "done", "{status}");
+    assert_eq!(status["steps"][0]["rows_skipped"], wanted.len(), "{status}");
+}
+
 per_backend!(
+    rows_the_database_refuses_are_skipped,
     lua_rewrites_phones_as_the_rules_say,
     exactly_once_across_kill_9,
     command_exactly_once_across_kill_9,

@@ -220,16 +220,24 @@ fn decode_row(row: &MySqlRow, columns: &Arc<[String]>) -> Result<Row> {
 fn classify(err: sqlx::Error) -> Error {
     match err {
         sqlx::Error::Database(db) => {
-            let number = db
-                .try_downcast_ref::<MySqlDatabaseError>()
-                .map(MySqlDatabaseError::number);
+            let mysql = db.try_downcast_ref::<MySqlDatabaseError>();
+            let number = mysql.map(MySqlDatabaseError::number);
+            // The SQLSTATE: classes 22 (data) and 23 (constraints) are a row's values refused.
+            let refused = mysql
+                .and_then(MySqlDatabaseError::code)
+                .is_some_and(|s| s.starts_with("22") || s.starts_with("23"));
             let kind = match number {
                 Some(1213 | 1205 | 1040 | 1203 | 1614) => ErrorKind::Transient,
                 Some(3024 | 1969 | 1317) => ErrorKind::Timeout,
                 Some(2006 | 2013 | 1927 | 1053 | 2002 | 2003) => ErrorKind::Connection,
                 _ => ErrorKind::Permanent,
             };
-            Error::new(kind, number.map(|n| n.to_string()), db.message())
+            let err = Error::new(kind, number.map(|n| n.to_string()), db.message());
+            if refused {
+                err.refusing_row()
+            } else {
+                err
+            }
         }
         sqlx::Error::Io(e) => Error::new(ErrorKind::Connection, None, e.to_string()),
         sqlx::Error::Tls(e) => Error::new(ErrorKind::Connection, None, e.to_string()),

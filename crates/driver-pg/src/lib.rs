@@ -299,7 +299,13 @@ fn classify(err: sqlx::Error) -> Error {
                 c if c.starts_with("08") => ErrorKind::Connection,
                 _ => ErrorKind::Permanent,
             };
-            Error::new(kind, Some(code), db.message())
+            let refused = code.starts_with("22") || code.starts_with("23");
+            let err = Error::new(kind, Some(code), db.message());
+            if refused {
+                err.refusing_row()
+            } else {
+                err
+            }
         }
         sqlx::Error::Io(e) => Error::new(ErrorKind::Connection, None, e.to_string()),
         sqlx::Error::Tls(e) => Error::new(ErrorKind::Connection, None, e.to_string()),

@@ -117,7 +117,14 @@ fn classify(err: sqlx::Error) -> Error {
                 Some(9) => ErrorKind::Timeout,
                 _ => ErrorKind::Permanent,
             };
-            Error::new(kind, code, db.message())
+            // SQLITE_TOOBIG, SQLITE_CONSTRAINT, SQLITE_MISMATCH: a row's values refused.
+            let refused = matches!(primary, Some(18..=20));
+            let err = Error::new(kind, code, db.message());
+            if refused {
+                err.refusing_row()
+            } else {
+                err
+            }
         }
         sqlx::Error::Io(e) => Error::new(ErrorKind::Connection, None, e.to_string()),
         sqlx::Error::Configuration(e) => Error::config(e.to_string()),

@@ -37,6 +37,9 @@ pub struct Error {
     kind: ErrorKind,
     code: Option<String>,
     message: String,
+    /// The database refused a row's values (a constraint, a value out of range) rather than
+    /// the statement: the same statement without that row may succeed.
+    row_refused: bool,
 }
 
 impl Error {
@@ -46,7 +49,24 @@ impl Error {
             kind,
             code,
             message: message.into(),
+            row_refused: false,
         }
+    }
+
+    /// The same error, marked as the database refusing a row's values (a constraint, a value
+    /// out of range) rather than the statement; backends mark it by the database's code.
+    pub fn refusing_row(self) -> Error {
+        Error {
+            row_refused: true,
+            ..self
+        }
+    }
+
+    /// Whether the database refused a row's values rather than the statement (SQLSTATE
+    /// classes 22 and 23; SQLite's constraint, mismatch and too-big codes): writing the
+    /// statement's rows one at a time finds the rows it refuses.
+    pub fn refuses_row(&self) -> bool {
+        self.row_refused
     }
 
     /// A configuration error (bad URL, unsupported scheme).

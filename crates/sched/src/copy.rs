@@ -32,6 +32,7 @@ use tokio::sync::OnceCell;
 
 use crate::pool::ConnPool;
 use crate::rows::{key_text, pg_text, refuse_row, selected, Columns, MAX_PARAMS};
+use crate::savepoint;
 use crate::slices::{self, row_bytes, Slicer};
 use crate::step::build_transform;
 
@@ -256,18 +257,36 @@ impl CopyStep {
     ) -> Result<(u64, Vec<DeadLetter>), Error> {
         // Known before the first read: which columns the target has.
         self.write_plan(conn).await?;
+        let mut began = false;
         if let Some(plain) = self.in_database(conn).await? {
             self.took("one INSERT ... SELECT per batch, within the database");
             conn.begin(tx).await?;
-            let written = conn.execute(&plain.insert, &[start, end]).await?;
-            return Ok((written, Vec::new()));
+            let params = [start.clone(), end.clone()];
+            if !self.skips_bad_rows() {
+                return Ok((conn.execute(&plain.insert, &params).await?, Vec::new()));
+            }
+            // With `skip`, a batch the database refuses a row of is undone and copied again
+            // through godwit, which writes its rows one by one and sets the refused aside.
+            savepoint::open(conn, savepoint::ROWS).await?;
+            match conn.execute(&plain.insert, &params).await {
+                Ok(written) => {
+                    savepoint::keep(conn, savepoint::ROWS).await?;
+                    return Ok((written, Vec::new()));
+                }
+                Err(e) if e.refuses_row() => {
+                    savepoint::undo(conn, savepoint::ROWS).await?;
+                    began = true;
+                }
+                Err(e) => return Err(e),
+            }
         }
+        // Rows read undecoded cannot be set aside one by one.
+        let passthrough = !self.skips_bad_rows();
         let mut written = 0;
         let mut letters = Vec::new();
-        let mut began = false;
         let mut slice = Slice::First(start);
         loop {
-            let (rows, refused, next) = self.read(&slice, &end, true).await?;
+            let (rows, refused, next) = self.read(&slice, &end, passthrough).await?;
             letters.extend(refused);
             if !began {
                 conn.begin(tx).await?;
@@ -549,7 +568,7 @@ impl CopyStep {
                 match self.write_positional(write, &names, rows, dead_letters)? {
                     Ok((stored, fitted)) => {
                         return self
-                            .insert_all(conn, dialect, write, &stored, &fitted)
+                            .insert_rows(conn, dialect, write, &stored, &fitted, dead_letters)
                             .await
                     }
                     // A column the target lacks: each row is refused by name below.
@@ -587,9 +606,37 @@ impl CopyStep {
         }
         let mut written = 0;
         for (names, rows) in &groups {
-            written += self.insert_all(conn, dialect, write, names, rows).await?;
+            written += self
+                .insert_rows(conn, dialect, write, names, rows, dead_letters)
+                .await?;
         }
         Ok(written)
+    }
+
+    /// Inserts `rows` as `insert_all` does. With `on_row_error = "skip"` the insert runs in a
+    /// savepoint: when the database refuses a row (a constraint, a value out of range) it is
+    /// undone and the rows are inserted one at a time, and each row the database still
+    /// refuses becomes a dead letter carrying the database's error.
+    async fn insert_rows(
+        &self,
+        conn: &mut dyn Conn,
+        dialect: Dialect,
+        write: &Write,
+        names: &[String],
+        rows: &[Vec<Value>],
+        dead_letters: &mut Vec<DeadLetter>,
+    ) -> Result<u64, Error> {
+        if !self.skips_bad_rows() || rows.is_empty() {
+            return self.insert_all(conn, dialect, write, names, rows).await;
+        }
+        let mut writer = Inserts {
+            step: self,
+            dialect,
+            write,
+            names,
+            dead_letters,
+        };
+        savepoint::each_refused_row(conn, rows, &mut writer).await
     }
 
     /// Rows copied as they are, with the same columns: each value fitted to its column by
@@ -728,6 +775,37 @@ impl Read {
             copied: names.iter().map(|n| info.column(n).cloned()).collect(),
             dialect,
         }
+    }
+}
+
+/// A copy's inserts, for writing a slice row by row when the database refuses one.
+struct Inserts<'a> {
+    step: &'a CopyStep,
+    dialect: Dialect,
+    write: &'a Write,
+    names: &'a [String],
+    dead_letters: &'a mut Vec<DeadLetter>,
+}
+
+impl savepoint::Write<Vec<Value>> for Inserts<'_> {
+    async fn write(&mut self, conn: &mut dyn Conn, rows: &[Vec<Value>]) -> Result<u64, Error> {
+        let Inserts {
+            step,
+            dialect,
+            write,
+            names,
+            ..
+        } = self;
+        step.insert_all(conn, *dialect, write, names, rows).await
+    }
+
+    fn refused(&mut self, row: &Vec<Value>, e: Error) -> Result<(), Error> {
+        let step = self.step;
+        let key = key_of(self.names, &step.key, row);
+        let problem = format!("target table {}: {e}", step.into);
+        let letter = refuse_row(step.on_row_error, key, problem, self.names, row)?;
+        self.dead_letters.push(letter);
+        Ok(())
     }
 }
 

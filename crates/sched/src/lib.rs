@@ -17,6 +17,7 @@ mod key;
 mod pool;
 mod rows;
 mod run;
+mod savepoint;
 mod slices;
 mod step;
 mod stop;

@@ -19,6 +19,7 @@ use godwit_transform::json::row_line;
 use godwit_transform::{Outcome, Rows, Transform};
 use tokio::sync::OnceCell;
 
+use crate::savepoint;
 use crate::slices::{row_bytes, Slicer};
 
 /// Bound parameters per statement: under SQLite's 32,766 and the 65,535 of the others.
@@ -193,11 +194,79 @@ impl RowStep {
         for (names, rows) in &groups {
             let per_statement = (MAX_PARAMS / (names.len() + 1)).max(1);
             for chunk in rows.chunks(per_statement) {
-                let (sql, params) = shape.update(dialect, &self.table, names, chunk);
-                done.rows_written += conn.execute(&sql, &params).await?;
+                done.rows_written += self
+                    .update_rows(conn, dialect, shape, names, chunk, &mut dead_letters)
+                    .await?;
             }
         }
         done.dead_letters.extend(dead_letters);
+        Ok(())
+    }
+
+    /// Writes `rows` with one statement. With `on_row_error = "skip"` the statement runs in a
+    /// savepoint: when the database refuses a row (a constraint, a value out of range) it is
+    /// undone and the rows are written one at a time, and each row the database still refuses
+    /// becomes a dead letter carrying the database's error (its key and new values).
+    async fn update_rows(
+        &self,
+        conn: &mut dyn Conn,
+        dialect: Dialect,
+        shape: &Shape,
+        names: &[String],
+        rows: &[(Value, Vec<Value>)],
+        dead_letters: &mut Vec<DeadLetter>,
+    ) -> Result<u64, Error> {
+        let mut writer = Updates {
+            step: self,
+            dialect,
+            shape,
+            names,
+            dead_letters,
+        };
+        if self.on_row_error != OnRowError::Skip {
+            return savepoint::Write::write(&mut writer, conn, rows).await;
+        }
+        savepoint::each_refused_row(conn, rows, &mut writer).await
+    }
+}
+
+/// A transform step's updates, for writing them row by row when the database refuses one.
+struct Updates<'a> {
+    step: &'a RowStep,
+    dialect: Dialect,
+    shape: &'a Shape,
+    names: &'a [String],
+    dead_letters: &'a mut Vec<DeadLetter>,
+}
+
+impl savepoint::Write<(Value, Vec<Value>)> for Updates<'_> {
+    async fn write(
+        &mut self,
+        conn: &mut dyn Conn,
+        rows: &[(Value, Vec<Value>)],
+    ) -> Result<u64, Error> {
+        let (sql, params) = self
+            .shape
+            .update(self.dialect, &self.step.table, self.names, rows);
+        conn.execute(&sql, &params).await
+    }
+
+    fn refused(&mut self, (key, values): &(Value, Vec<Value>), e: Error) -> Result<(), Error> {
+        let shown: Vec<String> = std::iter::once(self.shape.key.clone())
+            .chain(self.names.iter().cloned())
+            .collect();
+        let values: Vec<Value> = std::iter::once(key.clone())
+            .chain(values.iter().cloned())
+            .collect();
+        let problem = format!("the database refused the new values: {e}");
+        let letter = refuse_row(
+            self.step.on_row_error,
+            key_text(key),
+            problem,
+            &shown,
+            &values,
+        )?;
+        self.dead_letters.push(letter);
         Ok(())
     }
 }
