@@ -14,8 +14,8 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use common::{
-    db_for, godwit, id_type, insert, path_str, spawn_watched, spawn_watched_cmd, status_json,
-    Backend, Db, KillOnDrop, TestDb,
+    db_for, dead_letters_by_key, godwit, id_type, insert, path_str, runs_stored, spawn_watched,
+    spawn_watched_cmd, status_json, Backend, Db, KillOnDrop, TestDb,
 };
 use godwit_driver::Value;
 use rand::Rng;
@@ -1712,23 +1712,6 @@ async fn lua_fans_out_and_skips() {
 
 // --- 7. refusals before anything runs -----------------------------------------------------------
 
-/// How many runs named `name` the database holds (0 when it has no state tables).
-async fn runs_stored(db: &TestDb, name: &str) -> i64 {
-    let mut conn = db.conn().await;
-    let has_tables = conn
-        .table_info("godwit_runs")
-        .await
-        .expect("table info")
-        .is_some();
-    if !has_tables {
-        return 0;
-    }
-    db.scalar(&format!(
-        "SELECT COUNT(*) FROM godwit_runs WHERE run = '{name}'"
-    ))
-    .await
-}
-
 /// A missing target table, a source key without an index and a `columns` entry the source
 /// lacks are refused with exit 2 before anything runs, each message naming the plan file,
 /// line and column of the setting; nothing is copied and no run is stored.
@@ -1869,26 +1852,6 @@ per_backend!(
     rows_the_database_refuses_are_skipped
 );
 
-/// The dead letters of `plan`, by key.
-fn dead_letters_by_key(plan: &Path) -> Vec<(String, String)> {
-    let out = gw(&["dead-letters", path_str(plan), "--json"]);
-    assert_eq!(out.code, Some(0), "{out}");
-    let mut letters: Vec<(String, String)> = out
-        .stdout
-        .lines()
-        .map(|l| {
-            let l: serde_json::Value =
-                serde_json::from_str(l).unwrap_or_else(|e| panic!("{e}: {l}"));
-            (
-                l["key"].as_str().unwrap_or_default().to_string(),
-                l["error"].as_str().unwrap_or_default().to_string(),
-            )
-        })
-        .collect();
-    letters.sort_by_key(|(k, _)| k.parse::<i64>().unwrap_or(i64::MAX));
-    letters
-}
-
 /// Rows the target database itself refuses (a CHECK constraint, a second value for a UNIQUE
 /// column) with `on_row_error = "skip"`: the batch is written again row by row in savepoints,
 /// the refused rows become dead letters with the database's own error code, the others are
@@ -1941,10 +1904,10 @@ async fn rows_the_database_refuses_are_skipped(backend: Backend) {
         Backend::Sqlite => (&["[275]"], &["[2067]"]),
     };
     let letters = dead_letters_by_key(&plan);
-    let keys: Vec<&str> = letters.iter().map(|(k, _)| k.as_str()).collect();
-    assert_eq!(keys, ["5", "8", "13"], "{letters:?}");
+    let keys: Vec<i64> = letters.iter().map(|(k, _)| *k).collect();
+    assert_eq!(keys, [5, 8, 13], "{letters:?}");
     for (key, error) in &letters {
-        let codes = if key == "8" { unique } else { check };
+        let codes = if *key == 8 { unique } else { check };
         assert!(
             codes.iter().any(|c| error.contains(c)) && error.contains(&dst),
             "key {key}: {error}"

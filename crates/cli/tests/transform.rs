@@ -11,8 +11,8 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use common::{
-    db_for, id_type, insert, isolated_db, path_str, spawn, spawn_watched_cmd, status_json, text,
-    Backend, KillOnDrop, TestDb,
+    db_for, dead_letters_by_key, id_type, insert, isolated_db, path_str, runs_stored, spawn,
+    spawn_watched_cmd, status_json, text, Backend, KillOnDrop, TestDb,
 };
 use godwit_driver::Value;
 use rand::rngs::StdRng;
@@ -108,23 +108,6 @@ async fn snapshot(db: &TestDb, sql: &str) -> Vec<Vec<Option<String>>> {
         .iter()
         .map(|row| row.iter().map(cell).collect())
         .collect()
-}
-
-/// How many runs named `name` the plan's database holds (0 when it has no state tables yet).
-async fn runs_stored(db: &TestDb, name: &str) -> i64 {
-    let mut conn = db.conn().await;
-    let has_tables = conn
-        .table_info("godwit_runs")
-        .await
-        .expect("table info")
-        .is_some();
-    if !has_tables {
-        return 0;
-    }
-    db.scalar(&format!(
-        "SELECT COUNT(*) FROM godwit_runs WHERE run = '{name}'"
-    ))
-    .await
 }
 
 /// A text value as an SQL literal.
@@ -1779,23 +1762,7 @@ async fn rows_the_database_refuses_are_skipped(backend: Backend) {
         let expected = (!refused).then(|| format!("ok {phone}"));
         assert_eq!(note, expected, "row {id}");
     }
-    let out = gw(&["dead-letters", path_str(&plan), "--json"]);
-    assert_eq!(out.code, Some(0), "{}", out.stderr);
-    let mut letters: Vec<(i64, String)> = out
-        .stdout
-        .lines()
-        .map(|l| {
-            let l: serde_json::Value =
-                serde_json::from_str(l).unwrap_or_else(|e| panic!("{e}: {l}"));
-            let key = l["key"]
-                .as_str()
-                .expect("key")
-                .parse()
-                .expect("numeric key");
-            (key, l["error"].as_str().unwrap_or_default().to_string())
-        })
-        .collect();
-    letters.sort();
+    let letters = dead_letters_by_key(&plan);
     let mut wanted: Vec<i64> = by_script.iter().chain(&by_database).copied().collect();
     wanted.sort();
     let keys: Vec<i64> = letters.iter().map(|(k, _)| *k).collect();

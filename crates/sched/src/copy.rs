@@ -30,6 +30,7 @@ use godwit_state::DeadLetter;
 use godwit_transform::{Outcome, Rows, Transform};
 use tokio::sync::OnceCell;
 
+use crate::key::existing_table;
 use crate::pool::ConnPool;
 use crate::rows::{key_text, pg_text, refuse_row, selected, Columns, MAX_PARAMS};
 use crate::savepoint;
@@ -192,9 +193,7 @@ impl CopyStep {
     async fn read_plan(&self, conn: &mut dyn Conn) -> Result<&Read, Error> {
         self.read
             .get_or_try_init(|| async {
-                let info = conn.table_info(&self.table).await?.ok_or_else(|| {
-                    Error::permanent(format!("source table {} does not exist", self.table))
-                })?;
+                let info = existing_table(conn, "source table", &self.table).await?;
                 Ok(Read::new(conn.dialect(), self, &info))
             })
             .await
@@ -203,9 +202,7 @@ impl CopyStep {
     async fn write_plan(&self, conn: &mut dyn Conn) -> Result<&Write, Error> {
         self.write
             .get_or_try_init(|| async {
-                let info = conn.table_info(&self.into).await?.ok_or_else(|| {
-                    Error::permanent(format!("target table {} does not exist", self.into))
-                })?;
+                let info = existing_table(conn, "target table", &self.into).await?;
                 Ok(Write::new(&info, conn.dialect()))
             })
             .await

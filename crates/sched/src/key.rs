@@ -1,7 +1,7 @@
 //! Whether a step's key can be walked: the table and column exist and a unique index leads with
 //! the key. Both `check` and `run` ask, so a plan that would scan the table per batch never runs.
 
-use godwit_driver::{quote_ident, Conn, Result, TableInfo};
+use godwit_driver::{quote_ident, Conn, Error, Result, TableInfo};
 use godwit_plan::{Step, StepKind};
 
 /// Why a table and key cannot be walked.
@@ -16,6 +16,18 @@ pub struct KeyProblem {
     pub plan_key: &'static str,
     /// A statement that fixes it, when there is one.
     pub fix: Option<String>,
+}
+
+/// `table`'s description, or a permanent error saying that the `what` (`source table`,
+/// `target table`, `table`) does not exist.
+pub(crate) async fn existing_table(
+    conn: &mut dyn Conn,
+    what: &str,
+    table: &str,
+) -> Result<TableInfo> {
+    conn.table_info(table)
+        .await?
+        .ok_or_else(|| Error::permanent(format!("{what} {table} does not exist")))
 }
 
 /// Checks that `table.key` exists and has a unique index leading with it.

@@ -19,6 +19,7 @@ use godwit_transform::json::row_line;
 use godwit_transform::{Outcome, Rows, Transform};
 use tokio::sync::OnceCell;
 
+use crate::key::existing_table;
 use crate::savepoint;
 use crate::slices::{row_bytes, Slicer};
 
@@ -95,9 +96,7 @@ impl RowStep {
     async fn shape(&self, conn: &mut dyn Conn) -> Result<&Shape, Error> {
         self.shape
             .get_or_try_init(|| async {
-                let info = conn.table_info(&self.table).await?.ok_or_else(|| {
-                    Error::permanent(format!("table {} does not exist", self.table))
-                })?;
+                let info = existing_table(conn, "table", &self.table).await?;
                 Shape::new(conn.dialect(), self, &info)
             })
             .await

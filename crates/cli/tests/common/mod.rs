@@ -557,3 +557,43 @@ pub async fn insert(db: &TestDb, table: &str, columns: &str, rows: &[String]) {
         .await;
     }
 }
+
+/// How many runs named `name` the database holds (0 when it has no state tables yet).
+pub async fn runs_stored(db: &TestDb, name: &str) -> i64 {
+    let mut conn = db.conn().await;
+    let has_tables = conn
+        .table_info("godwit_runs")
+        .await
+        .expect("table info")
+        .is_some();
+    if !has_tables {
+        return 0;
+    }
+    db.scalar(&format!(
+        "SELECT COUNT(*) FROM godwit_runs WHERE run = '{name}'"
+    ))
+    .await
+}
+
+/// `godwit dead-letters PLAN --json` of a plan whose keys are integers: (key, error) per
+/// letter, by key. Fails the test unless the command succeeds and prints only JSON lines.
+pub fn dead_letters_by_key(plan: &Path) -> Vec<(i64, String)> {
+    let out = run_cmd(&["dead-letters", path_str(plan), "--json"]);
+    let stdout = text(&out.stdout);
+    assert!(out.status.success(), "{stdout}{}", text(&out.stderr));
+    let mut letters: Vec<(i64, String)> = stdout
+        .lines()
+        .map(|l| {
+            let l: serde_json::Value =
+                serde_json::from_str(l).unwrap_or_else(|e| panic!("{e}: {l}"));
+            let key = l["key"]
+                .as_str()
+                .expect("key")
+                .parse()
+                .expect("numeric key");
+            (key, l["error"].as_str().unwrap_or_default().to_string())
+        })
+        .collect();
+    letters.sort();
+    letters
+}
