@@ -26,7 +26,7 @@ use async_trait::async_trait;
 pub use crate::error::{Error, ErrorKind, Result};
 pub use crate::ident::quote_ident;
 pub use crate::placeholders::{references_param, rewrite_params, Rewritten};
-pub use crate::types::{normalize_decimal, SqlType};
+pub use crate::types::{exact_float, normalize_decimal, SqlType};
 pub use crate::url::{redact_url, DbUrl};
 pub use crate::value::{KeyKind, Row, Value};
 

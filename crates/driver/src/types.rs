@@ -178,7 +178,7 @@ impl SqlType {
             (SqlType::Float, V::Float(f)) => V::Float(f),
             (SqlType::Float, V::Text(s) | V::Decimal(s)) => match s.trim().parse::<f64>() {
                 Ok(f) if !f.is_finite() => V::Float(f),
-                Ok(f) if normalize_decimal(&f.to_string()) == normalize_decimal(&s) => V::Float(f),
+                Ok(f) if exact_float(f, &s) => V::Float(f),
                 Ok(_) => return Err(format!("{s} has more digits than a float column keeps")),
                 Err(_) => return Err(format!("{s:?} is not a number")),
             },
@@ -344,6 +344,12 @@ fn parse_timestamp(s: &str) -> Option<DateTime<Utc>> {
         }
     }
     None
+}
+
+/// Whether the float `f` read from `text` is exactly the number written there (finite, and
+/// no digit of `text` lost to the float's 53 bits).
+pub fn exact_float(f: f64, text: &str) -> bool {
+    f.is_finite() && normalize_decimal(&f.to_string()) == normalize_decimal(text)
 }
 
 /// A decimal number's text in one form: no `+`, no exponent, no leading zeros before the point

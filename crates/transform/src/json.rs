@@ -1,7 +1,7 @@
 //! Values as JSON: what an external program reads and writes, and what a dead letter keeps.
 
 use base64::Engine as _;
-use godwit_driver::Value;
+use godwit_driver::{exact_float, Value};
 use serde_json::Value as Json;
 
 /// A value as JSON for an external program: bytes as base64 text, non-finite floats as the
@@ -44,13 +44,6 @@ pub fn from_json(json: Json) -> Value {
         Json::String(s) => Value::Text(s),
         other => Value::Json(other),
     }
-}
-
-/// Whether the float `f` read from `text` is exactly the number written there.
-pub(crate) fn exact_float(f: f64, text: &str) -> bool {
-    f.is_finite()
-        && godwit_driver::normalize_decimal(&f.to_string())
-            == godwit_driver::normalize_decimal(text)
 }
 
 /// Bytes a program wrote back as base64 text.

@@ -13,11 +13,10 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use godwit_driver::{Error, Value};
+use godwit_driver::{exact_float, Error, Value};
 use mlua::chunk::ChunkMode;
 use mlua::{HookTriggers, Lua, LuaOptions, LuaSerdeExt, StdLib, VmState};
 
-use crate::json::exact_float;
 use crate::{Limits, Outcome, Rows, Source};
 
 /// How many VM instructions run between two looks at the clock: about 0.1 ms of Lua.
