@@ -508,3 +508,34 @@ impl Conn for MySqlConn {
         Ok(rows.first().map(|r| text(r.get(0))).unwrap_or_default())
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn r11_dates_chrono_cannot_hold_read_as_their_text() {
+        // Binary protocol: a length, then year (little-endian), month, day, time, micros.
+        assert_eq!(
+            date_text(&[4, 0xe8, 0x07, 0, 15], DateForm::Date).as_deref(),
+            Some("2024-00-15")
+        );
+        assert_eq!(
+            date_text(&[7, 0xe8, 0x07, 2, 30, 10, 11, 12], DateForm::DateTime).as_deref(),
+            Some("2024-02-30 10:11:12")
+        );
+        assert_eq!(
+            date_text(
+                &[11, 0xe8, 0x07, 2, 0, 10, 11, 12, 5, 0, 0, 0],
+                DateForm::DateTime
+            )
+            .as_deref(),
+            Some("2024-02-00 10:11:12.000005")
+        );
+        // The text protocol sends the text itself.
+        assert_eq!(
+            date_text(b"2024-00-15", DateForm::Date).as_deref(),
+            Some("2024-00-15")
+        );
+    }
+}

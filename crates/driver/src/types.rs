@@ -454,6 +454,30 @@ mod tests {
     use super::*;
 
     #[test]
+    fn r11_dates_that_are_none_are_refused() {
+        for text in [
+            "2024-00-15",
+            "2024-02-30",
+            "2024-01-00 10:00:00",
+            "2024-13-01T00:00:00",
+        ] {
+            let fitted = SqlType::Date.fit(Value::Text(text.into()));
+            assert!(fitted.is_err_and(|e| e.contains("no valid date")), "{text}");
+            assert!(
+                SqlType::Timestamp.fit(Value::Text(text.into())).is_err(),
+                "{text}"
+            );
+        }
+        // Text the database parses (or refuses) itself is left to it.
+        for text in ["infinity", "0044-03-15 BC", "5874897-01-01"] {
+            assert_eq!(
+                SqlType::Date.fit(Value::Text(text.into())),
+                Ok(Value::Text(text.into()))
+            );
+        }
+    }
+
+    #[test]
     fn sorts_type_names_of_the_three_databases() {
         for (name, t) in [
             ("integer", SqlType::Int),

@@ -5,15 +5,17 @@
 //! that together they cover every key (a target row between two source keys, or past the
 //! last one, is found). For each range the source rows are read and transformed exactly as
 //! the copy does, fitted to the target's column types, and both sides are reduced to a count
-//! and a content hash of their rows in a canonical text form (decimals without trailing
-//! zeros, JSON with sorted keys, bytes in hex, timestamps in UTC): the databases print the
-//! same value differently, so the hash is computed here rather than by each database. One
-//! range at a time is in memory.
+//! and a content hash of their rows in a canonical form (decimals without trailing zeros,
+//! JSON with sorted keys, bytes in hex, timestamps in UTC; NULL apart from every text): the
+//! databases print the same value differently, so the hash is computed here rather than by
+//! each database. One range at a time is in memory. Rows the copy sets aside as dead letters
+//! are counted apart and listed: they did not arrive, which is a difference.
 //!
 //! A plain copy within one PostgreSQL database between columns of the same types (the copy
 //! that runs as `INSERT … SELECT`) is the exception: both sides print a value alike, so each
 //! side's count and MD5 are computed by the database (`Digests`) and only a range whose
-//! digests differ is read, to name its first difference.
+//! digests differ is read, to name its first difference. `ROW(…)::text` writes NULL as
+//! nothing and quotes a text that is empty or holds a separator, so no two rows print alike.
 
 use std::collections::BTreeSet;
 use std::hash::{Hash, Hasher};
@@ -618,6 +620,39 @@ fn canonical_json(j: &serde_json::Value) -> serde_json::Value {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// One row `(id 1, a, b)` in its canonical form.
+    fn row(a: Value, b: Value) -> Side {
+        let names = ["a".to_string(), "b".to_string(), "id".to_string()];
+        let row = vec![
+            ("id".into(), Value::Int(1)),
+            ("a".into(), a),
+            ("b".into(), b),
+        ];
+        canonical_rows(vec![row], &names, "id")
+    }
+
+    #[test]
+    fn r11_no_text_reads_like_null_or_another_row() {
+        let text = |s: &str| Value::Text(s.into());
+        assert_ne!(
+            hash(&row(Value::Null, text("x"))),
+            hash(&row(text("NULL"), text("x")))
+        );
+        assert_ne!(
+            hash(&row(Value::Null, text("x"))),
+            hash(&row(text(""), text("x")))
+        );
+        // A text holding what once separated the columns.
+        assert_ne!(
+            hash(&row(text("x\u{1f}b=y"), text("z"))),
+            hash(&row(text("x"), text("y\u{1f}b=z")))
+        );
+        assert_eq!(
+            first_difference(&row(text("NULL"), text("x")), &row(Value::Null, text("x"))),
+            Some("key 1: a: source \"NULL\", target NULL".to_string())
+        );
+    }
 
     #[test]
     fn decimals_compare_by_value() {
