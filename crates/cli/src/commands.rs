@@ -515,8 +515,12 @@ async fn verify(args: VerifyArgs) -> anyhow::Result<u8> {
                     (Some(a), None) => format!("keys after {a}"),
                     (Some(a), Some(t)) => format!("keys after {a} up to {t}"),
                 };
+                let set_aside = match d.set_aside.len() {
+                    0 => String::new(),
+                    n => format!(" ({n} set aside)"),
+                };
                 println!(
-                    "  {range}: {} source rows, {} target rows (hash {} vs {})",
+                    "  {range}: {} source rows{set_aside}, {} target rows (hash {} vs {})",
                     d.source_rows, d.target_rows, d.source_hash, d.target_hash
                 );
                 if let Some(first) = &d.first_difference {

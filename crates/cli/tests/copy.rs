@@ -1726,6 +1726,17 @@ async fn r11_verify_lists_rows_set_aside() {
     assert_eq!(step["source_rows"], 3, "{json}");
     assert_eq!(step["set_aside"], 1, "{json}");
     assert_eq!(step["target_rows"], 2, "{json}");
+    assert!(
+        out.stdout
+            .contains("all keys: 3 source rows (1 set aside), 2 target rows"),
+        "{out}"
+    );
+    // The rows written agree; the row set aside is listed on its own.
+    assert_eq!(
+        step["differences"][0]["first_difference"],
+        serde_json::Value::Null,
+        "{json}"
+    );
     let aside = &step["differences"][0]["set_aside"];
     assert_eq!(aside.as_array().map(Vec::len), Some(1), "{json}");
     assert_eq!(aside[0]["key"], "2", "{json}");
@@ -1815,8 +1826,18 @@ async fn bad_source_value(
                         && letters[0].1.contains(problem),
                     "{letters:?}"
                 );
+                // `verify` reads the source as the copy does: the row set aside is listed.
+                let (code, json) = verify_json(&plan);
+                assert_eq!(code, Some(1), "{json}");
+                assert_eq!(json["steps"][0]["set_aside"], 1, "{json}");
+                assert_eq!(
+                    json["steps"][0]["differences"][0]["set_aside"][0]["key"], "2",
+                    "{json}"
+                );
             }
             _ => {
+                assert_eq!(out.code, Some(0), "{out}");
+                let out = gw(&["verify", path_str(&plan)]);
                 assert_eq!(out.code, Some(0), "{out}");
                 let cast = match t.backend {
                     Backend::MySql => format!("CAST({column} AS CHAR)"),
