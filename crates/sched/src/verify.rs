@@ -27,6 +27,7 @@ use godwit_driver::{
 use godwit_plan::{Plan, StepKind};
 
 use crate::copy::{CopyStep, InDatabase};
+use crate::rows::key_text;
 use crate::step::open_walker;
 use crate::walk::KeyWalk;
 use crate::Error;
@@ -265,11 +266,15 @@ async fn verify_step(
                             .or_else(|| {
                                 row.iter().find(|(n, _)| n.eq_ignore_ascii_case(copy.key()))
                             })
-                            .map_or_else(String::new, |(_, v)| shown(v));
+                            .map(|(_, v)| v);
                         let error = format!("cannot be written: {problem}");
                         if copy.skips_bad_rows() {
+                            // Keyed as the copy's dead letter is, to be found by its key.
+                            let key = key.map_or_else(String::new, key_text);
                             set_aside.push(SetAside { key, error });
                         } else {
+                            // Keyed as the target's rows are, to meet a row written anyway.
+                            let key = key.map_or_else(String::new, shown);
                             unwritable.push((key, Canon::Unwritable(error)));
                         }
                     }
@@ -455,7 +460,7 @@ async fn read_target(
 }
 
 /// Rows as (key, canonical form over `names`), sorted. A column a row lacks reads as NULL,
-/// as the target stores it.
+/// as the target stores it (when the column has no default).
 fn canonical_rows(rows: Vec<Vec<(String, Value)>>, names: &[String], key: &str) -> Side {
     let mut out: Side = rows
         .into_iter()
