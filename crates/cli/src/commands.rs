@@ -492,8 +492,17 @@ async fn verify(args: VerifyArgs) -> anyhow::Result<u8> {
             } else {
                 format!("{} ranges differ", c.differences.len())
             };
+            // Rows set aside as dead letters did not arrive: counted apart, never hidden.
+            let set_aside = match c.set_aside {
+                0 => String::new(),
+                1 => " (1 set aside as a dead letter)".to_string(),
+                n => format!(
+                    " ({} set aside as dead letters)",
+                    progress::thousands(n as i64)
+                ),
+            };
             println!(
-                "{}: {} ranges, {} rows in the source, {} in the target: {verdict}",
+                "{}: {} ranges, {} rows in the source{set_aside}, {} in the target: {verdict}",
                 c.step,
                 c.ranges,
                 progress::thousands(c.source_rows as i64),
@@ -506,12 +515,27 @@ async fn verify(args: VerifyArgs) -> anyhow::Result<u8> {
                     (Some(a), None) => format!("keys after {a}"),
                     (Some(a), Some(t)) => format!("keys after {a} up to {t}"),
                 };
+                let set_aside = match d.set_aside.len() {
+                    0 => String::new(),
+                    n => format!(" ({n} set aside)"),
+                };
                 println!(
-                    "  {range}: {} source rows, {} target rows (hash {} vs {})",
+                    "  {range}: {} source rows{set_aside}, {} target rows (hash {} vs {})",
                     d.source_rows, d.target_rows, d.source_hash, d.target_hash
                 );
                 if let Some(first) = &d.first_difference {
                     println!("    first difference: {first}");
+                }
+                // A range holds at most `batch_size` rows; the first few keys say enough.
+                const SHOWN: usize = 10;
+                for s in d.set_aside.iter().take(SHOWN) {
+                    println!("    set aside: key {}: {}", s.key, s.error);
+                }
+                if d.set_aside.len() > SHOWN {
+                    println!(
+                        "    set aside: {} more (see `godwit dead-letters`)",
+                        d.set_aside.len() - SHOWN
+                    );
                 }
             }
         }

@@ -1530,6 +1530,421 @@ async fn verify_counts_rows_the_copy_could_not_write() {
     assert_eq!(json["ok"], false, "{json}");
 }
 
+/// Issue 11: SQL NULL and the text `'NULL'` swapped between two rows of the target is a
+/// difference, on PostgreSQL's in-database hash path and on the row-by-row path.
+async fn r11_verify_tells_null_from_text(source: Backend, target: Backend) {
+    let dbs = Dbs::new(source, target).await;
+    let (s, t) = (dbs.source(), dbs.target());
+    let (src, dst) = (s.table("nulltext_src"), t.table("nulltext_dst"));
+    for (db, name) in [(s, &src), (t, &dst)] {
+        db.exec(&format!(
+            "CREATE TABLE {name} (id {} PRIMARY KEY, v TEXT){}",
+            id_type(db.backend),
+            table_options(db.backend)
+        ))
+        .await;
+    }
+    insert(
+        s,
+        &src,
+        "id, v",
+        &["(1, 'NULL')".into(), "(2, NULL)".into()],
+    )
+    .await;
+    let plan = copy_plan(
+        t,
+        &format!("{}_nulltext", t.tag),
+        "",
+        &[format!(
+            "name = \"copy\"\n{}table = \"{src}\"\nkey = \"id\"\ninto = \"{dst}\"",
+            dbs.source_line()
+        )],
+    );
+    let out = run_plan(&plan);
+    assert_eq!(out.code, Some(0), "{out}");
+    let out = gw(&["verify", path_str(&plan)]);
+    assert_eq!(out.code, Some(0), "{out}");
+    t.exec(&format!("UPDATE {dst} SET v = NULL WHERE id = 1"))
+        .await;
+    t.exec(&format!("UPDATE {dst} SET v = 'NULL' WHERE id = 2"))
+        .await;
+    let out = gw(&["verify", path_str(&plan)]);
+    assert_eq!(out.code, Some(1), "NULL and 'NULL' swapped places: {out}");
+    assert!(
+        out.stdout
+            .contains("key 1: v: source \"NULL\", target NULL"),
+        "{out}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn r11_verify_tells_null_from_text_within_postgres() {
+    r11_verify_tells_null_from_text(Backend::Postgres, Backend::Postgres).await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn r11_verify_tells_null_from_text_sqlite_to_postgres() {
+    r11_verify_tells_null_from_text(Backend::Sqlite, Backend::Postgres).await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn r11_verify_tells_null_from_text_mariadb_to_sqlite() {
+    r11_verify_tells_null_from_text(Backend::MySql, Backend::Sqlite).await
+}
+
+/// Issue 11: a change to any one copied column of one target row is found, and named, on
+/// the row-by-row path and on PostgreSQL's in-database path (where the database hashes the
+/// rows): no column is left out of the comparison. Each change is undone before the next, and
+/// `verify` then agrees again.
+async fn r11_verify_names_each_changed_column(source: Backend, target: Backend) {
+    let dbs = Dbs::new(source, target).await;
+    let (s, t) = (dbs.source(), dbs.target());
+    let (src, dst) = (s.table("eachcol_src"), t.table("eachcol_dst"));
+    let types = |b: Backend| match b {
+        Backend::Sqlite => ("INTEGER", "TEXT", "TEXT", "TEXT"),
+        _ => ("INT", "VARCHAR(20)", "DECIMAL(10,2)", "DATE"),
+    };
+    for (db, name) in [(s, &src), (t, &dst)] {
+        let (a, b, c, d) = types(db.backend);
+        db.exec(&format!(
+            "CREATE TABLE {name} (id {} PRIMARY KEY, a {a}, b {b}, c {c}, d {d}){}",
+            id_type(db.backend),
+            table_options(db.backend)
+        ))
+        .await;
+    }
+    let rows: Vec<String> = (1..=3)
+        .map(|k| format!("({k}, {k}0, 'b{k}', '{k}.50', '2024-01-0{k}')"))
+        .collect();
+    insert(s, &src, "id, a, b, c, d", &rows).await;
+    let plan = copy_plan(
+        t,
+        &format!("{}_eachcol", t.tag),
+        "",
+        &[format!(
+            "name = \"copy\"\n{}table = \"{src}\"\nkey = \"id\"\ninto = \"{dst}\"",
+            dbs.source_line()
+        )],
+    );
+    let out = run_plan(&plan);
+    assert_eq!(out.code, Some(0), "{out}");
+    let out = gw(&["verify", path_str(&plan)]);
+    assert_eq!(out.code, Some(0), "{out}");
+    for (column, changed, original) in [
+        ("a", "21", "20"),
+        ("b", "'b2x'", "'b2'"),
+        ("c", "'2.51'", "'2.50'"),
+        ("d", "'2024-02-02'", "'2024-01-02'"),
+    ] {
+        t.exec(&format!(
+            "UPDATE {dst} SET {column} = {changed} WHERE id = 2"
+        ))
+        .await;
+        let out = gw(&["verify", path_str(&plan)]);
+        assert_eq!(out.code, Some(1), "column {column} changed: {out}");
+        assert!(
+            out.stdout.contains(&format!("key 2: {column}: source ")),
+            "column {column} is not named: {out}"
+        );
+        t.exec(&format!(
+            "UPDATE {dst} SET {column} = {original} WHERE id = 2"
+        ))
+        .await;
+    }
+    let out = gw(&["verify", path_str(&plan)]);
+    assert_eq!(out.code, Some(0), "every change undone: {out}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn r11_verify_names_each_changed_column_within_postgres() {
+    r11_verify_names_each_changed_column(Backend::Postgres, Backend::Postgres).await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn r11_verify_names_each_changed_column_row_by_row() {
+    r11_verify_names_each_changed_column(Backend::MySql, Backend::Postgres).await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn r11_verify_names_each_changed_column_within_sqlite() {
+    r11_verify_names_each_changed_column(Backend::Sqlite, Backend::Sqlite).await
+}
+
+/// Issue 11: rows a copy with `on_row_error = "skip"` set aside did not arrive: `verify`
+/// counts them with the source's rows, apart, lists their keys, and exits 1.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn r11_verify_lists_rows_set_aside() {
+    let db = db_for(Backend::Postgres).await;
+    let (src, dst) = (db.table("aside_src"), db.table("aside_dst"));
+    db.exec(&format!(
+        "CREATE TABLE {src} (id BIGINT PRIMARY KEY, v TEXT)"
+    ))
+    .await;
+    db.exec(&format!(
+        "CREATE TABLE {dst} (id BIGINT PRIMARY KEY, v VARCHAR(3))"
+    ))
+    .await;
+    insert(
+        &db,
+        &src,
+        "id, v",
+        &[
+            "(1, 'a')".into(),
+            "(2, 'too long')".into(),
+            "(3, 'c')".into(),
+        ],
+    )
+    .await;
+    let plan = copy_plan(
+        &db,
+        &format!("{}_aside", db.tag),
+        "on_row_error = \"skip\"",
+        &[format!(
+            "name = \"copy\"\ntable = \"{src}\"\nkey = \"id\"\ninto = \"{dst}\""
+        )],
+    );
+    let out = run_plan(&plan);
+    assert_eq!(out.code, Some(0), "{out}");
+    assert_eq!(db.scalar(&format!("SELECT COUNT(*) FROM {dst}")).await, 2);
+    let out = gw(&["verify", path_str(&plan)]);
+    assert_eq!(out.code, Some(1), "a row set aside did not arrive: {out}");
+    assert!(
+        out.stdout.contains(
+            "1 ranges, 3 rows in the source (1 set aside as a dead letter), 2 in the target"
+        ),
+        "{out}"
+    );
+    assert!(
+        out.stdout
+            .contains("set aside: key 2: cannot be written: column v"),
+        "{out}"
+    );
+    let (code, json) = verify_json(&plan);
+    assert_eq!(code, Some(1), "{json}");
+    assert_eq!(json["ok"], false, "{json}");
+    let step = &json["steps"][0];
+    assert_eq!(step["source_rows"], 3, "{json}");
+    assert_eq!(step["set_aside"], 1, "{json}");
+    assert_eq!(step["target_rows"], 2, "{json}");
+    assert!(
+        out.stdout
+            .contains("all keys: 3 source rows (1 set aside), 2 target rows"),
+        "{out}"
+    );
+    // The rows written agree; the row set aside is listed on its own.
+    assert_eq!(
+        step["differences"][0]["first_difference"],
+        serde_json::Value::Null,
+        "{json}"
+    );
+    let aside = &step["differences"][0]["set_aside"];
+    assert_eq!(aside.as_array().map(Vec::len), Some(1), "{json}");
+    assert_eq!(aside[0]["key"], "2", "{json}");
+    assert!(
+        aside[0]["error"]
+            .as_str()
+            .is_some_and(|e| e.contains("column v")),
+        "{json}"
+    );
+}
+
+// --- issue 11: bad source values are row errors ----------------------------------------------
+
+/// A copy from `source` into `target` of `(id, {column})` rows (`values` are the source's SQL
+/// literals for keys 1, 2, 3; the target column is `target_type`), run three ways: failing
+/// (exit 1 naming key 2 and the column), skipping (key 2 a dead letter, keys 1 and 3 copied)
+/// and, when given, with `convert` (exit 0, every row copied). Returns the rows the converting
+/// copy wrote, `(id, value as text)`.
+#[allow(clippy::too_many_arguments)]
+async fn bad_source_value(
+    source: Backend,
+    target: Backend,
+    column: &str,
+    source_type: &str,
+    values: [&str; 3],
+    target_type: &str,
+    problem: &str,
+    convert: Option<&str>,
+) -> Vec<Vec<Option<String>>> {
+    let dbs = Dbs::new(source, target).await;
+    let (s, t) = (dbs.source(), dbs.target());
+    let src = s.table("badval_src");
+    s.exec(&format!(
+        "CREATE TABLE {src} (id {} PRIMARY KEY, {column} {source_type}){}",
+        id_type(s.backend),
+        table_options(s.backend)
+    ))
+    .await;
+    let rows: Vec<String> = (1..=3)
+        .map(|k| format!("({k}, {})", values[k - 1]))
+        .collect();
+    insert(s, &src, &format!("id, {column}"), &rows).await;
+    let mut modes = vec![("fail", "on_row_error = \"fail\"".to_string())];
+    modes.push(("skip", "on_row_error = \"skip\"".to_string()));
+    if let Some(rule) = convert {
+        modes.push(("convert", format!("convert = {{ {column} = \"{rule}\" }}")));
+    }
+    let mut converted = Vec::new();
+    for (mode, setting) in modes {
+        let dst = t.table(&format!("badval_{mode}"));
+        t.exec(&format!(
+            "CREATE TABLE {dst} (id {} PRIMARY KEY, {column} {target_type}){}",
+            id_type(t.backend),
+            table_options(t.backend)
+        ))
+        .await;
+        let plan = copy_plan(
+            t,
+            &format!("{}_badval_{mode}", t.tag),
+            "",
+            &[format!(
+                "name = \"copy\"\n{}table = \"{src}\"\nkey = \"id\"\ninto = \"{dst}\"\n{setting}",
+                dbs.source_line()
+            )],
+        );
+        let out = run_plan(&plan);
+        let ids = format!("SELECT id FROM {dst} ORDER BY id");
+        match mode {
+            "fail" => {
+                assert_eq!(out.code, Some(1), "{out}");
+                assert!(
+                    out.stderr.contains("key 2")
+                        && out.stderr.contains(&format!("column {column}"))
+                        && out.stderr.contains(problem),
+                    "the error names neither the key, the column nor {problem:?}: {out}"
+                );
+            }
+            "skip" => {
+                assert_eq!(out.code, Some(0), "{out}");
+                let s = |v: &str| Some(v.to_string());
+                assert_eq!(snapshot(t, &ids).await, vec![vec![s("1")], vec![s("3")]]);
+                let letters = dead_letters_by_key(&plan);
+                assert_eq!(letters.len(), 1, "{letters:?}");
+                assert_eq!(letters[0].0, 2, "{letters:?}");
+                assert!(
+                    letters[0].1.contains(&format!("column {column}"))
+                        && letters[0].1.contains(problem),
+                    "{letters:?}"
+                );
+                // `verify` reads the source as the copy does: the row set aside is listed.
+                let (code, json) = verify_json(&plan);
+                assert_eq!(code, Some(1), "{json}");
+                assert_eq!(json["steps"][0]["set_aside"], 1, "{json}");
+                assert_eq!(
+                    json["steps"][0]["differences"][0]["set_aside"][0]["key"], "2",
+                    "{json}"
+                );
+            }
+            _ => {
+                assert_eq!(out.code, Some(0), "{out}");
+                let out = gw(&["verify", path_str(&plan)]);
+                assert_eq!(out.code, Some(0), "{out}");
+                let cast = match t.backend {
+                    Backend::MySql => format!("CAST({column} AS CHAR)"),
+                    Backend::Postgres => format!("{column}::text"),
+                    Backend::Sqlite => column.to_string(),
+                };
+                converted = snapshot(t, &format!("SELECT id, {cast} FROM {dst} ORDER BY id")).await;
+            }
+        }
+    }
+    converted
+}
+
+/// Issue 11: a PostgreSQL BC date, which MariaDB's `DATE` cannot hold, is a row error.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn r11_bc_date_into_mariadb_is_a_row_error() {
+    let converted = bad_source_value(
+        Backend::Postgres,
+        Backend::MySql,
+        "d",
+        "DATE",
+        ["'2024-01-02'", "'0044-03-15 BC'", "'2024-01-03'"],
+        "DATE",
+        "years 1 to 9999",
+        Some("null"),
+    )
+    .await;
+    let s = |v: &str| Some(v.to_string());
+    assert_eq!(
+        converted,
+        vec![
+            vec![s("1"), s("2024-01-02")],
+            vec![s("2"), None],
+            vec![s("3"), s("2024-01-03")]
+        ]
+    );
+}
+
+/// Issue 11: a MariaDB date with a zero month (`2024-00-15`), which no other database holds,
+/// is a row error; `convert = { d = "null" }` writes NULL instead.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn r11_mariadb_zero_month_date_is_a_row_error() {
+    let converted = bad_source_value(
+        Backend::MySql,
+        Backend::Postgres,
+        "d",
+        "DATE",
+        ["'2024-01-02'", "'2024-00-15'", "'2024-01-03'"],
+        "DATE",
+        "2024-00-15",
+        Some("null"),
+    )
+    .await;
+    let s = |v: &str| Some(v.to_string());
+    assert_eq!(
+        converted,
+        vec![
+            vec![s("1"), s("2024-01-02")],
+            vec![s("2"), None],
+            vec![s("3"), s("2024-01-03")]
+        ]
+    );
+}
+
+/// Issue 11: SQLite text that is not UTF-8 is a row error into PostgreSQL `text`, and
+/// `convert = { v = "replace" }` (the README's remedy) writes it with U+FFFD.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn r11_sqlite_text_not_utf8_is_a_row_error() {
+    let converted = bad_source_value(
+        Backend::Sqlite,
+        Backend::Postgres,
+        "v",
+        "TEXT",
+        ["'a'", "CAST(X'61FF62' AS TEXT)", "'c'"],
+        "TEXT",
+        "UTF-8",
+        Some("replace"),
+    )
+    .await;
+    let s = |v: &str| Some(v.to_string());
+    assert_eq!(
+        converted,
+        vec![
+            vec![s("1"), s("a")],
+            vec![s("2"), s("a\u{fffd}b")],
+            vec![s("3"), s("c")]
+        ]
+    );
+}
+
+/// Issue 11: a NaN into a SQLite `REAL` column, which SQLite would store as NULL, is a row
+/// error.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn r11_nan_into_sqlite_real_is_a_row_error() {
+    bad_source_value(
+        Backend::Postgres,
+        Backend::Sqlite,
+        "f",
+        "DOUBLE PRECISION",
+        ["1.5", "'NaN'", "2.5"],
+        "REAL",
+        "NaN",
+        None,
+    )
+    .await;
+}
+
 // --- 6. query with a join; fan-out and skip ---------------------------------------------------
 
 /// The history-building story on PostgreSQL: `orders (id, status)`, `order_items (id,

@@ -81,6 +81,46 @@ pub async fn connect(url: &DbUrl, _options: &ConnectOptions) -> Result<MySqlConn
     Ok(conn)
 }
 
+/// Whether a date value has a time of day.
+#[derive(Clone, Copy)]
+enum DateForm {
+    Date,
+    DateTime,
+}
+
+/// A DATE, DATETIME or TIMESTAMP that is no date chrono holds, as its text: MariaDB keeps
+/// `2024-00-15` when `sql_mode` allows a zero month or day (and any day of any month with
+/// `ALLOW_INVALID_DATES`). As text it reaches fitting, which refuses it for the row (naming
+/// the key and column), or `convert` replaces it, rather than failing the whole read.
+/// `None` when the value is not in a form this reads.
+fn invalid_date(row: &MySqlRow, idx: usize, form: DateForm) -> Option<Value> {
+    let raw: Vec<u8> = row.try_get_unchecked(idx).ok()?;
+    date_text(&raw, form).map(Value::Text)
+}
+
+/// The text of a date in the protocol's form: binary (a length, then year, month, day, hour,
+/// minute, second, microseconds) or the text protocol's own text.
+fn date_text(raw: &[u8], form: DateForm) -> Option<String> {
+    let binary = matches!(raw.first(), Some(&n @ (4 | 7 | 11)) if raw.len() == usize::from(n) + 1);
+    if !binary {
+        return std::str::from_utf8(raw).ok().map(str::to_string);
+    }
+    let body = &raw[1..];
+    let year = u16::from_le_bytes([body[0], body[1]]);
+    let mut text = format!("{year:04}-{:02}-{:02}", body[2], body[3]);
+    if let DateForm::DateTime = form {
+        let (h, m, s) = body.get(4..7).map_or((0, 0, 0), |t| (t[0], t[1], t[2]));
+        text.push_str(&format!(" {h:02}:{m:02}:{s:02}"));
+        if let Some(micros) = body.get(7..11) {
+            let micros = u32::from_le_bytes([micros[0], micros[1], micros[2], micros[3]]);
+            if micros != 0 {
+                text.push_str(&format!(".{micros:06}"));
+            }
+        }
+    }
+    Some(text)
+}
+
 /// A MySQL TIME, which is a duration (-838:59:59.999999 to 838:59:59.999999): a time of day
 /// when it is one, else its text (`-01:30:00`, `100:00:00`). Read from the protocol's own
 /// form, since sqlx's type refuses part of the range MariaDB allows.
@@ -198,13 +238,26 @@ fn decode_row(row: &MySqlRow, columns: &Arc<[String]>) -> Result<Row> {
                 "DOUBLE" => Value::Float(row.try_get_unchecked(idx).map_err(classify)?),
                 // DECIMAL travels as text in both protocols: keep it exact.
                 "DECIMAL" => Value::Decimal(row.try_get_unchecked(idx).map_err(classify)?),
-                "DATE" => Value::Date(row.try_get(idx).map_err(classify)?),
+                "DATE" => match row.try_get(idx) {
+                    Ok(date) => Value::Date(date),
+                    Err(e) => invalid_date(row, idx, DateForm::Date).ok_or_else(|| classify(e))?,
+                },
                 "TIME" => {
                     let raw: Vec<u8> = row.try_get_unchecked(idx).map_err(classify)?;
                     mysql_time(&raw)?
                 }
-                "DATETIME" => Value::Timestamp(row.try_get(idx).map_err(classify)?),
-                "TIMESTAMP" => Value::TimestampTz(row.try_get(idx).map_err(classify)?),
+                "DATETIME" => match row.try_get(idx) {
+                    Ok(t) => Value::Timestamp(t),
+                    Err(e) => {
+                        invalid_date(row, idx, DateForm::DateTime).ok_or_else(|| classify(e))?
+                    }
+                },
+                "TIMESTAMP" => match row.try_get(idx) {
+                    Ok(t) => Value::TimestampTz(t),
+                    Err(e) => {
+                        invalid_date(row, idx, DateForm::DateTime).ok_or_else(|| classify(e))?
+                    }
+                },
                 "BINARY" | "VARBINARY" | "BLOB" | "TINYBLOB" | "MEDIUMBLOB" | "LONGBLOB"
                 | "BIT" | "GEOMETRY" => Value::Bytes(row.try_get_unchecked(idx).map_err(classify)?),
                 _ => Value::Text(row.try_get_unchecked(idx).map_err(classify)?),
@@ -453,5 +506,36 @@ impl Conn for MySqlConn {
     async fn server_version(&mut self) -> Result<String> {
         let rows = self.query("SELECT VERSION()", &[]).await?;
         Ok(rows.first().map(|r| text(r.get(0))).unwrap_or_default())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn r11_dates_chrono_cannot_hold_read_as_their_text() {
+        // Binary protocol: a length, then year (little-endian), month, day, time, micros.
+        assert_eq!(
+            date_text(&[4, 0xe8, 0x07, 0, 15], DateForm::Date).as_deref(),
+            Some("2024-00-15")
+        );
+        assert_eq!(
+            date_text(&[7, 0xe8, 0x07, 2, 30, 10, 11, 12], DateForm::DateTime).as_deref(),
+            Some("2024-02-30 10:11:12")
+        );
+        assert_eq!(
+            date_text(
+                &[11, 0xe8, 0x07, 2, 0, 10, 11, 12, 5, 0, 0, 0],
+                DateForm::DateTime
+            )
+            .as_deref(),
+            Some("2024-02-00 10:11:12.000005")
+        );
+        // The text protocol sends the text itself.
+        assert_eq!(
+            date_text(b"2024-00-15", DateForm::Date).as_deref(),
+            Some("2024-00-15")
+        );
     }
 }

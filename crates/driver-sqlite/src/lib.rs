@@ -94,7 +94,13 @@ fn decode_row(row: &SqliteRow, columns: &Arc<[String]>) -> Result<Row> {
             "INTEGER" | "BOOLEAN" => Value::Int(row.try_get::<i64, _>(idx).map_err(classify)?),
             "REAL" => Value::Float(row.try_get::<f64, _>(idx).map_err(classify)?),
             "BLOB" => Value::Bytes(row.try_get::<Vec<u8>, _>(idx).map_err(classify)?),
-            _ => Value::Text(row.try_get::<String, _>(idx).map_err(classify)?),
+            // SQLite stores whatever bytes it was given as text: text that is not UTF-8 is
+            // kept as its bytes, for fitting to refuse per row (or `convert` to repair),
+            // rather than failing the whole read.
+            _ => {
+                let bytes = row.try_get_unchecked::<Vec<u8>, _>(idx).map_err(classify)?;
+                String::from_utf8(bytes).map_or_else(|e| Value::Bytes(e.into_bytes()), Value::Text)
+            }
         };
         values.push(value);
     }

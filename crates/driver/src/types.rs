@@ -223,6 +223,15 @@ impl SqlType {
                     "{s:?} is MySQL's zero date, which is no date; say what to write instead with `convert = {{ <column> = \"null\" }}`"
                 ))
             }
+            // MariaDB keeps dates with a zero month or day (`2024-00-15`), read as their text:
+            // no other database holds them, and they are no date to guess at.
+            (SqlType::Date | SqlType::Timestamp | SqlType::TimestampTz, V::Text(s))
+                if is_invalid_date(&s) =>
+            {
+                return Err(format!(
+                    "{s:?} is no valid date; say what to write instead with `convert = {{ <column> = \"null\" }}`"
+                ))
+            }
             // Text a transform wrote (Lua sees dates as text) becomes the typed value when it
             // reads as one, so every database gets the same instant; other text is left to
             // the database to parse (PostgreSQL's `infinity`) or refuse.
@@ -294,6 +303,21 @@ fn kind(value: &Value) -> &'static str {
         Value::Timestamp(_) | Value::TimestampTz(_) => "a timestamp",
         Value::TextArray(_) => "an array",
     }
+}
+
+/// Whether `s` is written as a date (`YYYY-MM-DD`, alone or before a time) that is none: a
+/// zero month or day, or a day the month lacks.
+fn is_invalid_date(s: &str) -> bool {
+    let b = s.as_bytes();
+    let digits =
+        |r: std::ops::Range<usize>| b.get(r).is_some_and(|d| d.iter().all(u8::is_ascii_digit));
+    let shaped = digits(0..4)
+        && b.get(4) == Some(&b'-')
+        && digits(5..7)
+        && b.get(7) == Some(&b'-')
+        && digits(8..10)
+        && matches!(b.get(10), None | Some(b' ' | b'T'));
+    shaped && NaiveDate::parse_from_str(&s[..10], "%Y-%m-%d").is_err()
 }
 
 /// The date of a timestamp at midnight; any other time of day would be dropped by a date
@@ -428,6 +452,30 @@ fn is_decimal_text(t: &str) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn r11_dates_that_are_none_are_refused() {
+        for text in [
+            "2024-00-15",
+            "2024-02-30",
+            "2024-01-00 10:00:00",
+            "2024-13-01T00:00:00",
+        ] {
+            let fitted = SqlType::Date.fit(Value::Text(text.into()));
+            assert!(fitted.is_err_and(|e| e.contains("no valid date")), "{text}");
+            assert!(
+                SqlType::Timestamp.fit(Value::Text(text.into())).is_err(),
+                "{text}"
+            );
+        }
+        // Text the database parses (or refuses) itself is left to it.
+        for text in ["infinity", "0044-03-15 BC", "5874897-01-01"] {
+            assert_eq!(
+                SqlType::Date.fit(Value::Text(text.into())),
+                Ok(Value::Text(text.into()))
+            );
+        }
+    }
 
     #[test]
     fn sorts_type_names_of_the_three_databases() {

@@ -496,6 +496,8 @@ pub(crate) struct Column {
     /// The most characters a `varchar(n)`/`char(n)` column holds: a longer text is a bad row
     /// (which `on_row_error = "skip"` can set aside) rather than a failed statement.
     max_chars: Option<usize>,
+    /// The table's database, for the values its columns cannot hold whatever their type.
+    dialect: Dialect,
 }
 
 /// The length limit of a `varchar(n)`, `character varying(n)` or `char(n)` column.
@@ -560,6 +562,26 @@ impl Column {
                 )),
                 _ => Ok(v),
             },
+            // SQLite stores a NaN as NULL, without a word.
+            Value::Float(f) if f.is_nan() && self.dialect == Dialect::Sqlite => {
+                Err("NaN cannot be stored: SQLite would store NULL".to_string())
+            }
+            Value::Date(_) | Value::Timestamp(_) | Value::TimestampTz(_)
+                if self.dialect == Dialect::MySql =>
+            {
+                // MySQL's dates hold the years 1 to 9999 (a PostgreSQL date can be BC). The
+                // text form writes a year beyond them with a sign or a fifth digit.
+                let text = v.text_form().unwrap_or_default();
+                let year = text
+                    .get(..4)
+                    .filter(|_| text.as_bytes().get(4) == Some(&b'-'));
+                match year.and_then(|y| y.parse::<u16>().ok()) {
+                    Some(1..=9999) => Ok(v),
+                    _ => Err(format!(
+                        "{text} is outside the years 1 to 9999 that MySQL holds"
+                    )),
+                }
+            }
             _ => Ok(v),
         }
     }
@@ -655,6 +677,7 @@ impl Columns {
                     data_type: c.data_type.clone(),
                     decimals: Decimals::of(dialect, sql_type, &c.data_type),
                     max_chars: max_chars(dialect, sql_type, &c.data_type),
+                    dialect,
                 };
                 (c.name.to_lowercase(), column)
             })

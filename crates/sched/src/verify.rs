@@ -5,15 +5,17 @@
 //! that together they cover every key (a target row between two source keys, or past the
 //! last one, is found). For each range the source rows are read and transformed exactly as
 //! the copy does, fitted to the target's column types, and both sides are reduced to a count
-//! and a content hash of their rows in a canonical text form (decimals without trailing
-//! zeros, JSON with sorted keys, bytes in hex, timestamps in UTC): the databases print the
-//! same value differently, so the hash is computed here rather than by each database. One
-//! range at a time is in memory.
+//! and a content hash of their rows in a canonical form (decimals without trailing zeros,
+//! JSON with sorted keys, bytes in hex, timestamps in UTC; NULL apart from every text): the
+//! databases print the same value differently, so the hash is computed here rather than by
+//! each database. One range at a time is in memory. Rows the copy sets aside as dead letters
+//! are counted apart and listed: they did not arrive, which is a difference.
 //!
 //! A plain copy within one PostgreSQL database between columns of the same types (the copy
 //! that runs as `INSERT … SELECT`) is the exception: both sides print a value alike, so each
 //! side's count and MD5 are computed by the database (`Digests`) and only a range whose
-//! digests differ is read, to name its first difference.
+//! digests differ is read, to name its first difference. `ROW(…)::text` writes NULL as
+//! nothing and quotes a text that is empty or holds a separator, so no two rows print alike.
 
 use std::collections::BTreeSet;
 use std::hash::{Hash, Hasher};
@@ -25,6 +27,7 @@ use godwit_driver::{
 use godwit_plan::{Plan, StepKind};
 
 use crate::copy::{CopyStep, InDatabase};
+use crate::rows::key_text;
 use crate::step::open_walker;
 use crate::walk::KeyWalk;
 use crate::Error;
@@ -39,12 +42,25 @@ pub struct StepCheck {
     pub step: String,
     /// Key ranges compared.
     pub ranges: u64,
-    /// Rows the copy writes, counted from the source (after the transform).
+    /// Rows the copy writes, counted from the source (after the transform), with the rows it
+    /// sets aside.
     pub source_rows: u64,
+    /// Of `source_rows`, those the copy sets aside as dead letters (`on_row_error = "skip"`):
+    /// rows that did not arrive, each listed in its range's `set_aside`.
+    pub set_aside: u64,
     /// Rows found in the target over the same key ranges.
     pub target_rows: u64,
-    /// The ranges that differ.
+    /// The ranges that differ, or that hold rows set aside.
     pub differences: Vec<RangeDifference>,
+}
+
+/// A source row the copy sets aside as a dead letter instead of writing it.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct SetAside {
+    /// The row's key.
+    pub key: String,
+    /// Why the row is set aside.
+    pub error: String,
 }
 
 /// A key range whose source and target differ.
@@ -54,8 +70,10 @@ pub struct RangeDifference {
     pub after: Option<String>,
     /// Keys up to and including this (`None`: to the highest key).
     pub through: Option<String>,
-    /// Rows the copy writes in this range.
+    /// Rows the copy writes in this range, with the rows it sets aside.
     pub source_rows: u64,
+    /// The rows of this range the copy sets aside as dead letters.
+    pub set_aside: Vec<SetAside>,
     /// Rows the target holds in this range.
     pub target_rows: u64,
     /// The content hashes, as hexadecimal.
@@ -63,7 +81,7 @@ pub struct RangeDifference {
     /// The target's.
     pub target_hash: String,
     /// The first key whose row differs: missing in the target, only in the target, or which
-    /// columns differ.
+    /// columns differ (rows set aside are in `set_aside`, not here).
     pub first_difference: Option<String>,
 }
 
@@ -148,13 +166,14 @@ async fn verify_step(
         step: name.to_string(),
         ranges: 0,
         source_rows: 0,
+        set_aside: 0,
         target_rows: 0,
         differences: Vec::new(),
     };
     let Some(upper) = walk.upper_key(walker).await?.filter(|v| !v.is_null()) else {
         // An empty source: the target must be empty too.
         let side = read_target(target, copy, &target_key, None, None, &[]).await?;
-        compare(&mut check, None, None, Vec::new(), side);
+        compare(&mut check, None, None, (Vec::new(), Vec::new()), side);
         return Ok(check);
     };
     let kind = KeyKind::of(&upper).ok_or_else(|| {
@@ -223,6 +242,7 @@ async fn verify_step(
                 .await?;
             let mut source_rows = Vec::with_capacity(rows.len());
             let mut unwritable: Side = Vec::new();
+            let mut set_aside: Vec<SetAside> = Vec::new();
             let mut names = BTreeSet::new();
             for row in rows {
                 match columns.fit(row.clone(), copy.convert()) {
@@ -236,25 +256,40 @@ async fn verify_step(
                         names.extend(fitted.iter().map(|(n, _)| n.clone()));
                         source_rows.push(fitted);
                     }
-                    // Skipped rows are dead letters, not expected in the target; with
-                    // `on_row_error = "fail"` the copy cannot have written them, and verify
-                    // says so.
-                    Err(problem) if !copy.skips_bad_rows() => {
+                    // With `on_row_error = "fail"` the copy cannot have written the row, and
+                    // verify says so; with `"skip"` it is a dead letter, not expected in the
+                    // target but listed, since it did not arrive.
+                    Err(problem) => {
                         let key = row
                             .iter()
                             .find(|(n, _)| n.eq_ignore_ascii_case(&target_key))
-                            .map_or_else(String::new, |(_, v)| canonical(v));
-                        unwritable.push((key, format!("cannot be written: {problem}")));
+                            .or_else(|| {
+                                row.iter().find(|(n, _)| n.eq_ignore_ascii_case(copy.key()))
+                            })
+                            .map(|(_, v)| v);
+                        let error = format!("cannot be written: {problem}");
+                        if copy.skips_bad_rows() {
+                            // Keyed as the copy's dead letter is, to be found by its key.
+                            let key = key.map_or_else(String::new, key_text);
+                            set_aside.push(SetAside { key, error });
+                        } else {
+                            // Keyed as the target's rows are, to meet a row written anyway.
+                            let key = key.map_or_else(String::new, shown);
+                            unwritable.push((key, Canon::Unwritable(error)));
+                        }
                     }
-                    Err(_) => {}
                 }
             }
-            if !copy.skips_bad_rows() {
-                unwritable.extend(
-                    refused
-                        .into_iter()
-                        .map(|l| (l.key, format!("refused by the transform: {}", l.error))),
-                );
+            for letter in refused {
+                let error = format!("refused by the transform: {}", letter.error);
+                if copy.skips_bad_rows() {
+                    set_aside.push(SetAside {
+                        key: letter.key,
+                        error,
+                    });
+                } else {
+                    unwritable.push((letter.key, Canon::Unwritable(error)));
+                }
             }
             let names: Vec<String> = names.into_iter().collect();
             let mut source = canonical_rows(source_rows, &names, &target_key);
@@ -266,7 +301,7 @@ async fn verify_step(
                 &mut check,
                 after.as_ref().map(shown),
                 through.map(shown),
-                source,
+                (source, set_aside),
                 side,
             );
             after = Some(range.last);
@@ -344,8 +379,19 @@ async fn digests_agree(
     })
 }
 
-/// One side of a range: each row as its key's text and its canonical text, sorted.
-type Side = Vec<(String, String)>;
+/// One side of a range: each row as its key's text and its canonical form, sorted.
+type Side = Vec<(String, Canon)>;
+
+/// A row in the form both sides are compared in. Each value is kept apart with its column's
+/// name, and SQL NULL is `None`, so no text (not `'NULL'`, not one holding a separator) reads
+/// like another value or like NULL.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
+enum Canon {
+    /// The compared columns' names and values' canonical text, in the order of the names.
+    Row(Vec<(String, Option<String>)>),
+    /// A source row the copy cannot write (with `on_row_error = "fail"`), and why.
+    Unwritable(String),
+}
 
 async fn read_target(
     target: &mut dyn Conn,
@@ -413,48 +459,49 @@ async fn read_target(
     Ok(canonical_rows(rows, names, key))
 }
 
-/// Rows as (key, canonical text over `names`), sorted.
+/// Rows as (key, canonical form over `names`), sorted. A column a row lacks reads as NULL,
+/// as the target stores it (when the column has no default).
 fn canonical_rows(rows: Vec<Vec<(String, Value)>>, names: &[String], key: &str) -> Side {
     let mut out: Side = rows
         .into_iter()
         .map(|row| {
             let get = |name: &str| row.iter().find(|(n, _)| n == name).map(|(_, v)| v);
-            let key_text = get(key).map_or_else(String::new, canonical);
-            let text: Vec<String> = names
+            let key_text = get(key).map_or_else(String::new, shown);
+            let values = names
                 .iter()
-                .map(|n| {
-                    format!(
-                        "{n}={}",
-                        get(n).map_or_else(|| "\u{2205}".to_string(), canonical)
-                    )
-                })
+                .map(|n| (n.clone(), get(n).and_then(canonical)))
                 .collect();
-            (key_text, text.join("\u{1f}"))
+            (key_text, Canon::Row(values))
         })
         .collect();
     out.sort();
     out
 }
 
+/// Adds one range to `check`: `source` is the rows the copy writes and those it sets aside.
 fn compare(
     check: &mut StepCheck,
     after: Option<String>,
     through: Option<String>,
-    source: Side,
+    (source, set_aside): (Side, Vec<SetAside>),
     target: Side,
 ) {
+    let source_rows = (source.len() + set_aside.len()) as u64;
     check.ranges += 1;
-    check.source_rows += source.len() as u64;
+    check.source_rows += source_rows;
+    check.set_aside += set_aside.len() as u64;
     check.target_rows += target.len() as u64;
     let (source_hash, target_hash) = (hash(&source), hash(&target));
-    if source.len() == target.len() && source_hash == target_hash {
+    if source.len() == target.len() && source_hash == target_hash && set_aside.is_empty() {
         return;
     }
+    // Rows set aside are listed on their own: `first_difference` is about the rows written.
     let first_difference = first_difference(&source, &target);
     check.differences.push(RangeDifference {
         after,
         through,
-        source_rows: source.len() as u64,
+        source_rows,
+        set_aside,
         target_rows: target.len() as u64,
         source_hash,
         target_hash,
@@ -467,7 +514,7 @@ fn compare(
 fn first_difference(source: &Side, target: &Side) -> Option<String> {
     use std::collections::BTreeMap;
     let group = |side: &'_ Side| {
-        let mut by_key: BTreeMap<String, Vec<String>> = BTreeMap::new();
+        let mut by_key: BTreeMap<String, Vec<Canon>> = BTreeMap::new();
         for (k, r) in side {
             by_key.entry(k.clone()).or_default().push(r.clone());
         }
@@ -497,15 +544,21 @@ fn first_difference(source: &Side, target: &Side) -> Option<String> {
         }
         // Rows are sorted on both sides: the first pair that differs shows the columns.
         let (a, b) = s.iter().zip(t).find(|(a, b)| a != b)?;
+        let (a, b) = match (a, b) {
+            (Canon::Row(a), Canon::Row(b)) => (a, b),
+            (Canon::Unwritable(why), _) | (_, Canon::Unwritable(why)) => {
+                return Some(format!("key {key}: {why}"))
+            }
+        };
+        let shown = |v: &Option<String>| {
+            v.as_ref()
+                .map_or_else(|| "NULL".to_string(), |s| format!("{s:?}"))
+        };
         let columns: Vec<String> = a
-            .split('\u{1f}')
-            .zip(b.split('\u{1f}'))
+            .iter()
+            .zip(b)
             .filter(|(x, y)| x != y)
-            .map(|(x, y)| {
-                let (name, x) = x.split_once('=').unwrap_or(("?", x));
-                let y = y.split_once('=').map_or(y, |(_, y)| y);
-                format!("{name}: source {x:?}, target {y:?}")
-            })
+            .map(|((name, x), (_, y))| format!("{name}: source {}, target {}", shown(x), shown(y)))
             .collect();
         return Some(format!("key {key}: {}", columns.join("; ")));
     }
@@ -520,15 +573,16 @@ fn hash(side: &Side) -> String {
     format!("{:016x}", h.finish())
 }
 
+/// A key's text in messages.
 fn shown(v: &Value) -> String {
-    canonical(v)
+    canonical(v).unwrap_or_else(|| "NULL".to_string())
 }
 
 /// A value's text for comparison across databases: equal values print alike whichever
-/// database gave them.
-fn canonical(v: &Value) -> String {
-    match v {
-        Value::Null => "NULL".to_string(),
+/// database gave them. `None` for SQL NULL, which is no text.
+fn canonical(v: &Value) -> Option<String> {
+    Some(match v {
+        Value::Null => return None,
         Value::Bool(b) => b.to_string(),
         Value::Int(n) => n.to_string(),
         Value::Float(f) => format!("{f}"),
@@ -537,7 +591,7 @@ fn canonical(v: &Value) -> String {
         Value::Bytes(b) => b.iter().map(|x| format!("{x:02x}")).collect(),
         Value::Json(j) => canonical_json(j).to_string(),
         other => other.text_form().unwrap_or_default(),
-    }
+    })
 }
 
 /// A decimal in one form (`1.50` and `1.5e0` are `1.5`); other text as it is.
@@ -567,6 +621,39 @@ fn canonical_json(j: &serde_json::Value) -> serde_json::Value {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// One row `(id 1, a, b)` in its canonical form.
+    fn row(a: Value, b: Value) -> Side {
+        let names = ["a".to_string(), "b".to_string(), "id".to_string()];
+        let row = vec![
+            ("id".into(), Value::Int(1)),
+            ("a".into(), a),
+            ("b".into(), b),
+        ];
+        canonical_rows(vec![row], &names, "id")
+    }
+
+    #[test]
+    fn r11_no_text_reads_like_null_or_another_row() {
+        let text = |s: &str| Value::Text(s.into());
+        assert_ne!(
+            hash(&row(Value::Null, text("x"))),
+            hash(&row(text("NULL"), text("x")))
+        );
+        assert_ne!(
+            hash(&row(Value::Null, text("x"))),
+            hash(&row(text(""), text("x")))
+        );
+        // A text holding what once separated the columns.
+        assert_ne!(
+            hash(&row(text("x\u{1f}b=y"), text("z"))),
+            hash(&row(text("x"), text("y\u{1f}b=z")))
+        );
+        assert_eq!(
+            first_difference(&row(text("NULL"), text("x")), &row(Value::Null, text("x"))),
+            Some("key 1: a: source \"NULL\", target NULL".to_string())
+        );
+    }
 
     #[test]
     fn decimals_compare_by_value() {
