@@ -161,9 +161,12 @@ impl Program {
         max_line_bytes: u64,
     ) -> Result<Vec<Outcome>, Problem> {
         let mut input = String::new();
+        let mut input_lens = Vec::with_capacity(rows.rows.len());
         for values in &rows.rows {
+            let before = input.len();
             input.push_str(&row_line(&rows.columns, values));
             input.push('\n');
+            input_lens.push((input.len() - before) as u64);
         }
         let mut stdin = self
             .stdin
@@ -180,9 +183,12 @@ impl Program {
         let mut line = Vec::new();
         for (i, values) in rows.rows.iter().enumerate() {
             line.clear();
+            // A row wider than the budget (a slice holds at least one row) may come back as
+            // wide: twice its own line is allowed too.
+            let limit = max_line_bytes.max(input_lens.get(i).map_or(0, |n| n.saturating_mul(2)));
             // One byte past the limit tells an over-long line from one that just fits;
             // reading stops there, whatever the program goes on writing.
-            let mut bounded = (&mut self.stdout).take(max_line_bytes.saturating_add(1));
+            let mut bounded = (&mut self.stdout).take(limit.saturating_add(1));
             let read = tokio::time::timeout(timeout, bounded.read_until(b'\n', &mut line)).await;
             let answered = format!("after answering {i} of {} rows", rows.rows.len());
             match read {
@@ -210,10 +216,10 @@ impl Program {
                 }
                 Ok(Ok(_)) => {}
             }
-            if line.len() as u64 > max_line_bytes && line.last() != Some(&b'\n') {
+            if line.len() as u64 > limit && line.last() != Some(&b'\n') {
                 writer.abort();
                 return Err(Problem::permanent(format!(
-                    "answered the row with key {} with a line longer than max_batch_bytes ({max_line_bytes} bytes), {answered}; it was not read further",
+                    "answered the row with key {} with a line longer than {limit} bytes (max_batch_bytes, or twice the row's own line), {answered}; it was not read further",
                     key_text(values)
                 )));
             }

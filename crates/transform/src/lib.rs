@@ -95,7 +95,8 @@ impl Transform {
     /// # Errors
     /// A failure of the transform itself rather than of a row: a Lua row over its time or
     /// memory limit (permanent: the script is at fault), a program that crashed, hung or
-    /// answered nonsense (transient: the batch is retried with a new program).
+    /// answered nonsense (transient: the batch is retried with a new program) or answered a
+    /// line longer than `max_line_bytes` (permanent).
     pub async fn apply(&self, rows: Rows) -> Result<Vec<Outcome>, Error> {
         match self {
             Transform::Lua(pool) => pool.apply(rows).await,
