@@ -474,6 +474,9 @@ pcall = function(...)
   return unpack(r, 1, r.n)
 end
 xpcall = function(f, handler, ...)
+  if type(handler) ~= "function" then
+    error("bad argument #2 to 'xpcall' (function expected, got " .. type(handler) .. ")", 2)
+  end
   -- The handler sees the error first and may replace it: look at it before it does.
   local function seen(e)
     stopped(false, e)

@@ -934,8 +934,10 @@ function transform(row)
     -- The handler sees that error first and replaces it.
     local big = "[" .. ('{"a":1},'):rep(300 * 1000) .. "1]"
     ok, err = xpcall(godwit.json.decode, function(e) return "handled" end, big)
-  else
+  elseif row.id == 5 then
     ok, err = pcall(error, "an ordinary error")
+  else
+    ok, err = xpcall(error, function(e) return "handled: " .. e end, "an ordinary error", 0)
   end
   return {ok = ok, err = tostring(err)}
 end
@@ -961,6 +963,9 @@ end
     let row = row_of(apply_one(&t, &["id"], vec![Value::Int(5)]).await);
     assert_eq!(get(&row, "ok"), &Value::Bool(false));
     assert_eq!(get(&row, "err"), &text("an ordinary error"));
+    let row = row_of(apply_one(&t, &["id"], vec![Value::Int(6)]).await);
+    assert_eq!(get(&row, "ok"), &Value::Bool(false));
+    assert_eq!(get(&row, "err"), &text("handled: an ordinary error"));
 
     let e = refused(
         source_at(
