@@ -58,7 +58,12 @@ fn main() -> ExitCode {
             return ExitCode::from(exit::FAILED);
         }
     };
-    match runtime.block_on(commands::dispatch(args)) {
+    let outcome = runtime.block_on(commands::dispatch(args));
+    // The outcome is recorded by now. A Lua call stuck in a library function (a pathological
+    // string pattern) cannot be interrupted, and dropping the runtime would wait for its
+    // blocking thread forever: give other blocking work a moment, then let the exit end it.
+    runtime.shutdown_timeout(std::time::Duration::from_secs(1));
+    match outcome {
         Ok(code) => ExitCode::from(code),
         Err(e) => {
             eprintln!("error: {e:#}");

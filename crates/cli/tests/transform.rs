@@ -1083,6 +1083,204 @@ async fn runaway_lua_is_stopped_by_its_limits() {
     }
 }
 
+/// Issue 11: a pattern the instruction hook cannot interrupt (one long call into
+/// `string.find`) no longer holds the process: `run` fails the step and exits about a second
+/// after `row_timeout`; SIGTERM stops a run stuck that way; the same pattern in the script's
+/// top-level code fails `check` and `run` at the limit, naming it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn r11_a_runaway_pattern_does_not_hang_run_or_check() {
+    let db = TestDb::new(Backend::Sqlite).await;
+    let table = db.table("pattern");
+    phone_table(&db, &table, 3).await;
+    let pattern = r#"string.find(string.rep("a", 40), string.rep("a*", 40) .. "b")"#;
+    let step = |lua: &str| {
+        format!("name = \"s\"\ntable = \"{table}\"\nkey = \"id\"\nlua = '''\n{lua}\n'''")
+    };
+
+    let per_row = write_plan(
+        &db,
+        "row.toml",
+        &format!("{table}_row"),
+        "row_timeout = \"1s\"",
+        &step(&format!(
+            "function transform(row)\n  return {{note = tostring({pattern})}}\nend"
+        )),
+    );
+    let out = gw_within(&["run", path_str(&per_row)], Duration::from_secs(30));
+    assert_eq!(out.code, Some(1), "{}", out.stderr);
+    assert!(
+        out.stderr.contains("row_timeout (1s)") && out.stderr.contains("could not be stopped"),
+        "{}",
+        out.stderr
+    );
+    assert!(out.took < Duration::from_secs(8), "took {:?}", out.took);
+
+    let at_load = write_plan(
+        &db,
+        "load.toml",
+        &format!("{table}_load"),
+        "row_timeout = \"1s\"",
+        &step(&format!(
+            "local found = {pattern}\nfunction transform(row) return nil end"
+        )),
+    );
+    for command in ["check", "run"] {
+        let out = gw_within(&[command, path_str(&at_load)], Duration::from_secs(30));
+        // `check` lists its problems on stdout, `run` its error on stderr.
+        let printed = format!("{}{}", out.stdout, out.stderr);
+        assert_eq!(out.code, Some(2), "{command}: {printed}");
+        assert!(
+            printed.contains("row_timeout (1s) while loading"),
+            "{command}: {printed}"
+        );
+        assert!(
+            out.took < Duration::from_secs(8),
+            "{command} took {:?}",
+            out.took
+        );
+    }
+
+    // A long limit: SIGTERM, not the limit, ends this run.
+    let stuck = write_plan(
+        &db,
+        "term.toml",
+        &format!("{table}_term"),
+        "row_timeout = \"120s\"",
+        &step(&format!(
+            "function transform(row)\n  print(\"row started\")\n  return {{note = tostring({pattern})}}\nend"
+        )),
+    );
+    let mut cmd = common::godwit();
+    cmd.args(["run", "--grace", "1s", path_str(&stuck)]);
+    let mut watched = KillOnDrop(spawn_watched_cmd(cmd));
+    watched.wait_stderr("the row to start", Duration::from_secs(30), |l| {
+        l.contains("row started")
+    });
+    let signalled = Instant::now();
+    common::send_signal(watched.child.id(), "TERM");
+    let code = watched.finish(Duration::from_secs(20));
+    assert_eq!(code, Some(75), "{}", watched.stderr_text());
+    assert!(
+        signalled.elapsed() < Duration::from_secs(8),
+        "SIGTERM took {:?}",
+        signalled.elapsed()
+    );
+}
+
+/// Issue 11: what a Lua transform writes into JSON and text columns follows one rule: a table
+/// is written only when it is clearly a JSON array or object (else the row fails, naming the
+/// column), a string for a JSON column is JSON text that must parse, a table for a text
+/// column is written as its JSON text.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn r11_json_and_text_columns_take_what_lua_returns_by_one_rule_on_postgres() {
+    let db = isolated_db(Backend::Postgres).await;
+    let table = db.table("docs");
+    db.exec(&format!(
+        "CREATE TABLE {table} (id int PRIMARY KEY, doc jsonb NOT NULL, note text)"
+    ))
+    .await;
+    let values: Vec<String> = (1..=6)
+        .map(|i| format!("({i}, '{{\"a\": 1}}', NULL)"))
+        .collect();
+    insert(&db, &table, "id, doc, note", &values).await;
+    let lua = r#"
+function transform(row)
+  local d = row.doc
+  if row.id == 1 then d.b = {1, 2} return {doc = d, note = {x = 1}} end
+  if row.id == 2 then return {doc = '{"a": 2}'} end
+  if row.id == 3 then d[1] = "first" return {doc = d} end
+  if row.id == 4 then return {doc = {[1] = "a", [3] = "c"}} end
+  if row.id == 5 then return {doc = "hello"} end
+  return {doc = {}, note = godwit.json.array()}
+end
+"#;
+    let plan = write_plan(
+        &db,
+        "plan.toml",
+        &table,
+        "on_row_error = \"skip\"",
+        &format!("name = \"docs\"\ntable = \"{table}\"\nkey = \"id\"\nlua = '''{lua}'''"),
+    );
+    let out = gw(&["run", path_str(&plan)]);
+    assert_eq!(out.code, Some(0), "{}", out.stderr);
+    let rows = snapshot(
+        &db,
+        &format!("SELECT id, doc::text, note FROM {table} ORDER BY id"),
+    )
+    .await;
+    let row = |id: &str, doc: &str, note: Option<&str>| {
+        vec![
+            Some(id.to_string()),
+            Some(doc.to_string()),
+            note.map(str::to_string),
+        ]
+    };
+    assert_eq!(
+        rows,
+        vec![
+            row("1", r#"{"a": 1, "b": [1, 2]}"#, Some(r#"{"x":1}"#)),
+            row("2", r#"{"a": 2}"#, None),
+            row("3", r#"{"a": 1}"#, None),
+            row("4", r#"{"a": 1}"#, None),
+            row("5", r#"{"a": 1}"#, None),
+            row("6", "{}", Some("[]")),
+        ]
+    );
+    let letters = dead_letters_by_key(&plan);
+    assert_eq!(
+        letters.iter().map(|(k, _)| *k).collect::<Vec<_>>(),
+        [3, 4, 5],
+        "{letters:?}"
+    );
+    for (key, error) in &letters {
+        assert!(error.contains("column doc"), "key {key}: {error}");
+    }
+    assert!(
+        letters[0].1.contains("both integer keys"),
+        "{}",
+        letters[0].1
+    );
+    assert!(
+        letters[1].1.contains("not a JSON array"),
+        "{}",
+        letters[1].1
+    );
+    assert!(letters[2].1.contains("not JSON text"), "{}", letters[2].1);
+}
+
+/// Issue 11: a program's answer line is bounded by the step's `max_batch_bytes`; a longer
+/// line fails the run naming the limit and the program.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn r11_a_program_line_over_max_batch_bytes_fails_the_run() {
+    let db = TestDb::new(Backend::Sqlite).await;
+    let table = db.table("longline");
+    phone_table(&db, &table, 3).await;
+    let script = program(
+        &db,
+        "long.py",
+        "import sys\nfor line in sys.stdin:\n    print('{\"note\": \"' + 'x' * (1 << 20) + '\"}')\n",
+    );
+    let plan = write_plan(
+        &db,
+        "plan.toml",
+        &table,
+        "max_batch_bytes = \"64KiB\"",
+        &format!(
+            "name = \"s\"\ntable = \"{table}\"\nkey = \"id\"\ncommand = [\"python3\", \"{}\"]",
+            path_str(&script)
+        ),
+    );
+    let out = gw(&["run", path_str(&plan)]);
+    assert_eq!(out.code, Some(1), "{}", out.stderr);
+    assert!(
+        out.stderr
+            .contains("longer than 65536 bytes (max_batch_bytes")
+            && out.stderr.contains("long.py"),
+        "{}",
+        out.stderr
+    );
+}
+
 /// The sandbox has no `os` or `io`: a script reaching for them fails its row, and the file it
 /// tried to create does not exist.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -178,6 +178,7 @@ pub fn build_transform(
     let limits = Limits {
         row_timeout: settings.row_timeout,
         lua_memory: settings.lua_memory,
+        max_line_bytes: settings.max_batch_bytes,
     };
     let plan_dir = match plan_path.parent() {
         Some(dir) if !dir.as_os_str().is_empty() => dir.to_path_buf(),

@@ -108,23 +108,29 @@ impl CommandPool {
             Some(p) => p,
             None => self.start()?,
         };
-        match program.exchange(&rows, self.limits.row_timeout).await {
+        match program
+            .exchange(&rows, self.limits.row_timeout, self.limits.max_line_bytes)
+            .await
+        {
             Ok(outcomes) => {
                 if let Ok(mut idle) = self.idle.lock() {
                     idle.push(program);
                 }
                 Ok(outcomes)
             }
-            Err(problem) => {
+            Err(Problem {
+                kind,
+                text: problem,
+            }) => {
                 let stderr = program.stop().await;
                 let stderr = if stderr.trim().is_empty() {
                     "its stderr was empty".to_string()
                 } else {
                     format!("its stderr ends with:\n{}", stderr.trim_end())
                 };
-                // Transient: the retry starts a new program, as a crash may not repeat.
+                // Mostly transient: the retry starts a new program, as a crash may not repeat.
                 Err(Error::new(
-                    ErrorKind::Transient,
+                    kind,
                     None,
                     format!(
                         "the transform program `{}` {problem}; {stderr}",
@@ -148,11 +154,19 @@ struct Program {
 
 impl Program {
     /// Writes the rows and reads one answer per row; `Err` says what went wrong.
-    async fn exchange(&mut self, rows: &Rows, timeout: Duration) -> Result<Vec<Outcome>, String> {
+    async fn exchange(
+        &mut self,
+        rows: &Rows,
+        timeout: Duration,
+        max_line_bytes: u64,
+    ) -> Result<Vec<Outcome>, Problem> {
         let mut input = String::new();
+        let mut input_lens = Vec::with_capacity(rows.rows.len());
         for values in &rows.rows {
+            let before = input.len();
             input.push_str(&row_line(&rows.columns, values));
             input.push('\n');
+            input_lens.push((input.len() - before) as u64);
         }
         let mut stdin = self
             .stdin
@@ -166,22 +180,30 @@ impl Program {
             written.and(flushed).map(|()| stdin)
         });
         let mut out = Vec::with_capacity(rows.rows.len());
-        let mut line = String::new();
+        let mut line = Vec::new();
         for (i, values) in rows.rows.iter().enumerate() {
             line.clear();
-            let read = tokio::time::timeout(timeout, self.stdout.read_line(&mut line)).await;
+            // A row wider than the budget (a slice holds at least one row) may come back as
+            // wide: twice its own line is allowed too.
+            let limit = max_line_bytes.max(input_lens.get(i).map_or(0, |n| n.saturating_mul(2)));
+            // One byte past the limit tells an over-long line from one that just fits;
+            // reading stops there, whatever the program goes on writing.
+            let mut bounded = (&mut self.stdout).take(limit.saturating_add(1));
+            let read = tokio::time::timeout(timeout, bounded.read_until(b'\n', &mut line)).await;
             let answered = format!("after answering {i} of {} rows", rows.rows.len());
             match read {
                 Err(_) => {
                     writer.abort();
-                    return Err(format!(
+                    return Err(Problem::from(format!(
                         "did not answer the row with key {} within row_timeout ({timeout:?}), {answered}; it was killed",
                         key_text(values)
-                    ));
+                    )));
                 }
                 Ok(Err(e)) => {
                     writer.abort();
-                    return Err(format!("could not be read from ({e}), {answered}"));
+                    return Err(Problem::from(format!(
+                        "could not be read from ({e}), {answered}"
+                    )));
                 }
                 Ok(Ok(0)) => {
                     writer.abort();
@@ -190,25 +212,39 @@ impl Program {
                         .ok()
                         .and_then(Result::ok)
                         .map_or("closed its stdout".to_string(), |s| format!("exited ({s})"));
-                    return Err(format!("{status} {answered}"));
+                    return Err(Problem::from(format!("{status} {answered}")));
                 }
                 Ok(Ok(_)) => {}
             }
+            if line.len() as u64 > limit && line.last() != Some(&b'\n') {
+                writer.abort();
+                return Err(Problem::permanent(format!(
+                    "answered the row with key {} with a line longer than {limit} bytes (max_batch_bytes, or twice the row's own line), {answered}; it was not read further",
+                    key_text(values)
+                )));
+            }
+            let Ok(line) = std::str::from_utf8(&line) else {
+                writer.abort();
+                return Err(Problem::from(format!(
+                    "answered the row with key {} with a line that is not UTF-8, {answered}",
+                    key_text(values)
+                )));
+            };
             match answer(&rows.columns, values, &rows.bytes_columns, line.trim_end()) {
                 Ok(outcome) => out.push(crate::keep_json_scalars(&rows.columns, values, outcome)),
                 Err(problem) => {
                     writer.abort();
-                    return Err(format!(
+                    return Err(Problem::from(format!(
                         "{problem} for the row with key {}, {answered}",
                         key_text(values)
-                    ));
+                    )));
                 }
             }
         }
         match writer.await {
             Ok(Ok(stdin)) => self.stdin = Some(stdin),
-            Ok(Err(e)) => return Err(format!("stopped reading its stdin ({e})")),
-            Err(e) => return Err(format!("could not be written to ({e})")),
+            Ok(Err(e)) => return Err(Problem::from(format!("stopped reading its stdin ({e})"))),
+            Err(e) => return Err(Problem::from(format!("could not be written to ({e})"))),
         }
         // More output than rows means the answers are out of step with the rows (a stray
         // print); caught here when it arrived in time.
@@ -217,9 +253,9 @@ impl Program {
                 .chars()
                 .take(200)
                 .collect();
-            return Err(format!(
+            return Err(Problem::from(format!(
                 "wrote more lines than it was given rows (extra: {extra:?}); answer exactly one line per row"
-            ));
+            )));
         }
         Ok(out)
     }
@@ -251,6 +287,37 @@ impl Program {
 impl Drop for Program {
     fn drop(&mut self) {
         self.kill_group();
+    }
+}
+
+/// What went wrong with a program, and whether a new program may do better.
+struct Problem {
+    kind: ErrorKind,
+    text: String,
+}
+
+impl Problem {
+    /// A fault a new program would repeat (its answer for these rows is too long).
+    fn permanent(text: String) -> Problem {
+        Problem {
+            kind: ErrorKind::Permanent,
+            text,
+        }
+    }
+}
+
+impl From<String> for Problem {
+    fn from(text: String) -> Problem {
+        Problem {
+            kind: ErrorKind::Transient,
+            text,
+        }
+    }
+}
+
+impl From<&str> for Problem {
+    fn from(text: &str) -> Problem {
+        Problem::from(text.to_string())
     }
 }
 

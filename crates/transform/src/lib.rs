@@ -53,6 +53,9 @@ pub struct Limits {
     pub row_timeout: Duration,
     /// The most memory a Lua interpreter may hold, in bytes.
     pub lua_memory: u64,
+    /// The longest line a program may answer with, in bytes (the step's `max_batch_bytes`):
+    /// reading stops there, so an endless line cannot fill the memory.
+    pub max_line_bytes: u64,
 }
 
 /// Where a script came from, for its error messages.
@@ -92,7 +95,8 @@ impl Transform {
     /// # Errors
     /// A failure of the transform itself rather than of a row: a Lua row over its time or
     /// memory limit (permanent: the script is at fault), a program that crashed, hung or
-    /// answered nonsense (transient: the batch is retried with a new program).
+    /// answered nonsense (transient: the batch is retried with a new program) or answered a
+    /// line longer than `max_line_bytes` (permanent).
     pub async fn apply(&self, rows: Rows) -> Result<Vec<Outcome>, Error> {
         match self {
             Transform::Lua(pool) => pool.apply(rows).await,
@@ -102,20 +106,31 @@ impl Transform {
 }
 
 /// A JSON document that is a bare string, number or boolean reaches a transform as a plain
-/// value; when the transform gives that column back, it is a document again (a JSON string
-/// `"x"` stays a JSON string, not text that would have to parse as JSON).
+/// value; when the transform gives that column back, it is a document again. Numbers and
+/// booleans are JSON as they are. A string given for a JSON column is JSON text, which the
+/// writer parses (so `godwit.json.encode(t)` or a program's `json.dumps(d)` writes a document,
+/// not a string holding one), except the very string the column's document was: given back
+/// unchanged, that stays the JSON string it was.
 pub(crate) fn keep_json_scalars(columns: &[String], input: &[Value], outcome: Outcome) -> Outcome {
-    let was_json = |name: &str| {
+    let input_json = |name: &str| {
         columns
             .iter()
             .position(|c| c == name)
-            .is_some_and(|i| matches!(input.get(i), Some(Value::Json(_))))
+            .and_then(|i| match input.get(i) {
+                Some(Value::Json(j)) => Some(j),
+                _ => None,
+            })
     };
+    let was_json = |name: &str| input_json(name).is_some();
     let fix = |row: Vec<(String, Value)>| -> Vec<(String, Value)> {
         row.into_iter()
             .map(|(name, value)| {
                 let value = match value {
-                    Value::Text(s) if was_json(&name) => Value::Json(s.into()),
+                    Value::Text(s)
+                        if input_json(&name).and_then(|j| j.as_str()) == Some(s.as_str()) =>
+                    {
+                        Value::Json(s.into())
+                    }
                     Value::Int(n) if was_json(&name) => Value::Json(n.into()),
                     Value::Bool(b) if was_json(&name) => Value::Json(b.into()),
                     Value::Float(f) if was_json(&name) => serde_json::Number::from_f64(f)

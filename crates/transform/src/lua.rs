@@ -35,7 +35,7 @@ impl LuaPool {
     /// # Errors
     /// Permanent: the code does not compile, fails while loading, or defines no `transform`.
     pub fn new(source: Source, limits: Limits) -> Result<LuaPool, Error> {
-        let first = Interp::new(&source, limits, Arc::new(Clock::new()))?;
+        let first = load_bounded(&source, limits)?;
         Ok(LuaPool {
             source,
             limits,
@@ -62,7 +62,7 @@ impl LuaPool {
         });
         // The instruction hook cannot stop a long call into a C function (a pathological
         // `string.find`): past the deadline and a grace second, give up on the interpreter.
-        let grace = Duration::from_secs(1);
+        let grace = GRACE;
         let joined = loop {
             tokio::select! {
                 joined = &mut task => break joined,
@@ -88,6 +88,41 @@ impl LuaPool {
     }
 }
 
+/// How long past `row_timeout` a call stuck in a library function is waited for before the
+/// interpreter is given up.
+const GRACE: Duration = Duration::from_secs(1);
+
+/// Builds the first interpreter on a thread of its own and waits for it at most `row_timeout`
+/// and [`GRACE`]. The hook stops top-level code looping in Lua, but not one long call into a
+/// library function (a pathological `string.find`); the thread left in that call belongs to
+/// no runtime, so neither `check` nor `run` waits for it when the process exits.
+fn load_bounded(source: &Source, limits: Limits) -> Result<Interp, Error> {
+    let (sender, receiver) = std::sync::mpsc::channel();
+    let thread_source = source.clone();
+    std::thread::Builder::new()
+        .name("godwit-lua-load".into())
+        .spawn(move || {
+            let loaded = Interp::new(&thread_source, limits, Arc::new(Clock::new()));
+            // The receiver is gone when loading took too long: nothing left to tell.
+            let _ = sender.send(loaded);
+        })
+        .map_err(|e| {
+            Error::permanent(format!("cannot start a thread to load the Lua script: {e}"))
+        })?;
+    match receiver.recv_timeout(limits.row_timeout + GRACE) {
+        Ok(loaded) => loaded,
+        Err(std::sync::mpsc::RecvTimeoutError::Timeout) => Err(Error::permanent(format!(
+            "the Lua script in {} ran longer than row_timeout ({:?}) while loading, inside a library call (such as a string pattern) that could not be stopped",
+            source.file.display(),
+            limits.row_timeout
+        ))),
+        Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => Err(Error::permanent(format!(
+            "loading the Lua script in {} panicked",
+            source.file.display()
+        ))),
+    }
+}
+
 /// The time limit of the row an interpreter is running, shared with its hook, its `pcall`
 /// and the pool's watchdog.
 struct Clock {
@@ -96,6 +131,9 @@ struct Clock {
     deadline: AtomicU64,
     /// Set by the hook when it stopped a row, so that `pcall` cannot swallow the stop.
     timed_out: AtomicBool,
+    /// Set when `pcall` or `xpcall` caught a memory error: passing `lua_memory` fails the
+    /// row's batch even when the script catches it.
+    out_of_memory: AtomicBool,
 }
 
 impl Clock {
@@ -104,6 +142,7 @@ impl Clock {
             epoch: Instant::now(),
             deadline: AtomicU64::new(0),
             timed_out: AtomicBool::new(false),
+            out_of_memory: AtomicBool::new(false),
         }
     }
 
@@ -113,6 +152,7 @@ impl Clock {
 
     fn start(&self, limit: Duration) {
         self.timed_out.store(false, Ordering::Relaxed);
+        self.out_of_memory.store(false, Ordering::Relaxed);
         let due = self.now() + limit.as_nanos() as u64;
         self.deadline.store(due.max(1), Ordering::Relaxed);
     }
@@ -132,6 +172,11 @@ impl Clock {
             self.timed_out.store(true, Ordering::Relaxed);
         }
         over
+    }
+
+    /// Whether the running row hit `lua_memory` (even if the script caught the error).
+    fn memory_hit(&self) -> bool {
+        self.out_of_memory.load(Ordering::Relaxed)
     }
 
     /// Whether the running row is past its deadline by more than `grace`.
@@ -198,12 +243,16 @@ impl Interp {
             .set_mode(ChunkMode::Text)
             .exec();
         let timed_out = clock.expired();
+        let memory_hit = clock.memory_hit();
         clock.stop();
         if timed_out {
             return Err(Error::permanent(format!(
                 "the Lua script in {name} ran longer than row_timeout ({:?}) while loading",
                 limits.row_timeout
             )));
+        }
+        if memory_hit {
+            return Err(fail(mlua::Error::MemoryError("caught by pcall".into())));
         }
         loaded.map_err(fail)?;
         let transform = match lua.globals().get::<mlua::Value>("transform") {
@@ -245,7 +294,11 @@ impl Interp {
             self.clock.start(self.limits.row_timeout);
             let result = self.transform.call::<mlua::Value>(table);
             let timed_out = self.clock.expired();
+            let memory_hit = self.clock.memory_hit();
             self.clock.stop();
+            if memory_hit {
+                return Err(over_memory(values));
+            }
             if timed_out {
                 return Err(Error::permanent(format!(
                     "the Lua transform ran longer than row_timeout ({:?}) on the row with key {}",
@@ -352,7 +405,13 @@ fn install_sandbox(lua: &Lua, clock: Arc<Clock>) -> mlua::Result<()> {
     let json = lua.create_table()?;
     json.raw_set(
         "encode",
-        lua.create_function(|lua, value: mlua::Value| Ok(lua_to_json(lua, value)?.to_string()))?,
+        lua.create_function(|lua, value: mlua::Value| match lua_to_json(lua, value) {
+            Ok(json) => Ok(json.to_string()),
+            Err(e) => Err(mlua::Error::runtime(format!(
+                "godwit.json.encode: {}",
+                first_part(&e)
+            ))),
+        })?,
     )?;
     json.raw_set(
         "decode",
@@ -381,9 +440,16 @@ fn install_sandbox(lua: &Lua, clock: Arc<Clock>) -> mlua::Result<()> {
         })?,
     )?;
     json.raw_set("array_mt", lua.array_metatable())?;
+    // Told what each `pcall`/`xpcall` caught; true when the row must stop (time up, or a
+    // memory error the script would otherwise swallow).
     godwit.raw_set(
-        "_over",
-        lua.create_function(move |_, ()| Ok(clock.expired()))?,
+        "_stopped",
+        lua.create_function(move |_, (ok, caught): (bool, mlua::Value)| {
+            if !ok && is_memory_value(&caught) {
+                clock.out_of_memory.store(true, Ordering::Relaxed);
+            }
+            Ok(clock.expired() || clock.memory_hit())
+        })?,
     )?;
     godwit.raw_set("json", json)?;
     globals.raw_set("godwit", godwit)?;
@@ -398,18 +464,26 @@ load = function(chunk, name, mode, ...)
   if select('#', ...) > 0 then return raw_load(chunk, name, "t", ...) end
   return raw_load(chunk, name, "t")
 end
--- A stopped row stays stopped: `pcall` must not swallow the time limit.
+-- A stopped row stays stopped: `pcall` must not swallow the time limit or a memory error.
 local raw_pcall, raw_xpcall, pack, unpack = pcall, xpcall, table.pack, table.unpack
-local over = godwit._over
-godwit._over = nil
+local stopped = godwit._stopped
+godwit._stopped = nil
 pcall = function(...)
   local r = pack(raw_pcall(...))
-  if over() then error("row_timeout", 0) end
+  if stopped(r[1], r[2]) then error("row stopped: row_timeout or lua_memory", 0) end
   return unpack(r, 1, r.n)
 end
-xpcall = function(...)
-  local r = pack(raw_xpcall(...))
-  if over() then error("row_timeout", 0) end
+xpcall = function(f, handler, ...)
+  if type(handler) ~= "function" then
+    error("bad argument #2 to 'xpcall' (function expected, got " .. type(handler) .. ")", 2)
+  end
+  -- The handler sees the error first and may replace it: look at it before it does.
+  local function seen(e)
+    stopped(false, e)
+    return handler(e)
+  end
+  local r = pack(raw_xpcall(f, seen, ...))
+  if stopped(r[1], r[2]) then error("row stopped: row_timeout or lua_memory", 0) end
   return unpack(r, 1, r.n)
 end
 -- A finalizer (__gc) runs outside any row's time limit: refused.
@@ -525,29 +599,142 @@ fn big_number(lua: &Lua, digits: &str) -> mlua::Result<mlua::Value> {
     Ok(mlua::Value::Table(t))
 }
 
+/// How deep tables may nest in a JSON document: deeper is taken for a table that contains
+/// itself.
+const MAX_JSON_DEPTH: usize = 200;
+
 /// Lua tables as a JSON document, big numbers back to the numbers they hold.
+///
+/// A table is written as what it clearly is, never as a guess that drops keys: a JSON array
+/// when it carries the array marker (`godwit.json.array`, every decoded array) or its keys are
+/// exactly the integers 1..n; a JSON object when every key is a string; the empty table `{}`
+/// is an object. Any other table (integer and string keys mixed, integer keys with holes,
+/// keys of other types) is an error, as is a value JSON cannot hold (a function, NaN).
 fn lua_to_json(lua: &Lua, value: mlua::Value) -> mlua::Result<serde_json::Value> {
-    let mut json: serde_json::Value = lua.from_value(value)?;
-    restore_big_numbers(&mut json);
-    Ok(json)
+    let marks = JsonMarks {
+        array: lua.array_metatable(),
+        number: lua.named_registry_value(BIG_NUMBER)?,
+    };
+    value_to_json(&marks, value, 0).map_err(mlua::Error::runtime)
 }
 
-fn restore_big_numbers(json: &mut serde_json::Value) {
+/// The metatables that say what a table stands for in JSON.
+struct JsonMarks {
+    array: mlua::Table,
+    number: mlua::Table,
+}
+
+fn value_to_json(
+    marks: &JsonMarks,
+    value: mlua::Value,
+    depth: usize,
+) -> Result<serde_json::Value, String> {
     use serde_json::Value as J;
-    match json {
-        J::Object(map) => {
-            if map.len() == 1 {
-                if let Some(J::String(digits)) = map.get(BIG_NUMBER) {
-                    if let Ok(n) = digits.parse::<serde_json::Number>() {
-                        *json = J::Number(n);
-                        return;
-                    }
-                }
+    Ok(match value {
+        mlua::Value::Nil => J::Null,
+        mlua::Value::LightUserData(p) if p.0.is_null() => J::Null,
+        mlua::Value::Boolean(b) => J::Bool(b),
+        mlua::Value::Integer(n) => J::from(n),
+        mlua::Value::Number(f) => match serde_json::Number::from_f64(f) {
+            Some(n) => J::Number(n),
+            None => return Err(format!("{f} cannot be written as JSON")),
+        },
+        mlua::Value::String(s) => match s.to_str() {
+            Ok(text) => J::String(text.to_string()),
+            Err(_) => return Err("a string that is not UTF-8 cannot be written as JSON".into()),
+        },
+        mlua::Value::Table(t) => table_to_json(marks, t, depth)?,
+        other => return Err(format!("a {} cannot be written as JSON", other.type_name())),
+    })
+}
+
+fn table_to_json(
+    marks: &JsonMarks,
+    table: mlua::Table,
+    depth: usize,
+) -> Result<serde_json::Value, String> {
+    use serde_json::Value as J;
+    if depth >= MAX_JSON_DEPTH {
+        return Err(format!(
+            "tables nested deeper than {MAX_JSON_DEPTH} levels (does a table contain itself?) cannot be written as JSON"
+        ));
+    }
+    let metatable = table.metatable();
+    if metatable.as_ref() == Some(&marks.number) {
+        let digits: String = table.raw_get(BIG_NUMBER).map_err(|e| first_part(&e))?;
+        return digits
+            .parse::<serde_json::Number>()
+            .map(J::Number)
+            .map_err(|_| format!("{digits:?} is not a JSON number"));
+    }
+    let marked_array = metatable.as_ref() == Some(&marks.array);
+    let mut items: Vec<(i64, mlua::Value)> = Vec::new();
+    let mut fields = serde_json::Map::new();
+    for pair in table.pairs::<mlua::Value, mlua::Value>() {
+        let (key, value) = pair.map_err(|e| first_part(&e))?;
+        match key {
+            mlua::Value::Integer(i) => items.push((i, value)),
+            mlua::Value::String(name) => {
+                let name = name
+                    .to_str()
+                    .map_err(|_| "a table key that is not UTF-8 cannot be written as JSON")?
+                    .to_string();
+                let value = value_to_json(marks, value, depth + 1)?;
+                fields.insert(name, value);
             }
-            map.values_mut().for_each(restore_big_numbers);
+            other => {
+                return Err(format!(
+                    "a table with a {} key cannot be written as JSON",
+                    other.type_name()
+                ))
+            }
         }
-        J::Array(items) => items.iter_mut().for_each(restore_big_numbers),
-        _ => {}
+    }
+    if marked_array && !fields.is_empty() {
+        let first_name = fields.keys().next().cloned().unwrap_or_default();
+        return Err(format!(
+            "a table marked as a JSON array has a string key ({first_name:?})"
+        ));
+    }
+    if !items.is_empty() && !fields.is_empty() {
+        let first_name = fields.keys().next().cloned().unwrap_or_default();
+        let first_index = items.iter().map(|(i, _)| *i).min().unwrap_or_default();
+        return Err(format!(
+            "a table with both integer keys ({first_index}) and string keys ({first_name:?}) is neither a JSON array nor a JSON object"
+        ));
+    }
+    if items.is_empty() && !marked_array {
+        return Ok(J::Object(fields));
+    }
+    // An array: its keys must be exactly 1..n (godwit.null stands for a JSON null).
+    items.sort_by_key(|(i, _)| *i);
+    let clean = items
+        .iter()
+        .enumerate()
+        .all(|(at, (i, _))| usize::try_from(*i).is_ok_and(|i| i == at + 1));
+    if !clean {
+        let shown: Vec<String> = items.iter().take(5).map(|(i, _)| i.to_string()).collect();
+        let more = if items.len() > 5 { ", …" } else { "" };
+        return Err(format!(
+            "a table with integer keys {}{more} is not a JSON array: its keys must be 1 to {} without holes (write godwit.null for a JSON null)",
+            shown.join(", "),
+            items.len()
+        ));
+    }
+    let mut array = Vec::with_capacity(items.len());
+    for (_, value) in items {
+        array.push(value_to_json(marks, value, depth + 1)?);
+    }
+    Ok(J::Array(array))
+}
+
+/// Whether a value `pcall` caught is a memory error: Lua's own (its message, the string
+/// Lua raises for every failed allocation) or one raised inside a Rust helper.
+fn is_memory_value(caught: &mlua::Value) -> bool {
+    match caught {
+        mlua::Value::String(s) => s.as_bytes().as_ref() == b"not enough memory",
+        mlua::Value::Error(e) => is_memory_error(e),
+        _ => false,
     }
 }
 

@@ -14,6 +14,7 @@ fn limits(row_timeout: Duration) -> Limits {
     Limits {
         row_timeout,
         lua_memory: 64 << 20,
+        max_line_bytes: 16 << 20,
     }
 }
 
@@ -565,6 +566,121 @@ async fn a_non_json_answer_fails_the_batch_naming_the_line() {
         .await
         .expect_err("a bare number is not an answer");
     assert!(e.message().contains("answered 5"), "{e}");
+}
+
+/// Issue 11: an answer line is bounded by the step's `max_batch_bytes`: a longer line, or one
+/// that never ends, fails the batch naming the limit and the program, and reading stops at
+/// the limit instead of taking the whole line into memory.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn r11_an_answer_line_longer_than_max_batch_bytes_fails_the_batch() {
+    let dir = TempDir::new().unwrap();
+    let programs = [
+        (
+            "long.py",
+            "import sys\nfor line in sys.stdin:\n    print('{\"v\": \"' + 'x' * (4 << 20) + '\"}')\n",
+        ),
+        (
+            "endless.py",
+            "import sys\nsys.stdin.readline()\nchunk = 'x' * 65536\nwhile True:\n    sys.stdout.write(chunk)\n",
+        ),
+    ];
+    for (name, code) in programs {
+        let t = Transform::command(
+            python(&dir, name, code),
+            dir.path().to_path_buf(),
+            Limits {
+                max_line_bytes: 64 << 10,
+                ..limits(SLOW)
+            },
+        );
+        let Err(e) = t.apply(batch(&["id"], vec![vec![Value::Int(7)]])).await else {
+            panic!("{name}: an over-long line was accepted");
+        };
+        assert_eq!(e.kind(), ErrorKind::Permanent, "{name}: {e}");
+        let m = e.message();
+        assert!(
+            m.contains("longer than 65536 bytes (max_batch_bytes"),
+            "{name}: {m}"
+        );
+        assert!(m.contains(&format!("python3 {name}")), "{name}: {m}");
+        assert!(m.contains("key 7"), "{name}: {m}");
+    }
+
+    // A line up to the limit is read as usual.
+    let t = Transform::command(
+        python(
+            &dir,
+            "fits.py",
+            "import sys\nfor line in sys.stdin:\n    print('{\"v\": \"' + 'x' * 60000 + '\"}')\n",
+        ),
+        dir.path().to_path_buf(),
+        Limits {
+            max_line_bytes: 64 << 10,
+            ..limits(SLOW)
+        },
+    );
+    let out = t
+        .apply(batch(&["id"], vec![vec![Value::Int(7)]]))
+        .await
+        .unwrap();
+    assert_eq!(get(row_of(&out[0]), "v"), &text(&"x".repeat(60000)));
+
+    // A row wider than the budget may come back as wide.
+    let t = Transform::command(
+        python(
+            &dir,
+            "echo.py",
+            "import sys\nfor line in sys.stdin:\n    print(line.replace('\"id\": 7, ', '').replace('\"id\":7,', ''), end='')\n",
+        ),
+        dir.path().to_path_buf(),
+        Limits {
+            max_line_bytes: 64 << 10,
+            ..limits(SLOW)
+        },
+    );
+    let wide = "y".repeat(100_000);
+    let out = t
+        .apply(batch(&["id", "v"], vec![vec![Value::Int(7), text(&wide)]]))
+        .await
+        .unwrap();
+    assert_eq!(get(row_of(&out[0]), "v"), &text(&wide));
+}
+
+/// Issue 11: as in Lua, a string a program returns for a JSON column is JSON text for the
+/// writer to parse (`json.dumps(doc)`), not a JSON string holding it; the string a JSON-string
+/// document arrived as, given back unchanged, stays that document.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn r11_a_string_a_program_returns_for_a_json_column_is_json_text() {
+    let dir = TempDir::new().unwrap();
+    let t = command(
+        &dir,
+        "dumps.py",
+        r#"
+import json, sys
+for line in sys.stdin:
+    row = json.loads(line)
+    if row["id"] == 1:
+        print(json.dumps({"doc": json.dumps({"a": 2})}))
+    else:
+        print(json.dumps({"doc": row["doc"]}))
+"#,
+        SLOW,
+    );
+    let out = t
+        .apply(batch(
+            &["id", "doc"],
+            vec![
+                vec![Value::Int(1), Value::Json(json!({"a": 1}))],
+                vec![Value::Int(2), Value::Json(json!("{\"a\":2}"))],
+            ],
+        ))
+        .await
+        .unwrap();
+    assert_eq!(get(row_of(&out[0]), "doc"), &text("{\"a\": 2}"));
+    assert_eq!(
+        get(row_of(&out[1]), "doc"),
+        &Value::Json(json!("{\"a\":2}"))
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

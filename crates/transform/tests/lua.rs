@@ -17,6 +17,7 @@ fn limits() -> Limits {
     Limits {
         row_timeout: Duration::from_secs(10),
         lua_memory: 64 * MIB,
+        max_line_bytes: 16 * MIB,
     }
 }
 
@@ -357,6 +358,136 @@ async fn scalar_json_documents_survive_the_identity_transform() {
     }
 }
 
+/// Issue 11: a table is written as JSON only when it is clearly an array (the array marker, or
+/// keys exactly 1..n) or an object (string keys); anything else is a row error naming the
+/// column, never a guess that drops keys. `{}` is an object, `godwit.json.array()` an array.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn r11_tables_neither_array_nor_object_are_row_errors_naming_the_column() {
+    let t = compile(
+        r#"
+local cases = {
+  index_on_object = function(d) d[1] = "first" return d end,
+  mixed = function() return {[1] = "a", x = "b"} end,
+  holes = function() return {[1] = "a", [3] = "c"} end,
+  from_zero = function() return {[0] = "z", [1] = "a"} end,
+  marked_with_name = function() local a = godwit.json.array({1}) a.x = 2 return a end,
+  bool_key = function() return {[true] = 1} end,
+  nested = function(d) return {outer = {inner = {[2] = "b"}}} end,
+  nan = function() return {x = 0/0} end,
+  fn = function() return {f = print} end,
+  encoded = function() return godwit.json.encode({[1] = "a", x = "b"}) end,
+}
+function transform(row)
+  return {doc = cases[row.case](row.doc)}
+end
+"#,
+    );
+    let wanted = [
+        (
+            "index_on_object",
+            "both integer keys (1) and string keys (\"a\")",
+        ),
+        ("mixed", "both integer keys (1) and string keys (\"x\")"),
+        ("holes", "integer keys 1, 3 is not a JSON array"),
+        ("from_zero", "integer keys 0, 1 is not a JSON array"),
+        (
+            "marked_with_name",
+            "marked as a JSON array has a string key (\"x\")",
+        ),
+        ("bool_key", "a boolean key"),
+        ("nested", "integer keys 2 is not a JSON array"),
+        ("nan", "cannot be written as JSON"),
+        ("fn", "a function cannot be written as JSON"),
+        (
+            "encoded",
+            "godwit.json.encode: a table with both integer keys",
+        ),
+    ];
+    for (case, message) in wanted {
+        let error = row_error(
+            apply_one(
+                &t,
+                &["id", "case", "doc"],
+                vec![Value::Int(1), text(case), Value::Json(json!({"a": 1}))],
+            )
+            .await,
+        );
+        assert!(error.contains(message), "{case}: {error}");
+        if case != "encoded" {
+            assert!(error.starts_with("column doc: "), "{case}: {error}");
+        }
+    }
+
+    let t = compile(
+        r#"
+function transform(row)
+  local d = row.doc
+  d.list[#d.list + 1] = "appended"
+  d.added = {}
+  return {
+    doc = d,
+    empty = {},
+    empty_array = godwit.json.array(),
+    list = {"a", godwit.null, "c"},
+    untouched_list = row.list,
+  }
+end
+"#,
+    );
+    let row = row_of(
+        apply_one(
+            &t,
+            &["id", "doc", "list"],
+            vec![
+                Value::Int(1),
+                Value::Json(json!({"a": 1, "1": "string key", "list": [], "obj": {}})),
+                Value::Json(json!([])),
+            ],
+        )
+        .await,
+    );
+    assert_eq!(
+        get(&row, "doc"),
+        &Value::Json(
+            json!({"a": 1, "1": "string key", "list": ["appended"], "obj": {}, "added": {}})
+        )
+    );
+    assert_eq!(get(&row, "empty"), &Value::Json(json!({})));
+    assert_eq!(get(&row, "empty_array"), &Value::Json(json!([])));
+    assert_eq!(get(&row, "list"), &Value::Json(json!(["a", null, "c"])));
+    assert_eq!(get(&row, "untouched_list"), &Value::Json(json!([])));
+}
+
+/// Issue 11: a string returned for a JSON column is JSON text for the writer to parse (what
+/// `godwit.json.encode` gives), not a JSON string holding it; the string a JSON-string
+/// document arrived as, given back unchanged, stays that document.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn r11_a_string_for_a_json_column_is_json_text() {
+    let t = compile(
+        r#"
+function transform(row)
+  if row.id == 1 then return {doc = '{"a":2}'} end
+  if row.id == 2 then return {doc = godwit.json.encode({a = 3})} end
+  return {doc = row.doc}
+end
+"#,
+    );
+    let doc = Value::Json(json!({"a": 1}));
+    let row = row_of(apply_one(&t, &["id", "doc"], vec![Value::Int(1), doc.clone()]).await);
+    assert_eq!(get(&row, "doc"), &text("{\"a\":2}"));
+    let row = row_of(apply_one(&t, &["id", "doc"], vec![Value::Int(2), doc]).await);
+    assert_eq!(get(&row, "doc"), &text("{\"a\":3}"));
+    let row = row_of(
+        apply_one(
+            &t,
+            &["id", "doc"],
+            vec![Value::Int(3), Value::Json(json!("{\"a\":2}"))],
+        )
+        .await,
+    );
+    assert_eq!(get(&row, "doc"), &Value::Json(json!("{\"a\":2}")));
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn return_values_map_to_outcomes() {
     let t = compile(
@@ -648,6 +779,7 @@ fn short_limits() -> Limits {
     Limits {
         row_timeout: Duration::from_millis(200),
         lua_memory: 16 * MIB,
+        max_line_bytes: 16 * MIB,
     }
 }
 
@@ -720,6 +852,7 @@ end
         Limits {
             row_timeout: Duration::from_secs(30),
             lua_memory: 16 * MIB,
+            max_line_bytes: 16 * MIB,
         },
     );
     let started = Instant::now();
@@ -771,10 +904,77 @@ end
         e.message().contains("lua_memory") && e.message().contains("key 2"),
         "{e}"
     );
-    // Caught by the script, the memory error is an ordinary Lua error.
-    let row = row_of(apply_one(&t, &["id"], vec![Value::Int(3)]).await);
+    // Caught by the script, passing the memory limit still fails the batch (issue 11).
+    let e = t
+        .apply(batch(&["id"], vec![vec![Value::Int(3)]]))
+        .await
+        .expect_err("over lua_memory, caught by pcall");
+    assert!(
+        e.message().contains("lua_memory") && e.message().contains("key 3"),
+        "{e}"
+    );
+}
+
+/// Issue 11: `pcall` and `xpcall` catch the memory error, but passing `lua_memory` fails the
+/// batch whatever the script does, per row and while loading.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn r11_a_memory_error_caught_by_pcall_still_fails_the_batch() {
+    let t = compile_with(
+        r#"
+function transform(row)
+  local ok, err
+  if row.id == 1 then
+    ok, err = pcall(string.rep, "x", 100 * 1024 * 1024)
+  elseif row.id == 2 then
+    ok, err = xpcall(string.rep, function(e) return "handled" end, "x", 100 * 1024 * 1024)
+  elseif row.id == 3 then
+    -- Over the limit inside a Rust helper: 300,000 tables from 2.4 MB of JSON.
+    ok, err = pcall(godwit.json.decode, "[" .. ('{"a":1},'):rep(300 * 1000) .. "1]")
+  elseif row.id == 4 then
+    -- The handler sees that error first and replaces it.
+    local big = "[" .. ('{"a":1},'):rep(300 * 1000) .. "1]"
+    ok, err = xpcall(godwit.json.decode, function(e) return "handled" end, big)
+  elseif row.id == 5 then
+    ok, err = pcall(error, "an ordinary error")
+  else
+    ok, err = xpcall(error, function(e) return "handled: " .. e end, "an ordinary error", 0)
+  end
+  return {ok = ok, err = tostring(err)}
+end
+"#,
+        Limits {
+            row_timeout: Duration::from_secs(20),
+            lua_memory: 16 * MIB,
+            max_line_bytes: 16 * MIB,
+        },
+    );
+    for id in 1..=4 {
+        let e = t
+            .apply(batch(&["id"], vec![vec![Value::Int(id)]]))
+            .await
+            .expect_err("over lua_memory, caught by the script");
+        assert_eq!(e.kind(), ErrorKind::Permanent);
+        assert!(
+            e.message().contains("lua_memory") && e.message().contains(&format!("key {id}")),
+            "row {id}: {e}"
+        );
+    }
+    // Other errors stay the script's to catch, on the same pool.
+    let row = row_of(apply_one(&t, &["id"], vec![Value::Int(5)]).await);
     assert_eq!(get(&row, "ok"), &Value::Bool(false));
-    assert_eq!(get(&row, "err"), &text("not enough memory"));
+    assert_eq!(get(&row, "err"), &text("an ordinary error"));
+    let row = row_of(apply_one(&t, &["id"], vec![Value::Int(6)]).await);
+    assert_eq!(get(&row, "ok"), &Value::Bool(false));
+    assert_eq!(get(&row, "err"), &text("handled: an ordinary error"));
+
+    let e = refused(
+        source_at(
+            "local ok = pcall(string.rep, 'x', 100 * 1024 * 1024)\nfunction transform(row) end",
+            1,
+        ),
+        short_limits(),
+    );
+    assert!(e.message().contains("lua_memory"), "{e}");
 }
 
 #[test]
@@ -816,6 +1016,71 @@ end
         .expect("apply returns within 5 s")
         .expect_err("the runaway fails the batch");
     assert!(e.message().contains("row_timeout"), "{e}");
+}
+
+/// Issue 11: the time limit holds inside `xpcall` too (the wrapper's check, not the watchdog a
+/// second later): a handler that swallows `row_timeout` does not keep the row running.
+#[test]
+fn r11_a_runaway_that_catches_the_timeout_with_xpcall_ends_at_row_timeout() {
+    let t = compile_with(
+        r#"
+function transform(row)
+  while true do xpcall(function() while true do end end, function(e) return e end) end
+end
+"#,
+        short_limits(),
+    );
+    let started = Instant::now();
+    let result = within(
+        Duration::from_secs(5),
+        t.apply(batch(&["id"], vec![vec![Value::Int(1)]])),
+    );
+    let took = started.elapsed();
+    let e = result
+        .expect("apply returns within 5 s")
+        .expect_err("the runaway fails the batch");
+    assert!(
+        e.message().contains("row_timeout") && e.message().contains("key 1"),
+        "{e}"
+    );
+    assert!(
+        !e.message().contains("could not be stopped"),
+        "stopped by the watchdog, not the time limit: {e}"
+    );
+    assert!(took < Duration::from_millis(900), "took {took:?}");
+}
+
+/// Issue 11: top-level code stuck in one library call (a pattern the hook cannot interrupt)
+/// fails the load at about `row_timeout`, naming the limit, instead of hanging `check` and
+/// `run`.
+#[test]
+fn r11_a_runaway_pattern_at_load_time_fails_the_load_at_row_timeout() {
+    let started = Instant::now();
+    // On a thread of its own, so that a load that never returns fails the test instead of
+    // hanging it.
+    let (sender, receiver) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let _ = sender.send(refused(
+            source_at(
+                "local found = string.find(string.rep('a', 40), string.rep('a*', 40) .. 'b')\n\
+                 function transform(row) end",
+                1,
+            ),
+            short_limits(),
+        ));
+    });
+    let e = receiver
+        .recv_timeout(Duration::from_secs(5))
+        .expect("the load fails within 5 s");
+    let took = started.elapsed();
+    assert!(took < Duration::from_secs(3), "took {took:?}");
+    assert_eq!(e.kind(), ErrorKind::Permanent);
+    assert!(
+        e.message().contains("row_timeout (200ms)")
+            && e.message().contains("while loading")
+            && e.message().contains("plan.toml"),
+        "{e}"
+    );
 }
 
 #[test]
@@ -1051,6 +1316,7 @@ function transform(row) return {acc = acc} end
     let limits = Limits {
         row_timeout: Duration::from_secs(30),
         lua_memory: 64 * MIB,
+        max_line_bytes: 16 * MIB,
     };
     let started = Instant::now();
     let t = Arc::new(compile_with(code, limits));
