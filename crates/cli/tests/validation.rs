@@ -557,6 +557,7 @@ async fn r11_control_characters_are_escaped_on_output() {
         &format!(
             "name = \"red\\u001b[31m\\u0000step\"\ntable = \"{table}\"\nkey = \"id\"\ncolumns = [\"hits\"]\nlua = '''\n\
              function transform(row)\n\
+               print(\"said\\27[31m\\0so\")\n\
                error(\"bad\\27[31mrow\")\n\
              end\n'''"
         ),
@@ -580,6 +581,9 @@ async fn r11_control_characters_are_escaped_on_output() {
         } else {
             assert!(all.contains("red\\u{1b}[31m\\0step"), "{args:?}: {all}");
             assert!(all.contains("bad\\u{1b}[31mrow"), "{args:?}: {all}");
+            if args[0] == "run" {
+                assert!(all.contains("said\\u{1b}[31m\\0so"), "{args:?}: {all}");
+            }
         }
     }
 }

@@ -361,7 +361,17 @@ fn install_sandbox(lua: &Lua, clock: Arc<Clock>) -> mlua::Result<()> {
             .collect();
         let line = godwit_driver::cap_message(text.join("\t"));
         printed.1 += line.len();
-        tracing::info!(target: "godwit::lua", "{line}");
+        // The log does not escape every control character (a NUL passes): the script's text
+        // must not drive the terminal.
+        let mut shown = String::with_capacity(line.len());
+        for c in line.chars() {
+            if c.is_control() && c != '\t' {
+                shown.extend(c.escape_debug());
+            } else {
+                shown.push(c);
+            }
+        }
+        tracing::info!(target: "godwit::lua", "{shown}");
         if printed.1 >= PRINT_PER_ROW {
             tracing::info!(
                 target: "godwit::lua",
