@@ -343,6 +343,32 @@ impl OwnDb {
     }
 }
 
+/// Issue 11: the stored plan text keeps no password of a URL that does not parse either.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn r11_unparsable_urls_are_stored_redacted() {
+    let db = TestDb::new(Backend::Sqlite).await;
+    let plan = db.plan(
+        "plan.toml",
+        &format!(
+            "name = \"rep\"\ndatabase = \"{}\"\n\
+             replicas = [\"postgres://u:S3cr3t?Q@127.0.0.1/db\", \"host=h password=S3cr3tV dbname=x\"]\n\
+             max_replica_lag = \"10s\"\n[[steps]]\nname = \"s\"\nsql = \"SELECT 1\"\n",
+            db.url
+        ),
+    );
+    let out = run_cmd(&["run", path_str(&plan)]);
+    let all = format!("{}{}", text(&out.stdout), text(&out.stderr));
+    assert_eq!(out.status.code(), Some(0), "{all}");
+    assert!(!all.contains("S3cr3t"), "{all}");
+    let stored = db.query("SELECT plan_text FROM godwit_runs").await;
+    let stored = stored_text(&stored[0][0]);
+    assert!(!stored.contains("S3cr3t"), "{stored}");
+    assert!(
+        stored.contains("[\"postgres://***@127.0.0.1/db\", \"host=h password=*** dbname=x\"]"),
+        "{stored}"
+    );
+}
+
 /// Issue 11: the state database kept a password written in the plan in `godwit_runs.plan_text`.
 /// `submit` refuses such a plan (nothing is stored) and takes it through `${VAR}`; `run` stores
 /// the text with the password redacted.
