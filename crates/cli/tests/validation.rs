@@ -421,7 +421,13 @@ async fn r11_no_literal_password_is_stored(backend: Backend) {
     );
 
     let out = run_cmd(&["run", path_str(&literal)]);
-    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    let err = text(&out.stderr);
+    assert_eq!(out.status.code(), Some(0), "{err}");
+    assert!(
+        err.contains(":2:1: `database` holds a password written in the plan; the stored plan has it as ***, so workers cannot take this run up"),
+        "{err}"
+    );
+    assert!(!err.contains(&password), "{err}");
     let stored = plan_text(table.clone()).await.expect("a stored run");
     assert!(!stored.contains(&password), "{stored}");
     assert!(
