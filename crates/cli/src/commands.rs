@@ -128,6 +128,22 @@ async fn run(args: RunArgs) -> anyhow::Result<u8> {
             plan.name
         );
     }
+    // The state database keeps the plan with such a password redacted (see `submit`), which
+    // workers cannot connect with.
+    let literal = plan
+        .written_urls
+        .iter()
+        .find(|url| godwit::driver::has_password(&url.literal()));
+    if let (Some(url), Mode::Human | Mode::Plain) = (literal, mode) {
+        eprintln!(
+            "note: {}:{}:{}: `{}` holds a password written in the plan; the stored plan has it \
+             as ***, so workers cannot take this run up (write it as ${{VARIABLE}} for them)",
+            args.plan.display(),
+            url.location.line,
+            url.location.column,
+            url.key
+        );
+    }
     execute(&plan, options, args.max_duration, args.grace, mode).await
 }
 

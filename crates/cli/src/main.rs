@@ -7,6 +7,43 @@ macro_rules! outln {
     };
 }
 
+// Every line this binary prints may carry text from a plan, a database or a script (step
+// names, errors): a control character in it (an ANSI escape sequence, a NUL) would reach the
+// terminal raw and could rewrite what the user sees. These shadow the standard macros in every
+// module below, so that no line is printed unescaped, including ones added later.
+/// `eprintln!` with control characters escaped; see [`escape_controls`].
+macro_rules! eprintln {
+    () => {
+        eprintln!("")
+    };
+    ($($arg:tt)*) => {{
+        use std::io::Write;
+        let line = $crate::escape_controls(&format!($($arg)*)).into_owned();
+        let _ = writeln!(std::io::stderr().lock(), "{line}");
+    }};
+}
+
+/// `println!` with control characters escaped; see [`escape_controls`].
+macro_rules! println {
+    () => {
+        println!("")
+    };
+    ($($arg:tt)*) => {{
+        use std::io::Write;
+        let line = $crate::escape_controls(&format!($($arg)*)).into_owned();
+        let _ = writeln!(std::io::stdout().lock(), "{line}");
+    }};
+}
+
+/// `print!` with control characters escaped; see [`escape_controls`].
+macro_rules! print {
+    ($($arg:tt)*) => {{
+        use std::io::Write;
+        let text = $crate::escape_controls(&format!($($arg)*)).into_owned();
+        let _ = write!(std::io::stdout().lock(), "{text}");
+    }};
+}
+
 mod args;
 mod commands;
 mod progress;
@@ -31,7 +68,27 @@ pub(crate) mod exit {
 /// the reader has what it wanted, so the line is dropped instead of panicking.
 pub(crate) fn out(line: impl std::fmt::Display) {
     use std::io::Write;
+    let line = escape_controls(&line.to_string()).into_owned();
     let _ = writeln!(std::io::stdout().lock(), "{line}");
+}
+
+/// `text` with every control character but line feed and tab written as Rust writes it in a
+/// string (`\u{1b}`, `\0`, `\r`), so that text from a plan, a database or a script cannot
+/// drive the terminal. JSON output needs none of this: serde escapes control characters.
+pub(crate) fn escape_controls(text: &str) -> std::borrow::Cow<'_, str> {
+    let is_raw = |c: char| c.is_control() && c != '\n' && c != '\t';
+    if !text.contains(is_raw) {
+        return std::borrow::Cow::Borrowed(text);
+    }
+    let mut out = String::with_capacity(text.len() + 16);
+    for c in text.chars() {
+        if is_raw(c) {
+            out.extend(c.escape_debug());
+        } else {
+            out.push(c);
+        }
+    }
+    std::borrow::Cow::Owned(out)
 }
 
 fn main() -> ExitCode {
@@ -86,5 +143,7 @@ fn init_logging(args: &args::Args) {
     let _ = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
+        // Colours are escape sequences: only for a terminal, never into a log file or pipe.
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .try_init();
 }

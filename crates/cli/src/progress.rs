@@ -175,7 +175,7 @@ fn bar_style(counted: bool) -> ProgressStyle {
 fn bar_for(multi: &MultiProgress, name: &str, p: &StepProgress) -> ProgressBar {
     let bar = multi.add(ProgressBar::new(p.rows_total.unwrap_or(0).max(0) as u64));
     bar.set_style(bar_style(p.rows_total.is_some()));
-    bar.set_prefix(name.to_string());
+    bar.set_prefix(crate::escape_controls(name).into_owned());
     bar.set_position(p.rows_done.max(0) as u64);
     bar.reset_eta();
     bar.enable_steady_tick(Duration::from_millis(200));
@@ -251,7 +251,7 @@ fn handle(
             let line = format!("retrying in {:.1}s: {error}", delay.as_secs_f64());
             match mode {
                 Mode::Human => {
-                    let _ = multi.println(line);
+                    let _ = multi.println(crate::escape_controls(&line));
                 }
                 Mode::Plain => eprintln!("{line}"),
                 Mode::Json | Mode::Quiet => {}

@@ -21,6 +21,8 @@ use serde_json::Value as Json;
 /// `batch_size`; `extra` is added to the increment (a sleep, a division by zero) and must be
 /// 0 when it lets the row through.
 fn plan_text(name: &str, url: &str, table: &str, batch_size: i64, extra: &str) -> String {
+    // Through `${VAR}`: `submit` refuses a password written in the plan.
+    let url = common::plan_url(url);
     format!(
         r#"name = "{name}"
 database = "{url}"

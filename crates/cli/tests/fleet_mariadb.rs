@@ -430,7 +430,7 @@ async fn workers_survive_a_mariadb_restart() {
     db.exec("CREATE TABLE hist (id BIGINT NOT NULL)").await;
     let dir = tempfile::tempdir().expect("temp dir");
     let plan = dir.path().join("plan.toml");
-    std::fs::write(&plan, plan_text(&url)).expect("write plan");
+    std::fs::write(&plan, plan_text(&common::plan_url(&url))).expect("write plan");
 
     let out = run_cmd(&["submit", path_str(&plan)]);
     assert_eq!(out.status.code(), Some(0), "submit: {}", text(&out.stderr));

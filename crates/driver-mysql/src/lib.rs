@@ -395,14 +395,23 @@ impl Conn for MySqlConn {
 
     async fn begin(&mut self, options: TxOptions) -> Result<()> {
         if options.statement_timeout != self.statement_timeout {
-            let secs = options.statement_timeout.map_or(0.0, |d| d.as_secs_f64());
-            let set = if self.mariadb {
-                format!("SET SESSION max_statement_time = {secs:.3}")
-            } else {
-                format!(
+            // Rounded up, never to zero, which would mean no limit at all: MariaDB takes
+            // seconds to the microsecond, MySQL whole milliseconds.
+            let set = match options.statement_timeout {
+                None if self.mariadb => "SET SESSION max_statement_time = 0".to_string(),
+                None => "SET SESSION max_execution_time = 0".to_string(),
+                Some(d) if self.mariadb => {
+                    let micros = d.as_nanos().div_ceil(1_000).max(1);
+                    format!(
+                        "SET SESSION max_statement_time = {}.{:06}",
+                        micros / 1_000_000,
+                        micros % 1_000_000
+                    )
+                }
+                Some(d) => format!(
                     "SET SESSION max_execution_time = {}",
-                    (secs * 1000.0) as u64
-                )
+                    d.as_nanos().div_ceil(1_000_000).max(1)
+                ),
             };
             self.execute_unprepared(&set).await?;
             self.statement_timeout = options.statement_timeout;

@@ -447,9 +447,10 @@ impl Conn for PgConn {
         // One round trip: the settings are local to the transaction and vanish at its end.
         let mut sql = String::from("BEGIN");
         if let Some(timeout) = options.statement_timeout {
+            // Whole milliseconds, rounded up: zero would mean no limit.
             sql.push_str(&format!(
                 "; SET LOCAL statement_timeout = {}",
-                timeout.as_millis().max(1)
+                timeout.as_nanos().div_ceil(1_000_000).max(1)
             ));
         }
         if options.async_commit {

@@ -31,6 +31,25 @@ impl ErrorKind {
     }
 }
 
+/// The most of a message that is printed or stored, in bytes; see [`cap_message`].
+pub const MAX_MESSAGE: usize = 4096;
+
+/// `text` cut to at most [`MAX_MESSAGE`] bytes (on a character boundary) and a note saying
+/// how many bytes were cut; shorter text as it is.
+pub fn cap_message(mut text: String) -> String {
+    if text.len() <= MAX_MESSAGE {
+        return text;
+    }
+    let mut end = MAX_MESSAGE;
+    while !text.is_char_boundary(end) {
+        end -= 1;
+    }
+    let cut = text.len() - end;
+    text.truncate(end);
+    text.push_str(&format!("… ({cut} more bytes cut)"));
+    text
+}
+
 /// A database error with the database's own code where it gave one.
 #[derive(Debug, Clone)]
 pub struct Error {
@@ -44,11 +63,15 @@ pub struct Error {
 
 impl Error {
     /// Builds an error; backends call this after classifying the database's code.
+    ///
+    /// A message longer than [`MAX_MESSAGE`] keeps its start and says how much was cut: a
+    /// script's `error(string.rep("E", 30 * 1024 * 1024))` must neither flood the terminal nor
+    /// overflow what the state database takes (MariaDB's `max_allowed_packet`).
     pub fn new(kind: ErrorKind, code: Option<String>, message: impl Into<String>) -> Error {
         Error {
             kind,
             code,
-            message: message.into(),
+            message: cap_message(message.into()),
             row_refused: false,
         }
     }
@@ -114,3 +137,38 @@ impl fmt::Display for Error {
 }
 
 impl std::error::Error for Error {}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn r11_caps_huge_messages_on_a_char_boundary() {
+        let short = "E".repeat(MAX_MESSAGE);
+        assert_eq!(cap_message(short.clone()), short);
+        let huge = "E".repeat(30 * 1024 * 1024);
+        let err = Error::permanent(huge);
+        assert!(err.message().starts_with("EEEE"));
+        assert!(
+            err.message().len() < MAX_MESSAGE + 64,
+            "{}",
+            err.message().len()
+        );
+        assert!(
+            err.message().ends_with(&format!(
+                "… ({} more bytes cut)",
+                30 * 1024 * 1024 - MAX_MESSAGE
+            )),
+            "{}",
+            &err.message()[MAX_MESSAGE - 10..]
+        );
+        // A three-byte character across the limit is left out whole.
+        let text = format!("{}€€", "a".repeat(MAX_MESSAGE - 1));
+        let capped = cap_message(text);
+        assert!(
+            capped.starts_with(&format!("{}…", "a".repeat(MAX_MESSAGE - 1))),
+            "{capped}"
+        );
+        assert!(capped.ends_with("(6 more bytes cut)"), "{capped}");
+    }
+}

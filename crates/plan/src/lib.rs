@@ -29,7 +29,9 @@ use std::fmt;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-pub use crate::model::{Convert, OnConflict, OnRowError, Plan, Script, Settings, Step, StepKind};
+pub use crate::model::{
+    Convert, OnConflict, OnRowError, Plan, Script, Settings, Step, StepKind, WrittenUrl,
+};
 
 /// A 1-based line and column in the plan file.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Default)]
@@ -44,16 +46,39 @@ impl Location {
     /// The location of byte offset `offset` in `text` (an offset inside a character counts as
     /// that character; one past the end as the end).
     pub fn of_offset(text: &str, offset: usize) -> Location {
-        let mut offset = offset.min(text.len());
-        while !text.is_char_boundary(offset) {
+        LineIndex::new(text).location(offset)
+    }
+}
+
+/// Where each line of a text starts, so that locating an offset costs a binary search and a
+/// walk over its own line, not a walk from the start of the text: a plan of many steps asks
+/// for a location per key, and scanning from the start each time made `check` quadratic.
+pub(crate) struct LineIndex<'t> {
+    text: &'t str,
+    /// The byte offset of each line's first character; the first is 0.
+    starts: Vec<usize>,
+}
+
+impl<'t> LineIndex<'t> {
+    pub(crate) fn new(text: &'t str) -> LineIndex<'t> {
+        let starts = std::iter::once(0)
+            .chain(text.match_indices('\n').map(|(i, _)| i + 1))
+            .collect();
+        LineIndex { text, starts }
+    }
+
+    /// As [`Location::of_offset`].
+    pub(crate) fn location(&self, offset: usize) -> Location {
+        let mut offset = offset.min(self.text.len());
+        while !self.text.is_char_boundary(offset) {
             offset -= 1;
         }
-        let before = &text[..offset];
-        let line = before.matches('\n').count() + 1;
-        let line_start = before.rfind('\n').map_or(0, |i| i + 1);
+        // The number of lines starting at or before `offset`; at least 1, as line 1 starts at 0.
+        let line = self.starts.partition_point(|&start| start <= offset);
+        let line_start = self.starts[line - 1];
         Location {
             line,
-            column: before[line_start..].chars().count() + 1,
+            column: self.text[line_start..offset].chars().count() + 1,
         }
     }
 }

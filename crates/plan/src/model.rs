@@ -33,8 +33,45 @@ pub struct Plan {
     pub probe_query: Option<String>,
     /// The plan file.
     pub path: PathBuf,
-    /// The file's exact text, stored with the run.
+    /// The file's exact text. It may hold a password written literally: see `written_urls`.
     pub text: String,
+    /// Every database URL as written in `text`, before `${VAR}` is expanded, so that a
+    /// password written literally can be found and kept out of what is stored.
+    pub written_urls: Vec<WrittenUrl>,
+}
+
+/// A database URL as written in the plan file (`database`, `[state] database`, `replicas`, a
+/// step's `source`), `${VAR}` not expanded. Has no `Debug`: the text may hold a password.
+#[derive(Clone, PartialEq)]
+pub struct WrittenUrl {
+    /// The key it is the value of.
+    pub key: String,
+    /// The URL as written (TOML escapes decoded), `${VAR}` left as is.
+    pub text: String,
+    /// The byte range of the value in the plan's text, its quotes included.
+    pub span: std::ops::Range<usize>,
+    /// Where the value starts.
+    pub location: Location,
+}
+
+impl WrittenUrl {
+    /// The text with every `${VAR}` left out: what the user wrote literally. A password found
+    /// here did not come from the environment.
+    pub fn literal(&self) -> String {
+        let mut out = String::with_capacity(self.text.len());
+        let mut rest = self.text.as_str();
+        while let Some(start) = rest.find("${") {
+            out.push_str(&rest[..start]);
+            match rest[start..].find('}') {
+                Some(len) => rest = &rest[start + len + 1..],
+                None => {
+                    rest = "";
+                }
+            }
+        }
+        out.push_str(rest);
+        out
+    }
 }
 
 /// `url` with the password of `scheme://user:password@host` and of a `password=` parameter

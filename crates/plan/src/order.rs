@@ -3,7 +3,7 @@
 use std::collections::HashMap;
 
 use crate::parse::{closest, Span};
-use crate::Location;
+use crate::LineIndex;
 
 /// What the order checks need of a step with a valid name, whatever else is wrong with it.
 #[derive(Debug, Clone)]
@@ -16,14 +16,14 @@ pub(crate) struct NamedStep {
 }
 
 /// Every problem across `steps`, each with the span it points at.
-pub(crate) fn check(text: &str, steps: &[NamedStep]) -> Vec<(Span, String)> {
+pub(crate) fn check(lines: &LineIndex<'_>, steps: &[NamedStep]) -> Vec<(Span, String)> {
     let mut problems = Vec::new();
     // The first step of each name; later ones are the duplicates.
     let mut index: HashMap<&str, usize> = HashMap::new();
     for (i, step) in steps.iter().enumerate() {
         match index.get(step.name.as_str()) {
             Some(&first) => {
-                let line = Location::of_offset(text, steps[first].name_span.start).line;
+                let line = lines.location(steps[first].name_span.start).line;
                 problems.push((
                     step.name_span.clone(),
                     format!(
@@ -144,7 +144,7 @@ mod tests {
                 after_key_span: None,
             })
             .collect();
-        let got: Vec<String> = super::check("", &steps)
+        let got: Vec<String> = super::check(&LineIndex::new(""), &steps)
             .into_iter()
             .map(|(_, message)| message)
             .collect();
@@ -187,7 +187,7 @@ mod tests {
                 after_key_span: None,
             })
             .collect();
-        let problems = super::check("", &steps);
+        let problems = super::check(&LineIndex::new(""), &steps);
         assert_eq!(problems.len(), 1);
         assert!(problems[0]
             .1

@@ -12,9 +12,11 @@ use std::time::Duration;
 
 use toml::de::{DeTable, DeValue};
 
-use crate::model::{Convert, OnConflict, OnRowError, Plan, Script, Settings, Step, StepKind};
+use crate::model::{
+    Convert, OnConflict, OnRowError, Plan, Script, Settings, Step, StepKind, WrittenUrl,
+};
 use crate::order::{self, NamedStep};
-use crate::{parse_duration, Location, PlanError, PlanErrors};
+use crate::{parse_duration, LineIndex, Location, PlanError, PlanErrors};
 
 /// A byte range in the plan text.
 pub(crate) type Span = Range<usize>;
@@ -257,19 +259,27 @@ fn parse_factor(text: &str) -> Option<f64> {
     number.trim().parse::<f64>().ok()
 }
 
+/// The longest time limit every database takes: PostgreSQL's `statement_timeout` and
+/// `idle_in_transaction_session_timeout` are whole milliseconds in an `int`; MariaDB's
+/// `max_statement_time` and `wait_timeout` go to a year, and MySQL's `max_execution_time` further.
+pub(crate) const LONGEST_SESSION_TIMEOUT: Duration = Duration::from_millis(i32::MAX as u64);
+
 /// Reading state: the text for locations, and the problems found so far.
 struct Ctx<'a> {
     text: &'a str,
+    lines: LineIndex<'a>,
     path: &'a Path,
     env: &'a dyn Fn(&str) -> Option<String>,
     errors: Vec<PlanError>,
     /// The step being read, named in front of its problems.
     step: Option<String>,
+    /// The database URLs read so far, as written.
+    urls: Vec<WrittenUrl>,
 }
 
 impl Ctx<'_> {
     fn loc(&self, span: &Span) -> Location {
-        Location::of_offset(self.text, span.start)
+        self.lines.location(span.start)
     }
 
     /// Records `message` at `span` as it is.
@@ -468,6 +478,28 @@ impl Ctx<'_> {
     }
 
     /// A size in bytes, written as a string such as "64MiB" or "512KB", or a number of bytes.
+    /// A duration a database session setting carries (`batch_timeout` is PostgreSQL's
+    /// `statement_timeout` and MariaDB's `max_statement_time`; `lease` bounds an idle
+    /// transaction, `idle_in_transaction_session_timeout` and `wait_timeout`): at most
+    /// [`LONGEST_SESSION_TIMEOUT`], which every database takes, so that `check` refuses what
+    /// `run` would fail on.
+    fn session_duration(&mut self, table: &DeTable<'_>, key: &str) -> Option<Duration> {
+        let d = self.duration(table, key)?;
+        if d <= LONGEST_SESSION_TIMEOUT {
+            return Some(d);
+        }
+        let at = table.get(key).map_or(0..0, |v| v.span());
+        self.error(
+            &at,
+            format!(
+                "`{key}` must be at most \"{}ms\" (about 24 days, the longest time limit \
+                 PostgreSQL takes)",
+                LONGEST_SESSION_TIMEOUT.as_millis()
+            ),
+        );
+        None
+    }
+
     fn byte_size(&mut self, table: &DeTable<'_>, key: &str) -> Option<u64> {
         let value = table.get(key)?;
         let span = value.span();
@@ -515,6 +547,12 @@ impl Ctx<'_> {
 
     /// Expands `${VAR}` in a URL written at `span`, reporting problems at `at`.
     fn expand(&mut self, key: &str, text: &str, at: &Span) -> Option<String> {
+        self.urls.push(WrittenUrl {
+            key: key.to_string(),
+            text: text.to_string(),
+            span: at.clone(),
+            location: self.loc(at),
+        });
         match expand_vars(key, text, self.env) {
             Ok(url) if url.trim().is_empty() => {
                 self.error(at, format!("`{key}` must not be empty"));
@@ -532,9 +570,14 @@ impl Ctx<'_> {
 
     /// A URL with `${VAR}` expanded; problems point at the key.
     fn url(&mut self, table: &DeTable<'_>, key: &str) -> Option<String> {
-        let (text, _) = self.string(table, key)?;
+        let (text, value_at) = self.string(table, key)?;
         let at = key_span(table, key)?;
-        self.expand(key, &text, &at)
+        let url = self.expand(key, &text, &at);
+        // The value's own span, for finding it in the text again; problems point at the key.
+        if let Some(written) = self.urls.last_mut() {
+            written.span = value_at;
+        }
+        url
     }
 
     fn table<'t, 'i>(&mut self, parent: &'t DeTable<'i>, key: &str) -> Option<&'t DeTable<'i>> {
@@ -564,10 +607,10 @@ impl Ctx<'_> {
                 Err(_) => self.error(&span, "`max_attempts` is too large"),
             }
         }
-        if let Some(d) = self.duration(table, "lease") {
+        if let Some(d) = self.session_duration(table, "lease") {
             s.lease = d;
         }
-        if let Some(d) = self.duration(table, "batch_timeout") {
+        if let Some(d) = self.session_duration(table, "batch_timeout") {
             s.batch_timeout = d;
         }
         if let Some((v, span)) = self.string(table, "on_row_error") {
@@ -754,10 +797,12 @@ pub(crate) fn parse(
     };
     let mut cx = Ctx {
         text,
+        lines: LineIndex::new(text),
         path,
         env,
         errors: Vec::new(),
         step: None,
+        urls: Vec::new(),
     };
     cx.unknown_keys(&root, Section::Top, "the plan");
 
@@ -848,7 +893,7 @@ pub(crate) fn parse(
         },
         None => cx.error_unlocated("the plan has no steps; add a [[steps]] table"),
     }
-    for (span, message) in order::check(text, &named) {
+    for (span, message) in order::check(&cx.lines, &named) {
         cx.push(&span, message);
     }
 
@@ -878,6 +923,7 @@ pub(crate) fn parse(
         probe_query,
         path: path.to_path_buf(),
         text: text.to_string(),
+        written_urls: cx.urls,
     })
 }
 
@@ -1154,6 +1200,97 @@ mod tests {
 
     /// Where the Lua code of the contract plan's steps starts.
     const LUA_LINE: usize = 40;
+
+    /// Issue 11: `check` took 45 s on 20,000 steps, as locating each key walked the text from
+    /// its start. The locations of the last step must still be right.
+    #[test]
+    fn r11_parses_a_plan_of_20000_steps() {
+        let mut text = HEAD.to_string();
+        for i in 0..20_000 {
+            text.push_str(&format!("[[steps]]\nname = \"s{i}\"\nsql = \"SELECT 1\"\n"));
+            if i > 0 {
+                text.push_str(&format!("after = [\"s{}\"]\n", i - 1));
+            }
+        }
+        let plan = parse_ok(&text);
+        assert_eq!(plan.steps.len(), 20_000);
+        let last = &plan.steps[19_999];
+        assert_eq!(last.after, ["s19998"]);
+        assert_eq!(
+            last.location,
+            Location::of_offset(&text, text.rfind("[[steps]]").unwrap())
+        );
+        assert_eq!(last.location.line, 4 * 19_999 + 2);
+        assert_eq!(last.key_locations["after"].line, last.location.line + 3);
+        // A duplicate far down names the line of the first.
+        text.push_str("[[steps]]\nname = \"s1\"\nsql = \"SELECT 1\"\n");
+        let errors = parse(&text, Path::new("p.toml"), &env)
+            .unwrap_err()
+            .to_string();
+        assert!(errors.contains("already exists at line 7;"), "{errors}");
+    }
+
+    /// Issue 11: "9999999999h" passed `check`, then `run` failed on PostgreSQL's "invalid value".
+    #[test]
+    fn r11_refuses_time_limits_no_database_takes() {
+        check_steps(
+            "[defaults]\nbatch_timeout = \"9999999999h\"\nlease = \"2147483648ms\"\n\
+             [[steps]]\nname = \"a\"\nsql = \"SELECT 1\"\nlease = \"25days\"\n",
+            "p.toml:4:17: `batch_timeout` must be at most \"2147483647ms\" (about 24 days, the longest time limit PostgreSQL takes)\n\
+             p.toml:5:9: `lease` must be at most \"2147483647ms\" (about 24 days, the longest time limit PostgreSQL takes)\n\
+             p.toml:9:9: step \"a\": `lease` must be at most \"2147483647ms\" (about 24 days, the longest time limit PostgreSQL takes)",
+        );
+        let plan = parse_ok(&format!(
+            "{HEAD}[defaults]\nbatch_timeout = \"2147483647ms\"\nlease = \"24days\"\n\
+             [[steps]]\nname = \"a\"\nsql = \"SELECT 1\"\n"
+        ));
+        assert_eq!(
+            plan.steps[0].settings.batch_timeout,
+            LONGEST_SESSION_TIMEOUT
+        );
+    }
+
+    #[test]
+    fn r11_keeps_each_url_as_written() {
+        let plan = parse_ok(
+            "name = \"x\"\ndatabase = \"postgres://u:${DB}@h/d\"\n\
+             [state]\ndatabase = \"postgres://u:p\\u0040w@h/d\"\n\
+             [[steps]]\nname = \"a\"\nsql = \"SELECT 1\"\n",
+        );
+        let urls: Vec<(&str, &str, String, usize)> = plan
+            .written_urls
+            .iter()
+            .map(|u| {
+                (
+                    u.key.as_str(),
+                    u.text.as_str(),
+                    u.literal(),
+                    u.location.line,
+                )
+            })
+            .collect();
+        assert_eq!(
+            urls,
+            [
+                (
+                    "database",
+                    "postgres://u:${DB}@h/d",
+                    "postgres://u:@h/d".to_string(),
+                    2
+                ),
+                (
+                    "database",
+                    "postgres://u:p@w@h/d",
+                    "postgres://u:p@w@h/d".to_string(),
+                    4
+                ),
+            ]
+        );
+        assert_eq!(
+            &plan.text[plan.written_urls[1].span.clone()],
+            "\"postgres://u:p\\u0040w@h/d\""
+        );
+    }
     const COPY_LUA_LINE: usize = 60;
 
     const CONTRACT_PLAN: &str = r#"name = "vn-phones"                     # required; identifies the run in the state database

@@ -791,6 +791,8 @@ pub(crate) fn refuse_row(
     names: &[String],
     values: &[Value],
 ) -> Result<DeadLetter, Error> {
+    // A script's error may be megabytes long: printed and stored, only its start.
+    let problem = godwit_driver::cap_message(problem);
     match on_row_error {
         OnRowError::Fail => Err(Error::permanent(format!(
             "the row with key {key}: {problem} (on_row_error = \"skip\" records such rows and goes on)"

@@ -391,7 +391,7 @@ async fn same_database(state: &StateStore, pool: &ConnPool) -> bool {
 fn run_spec(plan: &Plan) -> RunSpec {
     RunSpec {
         name: plan.name.clone(),
-        plan_text: plan.text.clone(),
+        plan_text: stored_plan_text(plan),
         steps: plan
             .steps
             .iter()
@@ -407,13 +407,65 @@ fn run_spec(plan: &Plan) -> RunSpec {
     }
 }
 
+/// The URLs of `plan` that hold a password written literally, not through `${VAR}`.
+fn literal_passwords(plan: &Plan) -> impl Iterator<Item = &godwit_plan::WrittenUrl> {
+    plan.written_urls
+        .iter()
+        .filter(|url| godwit_driver::has_password(&url.literal()))
+}
+
+/// The plan's text as the state database keeps it: every URL holding a password written
+/// literally is replaced by its redacted form, since anyone reading the state tables would
+/// read it. Such a stored plan cannot connect, so workers cannot take it up; `submit` refuses
+/// it for that reason and `run`, whose own process has the plan, stores it anyway.
+fn stored_plan_text(plan: &Plan) -> String {
+    let mut text = plan.text.clone();
+    let mut literal: Vec<_> = literal_passwords(plan).collect();
+    // From the end, so the spans still to replace stay valid.
+    literal.sort_by_key(|url| std::cmp::Reverse(url.span.start));
+    for url in literal {
+        if text.get(url.span.clone()).is_none() {
+            continue;
+        }
+        let redacted = godwit_driver::redact_url(&url.text);
+        text.replace_range(url.span.clone(), &toml_string(&redacted));
+    }
+    text
+}
+
+/// `value` as a TOML basic string.
+fn toml_string(value: &str) -> String {
+    let mut out = String::with_capacity(value.len() + 2);
+    out.push('"');
+    for c in value.chars() {
+        match c {
+            '"' => out.push_str("\\\""),
+            '\\' => out.push_str("\\\\"),
+            c if c.is_control() => out.push_str(&format!("\\u{:04X}", u32::from(c))),
+            c => out.push(c),
+        }
+    }
+    out.push('"');
+    out
+}
+
 /// Stores the plan's run in its state database for workers (`godwit submit`), after the
 /// same checks as [`run`]; changes no data. Submitting a plan whose run exists already
 /// leaves that run as it is.
 ///
 /// # Errors
-/// As [`run`]: the plan cannot run, differs from the stored run, or a database is unreachable.
+/// As [`run`]: the plan cannot run, differs from the stored run, or a database is unreachable;
+/// [`crate::ErrorKind::Invalid`] when a URL of the plan holds a password written literally,
+/// which the stored plan must not keep.
 pub async fn submit(plan: &Plan) -> Result<RunStart, Error> {
+    if let Some(url) = literal_passwords(plan).next() {
+        return Err(Error::invalid(format!(
+            "line {}, column {}: `{}` holds a password written in the plan, which the state \
+             database would keep for anyone to read; write it as ${{VARIABLE}} (workers read \
+             their own environment)",
+            url.location.line, url.location.column, url.key
+        )));
+    }
     let prepared = prepare(plan).await?;
     let state = open_state(&prepared.state_url).await?;
     state

@@ -244,7 +244,7 @@ pub(crate) async fn open_walker(
             "SET enable_seqscan = off; SET enable_bitmapscan = off; SET enable_sort = off; \
              SET jit = off; SET max_parallel_workers_per_gather = 0; \
              SET statement_timeout = {}",
-            timeout.as_millis().max(1)
+            timeout.as_nanos().div_ceil(1_000_000).max(1)
         ))
         .await?;
     }

@@ -22,6 +22,9 @@ use crate::{Limits, Outcome, Rows, Source};
 /// How many VM instructions run between two looks at the clock: about 0.1 ms of Lua.
 const HOOK_EVERY: u32 = 10_000;
 
+/// The most one row's `print` calls show, in bytes.
+const PRINT_PER_ROW: usize = 64 * 1024;
+
 /// Compiled interpreters for one step, handed to one batch at a time.
 pub struct LuaPool {
     source: Source,
@@ -391,12 +394,44 @@ fn install_sandbox(lua: &Lua, clock: Arc<Clock>) -> mlua::Result<()> {
     }
     let string: mlua::Table = globals.get("string")?;
     string.raw_set("dump", mlua::Value::Nil)?;
-    let print = lua.create_function(|_, args: mlua::Variadic<mlua::Value>| {
+    // A `print` in a loop must not flood the log: each call shows at most
+    // `godwit_driver::MAX_MESSAGE` bytes, and a row at most `PRINT_PER_ROW`, then one notice.
+    // The row is told apart by its deadline, which the clock sets afresh for each row.
+    let printed = Mutex::new((0_u64, 0_usize));
+    let print_clock = clock.clone();
+    let print = lua.create_function(move |_, args: mlua::Variadic<mlua::Value>| {
+        let row = print_clock.deadline.load(Ordering::Relaxed);
+        let mut printed = printed.lock().unwrap_or_else(|e| e.into_inner());
+        if printed.0 != row {
+            *printed = (row, 0);
+        }
+        if printed.1 >= PRINT_PER_ROW {
+            return Ok(());
+        }
         let text: Vec<String> = args
             .iter()
             .map(|v| v.to_string().unwrap_or_else(|_| v.type_name().to_string()))
             .collect();
-        tracing::info!(target: "godwit::lua", "{}", text.join("\t"));
+        let line = godwit_driver::cap_message(text.join("\t"));
+        printed.1 += line.len();
+        // The log does not escape every control character (a NUL passes): the script's text
+        // must not drive the terminal.
+        let mut shown = String::with_capacity(line.len());
+        for c in line.chars() {
+            if c.is_control() && c != '\t' {
+                shown.extend(c.escape_debug());
+            } else {
+                shown.push(c);
+            }
+        }
+        tracing::info!(target: "godwit::lua", "{shown}");
+        if printed.1 >= PRINT_PER_ROW {
+            tracing::info!(
+                target: "godwit::lua",
+                limit = PRINT_PER_ROW,
+                "this row printed more than the limit; its further print calls are not shown"
+            );
+        }
         Ok(())
     })?;
     globals.raw_set("print", print)?;

@@ -154,7 +154,48 @@ pub fn uuid_like() -> String {
 pub fn godwit() -> Command {
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_godwit"));
     cmd.env_remove("RUST_LOG");
+    for (var, url_var) in PASSWORD_VARS {
+        if let Some(password) = std::env::var(url_var).ok().as_deref().and_then(password_of) {
+            cmd.env(var, password);
+        }
+    }
     cmd
+}
+
+/// For each test server, the variable through which plans given to `submit` reach its
+/// password, and the variable holding its URL. `submit` refuses a password written in the
+/// plan, which the state database would keep (issue 11); [`godwit`] sets these.
+const PASSWORD_VARS: [(&str, &str); 2] = [
+    ("GODWIT_TEST_PG_PASSWORD", "GODWIT_TEST_PG"),
+    ("GODWIT_TEST_MYSQL_PASSWORD", "GODWIT_TEST_MYSQL"),
+];
+
+/// The password of `scheme://user:password@host/…`, if it has one.
+fn password_of(url: &str) -> Option<&str> {
+    let (_, rest) = url.split_once("://")?;
+    let (user_info, _) = rest.rsplit_once('@')?;
+    user_info.split_once(':').map(|(_, password)| password)
+}
+
+/// `url` as a plan for `submit` and workers writes it: its password, if any, as the
+/// `${VAR}` that [`godwit`] sets to the test server's password.
+pub fn plan_url(url: &str) -> String {
+    let Some(password) = password_of(url) else {
+        return url.to_string();
+    };
+    let var = if url.starts_with("mysql") || url.starts_with("mariadb") {
+        PASSWORD_VARS[1]
+    } else {
+        PASSWORD_VARS[0]
+    };
+    let server = std::env::var(var.1).unwrap_or_else(|_| panic!("{} is not set", var.1));
+    assert_eq!(
+        password_of(&server),
+        Some(password),
+        "{url} has another password than {}",
+        var.1
+    );
+    url.replacen(&format!(":{password}@"), &format!(":${{{}}}@", var.0), 1)
 }
 
 pub fn run_cmd(args: &[&str]) -> Output {
