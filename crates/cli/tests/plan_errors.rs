@@ -149,6 +149,56 @@ fn unknown_key_suggests_the_right_one() {
     );
 }
 
+/// Issue 12: a plan key this version would read and then ignore (a throttle, a guard, a
+/// threshold) is refused by every command that reads a plan, `submit` included, naming the key
+/// where it is written; nothing is created.
+#[test]
+fn keys_not_supported_yet_are_refused() {
+    let dir = Dir::new();
+    let plan = dir.write(
+        "later.toml",
+        &format!(
+            "name = \"x\"\n{}replicas = [\"postgres://r/d\"]\nmax_replica_lag = \"10s\"\n\
+             max_latency_increase = \"2x\"\nprobe_query = \"SELECT 1\"\n\
+             [expect]\nmax_duration = \"2h\"\n\
+             [defaults]\ntarget_batch_time = \"500ms\"\nadaptive = false\nmin_batch_size = 10\n\
+             [[steps]]\nname = \"a\"\nsql = \"SELECT 1\"\nmax_batch_size = 100\n\
+             max_rows_per_second = 50\nthrottle_query = \"SELECT false\"\n",
+            dir.database_line()
+        ),
+    );
+    let says = |at: &str, key: &str, what: &str| {
+        format!(
+            "later.toml:{at}: `{key}` in {what} is not supported yet: this version would accept it and do nothing, so the plan is refused; remove the key to run without it"
+        )
+    };
+    let expected = [
+        says("3:1", "replicas", "the plan"),
+        says("4:1", "max_replica_lag", "the plan"),
+        says("5:1", "max_latency_increase", "the plan"),
+        says("6:1", "probe_query", "the plan"),
+        says("8:1", "max_duration", "[expect]"),
+        says("10:1", "target_batch_time", "[defaults]"),
+        says("11:1", "adaptive", "[defaults]"),
+        says("12:1", "min_batch_size", "[defaults]"),
+        says("16:1", "max_batch_size", "step \"a\""),
+        says("17:1", "max_rows_per_second", "step \"a\""),
+        says("18:1", "throttle_query", "step \"a\""),
+    ];
+    let expected: Vec<&str> = expected.iter().map(String::as_str).collect();
+    assert_refused(&dir, &plan, &expected);
+    let submitted = godwit_ran(&["submit", path_str(&plan)]);
+    assert_eq!(submitted.code, Some(2), "submit: {}", submitted.all());
+    assert!(
+        submitted
+            .all()
+            .contains("`max_rows_per_second` in step \"a\" is not supported yet"),
+        "submit: {}",
+        submitted.all()
+    );
+    assert!(!dir.db_file().exists(), "submit created the database file");
+}
+
 #[test]
 fn unset_variable_is_named() {
     let dir = Dir::new();

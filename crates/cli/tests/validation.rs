@@ -343,9 +343,11 @@ impl OwnDb {
     }
 }
 
-/// Issue 11: the stored plan text keeps no password of a URL that does not parse either.
+/// Issue 11: a URL that does not parse never shows its password, and a plan refused for any
+/// reason stores nothing. (`replicas`, the one key whose URLs `run` would store without
+/// connecting to them, is refused until it works: issue 12.)
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn r11_unparsable_urls_are_stored_redacted() {
+async fn r11_unparsable_urls_are_never_shown_or_stored() {
     let db = TestDb::new(Backend::Sqlite).await;
     let plan = db.plan(
         "plan.toml",
@@ -358,14 +360,19 @@ async fn r11_unparsable_urls_are_stored_redacted() {
     );
     let out = run_cmd(&["run", path_str(&plan)]);
     let all = format!("{}{}", text(&out.stdout), text(&out.stderr));
-    assert_eq!(out.status.code(), Some(0), "{all}");
-    assert!(!all.contains("S3cr3t"), "{all}");
-    let stored = db.query("SELECT plan_text FROM godwit_runs").await;
-    let stored = stored_text(&stored[0][0]);
-    assert!(!stored.contains("S3cr3t"), "{stored}");
+    assert_eq!(out.status.code(), Some(2), "{all}");
     assert!(
-        stored.contains("[\"postgres://***@127.0.0.1/db\", \"host=h password=*** dbname=x\"]"),
-        "{stored}"
+        all.contains("`replicas` in the plan is not supported yet"),
+        "{all}"
+    );
+    assert!(!all.contains("S3cr3t"), "{all}");
+    let stored = db
+        .query("SELECT count(*) FROM sqlite_master WHERE name LIKE 'godwit%'")
+        .await;
+    assert_eq!(
+        stored[0][0].as_i64(),
+        Some(0),
+        "a refused plan stored state"
     );
 }
 

@@ -127,6 +127,34 @@ const ALL_KEYS: &[&str] = &[
 const SCRIPT_KEYS: &[&str] = &["lua", "lua_file", "command"];
 const DURATION_EXAMPLES: &str = "\"500ms\", \"30s\", \"10m\" or \"2h\"";
 
+/// Keys of the plan format that this version reads and checks but does not act on yet. A key
+/// that is accepted and then ignored is worse than an error: a user who writes
+/// `max_rows_per_second = 500` believes the database is protected. Each leaves this list in the
+/// version that makes it work.
+const NOT_SUPPORTED_YET: &[&str] = &[
+    "target_batch_time",
+    "adaptive",
+    "min_batch_size",
+    "max_batch_size",
+    "max_rows_per_second",
+    "throttle_query",
+    "replicas",
+    "max_replica_lag",
+    "max_latency_increase",
+    "probe_query",
+    "max_duration",
+];
+
+/// What becomes of the keys in [`NOT_SUPPORTED_YET`]: every command refuses them; the parser's
+/// own tests read them into the model, so their reading stays tested for the version that acts
+/// on them.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum NotYet {
+    Refuse,
+    #[cfg(test)]
+    Accept,
+}
+
 /// The parts of a plan file whose keys are checked.
 #[derive(Clone, Copy, PartialEq, Eq)]
 enum Section {
@@ -275,6 +303,7 @@ struct Ctx<'a> {
     step: Option<String>,
     /// The database URLs read so far, as written.
     urls: Vec<WrittenUrl>,
+    not_yet: NotYet,
 }
 
 impl Ctx<'_> {
@@ -332,6 +361,21 @@ impl Ctx<'_> {
                 .map(|h| format!("; {h}"))
                 .unwrap_or_default();
             self.push(&key.span(), format!("unknown key `{name}` in {what}{hint}"));
+        }
+    }
+
+    /// Refuses the keys of `table` that this version would read and then ignore.
+    fn not_supported_yet(&mut self, table: &DeTable<'_>, what: &str) {
+        if self.not_yet != NotYet::Refuse {
+            return;
+        }
+        for (key, span) in keys_in_file_order(table, NOT_SUPPORTED_YET) {
+            self.push(
+                &span,
+                format!(
+                    "`{key}` in {what} is not supported yet: this version would accept it and do nothing, so the plan is refused; remove the key to run without it"
+                ),
+            );
         }
     }
 
@@ -782,6 +826,15 @@ pub(crate) fn parse(
     path: &Path,
     env: &dyn Fn(&str) -> Option<String>,
 ) -> Result<Plan, PlanErrors> {
+    parse_as(text, path, env, NotYet::Refuse)
+}
+
+fn parse_as(
+    text: &str,
+    path: &Path,
+    env: &dyn Fn(&str) -> Option<String>,
+    not_yet: NotYet,
+) -> Result<Plan, PlanErrors> {
     // After a syntax error the parser's recovery guesses, and its further errors are mostly
     // echoes of the first, so only the first is reported.
     let root = match DeTable::parse(text) {
@@ -803,8 +856,10 @@ pub(crate) fn parse(
         errors: Vec::new(),
         step: None,
         urls: Vec::new(),
+        not_yet,
     };
     cx.unknown_keys(&root, Section::Top, "the plan");
+    cx.not_supported_yet(&root, "the plan");
 
     let name = cx.text(&root, "name").map(|(n, _)| n);
     if !root.contains_key("name") {
@@ -829,6 +884,7 @@ pub(crate) fn parse(
     let defaults = match cx.table(&root, "defaults") {
         Some(t) => {
             cx.unknown_keys(t, Section::Defaults, "[defaults]");
+            cx.not_supported_yet(t, "[defaults]");
             cx.settings(t, &Settings::default())
         }
         None => Settings::default(),
@@ -836,6 +892,7 @@ pub(crate) fn parse(
     let expect_max_duration = match cx.table(&root, "expect") {
         Some(t) => {
             cx.unknown_keys(t, Section::Expect, "[expect]");
+            cx.not_supported_yet(t, "[expect]");
             cx.duration(t, "max_duration")
         }
         None => None,
@@ -976,6 +1033,7 @@ fn read_step(
         None => "a step".to_string(),
     };
     cx.unknown_keys(t, Section::Step, &what);
+    cx.not_supported_yet(t, &what);
     cx.step = name.as_ref().map(|(n, _)| n.clone());
 
     let after = cx.strings(t, "after");
@@ -1179,6 +1237,59 @@ mod tests {
     }
 
     const HEAD: &str = "name = \"x\"\ndatabase = \"sqlite://a\"\n";
+
+    /// The parser with the keys of [`NOT_SUPPORTED_YET`] read into the model, so these tests
+    /// keep testing how they are read; `refuses_keys_not_supported_yet` tests what every
+    /// command does with them.
+    fn parse(
+        text: &str,
+        path: &Path,
+        env: &dyn Fn(&str) -> Option<String>,
+    ) -> Result<Plan, PlanErrors> {
+        parse_as(text, path, env, NotYet::Accept)
+    }
+
+    /// Issue 12: a key that would be read and then ignored is refused, wherever it is written,
+    /// naming it at its line and column.
+    #[test]
+    fn refuses_keys_not_supported_yet() {
+        let text = format!(
+            "{HEAD}replicas = [\"postgres://r/d\"]\nmax_replica_lag = \"10s\"\n\
+             max_latency_increase = \"2x\"\nprobe_query = \"SELECT 1\"\n\
+             [expect]\nmax_duration = \"2h\"\n\
+             [defaults]\ntarget_batch_time = \"500ms\"\nadaptive = false\nmin_batch_size = 10\n\
+             [[steps]]\nname = \"a\"\nsql = \"SELECT 1\"\nmax_batch_size = 100\n\
+             max_rows_per_second = 50\nthrottle_query = \"SELECT false\"\n"
+        );
+        let errors = super::parse(&text, Path::new("p.toml"), &env)
+            .expect_err("keys not acted on are refused")
+            .to_string();
+        let refused: Vec<&str> = errors
+            .lines()
+            .map(|line| line.split(" is not supported yet").next().unwrap_or(line))
+            .collect();
+        assert_eq!(
+            refused,
+            [
+                "p.toml:3:1: `replicas` in the plan",
+                "p.toml:4:1: `max_replica_lag` in the plan",
+                "p.toml:5:1: `max_latency_increase` in the plan",
+                "p.toml:6:1: `probe_query` in the plan",
+                "p.toml:8:1: `max_duration` in [expect]",
+                "p.toml:10:1: `target_batch_time` in [defaults]",
+                "p.toml:11:1: `adaptive` in [defaults]",
+                "p.toml:12:1: `min_batch_size` in [defaults]",
+                "p.toml:16:1: `max_batch_size` in step \"a\"",
+                "p.toml:17:1: `max_rows_per_second` in step \"a\"",
+                "p.toml:18:1: `throttle_query` in step \"a\"",
+            ],
+            "{errors}"
+        );
+        // Every key of the list is covered above, so none is forgotten when one starts to work.
+        for key in NOT_SUPPORTED_YET {
+            assert!(errors.contains(&format!("`{key}`")), "{key} not refused");
+        }
+    }
 
     fn parse_ok(text: &str) -> Plan {
         parse(text, Path::new("p.toml"), &env).unwrap_or_else(|e| panic!("{e}"))
