@@ -433,6 +433,172 @@ sql = "{maintenance}"
     assert_eq!(states, ["done", "done", "done", "done"]);
 }
 
+/// The plan of the issue 11 restart scenario: the same name, batches of 10 that append
+/// `letter` to `v` and sleep, and (for plan A) stamp `a_ms` with the database's clock.
+fn restart_plan(db: &TestDb, table: &str, state: Option<&str>, letter: &str) -> String {
+    let (append, now, slow) = match db.backend {
+        Backend::Postgres => (
+            format!("v || '{letter}'"),
+            "(extract(epoch from clock_timestamp()) * 1000)::bigint",
+            "pg_sleep(0.05) IS NOT NULL",
+        ),
+        Backend::MySql => (
+            format!("CONCAT(v, '{letter}')"),
+            "CAST(UNIX_TIMESTAMP(NOW(3)) * 1000 AS SIGNED)",
+            "SLEEP(0.05) = 0",
+        ),
+        Backend::Sqlite => (
+            format!("v || '{letter}'"),
+            "CAST((julianday('now') - 2440587.5) * 86400000 AS INTEGER)",
+            "(WITH RECURSIVE s(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM s WHERE i < 300000) SELECT COUNT(*) FROM s) > 0",
+        ),
+    };
+    let stamp = if letter == "A" {
+        format!(", a_ms = {now}")
+    } else {
+        String::new()
+    };
+    let state = state
+        .map(|url| format!("[state]\ndatabase = \"{url}\"\n\n"))
+        .unwrap_or_default();
+    format!(
+        "name = \"{table}\"\ndatabase = \"{url}\"\n\n{state}[defaults]\nbatch_size = 10\n\n\
+         [[steps]]\nname = \"mark\"\ntable = \"{table}\"\nkey = \"id\"\n\
+         sql = \"UPDATE {table} SET v = {append}{stamp} WHERE id BETWEEN :start AND :end AND {slow}\"\n",
+        url = db.url
+    )
+}
+
+/// Issue 11: `run --restart` with a changed plan while another process still runs the old
+/// one. The restart is a new generation of the run: the old process claims and records
+/// nothing more, stops with exit 1 saying why, and every row ends changed by the new plan
+/// exactly once, with no batch of the old plan committed after the restart.
+async fn r11_restart_fences_the_old_plan(backend: Backend) {
+    restart_fences_the_old_plan(backend, false).await;
+}
+
+/// As [`r11_restart_fences_the_old_plan`], with the progress in a separate state database.
+async fn r11_restart_fences_the_old_plan_with_separate_state(backend: Backend) {
+    restart_fences_the_old_plan(backend, true).await;
+}
+
+async fn restart_fences_the_old_plan(backend: Backend, separate_state: bool) {
+    let db = TestDb::new(backend).await;
+    let table = db.table("restarted");
+    db.exec(&format!(
+        "CREATE TABLE {table} (id {} PRIMARY KEY, v VARCHAR(16) NOT NULL, a_ms BIGINT)",
+        common::id_type(backend)
+    ))
+    .await;
+    let rows: Vec<String> = (1..=300).map(|i| format!("({i}, '')")).collect();
+    common::insert(&db, &table, "id, v", &rows).await;
+    let state_url =
+        separate_state.then(|| format!("sqlite://{}/state.db", db.dir.path().display()));
+    if let Some(url) = &state_url {
+        // godwit opens an existing SQLite file only.
+        godwit_db::connect(
+            &godwit_driver::DbUrl::new(url.clone()),
+            &godwit_driver::ConnectOptions {
+                create_if_missing: true,
+            },
+        )
+        .await
+        .expect("create the state database");
+    }
+    let plan_a = db.plan(
+        "a.toml",
+        &restart_plan(&db, &table, state_url.as_deref(), "A"),
+    );
+    let plan_b = db.plan(
+        "b.toml",
+        &restart_plan(&db, &table, state_url.as_deref(), "B"),
+    );
+    let mut a = common::KillOnDrop(common::spawn_watched(&[
+        "run",
+        path_str(&plan_a),
+        "--restart",
+        "--concurrency",
+        "1",
+        "--quiet",
+    ]));
+    // Plan A has done three batches and has 27 left (at least 1.3 s of sleeping).
+    common::poll_until(
+        "plan A's first batches",
+        Duration::from_secs(60),
+        async || {
+            assert!(a.alive(), "plan A ended early: {}", a.output_so_far());
+            db.scalar(&format!("SELECT COUNT(*) FROM {table} WHERE v = 'A'"))
+                .await
+                >= 30
+        },
+    )
+    .await;
+    let out = run_cmd(&[
+        "run",
+        path_str(&plan_b),
+        "--restart",
+        "--concurrency",
+        "1",
+        "--quiet",
+    ]);
+    assert_eq!(out.status.code(), Some(0), "B: {}", text(&out.stderr));
+    let code = a.finish(Duration::from_secs(60));
+    let a_err = a.stderr_text();
+    assert_eq!(
+        code,
+        Some(1),
+        "A must stop when B restarts the run: {a_err}"
+    );
+    assert!(
+        a_err.contains("was restarted by another process (--restart)")
+            && a_err.contains("applied nothing of the old plan since"),
+        "{a_err}"
+    );
+
+    // Every row got B's change exactly once; A's, if at all, before B's.
+    let wrong = db
+        .query(&format!(
+            "SELECT id, v FROM {table} WHERE v NOT IN ('B', 'AB') ORDER BY id"
+        ))
+        .await;
+    assert!(
+        wrong.is_empty(),
+        "rows not as plan B alone leaves them: {wrong:?}"
+    );
+    let by_a = db
+        .scalar(&format!("SELECT COUNT(*) FROM {table} WHERE v = 'AB'"))
+        .await;
+    assert!((30..300).contains(&by_a), "{by_a} rows were changed by A");
+    // No batch of A started after B's restart made the new generation.
+    let mut state = match &state_url {
+        Some(url) => godwit_db::connect(
+            &godwit_driver::DbUrl::new(url.clone()),
+            &godwit_driver::ConnectOptions::default(),
+        )
+        .await
+        .expect("state database"),
+        None => db.conn().await,
+    };
+    let restarted_at = state
+        .query(
+            &format!("SELECT created_ms FROM godwit_runs WHERE run = '{table}'"),
+            &[],
+        )
+        .await
+        .expect("the run's row")[0]
+        .get(0)
+        .as_i64()
+        .expect("created_ms");
+    let late = db
+        .scalar(&format!(
+            "SELECT COUNT(*) FROM {table} WHERE a_ms > {restarted_at}"
+        ))
+        .await;
+    assert_eq!(late, 0, "rows changed by A after the restart");
+    let status = common::status_json(&plan_b);
+    assert_eq!(status["state"], "done", "{status}");
+}
+
 per_backend!(
     steps_follow_their_dependencies,
     batch_timeout_cancels_a_stuck_batch,
@@ -444,4 +610,6 @@ per_backend!(
     permanent_error_fails_with_context,
     time_budget_stops_and_resumes,
     changed_plan_is_refused_until_restart,
+    r11_restart_fences_the_old_plan,
+    r11_restart_fences_the_old_plan_with_separate_state,
 );
