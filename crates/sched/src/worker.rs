@@ -213,7 +213,7 @@ fn left(
         Err(e) if e.kind() == crate::ErrorKind::Restarted => {
             // Not refused: the next look joins the new generation, with its plan text.
             tracing::warn!(plan = %plan, error = %e, "leaving a run that was restarted");
-            ("restarted", Some(e.to_string()))
+            ("restarted", None)
         }
         Err(e) => {
             let lasting = e.kind() == crate::ErrorKind::Invalid;
