@@ -30,6 +30,29 @@ key = "id"
     )
 }
 
+/// A condition that holds for every row and makes each batch statement take at least
+/// `seconds` (on SQLite, which has no sleep, a recursive count of about that long), so that a
+/// run's length does not depend on how fast the machine applies a batch.
+fn slow_batch(backend: Backend, seconds: &str) -> String {
+    match backend {
+        Backend::Postgres => format!("(SELECT pg_sleep({seconds})) IS NOT NULL"),
+        Backend::MySql => format!("SLEEP({seconds}) = 0"),
+        Backend::Sqlite => "(WITH RECURSIVE s(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM s \
+                            WHERE i < 50000) SELECT COUNT(*) FROM s) > 0"
+            .to_string(),
+    }
+}
+
+/// [`counter_plan`] with each batch made slow by [`slow_batch`]: a plan that kill -9 tests can
+/// interrupt on any machine.
+fn slow_counter_plan(db: &TestDb, table: &str, extra_defaults: &str) -> String {
+    let slow = slow_batch(db.backend, "0.01");
+    counter_plan(db, table, extra_defaults, None).replace(
+        " WHERE id BETWEEN :start AND :end\"",
+        &format!(" WHERE id BETWEEN :start AND :end AND {slow}\""),
+    )
+}
+
 /// Every matching row is updated exactly once, others not at all, and `status --json` says so.
 async fn updates_each_matching_row_once(backend: Backend) {
     let db = TestDb::new(backend).await;
@@ -76,9 +99,10 @@ async fn exactly_once_across_kill_9(backend: Backend) {
     let db = TestDb::new(backend).await;
     let table = db.table("killed");
     db.counter_table(&table, 1..=12000).await;
+    // Each batch sleeps: a fast machine must not finish the run between two kills.
     let plan = db.plan(
         "plan.toml",
-        &counter_plan(&db, &table, "lease = \"1s\"", None),
+        &slow_counter_plan(&db, &table, "lease = \"1s\""),
     );
     let mut rng = rand::rng();
     let mut kills = 0;
@@ -120,11 +144,11 @@ async fn exactly_once_across_kill_9(backend: Backend) {
 async fn exactly_once_with_two_processes_killed(backend: Backend) {
     let db = TestDb::new(backend).await;
     let table = db.table("pair");
-    // Large enough that the run outlasts several kills.
+    // Each batch sleeps, so that the run outlasts several kills on any machine.
     db.counter_table(&table, 1..=20000).await;
     let plan = db.plan(
         "plan.toml",
-        &counter_plan(&db, &table, "lease = \"1s\"", None),
+        &slow_counter_plan(&db, &table, "lease = \"1s\""),
     );
     let args = ["run", path_str(&plan), "--concurrency", "3", "--quiet"];
     let mut rng = rand::rng();
