@@ -623,6 +623,162 @@ async fn restart_fences_the_old_plan(backend: Backend, separate_state: bool) {
     assert_eq!(status["state"], "done", "{status}");
 }
 
+/// Issue 11: killed inside the done record, a batch has committed nothing. A trigger the test
+/// puts on `godwit_batches` makes the done record wait for a lock the test holds; once the
+/// server shows the batch's session waiting there (the batch's statement has run, its commit
+/// has not), the process is killed with SIGKILL and the lock released. The batch's rows are
+/// unchanged, the batch is not recorded done, and a re-run applies every batch exactly once.
+/// PostgreSQL and MariaDB (SQLite has no lock a trigger could wait on).
+async fn r11_killed_inside_the_done_record_commits_nothing(backend: Backend) {
+    let isolated;
+    let shared;
+    let db: &TestDb = match backend {
+        Backend::Postgres => {
+            // Its own godwit_batches: the trigger must not touch other tests' runs.
+            isolated = common::isolated_db(backend).await;
+            &isolated
+        }
+        _ => {
+            shared = TestDb::new(backend).await;
+            &shared
+        }
+    };
+    let table = db.table("recorded");
+    db.counter_table(&table, 1..=30).await;
+    let plan = db.plan(
+        "plan.toml",
+        &counter_plan(db, &table, "lease = \"1s\"", None),
+    );
+    // The state tables and the run exist before the trigger goes on them.
+    let out = run_cmd(&["submit", path_str(&plan)]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    let key = rand::random::<u32>();
+    let mut holder = db.conn().await;
+    let (lock, unlock, waiting) = match backend {
+        Backend::Postgres => {
+            db.exec(&format!(
+                "CREATE FUNCTION {table}_hold() RETURNS trigger LANGUAGE plpgsql AS \
+                 $$ BEGIN IF NEW.run = '{table}' AND NEW.state = 'done' THEN \
+                 PERFORM pg_advisory_xact_lock({key}); END IF; RETURN NEW; END $$"
+            ))
+            .await;
+            db.exec(&format!(
+                "CREATE TRIGGER {table}_hold BEFORE UPDATE ON godwit_batches \
+                 FOR EACH ROW EXECUTE FUNCTION {table}_hold()"
+            ))
+            .await;
+            (
+                format!("SELECT pg_advisory_lock({key})::text"),
+                format!("SELECT pg_advisory_unlock({key})::text"),
+                "SELECT pid FROM pg_stat_activity WHERE wait_event_type = 'Lock' \
+                 AND wait_event = 'advisory' AND query LIKE 'UPDATE godwit_batches SET state = ''done''%'"
+                    .to_string(),
+            )
+        }
+        Backend::MySql => {
+            db.exec(&format!(
+                "CREATE TRIGGER {table}_hold BEFORE UPDATE ON godwit_batches FOR EACH ROW \
+                 SET @godwit_hold = IF(NEW.run = '{table}' AND NEW.state = 'done', \
+                 GET_LOCK('{table}', 120), NULL)"
+            ))
+            .await;
+            (
+                format!("SELECT GET_LOCK('{table}', 0)"),
+                format!("SELECT RELEASE_LOCK('{table}')"),
+                // The session shows the trigger's statement while it waits.
+                "SELECT ID FROM information_schema.PROCESSLIST WHERE STATE = 'User lock' \
+                 AND INFO LIKE 'SET @godwit_hold = %'"
+                    .to_string(),
+            )
+        }
+        Backend::Sqlite => panic!("SQLite has no lock for the trigger to wait on"),
+    };
+    holder.query(&lock, &[]).await.expect("take the lock");
+    let mut child = common::KillOnDrop(common::spawn_watched(&[
+        "run",
+        path_str(&plan),
+        "--concurrency",
+        "1",
+        "--quiet",
+    ]));
+    let mut session = 0;
+    common::poll_until(
+        "the batch's session to wait inside its done record",
+        Duration::from_secs(30),
+        async || {
+            assert!(child.alive(), "{}", child.output_so_far());
+            match db.query(&waiting).await.first() {
+                Some(row) => {
+                    session = row[0].as_i64().expect("session id");
+                    true
+                }
+                None => false,
+            }
+        },
+    )
+    .await;
+    child.0.child.kill().expect("kill -9");
+    let _ = child.0.child.wait();
+    // The server finds the client gone once the done record goes on: it rolls back.
+    holder.query(&unlock, &[]).await.expect("release the lock");
+    let alive = match backend {
+        Backend::Postgres => format!("SELECT COUNT(*) FROM pg_stat_activity WHERE pid = {session}"),
+        _ => format!("SELECT COUNT(*) FROM information_schema.PROCESSLIST WHERE ID = {session}"),
+    };
+    common::poll_until(
+        "the killed process's session to end",
+        Duration::from_secs(30),
+        async || db.scalar(&alive).await == 0,
+    )
+    .await;
+    let drop_trigger = match backend {
+        Backend::Postgres => format!("DROP TRIGGER {table}_hold ON godwit_batches"),
+        _ => format!("DROP TRIGGER {table}_hold"),
+    };
+    db.exec(&drop_trigger).await;
+
+    let changed = db
+        .scalar(&format!("SELECT COUNT(*) FROM {table} WHERE hits <> 0"))
+        .await;
+    assert_eq!(
+        changed, 0,
+        "rows changed by a batch killed inside its done record"
+    );
+    let recorded = db
+        .scalar(&format!(
+            "SELECT COUNT(*) FROM godwit_batches WHERE run = '{table}' AND state = 'done'"
+        ))
+        .await;
+    assert_eq!(recorded, 0, "a batch recorded done by a killed process");
+    let out = run_cmd(&["run", path_str(&plan), "--quiet"]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    let hits = db
+        .query(&format!(
+            "SELECT COUNT(*), MIN(hits), MAX(hits) FROM {table}"
+        ))
+        .await;
+    assert_eq!(
+        (
+            hits[0][0].as_i64(),
+            hits[0][1].as_i64(),
+            hits[0][2].as_i64()
+        ),
+        (Some(30), Some(1), Some(1))
+    );
+}
+
+mod killed_inside_the_done_record {
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn pg() {
+        super::r11_killed_inside_the_done_record_commits_nothing(super::Backend::Postgres).await
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn mysql() {
+        super::r11_killed_inside_the_done_record_commits_nothing(super::Backend::MySql).await
+    }
+}
+
 per_backend!(
     steps_follow_their_dependencies,
     batch_timeout_cancels_a_stuck_batch,
