@@ -1089,7 +1089,7 @@ async fn r11_worker_leaves_a_restarted_run_for_its_new_plan(backend: Backend) {
         common::id_type(backend)
     ))
     .await;
-    let rows: Vec<String> = (1..=300).map(|i| format!("({i}, '')")).collect();
+    let rows: Vec<String> = (1..=800).map(|i| format!("({i}, '')")).collect();
     common::insert(&db, &table, "id, v", &rows).await;
     let (now, slow) = match backend {
         Backend::Postgres => (

@@ -107,7 +107,7 @@ impl RunCtx {
     /// are rolled back rather than finished.
     pub(crate) fn mark_restarted(&self) {
         if !self.restarted.swap(true, Ordering::SeqCst) {
-            tracing::error!(run = %self.name, "the run was restarted by another process; stopping");
+            tracing::warn!(run = %self.name, "the run was restarted by another process; stopping");
         }
         self.stop_handle.request(StopLevel::Abort);
     }
