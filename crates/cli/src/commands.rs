@@ -37,7 +37,9 @@ pub(crate) async fn dispatch(args: Args) -> anyhow::Result<u8> {
 fn run_error_code(e: &godwit::RunError) -> u8 {
     match e.kind() {
         RunErrorKind::Invalid => exit::INVALID,
-        RunErrorKind::Database => exit::FAILED,
+        // The run was restarted by another process while this one worked on it: this
+        // process's plan is no longer the run's, and it stopped.
+        RunErrorKind::Database | RunErrorKind::Restarted => exit::FAILED,
     }
 }
 

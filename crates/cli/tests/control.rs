@@ -1079,6 +1079,108 @@ async fn control_without_a_run_or_on_a_done_run(backend: Backend) {
     assert_all_once(&db, &table, 30).await;
 }
 
+/// Issue 11: a worker working on a run that another process restarts with a changed plan
+/// (`run --restart`) leaves the old generation ("restarted"), joins the new one with the new
+/// plan's text and finishes it: every row gets the new plan's change once, and none the old
+/// plan's after the restart.
+async fn r11_worker_leaves_a_restarted_run_for_its_new_plan(backend: Backend) {
+    let db = isolated_db(backend).await;
+    let table = db.table("regen");
+    db.exec(&format!(
+        "CREATE TABLE {table} (id {} PRIMARY KEY, v VARCHAR(16) NOT NULL, a_ms BIGINT)",
+        common::id_type(backend)
+    ))
+    .await;
+    let rows: Vec<String> = (1..=800).map(|i| format!("({i}, '')")).collect();
+    common::insert(&db, &table, "id, v", &rows).await;
+    let (now, slow) = match backend {
+        Backend::Postgres => (
+            "(extract(epoch from clock_timestamp()) * 1000)::bigint",
+            "pg_sleep(0.05) IS NOT NULL",
+        ),
+        Backend::Sqlite => (
+            "CAST((julianday('now') - 2440587.5) * 86400000 AS INTEGER)",
+            "(WITH RECURSIVE s(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM s WHERE i < 300000) SELECT COUNT(*) FROM s) > 0",
+        ),
+        Backend::MySql => panic!("a worker test needs a state database of its own"),
+    };
+    let plan = |letter: &str, stamp: &str| {
+        db.plan(
+            &format!("{letter}.toml"),
+            &format!(
+                "name = \"{table}\"\ndatabase = \"{url}\"\n\n[defaults]\nbatch_size = 10\n\n\
+                 [[steps]]\nname = \"mark\"\ntable = \"{table}\"\nkey = \"id\"\n\
+                 sql = \"UPDATE {table} SET v = v || '{letter}'{stamp} \
+                 WHERE id BETWEEN :start AND :end AND {slow}\"\n",
+                url = db.url
+            ),
+        )
+    };
+    let plan_a = plan("A", &format!(", a_ms = {now}"));
+    let plan_b = plan("B", "");
+    submit(&plan_a);
+    let mut w = worker(&db, &["--concurrency", "1"]);
+    poll_until(
+        "the worker's first batches of plan A",
+        Duration::from_secs(60),
+        async || {
+            assert!(w.alive(), "{}", w.output_so_far());
+            rows_where(&db, &table, "v = 'A'").await >= 30
+        },
+    )
+    .await;
+    // Plan B restarts the run and works on it briefly; the worker finishes it.
+    let out = run_cmd(&[
+        "run",
+        path_str(&plan_b),
+        "--restart",
+        "--concurrency",
+        "1",
+        "--max-duration",
+        "200ms",
+        "--quiet",
+    ]);
+    assert!(
+        matches!(out.status.code(), Some(0 | 75)),
+        "{}",
+        text(&out.stderr)
+    );
+    wait_event(
+        &mut w,
+        "the worker to leave the old generation",
+        Duration::from_secs(60),
+        |e| is_event(e, "run_left", &table) && e["outcome"] == "restarted",
+    );
+    wait_event(
+        &mut w,
+        "the worker to finish the new one",
+        Duration::from_secs(120),
+        |e| is_event(e, "run_left", &table) && e["outcome"] == "done",
+    );
+    let wrong = db
+        .query(&format!(
+            "SELECT id, v FROM {table} WHERE v NOT IN ('B', 'AB') ORDER BY id"
+        ))
+        .await;
+    assert!(
+        wrong.is_empty(),
+        "rows not as plan B alone leaves them: {wrong:?}"
+    );
+    assert!(rows_where(&db, &table, "v = 'AB'").await >= 30);
+    let restarted_at = db
+        .scalar(&format!(
+            "SELECT created_ms FROM godwit_runs WHERE run = '{table}'"
+        ))
+        .await;
+    assert_eq!(
+        rows_where(&db, &table, &format!("a_ms > {restarted_at}")).await,
+        0,
+        "rows changed by plan A after the restart"
+    );
+    assert_eq!(status_json(&plan_b)["state"], "done");
+    stop_worker(&mut w);
+}
+
 // ----------------------------------------------------------------------------------------
 
 /// One `#[tokio::test]` per function, each called with `$backend`.
@@ -1109,6 +1211,7 @@ mod pg {
         sigterm_past_the_grace_rolls_back_and_releases,
         status_lists_live_workers,
         control_without_a_run_or_on_a_done_run,
+        r11_worker_leaves_a_restarted_run_for_its_new_plan,
     );
 }
 
@@ -1119,5 +1222,6 @@ mod sqlite {
         worker_waits_and_takes_up_a_later_plan,
         exit_when_idle,
         control_without_a_run_or_on_a_done_run,
+        r11_worker_leaves_a_restarted_run_for_its_new_plan,
     );
 }

@@ -896,6 +896,147 @@ sql = "UPDATE t SET v = v + 1 WHERE id BETWEEN :start AND :end AND (SELECT pg_sl
     );
 }
 
+/// Issue 11: the done record's token check, end to end. A worker is frozen (SIGSTOP) while its
+/// long batch statement runs on the server; its lease runs out and a second worker takes the
+/// batch over; the first is thawed while its session still runs that statement (long before
+/// the server would end it), so its done record is tried for real, with the batch now carrying
+/// the second worker's token. It must be refused: every row is changed once, and only by the
+/// second worker's session.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn r11_a_thawed_worker_is_fenced_by_its_done_record() {
+    let schema = Schema::create("thawed").await;
+    let db = schema.db();
+    let table = format!("thawed_{}", &uuid_like()[..10]);
+    let applied = format!("{table}_applied");
+    db.exec(&format!(
+        "CREATE TABLE {table} (id BIGINT PRIMARY KEY, v INT NOT NULL DEFAULT 0)"
+    ))
+    .await;
+    db.exec(&format!(
+        "INSERT INTO {table} (id) SELECT g FROM generate_series(1, 10) g"
+    ))
+    .await;
+    db.exec(&format!(
+        "CREATE TABLE {applied} (id BIGINT NOT NULL, backend INT NOT NULL)"
+    ))
+    .await;
+    // One batch. Its statement sleeps 6 s before it takes any row lock (the sleep is an
+    // uncorrelated subquery, run once first), longer than the 2 s lease: the first worker's
+    // session is still running it when the second worker claims the batch and the first is
+    // thawed, so the server has no reason to end that session.
+    let dir = tempfile::tempdir().expect("temp dir");
+    let plan = dir.path().join("plan.toml");
+    std::fs::write(
+        &plan,
+        format!(
+            r#"name = "{table}"
+database = "{url}"
+
+[defaults]
+batch_size = 10
+lease = "2s"
+
+[[steps]]
+name = "bump"
+table = "{table}"
+key = "id"
+sql = "WITH bumped AS (UPDATE {table} SET v = v + 1 WHERE id BETWEEN :start AND :end AND (SELECT pg_sleep(6)) IS NOT NULL RETURNING id) INSERT INTO {applied} (id, backend) SELECT id, pg_backend_pid() FROM bumped"
+"#,
+            url = db.url
+        ),
+    )
+    .expect("write plan");
+    let out = run_cmd(&["submit", path_str(&plan)]);
+    assert_eq!(out.status.code(), Some(0), "submit: {}", text(&out.stderr));
+    let statements = format!(
+        "SELECT pid FROM pg_stat_activity WHERE state = 'active' \
+         AND query LIKE 'WITH bumped AS (UPDATE {table} %' ORDER BY backend_start"
+    );
+
+    let mut fleet = Fleet::new(&db.url, dir.path());
+    let first = fleet.spawn(&["--concurrency", "1", "--exit-when-idle"]);
+    let mut first_backend = 0;
+    poll_until(
+        "the first worker's statement to run",
+        Duration::from_secs(30),
+        async || {
+            let running = db.try_ints(&statements).await.unwrap_or_default();
+            if running.len() == 1 {
+                first_backend = running[0];
+                return true;
+            }
+            false
+        },
+    )
+    .await;
+    send_signal(first, "STOP");
+    poll_until(
+        "the frozen worker's lease to run out",
+        Duration::from_secs(15),
+        async || {
+            db.scalar(&format!(
+                "SELECT COUNT(*) FROM godwit_batches WHERE state = 'claimed' AND {} \
+                 AND lease_until_ms < {NOW_MS}",
+                held_by(first)
+            ))
+            .await
+                == 1
+        },
+    )
+    .await;
+    let second = fleet.spawn(&["--concurrency", "1", "--exit-when-idle"]);
+    poll_until(
+        "the second worker to take the batch over and run its statement",
+        Duration::from_secs(15),
+        async || {
+            let claimed = db
+                .scalar(&format!(
+                    "SELECT COUNT(*) FROM godwit_batches WHERE state = 'claimed' AND {}",
+                    held_by(second)
+                ))
+                .await;
+            claimed == 1 && db.try_ints(&statements).await.unwrap_or_default().len() == 2
+        },
+    )
+    .await;
+    // Thawed while its session still runs the statement: its done record is what stops it.
+    send_signal(first, "CONT");
+    assert_eq!(
+        db.try_ints(&statements).await.unwrap_or_default().first(),
+        Some(&first_backend),
+        "the first worker's session still runs its statement when thawed"
+    );
+    let first_code = fleet.wait_exit(first, Duration::from_secs(60)).await;
+    let second_code = fleet.wait_exit(second, Duration::from_secs(60)).await;
+    assert_eq!(
+        (first_code, second_code),
+        (Some(0), Some(0)),
+        "{}",
+        fleet.logs_text()
+    );
+    let rows = db
+        .row(&format!("SELECT COUNT(*), MIN(v), MAX(v) FROM {table}"))
+        .await;
+    assert_eq!(rows, vec![10, 1, 1], "{}", fleet.logs_text());
+    let log = db
+        .row(&format!(
+            "SELECT COUNT(*), COUNT(DISTINCT id), COUNT(*) FILTER (WHERE backend = {first_backend}) FROM {applied}"
+        ))
+        .await;
+    assert_eq!(
+        log,
+        vec![10, 10, 0],
+        "(applications, distinct rows, applications by the thawed worker's session):\n{}",
+        fleet.logs_text()
+    );
+    let owners = db.texts("SELECT DISTINCT worker FROM godwit_batches").await;
+    assert!(
+        owners.iter().all(|w| w.contains(&format!(":{second}:"))),
+        "the second worker recorded the batch: {owners:?}"
+    );
+    assert_eq!(status(&plan).await["state"], "done");
+}
+
 /// One worker is frozen (SIGSTOP) while its batch runs on the server; its lease runs out, the
 /// server rolls its transaction back, a second worker takes the batch over and finishes the
 /// run. Thawed (SIGCONT), the first worker commits nothing: every row is updated once, by the

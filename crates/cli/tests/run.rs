@@ -30,6 +30,29 @@ key = "id"
     )
 }
 
+/// A condition that holds for every row and makes each batch statement take at least
+/// `seconds` (on SQLite, which has no sleep, a recursive count of about that long), so that a
+/// run's length does not depend on how fast the machine applies a batch.
+fn slow_batch(backend: Backend, seconds: &str) -> String {
+    match backend {
+        Backend::Postgres => format!("(SELECT pg_sleep({seconds})) IS NOT NULL"),
+        Backend::MySql => format!("SLEEP({seconds}) = 0"),
+        Backend::Sqlite => "(WITH RECURSIVE s(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM s \
+                            WHERE i < 50000) SELECT COUNT(*) FROM s) > 0"
+            .to_string(),
+    }
+}
+
+/// [`counter_plan`] with each batch made slow by [`slow_batch`]: a plan that kill -9 tests can
+/// interrupt on any machine.
+fn slow_counter_plan(db: &TestDb, table: &str, extra_defaults: &str) -> String {
+    let slow = slow_batch(db.backend, "0.01");
+    counter_plan(db, table, extra_defaults, None).replace(
+        " WHERE id BETWEEN :start AND :end\"",
+        &format!(" WHERE id BETWEEN :start AND :end AND {slow}\""),
+    )
+}
+
 /// Every matching row is updated exactly once, others not at all, and `status --json` says so.
 async fn updates_each_matching_row_once(backend: Backend) {
     let db = TestDb::new(backend).await;
@@ -76,9 +99,10 @@ async fn exactly_once_across_kill_9(backend: Backend) {
     let db = TestDb::new(backend).await;
     let table = db.table("killed");
     db.counter_table(&table, 1..=12000).await;
+    // Each batch sleeps: a fast machine must not finish the run between two kills.
     let plan = db.plan(
         "plan.toml",
-        &counter_plan(&db, &table, "lease = \"1s\"", None),
+        &slow_counter_plan(&db, &table, "lease = \"1s\""),
     );
     let mut rng = rand::rng();
     let mut kills = 0;
@@ -120,11 +144,11 @@ async fn exactly_once_across_kill_9(backend: Backend) {
 async fn exactly_once_with_two_processes_killed(backend: Backend) {
     let db = TestDb::new(backend).await;
     let table = db.table("pair");
-    // Large enough that the run outlasts several kills.
+    // Each batch sleeps, so that the run outlasts several kills on any machine.
     db.counter_table(&table, 1..=20000).await;
     let plan = db.plan(
         "plan.toml",
-        &counter_plan(&db, &table, "lease = \"1s\"", None),
+        &slow_counter_plan(&db, &table, "lease = \"1s\""),
     );
     let args = ["run", path_str(&plan), "--concurrency", "3", "--quiet"];
     let mut rng = rand::rng();
@@ -433,6 +457,329 @@ sql = "{maintenance}"
     assert_eq!(states, ["done", "done", "done", "done"]);
 }
 
+/// The plan of the issue 11 restart scenario: the same name, batches of 10 that append
+/// `letter` to `v` and sleep, and (for plan A) stamp `a_ms` with the database's clock.
+fn restart_plan(db: &TestDb, table: &str, state: Option<&str>, letter: &str) -> String {
+    let (append, now, slow) = match db.backend {
+        Backend::Postgres => (
+            format!("v || '{letter}'"),
+            "(extract(epoch from clock_timestamp()) * 1000)::bigint",
+            "pg_sleep(0.05) IS NOT NULL",
+        ),
+        Backend::MySql => (
+            format!("CONCAT(v, '{letter}')"),
+            "CAST(UNIX_TIMESTAMP(NOW(3)) * 1000 AS SIGNED)",
+            "SLEEP(0.05) = 0",
+        ),
+        Backend::Sqlite => (
+            format!("v || '{letter}'"),
+            "CAST((julianday('now') - 2440587.5) * 86400000 AS INTEGER)",
+            "(WITH RECURSIVE s(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM s WHERE i < 300000) SELECT COUNT(*) FROM s) > 0",
+        ),
+    };
+    let stamp = if letter == "A" {
+        format!(", a_ms = {now}")
+    } else {
+        String::new()
+    };
+    let state = state
+        .map(|url| format!("[state]\ndatabase = \"{url}\"\n\n"))
+        .unwrap_or_default();
+    format!(
+        "name = \"{table}\"\ndatabase = \"{url}\"\n\n{state}[defaults]\nbatch_size = 10\n\n\
+         [[steps]]\nname = \"mark\"\ntable = \"{table}\"\nkey = \"id\"\n\
+         sql = \"UPDATE {table} SET v = {append}{stamp} WHERE id BETWEEN :start AND :end AND {slow}\"\n",
+        url = db.url
+    )
+}
+
+/// Issue 11: `run --restart` with a changed plan while another process still runs the old
+/// one. The restart is a new generation of the run: the old process claims and records
+/// nothing more, stops with exit 1 saying why, and every row ends changed by the new plan
+/// exactly once, with no batch of the old plan committed after the restart.
+async fn r11_restart_fences_the_old_plan(backend: Backend) {
+    restart_fences_the_old_plan(backend, false).await;
+}
+
+/// As [`r11_restart_fences_the_old_plan`], with the progress in a separate state database.
+async fn r11_restart_fences_the_old_plan_with_separate_state(backend: Backend) {
+    restart_fences_the_old_plan(backend, true).await;
+}
+
+async fn restart_fences_the_old_plan(backend: Backend, separate_state: bool) {
+    let db = TestDb::new(backend).await;
+    let table = db.table("restarted");
+    db.exec(&format!(
+        "CREATE TABLE {table} (id {} PRIMARY KEY, v VARCHAR(16) NOT NULL, a_ms BIGINT)",
+        common::id_type(backend)
+    ))
+    .await;
+    let rows: Vec<String> = (1..=800).map(|i| format!("({i}, '')")).collect();
+    common::insert(&db, &table, "id, v", &rows).await;
+    let state_url =
+        separate_state.then(|| format!("sqlite://{}/state.db", db.dir.path().display()));
+    if let Some(url) = &state_url {
+        // godwit opens an existing SQLite file only.
+        godwit_db::connect(
+            &godwit_driver::DbUrl::new(url.clone()),
+            &godwit_driver::ConnectOptions {
+                create_if_missing: true,
+            },
+        )
+        .await
+        .expect("create the state database");
+    }
+    let plan_a = db.plan(
+        "a.toml",
+        &restart_plan(&db, &table, state_url.as_deref(), "A"),
+    );
+    let plan_b = db.plan(
+        "b.toml",
+        &restart_plan(&db, &table, state_url.as_deref(), "B"),
+    );
+    let mut a = common::KillOnDrop(common::spawn_watched(&[
+        "run",
+        path_str(&plan_a),
+        "--restart",
+        "--concurrency",
+        "1",
+        "--quiet",
+    ]));
+    // Plan A has done three batches and has 77 left (at least 3.8 s of sleeping on the
+    // servers): B restarts the run while A is at work, even on a busy machine.
+    common::poll_until(
+        "plan A's first batches",
+        Duration::from_secs(60),
+        async || {
+            assert!(a.alive(), "plan A ended early: {}", a.output_so_far());
+            db.scalar(&format!("SELECT COUNT(*) FROM {table} WHERE v = 'A'"))
+                .await
+                >= 30
+        },
+    )
+    .await;
+    let out = run_cmd(&[
+        "run",
+        path_str(&plan_b),
+        "--restart",
+        "--concurrency",
+        "1",
+        "--quiet",
+    ]);
+    assert_eq!(out.status.code(), Some(0), "B: {}", text(&out.stderr));
+    let code = a.finish(Duration::from_secs(60));
+    let a_err = a.stderr_text();
+    assert_eq!(
+        code,
+        Some(1),
+        "A must stop when B restarts the run: {a_err}"
+    );
+    assert!(
+        a_err.contains("was restarted by another process (--restart)")
+            && a_err.contains("applied nothing of the old plan since"),
+        "{a_err}"
+    );
+
+    // Every row got B's change exactly once; A's, if at all, before B's.
+    let wrong = db
+        .query(&format!(
+            "SELECT id, v FROM {table} WHERE v NOT IN ('B', 'AB') ORDER BY id"
+        ))
+        .await;
+    assert!(
+        wrong.is_empty(),
+        "rows not as plan B alone leaves them: {wrong:?}"
+    );
+    let by_a = db
+        .scalar(&format!("SELECT COUNT(*) FROM {table} WHERE v = 'AB'"))
+        .await;
+    assert!((30..800).contains(&by_a), "{by_a} rows were changed by A");
+    // No batch of A started after B's restart made the new generation.
+    let mut state = match &state_url {
+        Some(url) => godwit_db::connect(
+            &godwit_driver::DbUrl::new(url.clone()),
+            &godwit_driver::ConnectOptions::default(),
+        )
+        .await
+        .expect("state database"),
+        None => db.conn().await,
+    };
+    let restarted_at = state
+        .query(
+            &format!("SELECT created_ms FROM godwit_runs WHERE run = '{table}'"),
+            &[],
+        )
+        .await
+        .expect("the run's row")[0]
+        .get(0)
+        .as_i64()
+        .expect("created_ms");
+    let late = db
+        .scalar(&format!(
+            "SELECT COUNT(*) FROM {table} WHERE a_ms > {restarted_at}"
+        ))
+        .await;
+    assert_eq!(late, 0, "rows changed by A after the restart");
+    let status = common::status_json(&plan_b);
+    assert_eq!(status["state"], "done", "{status}");
+}
+
+/// Issue 11: killed inside the done record, a batch has committed nothing. A trigger the test
+/// puts on `godwit_batches` makes the done record wait for a lock the test holds; once the
+/// server shows the batch's session waiting there (the batch's statement has run, its commit
+/// has not), the process is killed with SIGKILL and the lock released. The batch's rows are
+/// unchanged, the batch is not recorded done, and a re-run applies every batch exactly once.
+/// PostgreSQL and MariaDB (SQLite has no lock a trigger could wait on).
+async fn r11_killed_inside_the_done_record_commits_nothing(backend: Backend) {
+    let isolated;
+    let shared;
+    let db: &TestDb = match backend {
+        Backend::Postgres => {
+            // Its own godwit_batches: the trigger must not touch other tests' runs.
+            isolated = common::isolated_db(backend).await;
+            &isolated
+        }
+        _ => {
+            shared = TestDb::new(backend).await;
+            &shared
+        }
+    };
+    let table = db.table("recorded");
+    db.counter_table(&table, 1..=30).await;
+    let plan = db.plan(
+        "plan.toml",
+        &counter_plan(db, &table, "lease = \"1s\"", None),
+    );
+    // The state tables and the run exist before the trigger goes on them.
+    let out = run_cmd(&["submit", path_str(&plan)]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    let key = rand::random::<u32>();
+    let mut holder = db.conn().await;
+    let (lock, unlock, waiting) = match backend {
+        Backend::Postgres => {
+            db.exec(&format!(
+                "CREATE FUNCTION {table}_hold() RETURNS trigger LANGUAGE plpgsql AS \
+                 $$ BEGIN IF NEW.run = '{table}' AND NEW.state = 'done' THEN \
+                 PERFORM pg_advisory_xact_lock({key}); END IF; RETURN NEW; END $$"
+            ))
+            .await;
+            db.exec(&format!(
+                "CREATE TRIGGER {table}_hold BEFORE UPDATE ON godwit_batches \
+                 FOR EACH ROW EXECUTE FUNCTION {table}_hold()"
+            ))
+            .await;
+            (
+                format!("SELECT pg_advisory_lock({key})::text"),
+                format!("SELECT pg_advisory_unlock({key})::text"),
+                "SELECT pid FROM pg_stat_activity WHERE wait_event_type = 'Lock' \
+                 AND wait_event = 'advisory' AND query LIKE 'UPDATE godwit_batches SET state = ''done''%'"
+                    .to_string(),
+            )
+        }
+        Backend::MySql => {
+            db.exec(&format!(
+                "CREATE TRIGGER {table}_hold BEFORE UPDATE ON godwit_batches FOR EACH ROW \
+                 SET @godwit_hold = IF(NEW.run = '{table}' AND NEW.state = 'done', \
+                 GET_LOCK('{table}', 120), NULL)"
+            ))
+            .await;
+            (
+                format!("SELECT GET_LOCK('{table}', 0)"),
+                format!("SELECT RELEASE_LOCK('{table}')"),
+                // The session shows the trigger's statement while it waits.
+                "SELECT ID FROM information_schema.PROCESSLIST WHERE STATE = 'User lock' \
+                 AND INFO LIKE 'SET @godwit_hold = %'"
+                    .to_string(),
+            )
+        }
+        Backend::Sqlite => panic!("SQLite has no lock for the trigger to wait on"),
+    };
+    holder.query(&lock, &[]).await.expect("take the lock");
+    let mut child = common::KillOnDrop(common::spawn_watched(&[
+        "run",
+        path_str(&plan),
+        "--concurrency",
+        "1",
+        "--quiet",
+    ]));
+    let mut session = 0;
+    common::poll_until(
+        "the batch's session to wait inside its done record",
+        Duration::from_secs(30),
+        async || {
+            assert!(child.alive(), "{}", child.output_so_far());
+            match db.query(&waiting).await.first() {
+                Some(row) => {
+                    session = row[0].as_i64().expect("session id");
+                    true
+                }
+                None => false,
+            }
+        },
+    )
+    .await;
+    child.0.child.kill().expect("kill -9");
+    let _ = child.0.child.wait();
+    // The server finds the client gone once the done record goes on: it rolls back.
+    holder.query(&unlock, &[]).await.expect("release the lock");
+    let alive = match backend {
+        Backend::Postgres => format!("SELECT COUNT(*) FROM pg_stat_activity WHERE pid = {session}"),
+        _ => format!("SELECT COUNT(*) FROM information_schema.PROCESSLIST WHERE ID = {session}"),
+    };
+    common::poll_until(
+        "the killed process's session to end",
+        Duration::from_secs(30),
+        async || db.scalar(&alive).await == 0,
+    )
+    .await;
+    let drop_trigger = match backend {
+        Backend::Postgres => format!("DROP TRIGGER {table}_hold ON godwit_batches"),
+        _ => format!("DROP TRIGGER {table}_hold"),
+    };
+    db.exec(&drop_trigger).await;
+
+    let changed = db
+        .scalar(&format!("SELECT COUNT(*) FROM {table} WHERE hits <> 0"))
+        .await;
+    assert_eq!(
+        changed, 0,
+        "rows changed by a batch killed inside its done record"
+    );
+    let recorded = db
+        .scalar(&format!(
+            "SELECT COUNT(*) FROM godwit_batches WHERE run = '{table}' AND state = 'done'"
+        ))
+        .await;
+    assert_eq!(recorded, 0, "a batch recorded done by a killed process");
+    let out = run_cmd(&["run", path_str(&plan), "--quiet"]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    let hits = db
+        .query(&format!(
+            "SELECT COUNT(*), MIN(hits), MAX(hits) FROM {table}"
+        ))
+        .await;
+    assert_eq!(
+        (
+            hits[0][0].as_i64(),
+            hits[0][1].as_i64(),
+            hits[0][2].as_i64()
+        ),
+        (Some(30), Some(1), Some(1))
+    );
+}
+
+mod killed_inside_the_done_record {
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn pg() {
+        super::r11_killed_inside_the_done_record_commits_nothing(super::Backend::Postgres).await
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn mysql() {
+        super::r11_killed_inside_the_done_record_commits_nothing(super::Backend::MySql).await
+    }
+}
+
 per_backend!(
     steps_follow_their_dependencies,
     batch_timeout_cancels_a_stuck_batch,
@@ -444,4 +791,6 @@ per_backend!(
     permanent_error_fails_with_context,
     time_budget_stops_and_resumes,
     changed_plan_is_refused_until_restart,
+    r11_restart_fences_the_old_plan,
+    r11_restart_fences_the_old_plan_with_separate_state,
 );

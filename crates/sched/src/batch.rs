@@ -116,6 +116,18 @@ pub(crate) async fn execute(
         conn.commit().await?;
         return Ok(Executed::Committed(outcome));
     }
+    // The batch commits before its record here, so the record cannot fence it: confirm the
+    // claim just before the commit instead (a lease taken over, or a run restarted by another
+    // process, leaves this claim's token on no row). Only a stop between this check and the
+    // commit can still apply a batch someone else owns (at-least-once).
+    if !run
+        .state()
+        .extend_lease(batch, ctx.settings().lease)
+        .await?
+    {
+        conn.rollback().await?;
+        return Ok(Executed::Fenced);
+    }
     conn.commit().await?;
     if !dead_letters.is_empty() {
         // Keyed by row, so writing them again (the batch re-run after a crash) replaces rather

@@ -92,6 +92,9 @@ pub enum ErrorKind {
     Invalid,
     /// A database could not be reached or refused the state store's work.
     Database,
+    /// Another process restarted the run (`--restart`) while this one worked on it: this
+    /// process stopped, and nothing of its plan was applied after the restart.
+    Restarted,
 }
 
 impl Error {
@@ -103,6 +106,12 @@ impl Error {
     }
 
     pub(crate) fn database(context: &str, err: &godwit_driver::Error) -> Error {
+        if godwit_state::is_restarted(err) {
+            return Error {
+                kind: ErrorKind::Restarted,
+                message: err.message().to_string(),
+            };
+        }
         let kind = match err.kind() {
             godwit_driver::ErrorKind::Config => ErrorKind::Invalid,
             _ => ErrorKind::Database,
@@ -110,6 +119,16 @@ impl Error {
         Error {
             kind,
             message: format!("{context}: {err}"),
+        }
+    }
+
+    pub(crate) fn restarted(run: &str) -> Error {
+        Error {
+            kind: ErrorKind::Restarted,
+            message: format!(
+                "the run {run:?} was restarted by another process (--restart); this process \
+                 stopped and applied nothing of the old plan since"
+            ),
         }
     }
 

@@ -45,6 +45,8 @@ pub(crate) struct RunCtx {
     stop_handle: StopHandle,
     events: EventSink,
     failed: AtomicBool,
+    /// Another process restarted the run: this one claims nothing more and stops.
+    restarted: AtomicBool,
     /// Paused from elsewhere: claim nothing new until resumed.
     paused: AtomicBool,
     cancelled: AtomicBool,
@@ -99,6 +101,18 @@ impl RunCtx {
     }
     pub(crate) fn mark_failed(&self) {
         self.failed.store(true, Ordering::SeqCst);
+    }
+    /// Notes that another process restarted the run, and stops this one at once: the batches
+    /// in flight belong to the old generation, whose records the state store refuses, so they
+    /// are rolled back rather than finished.
+    pub(crate) fn mark_restarted(&self) {
+        if !self.restarted.swap(true, Ordering::SeqCst) {
+            tracing::warn!(run = %self.name, "the run was restarted by another process; stopping");
+        }
+        self.stop_handle.request(StopLevel::Abort);
+    }
+    pub(crate) fn is_restarted(&self) -> bool {
+        self.restarted.load(Ordering::SeqCst)
     }
     pub(crate) fn is_paused(&self) -> bool {
         self.paused.load(Ordering::SeqCst)
@@ -521,6 +535,7 @@ pub async fn run(
         stop_handle,
         events,
         failed: AtomicBool::new(false),
+        restarted: AtomicBool::new(false),
         paused: AtomicBool::new(false),
         cancelled: AtomicBool::new(false),
         in_flight: Mutex::new(HashMap::new()),
@@ -571,7 +586,12 @@ pub async fn run(
     });
 
     let heartbeat = tokio::spawn(heartbeat(ctx.clone()));
-    let outcome = schedule(&ctx, plan, &steps).await;
+    let mut outcome = schedule(&ctx, plan, &steps).await;
+    if ctx.is_restarted() {
+        // Whatever the steps made of it (a refused record reads as a lost lease or a failure):
+        // the run this process worked on is gone.
+        outcome = Err(Error::restarted(&ctx.name));
+    }
     heartbeat.abort();
     // Every step task has ended here. A claim whose future was dropped by an abort may still
     // be recorded as ours: give it back now rather than when its lease ends.
@@ -610,6 +630,29 @@ async fn schedule(
     let mut failure: Option<String> = None;
     let mut stop = ctx.stop.clone();
     loop {
+        if ctx.is_restarted() {
+            // The batches in flight were aborted: wait for them to end, then leave.
+            while let Some(joined) = running.join_next().await {
+                step_ended(joined, &mut here, &mut failure);
+            }
+            return Err(Error::restarted(&ctx.name));
+        }
+        // Before anything read here is acted on: the steps below may be another plan's.
+        match ctx.state.run_state(&ctx.name).await {
+            Err(e) if godwit_state::is_restarted(&e) => {
+                ctx.mark_restarted();
+                continue;
+            }
+            Ok(Some(RunState::Paused)) => ctx.paused.store(true, Ordering::SeqCst),
+            Ok(Some(RunState::Cancelled)) => {
+                if !ctx.cancelled.swap(true, Ordering::SeqCst) {
+                    tracing::warn!(run = %ctx.name, "the run was cancelled; finishing the batches in flight");
+                }
+                ctx.stop_handle.request(StopLevel::Drain);
+            }
+            Ok(_) => ctx.paused.store(false, Ordering::SeqCst),
+            Err(e) => tracing::debug!(error = %e, "could not read the run's state"),
+        }
         let stored = ctx
             .state
             .steps_done(&ctx.name)
@@ -631,23 +674,16 @@ async fn schedule(
         if let Some(message) = failure.clone().or_else(|| stored_failure(&stored)) {
             ctx.mark_failed();
             if running.is_empty() {
-                let _ = ctx
+                let recorded = ctx
                     .state
                     .set_run_state(&ctx.name, RunState::Failed, Some(&message))
                     .await;
+                if recorded.as_ref().is_err_and(godwit_state::is_restarted) {
+                    ctx.mark_restarted();
+                    continue;
+                }
                 return Ok(RunOutcome::Failed(message));
             }
-        }
-        match ctx.state.run_state(&ctx.name).await {
-            Ok(Some(RunState::Paused)) => ctx.paused.store(true, Ordering::SeqCst),
-            Ok(Some(RunState::Cancelled)) => {
-                if !ctx.cancelled.swap(true, Ordering::SeqCst) {
-                    tracing::warn!(run = %ctx.name, "the run was cancelled; finishing the batches in flight");
-                }
-                ctx.stop_handle.request(StopLevel::Drain);
-            }
-            Ok(_) => ctx.paused.store(false, Ordering::SeqCst),
-            Err(e) => tracing::debug!(error = %e, "could not read the run's state"),
         }
         if ctx.cancelled.load(Ordering::SeqCst) && running.is_empty() {
             return Ok(RunOutcome::Cancelled);

@@ -643,6 +643,10 @@ pub(crate) async fn drive(ctx: Arc<StepCtx>) -> StepResult {
         };
         match started {
             Ok((conn, record)) => break (Some(conn), record),
+            Err(e) if godwit_state::is_restarted(&e) => {
+                run.mark_restarted();
+                return StepResult::Stopped;
+            }
             Err(e) if e.kind().is_retryable() && attempt < 6 && stop.level() == StopLevel::Run => {
                 tracing::warn!(step = ctx.name(), error = %e, "cannot start the step yet; trying again");
                 tokio::time::sleep(batch::backoff(attempt)).await;
@@ -786,6 +790,11 @@ pub(crate) async fn drive(ctx: Arc<StepCtx>) -> StepResult {
                         tokio::time::sleep(IDLE_POLL).await;
                     }
                 }
+            }
+            Err(e) if godwit_state::is_restarted(&e) => {
+                // The run's steps are another plan's now: claim nothing more of them.
+                run.mark_restarted();
+                break;
             }
             Err(e) if e.kind().is_retryable() && consecutive_errors < 30 => {
                 let delay = batch::backoff(i64::from(consecutive_errors.min(5)));

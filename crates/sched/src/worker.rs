@@ -58,7 +58,8 @@ pub enum WorkerEvent {
     Left {
         /// The plan's name.
         plan: String,
-        /// `done`, `failed`, `cancelled` or `stopped`.
+        /// `done`, `failed`, `cancelled`, `stopped`, or `restarted` (another process restarted
+        /// the run; the worker joins its new generation at its next look).
         outcome: &'static str,
         /// Why, when the run failed.
         error: Option<String>,
@@ -209,6 +210,11 @@ fn left(
         Ok(RunOutcome::Failed(message)) => ("failed", Some(message)),
         Ok(RunOutcome::Cancelled) => ("cancelled", None),
         Ok(RunOutcome::Stopped) => ("stopped", None),
+        Err(e) if e.kind() == crate::ErrorKind::Restarted => {
+            // Not refused: the next look joins the new generation, with its plan text.
+            tracing::warn!(plan = %plan, error = %e, "leaving a run that was restarted");
+            ("restarted", None)
+        }
         Err(e) => {
             let lasting = e.kind() == crate::ErrorKind::Invalid;
             refuse(refused, send, plan, e.to_string(), lasting);

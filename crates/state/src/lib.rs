@@ -15,7 +15,11 @@
 //!   lease ran out (its worker died or froze) is claimed again with a new token;
 //! * the done record only matches the batch row that still carries the worker's token, so a
 //!   worker that lost its lease cannot record (nor, with the default state location, commit)
-//!   the batch.
+//!   the batch;
+//! * a run has a generation, a random id that `--restart` replaces: every claim and every done,
+//!   failure and release record of a process names the generation it began, and matches
+//!   nothing once the run was restarted, so a process still running the replaced plan applies
+//!   nothing more and finds out ([`is_restarted`]).
 #![deny(missing_docs)]
 
 mod digest;
@@ -29,6 +33,27 @@ use godwit_driver::{Conn, DbUrl, Dialect, Error, ErrorKind, Result, Value};
 
 pub use crate::schema::SCHEMA_VERSION;
 pub use crate::status::{RunStatus, StepStatus, WorkerStatus, LIVE_WINDOW_MS};
+
+/// The database code of the error a process gets when the run it works on was restarted by
+/// another process (`--restart`): its claims and records belong to a generation that is gone.
+pub const RESTARTED: &str = "godwit-restarted";
+
+/// Whether `error` says that the run was restarted by another process since this one began it
+/// (see [`RESTARTED`]).
+pub fn is_restarted(error: &Error) -> bool {
+    error.code() == Some(RESTARTED)
+}
+
+fn restarted(run: &str) -> Error {
+    Error::new(
+        ErrorKind::Permanent,
+        Some(RESTARTED.to_string()),
+        format!(
+            "the run {run:?} was restarted by another process (--restart); this process stopped \
+             and applied nothing of the old plan since"
+        ),
+    )
+}
 
 /// The life of a run.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -198,6 +223,8 @@ pub struct NewBatch {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ClaimedBatch {
     run: String,
+    /// The run's generation when claimed (`None` from a store that never began the run).
+    generation: Option<String>,
     step: String,
     batch: i64,
     token: String,
@@ -292,6 +319,10 @@ pub struct StateStore {
     dialect: Dialect,
     /// The tables' version when opened: a reader of older tables reads around what they lack.
     version: i64,
+    /// The generation of each run this store began ([`StateStore::begin_run`]): its claims and
+    /// records match only that generation. A run not in here (a reader, `godwit pause`) is
+    /// written to unfenced.
+    generations: std::sync::Mutex<HashMap<String, String>>,
 }
 
 /// Converts `?` placeholders to the dialect's; the SQL in this crate has no `?` elsewhere.
@@ -367,6 +398,21 @@ impl StateStore {
             dialect: conn.dialect(),
             conn: tokio::sync::Mutex::new(Some(conn)),
             version,
+            generations: std::sync::Mutex::new(HashMap::new()),
+        }
+    }
+
+    /// The generation this store began `run` in, if it did.
+    fn generation(&self, run: &str) -> Option<String> {
+        self.generations
+            .lock()
+            .ok()
+            .and_then(|g| g.get(run).cloned())
+    }
+
+    fn set_generation(&self, run: &str, generation: String) {
+        if let Ok(mut g) = self.generations.lock() {
+            g.insert(run.to_string(), generation);
         }
     }
 
@@ -417,12 +463,19 @@ impl StateStore {
     ///
     /// # Errors
     /// [`ErrorKind::Config`] when the stored plan differs, naming the first step that changed.
+    ///
+    /// From then on this store works on the generation of the run it found or made: once
+    /// another process restarts the run, this store's claims and records match nothing and
+    /// fail with [`RESTARTED`].
     pub async fn begin_run(&self, spec: &RunSpec, restart: Restart) -> Result<RunStart> {
-        let spec = spec.clone();
-        self.with_conn(move |conn| {
-            Box::pin(begin_run(conn, spec, restart, RunState::Running, false))
-        })
-        .await
+        let (name, spec) = (spec.name.clone(), spec.clone());
+        let (start, generation) = self
+            .with_conn(move |conn| {
+                Box::pin(begin_run(conn, spec, restart, RunState::Running, false))
+            })
+            .await?;
+        self.set_generation(&name, generation);
+        Ok(start)
     }
 
     /// Stores a run for workers without starting it (`godwit submit`): created `pending`, or
@@ -434,13 +487,11 @@ impl StateStore {
     pub async fn submit(&self, spec: &RunSpec) -> Result<RunStart> {
         let spec = spec.clone();
         self.with_conn(move |conn| {
-            Box::pin(begin_run(
-                conn,
-                spec,
-                Restart::Resume,
-                RunState::Pending,
-                false,
-            ))
+            Box::pin(async move {
+                let (start, _) =
+                    begin_run(conn, spec, Restart::Resume, RunState::Pending, false).await?;
+                Ok(start)
+            })
         })
         .await
     }
@@ -660,21 +711,30 @@ impl StateStore {
     }
 
     /// Reads a run's state.
+    ///
+    /// # Errors
+    /// [`RESTARTED`] when this store began the run and another process restarted it since.
     pub async fn run_state(&self, run: &str) -> Result<Option<RunState>> {
-        let run = run.to_string();
+        let (run, mine) = (run.to_string(), self.generation(run));
         self.with_conn(move |conn| {
             Box::pin(async move {
                 let d = conn.dialect();
                 let rows = conn
                     .query(
-                        &sql(d, "SELECT state FROM godwit_runs WHERE run = ?"),
-                        &[text(run)],
+                        &sql(d, "SELECT state, generation FROM godwit_runs WHERE run = ?"),
+                        &[text(run.clone())],
                     )
                     .await?;
-                Ok(rows
-                    .first()
-                    .and_then(|r| get_text(r.get(0)))
-                    .map(|s| RunState::parse(&s)))
+                let Some(row) = rows.first() else {
+                    return match mine {
+                        Some(_) => Err(restarted(&run)),
+                        None => Ok(None),
+                    };
+                };
+                if mine.is_some() && get_text(row.get(1)) != mine {
+                    return Err(restarted(&run));
+                }
+                Ok(get_text(row.get(0)).map(|s| RunState::parse(&s)))
             })
         })
         .await
@@ -688,6 +748,7 @@ impl StateStore {
         error: Option<&str>,
     ) -> Result<()> {
         let (run, error) = (run.to_string(), error.map(str::to_string));
+        let mine = self.generation(&run);
         self.with_conn(move |conn| {
             Box::pin(async move {
                 let d = conn.dialect();
@@ -696,15 +757,16 @@ impl StateStore {
                     state,
                     RunState::Done | RunState::Failed | RunState::Cancelled
                 );
+                let fence = if mine.is_some() { " AND generation = ?" } else { "" };
                 let q = format!(
-                    "UPDATE godwit_runs SET state = ?, error = ?, finished_ms = {} WHERE run = ?",
+                    "UPDATE godwit_runs SET state = ?, error = ?, finished_ms = {} WHERE run = ?{fence}",
                     if finished { now } else { "NULL" }
                 );
-                conn.execute(
-                    &sql(d, &q),
-                    &[text(state.as_str()), opt_text(error.as_deref()), text(run)],
-                )
-                .await?;
+                let mut params = vec![text(state.as_str()), opt_text(error.as_deref()), text(run.clone())];
+                params.extend(mine.clone().map(text));
+                if conn.execute(&sql(d, &q), &params).await? == 0 && mine.is_some() {
+                    ensure_generation(conn, &run, mine.as_deref()).await?;
+                }
                 Ok(())
             })
         })
@@ -731,27 +793,30 @@ impl StateStore {
     ) -> Result<StepRecord> {
         let (run, step) = (run.to_string(), step.to_string());
         let (key_kind, upper_key) = (key_kind.map(str::to_string), upper_key.map(str::to_string));
+        let mine = self.generation(&run);
         self.with_conn(move |conn| {
             Box::pin(async move {
                 let d = conn.dialect();
+                // The upper key comes from this process's plan (its filter): never fix it for
+                // a generation that runs another plan.
                 let q = format!(
                     "UPDATE godwit_steps SET initialized = 1, key_kind = ?, upper_key = ?, \
                      exhausted = ?, state = 'running', started_ms = {} \
-                     WHERE run = ? AND step = ? AND initialized = 0",
-                    schema::now_ms(d)
+                     WHERE run = ? AND step = ? AND initialized = 0{}",
+                    schema::now_ms(d),
+                    fence(mine.is_some())
                 );
                 let exhausted = Value::Int(i64::from(empty));
-                conn.execute(
-                    &sql(d, &q),
-                    &[
-                        opt_text(key_kind.as_deref()),
-                        opt_text(upper_key.as_deref()),
-                        exhausted,
-                        text(run.clone()),
-                        text(step.clone()),
-                    ],
-                )
-                .await?;
+                let mut params = vec![
+                    opt_text(key_kind.as_deref()),
+                    opt_text(upper_key.as_deref()),
+                    exhausted,
+                    text(run.clone()),
+                    text(step.clone()),
+                ];
+                params.extend(fence_params(&run, mine.as_deref()));
+                conn.execute(&sql(d, &q), &params).await?;
+                ensure_generation(conn, &run, mine.as_deref()).await?;
                 read_step(conn, run, step).await
             })
         })
@@ -761,17 +826,17 @@ impl StateStore {
     /// Stores a step's row-count estimate for progress and ETA.
     pub async fn set_rows_total(&self, run: &str, step: &str, rows_total: i64) -> Result<()> {
         let (run, step) = (run.to_string(), step.to_string());
+        let mine = self.generation(&run);
         self.with_conn(move |conn| {
             Box::pin(async move {
                 let d = conn.dialect();
-                conn.execute(
-                    &sql(
-                        d,
-                        "UPDATE godwit_steps SET rows_total = ? WHERE run = ? AND step = ?",
-                    ),
-                    &[Value::Int(rows_total), text(run), text(step)],
-                )
-                .await?;
+                let q = format!(
+                    "UPDATE godwit_steps SET rows_total = ? WHERE run = ? AND step = ?{}",
+                    fence(mine.is_some())
+                );
+                let mut params = vec![Value::Int(rows_total), text(run.clone()), text(step)];
+                params.extend(fence_params(&run, mine.as_deref()));
+                conn.execute(&sql(d, &q), &params).await?;
                 Ok(())
             })
         })
@@ -788,7 +853,8 @@ impl StateStore {
         lease: Duration,
     ) -> Result<Option<ClaimedBatch>> {
         let (run, step, worker) = (run.to_string(), step.to_string(), worker.to_string());
-        self.with_conn(move |conn| Box::pin(claim_abandoned(conn, run, step, worker, lease)))
+        let mine = self.generation(&run);
+        self.with_conn(move |conn| Box::pin(claim_abandoned(conn, run, mine, step, worker, lease)))
             .await
     }
 
@@ -831,6 +897,7 @@ impl StateStore {
         }
         let (run, step, worker) = (run.to_string(), step.to_string(), worker.to_string());
         let (expected, expected_cursor) = (record.next_batch, record.cursor_key.clone());
+        let mine = self.generation(&run);
         self.with_conn(move |conn| {
             Box::pin(async move {
                 let exhausts = batches.last().is_some_and(|b| b.last);
@@ -839,6 +906,7 @@ impl StateStore {
                     .enumerate()
                     .map(|(i, batch)| ClaimedBatch {
                         run: run.clone(),
+                        generation: mine.clone(),
                         step: step.clone(),
                         batch: expected + i as i64,
                         token: uuid::Uuid::new_v4().simple().to_string(),
@@ -851,6 +919,7 @@ impl StateStore {
                 let claimed = claim_in_one_transaction(
                     conn,
                     &run,
+                    mine.as_deref(),
                     &step,
                     expected,
                     expected_cursor.as_deref(),
@@ -870,24 +939,26 @@ impl StateStore {
     pub async fn mark_exhausted(&self, run: &str, step: &str, record: &StepRecord) -> Result<()> {
         let (run, step, expected) = (run.to_string(), step.to_string(), record.next_batch);
         let cursor = record.cursor_key.clone();
+        let mine = self.generation(&run);
         self.with_conn(move |conn| {
             Box::pin(async move {
                 let d = conn.dialect();
                 let q = format!(
                     "UPDATE godwit_steps SET exhausted = 1 \
-                     WHERE run = ? AND step = ? AND next_batch = ? AND cursor_key {} ?",
-                    null_safe_eq(d)
+                     WHERE run = ? AND step = ? AND next_batch = ? AND cursor_key {} ?{}",
+                    null_safe_eq(d),
+                    fence(mine.is_some())
                 );
-                conn.execute(
-                    &sql(d, &q),
-                    &[
-                        text(run),
-                        text(step),
-                        Value::Int(expected),
-                        opt_text(cursor.as_deref()),
-                    ],
-                )
-                .await?;
+                let mut params = vec![
+                    text(run.clone()),
+                    text(step),
+                    Value::Int(expected),
+                    opt_text(cursor.as_deref()),
+                ];
+                params.extend(fence_params(&run, mine.as_deref()));
+                if conn.execute(&sql(d, &q), &params).await? == 0 {
+                    ensure_generation(conn, &run, mine.as_deref()).await?;
+                }
                 Ok(())
             })
         })
@@ -942,23 +1013,21 @@ impl StateStore {
         let q = format!(
             "UPDATE godwit_batches SET state = 'done', finished_ms = {}, duration_ms = ?, \
              rows_affected = ?, rows_skipped = ?, error = NULL, error_code = NULL \
-             WHERE run = ? AND step = ? AND batch = ? AND token = ? AND state = 'claimed'",
-            schema::now_ms(d)
+             WHERE run = ? AND step = ? AND batch = ? AND token = ? AND state = 'claimed'{}",
+            schema::now_ms(d),
+            fence(batch.generation.is_some())
         );
-        let n = conn
-            .execute(
-                &sql(d, &q),
-                &[
-                    Value::Int(i64::try_from(outcome.duration.as_millis()).unwrap_or(i64::MAX)),
-                    Value::Int(i64::try_from(outcome.rows_affected).unwrap_or(i64::MAX)),
-                    Value::Int(i64::try_from(outcome.rows_skipped).unwrap_or(i64::MAX)),
-                    text(batch.run.clone()),
-                    text(batch.step.clone()),
-                    Value::Int(batch.batch),
-                    text(batch.token.clone()),
-                ],
-            )
-            .await?;
+        let mut params = vec![
+            Value::Int(i64::try_from(outcome.duration.as_millis()).unwrap_or(i64::MAX)),
+            Value::Int(i64::try_from(outcome.rows_affected).unwrap_or(i64::MAX)),
+            Value::Int(i64::try_from(outcome.rows_skipped).unwrap_or(i64::MAX)),
+            text(batch.run.clone()),
+            text(batch.step.clone()),
+            Value::Int(batch.batch),
+            text(batch.token.clone()),
+        ];
+        params.extend(fence_params(&batch.run, batch.generation.as_deref()));
+        let n = conn.execute(&sql(d, &q), &params).await?;
         Ok(n == 1)
     }
 
@@ -1081,22 +1150,21 @@ impl StateStore {
                 let q = format!(
                     "UPDATE godwit_batches SET state = ?, token = NULL, lease_until_ms = {now} + ?, \
                      attempts = attempts + 1, error_code = ?, error = ?, finished_ms = {now} \
-                     WHERE run = ? AND step = ? AND batch = ? AND token = ? AND state = 'claimed'"
+                     WHERE run = ? AND step = ? AND batch = ? AND token = ? AND state = 'claimed'{}",
+                    fence(batch.generation.is_some())
                 );
-                conn.execute(
-                    &sql(d, &q),
-                    &[
-                        text(state),
-                        not_before,
-                        opt_text(code.as_deref()),
-                        text(message),
-                        text(batch.run),
-                        text(batch.step),
-                        Value::Int(batch.batch),
-                        text(batch.token),
-                    ],
-                )
-                .await?;
+                let mut params = vec![
+                    text(state),
+                    not_before,
+                    opt_text(code.as_deref()),
+                    text(message),
+                    text(batch.run.clone()),
+                    text(batch.step),
+                    Value::Int(batch.batch),
+                    text(batch.token),
+                ];
+                params.extend(fence_params(&batch.run, batch.generation.as_deref()));
+                conn.execute(&sql(d, &q), &params).await?;
                 Ok(())
             })
         })
@@ -1110,15 +1178,19 @@ impl StateStore {
         self.with_conn(move |conn| {
             Box::pin(async move {
                 let d = conn.dialect();
-                conn.execute(
-                    &sql(
-                        d,
-                        "UPDATE godwit_batches SET state = 'pending', token = NULL, lease_until_ms = NULL \
-                         WHERE run = ? AND step = ? AND batch = ? AND token = ? AND state = 'claimed'",
-                    ),
-                    &[text(batch.run), text(batch.step), Value::Int(batch.batch), text(batch.token)],
-                )
-                .await?;
+                let q = format!(
+                    "UPDATE godwit_batches SET state = 'pending', token = NULL, lease_until_ms = NULL \
+                     WHERE run = ? AND step = ? AND batch = ? AND token = ? AND state = 'claimed'{}",
+                    fence(batch.generation.is_some())
+                );
+                let mut params = vec![
+                    text(batch.run.clone()),
+                    text(batch.step),
+                    Value::Int(batch.batch),
+                    text(batch.token),
+                ];
+                params.extend(fence_params(&batch.run, batch.generation.as_deref()));
+                conn.execute(&sql(d, &q), &params).await?;
                 Ok(())
             })
         })
@@ -1157,16 +1229,19 @@ impl StateStore {
     /// Marks a step failed with the message of the batch that failed it.
     pub async fn fail_step(&self, run: &str, step: &str, message: &str) -> Result<()> {
         let (run, step, message) = (run.to_string(), step.to_string(), message.to_string());
+        let mine = self.generation(&run);
         self.with_conn(move |conn| {
             Box::pin(async move {
                 let d = conn.dialect();
                 let q = format!(
                     "UPDATE godwit_steps SET state = 'failed', error = ?, finished_ms = {} \
-                     WHERE run = ? AND step = ? AND state <> 'done'",
-                    schema::now_ms(d)
+                     WHERE run = ? AND step = ? AND state <> 'done'{}",
+                    schema::now_ms(d),
+                    fence(mine.is_some())
                 );
-                conn.execute(&sql(d, &q), &[text(message), text(run), text(step)])
-                    .await?;
+                let mut params = vec![text(message), text(run.clone()), text(step)];
+                params.extend(fence_params(&run, mine.as_deref()));
+                conn.execute(&sql(d, &q), &params).await?;
                 Ok(())
             })
         })
@@ -1409,6 +1484,7 @@ async fn write_letters(
 async fn claim_in_one_transaction(
     conn: &mut dyn Conn,
     run: &str,
+    generation: Option<&str>,
     step: &str,
     expected: i64,
     expected_cursor: Option<&str>,
@@ -1433,6 +1509,16 @@ async fn claim_in_one_transaction(
         lease_ms(lease),
         opt_text(expected_cursor),
     ];
+    // On PostgreSQL the cursor moves only while the run is still of this generation (one
+    // statement); elsewhere a locking read of the run's row comes first, which a restart's
+    // delete of that row waits for (and the other way round).
+    let fenced = match (d, generation) {
+        (Dialect::Postgres, Some(generation)) => {
+            params.push(text(generation));
+            " AND EXISTS (SELECT 1 FROM godwit_runs g WHERE g.run = $4 AND g.generation = $10)"
+        }
+        _ => "",
+    };
     // PostgreSQL's VALUES rows, numbered after the parameters before them.
     let mut rows = Vec::with_capacity(claims.len());
     for claim in claims {
@@ -1473,7 +1559,7 @@ async fn claim_in_one_transaction(
             "WITH moved AS ( \
                UPDATE godwit_steps SET cursor_key = $1, next_batch = next_batch + $2, exhausted = $3 \
                WHERE run = $4 AND step = $5 AND next_batch = $6 AND exhausted = 0 \
-                 AND cursor_key IS NOT DISTINCT FROM $9::text RETURNING run) \
+                 AND cursor_key IS NOT DISTINCT FROM $9::text{fenced} RETURNING run) \
              INSERT INTO godwit_batches (run, step, batch, start_key, end_key, n_rows, state, token, \
                worker, lease_until_ms, attempts, claimed_ms) \
              SELECT $4, $5, v.batch, v.start_key, v.end_key, v.n_rows, 'claimed', v.token, $7, \
@@ -1492,9 +1578,26 @@ async fn claim_in_one_transaction(
         .await?;
         let inserted = conn.execute(&q, &params).await?;
         conn.commit().await?;
+        if inserted == 0 {
+            ensure_generation(conn, run, generation).await?;
+        }
         return Ok(inserted == n as u64);
     }
     conn.begin(godwit_driver::TxOptions::default()).await?;
+    if let Some(generation) = generation {
+        let q = match d {
+            Dialect::MySql => "SELECT generation FROM godwit_runs WHERE run = ? LOCK IN SHARE MODE",
+            // The transaction holds SQLite's write lock already.
+            Dialect::Postgres | Dialect::Sqlite => {
+                "SELECT generation FROM godwit_runs WHERE run = ?"
+            }
+        };
+        let rows = conn.query(&sql(d, q), &[text(run)]).await?;
+        if rows.first().and_then(|r| get_text(r.get(0))).as_deref() != Some(generation) {
+            conn.rollback().await?;
+            return Err(restarted(run));
+        }
+    }
     let moved = conn
         .execute(
             &sql(
@@ -1556,29 +1659,36 @@ async fn read_step(conn: &mut dyn Conn, run: String, step: String) -> Result<Ste
     })
 }
 
+/// Creates, resumes or restarts a run; returns how, and the generation the caller works on.
 async fn begin_run(
     conn: &mut dyn Conn,
     spec: RunSpec,
     restart: Restart,
     initial: RunState,
     raced: bool,
-) -> Result<RunStart> {
+) -> Result<(RunStart, String)> {
     let d = conn.dialect();
     let run = spec.name.clone();
     let existing = conn
         .query(
-            &sql(d, "SELECT state FROM godwit_runs WHERE run = ?"),
+            &sql(d, "SELECT state, generation FROM godwit_runs WHERE run = ?"),
             &[text(run.clone())],
         )
         .await?;
     if let Some(row) = existing.first() {
         if restart == Restart::Forget {
+            // A new generation. The run's row goes first: on MySQL a claim reads it with a
+            // share lock, so the restart waits for claims under way and they for it. The
+            // steps go before the batches: on PostgreSQL a claim moving a step's cursor holds
+            // its row, so once the step is deleted the batches that claim inserted are
+            // committed and visible to the delete of the batches. Processes still working on
+            // the old generation then find their claims and records refused.
             conn.begin(Default::default()).await?;
             for table in [
-                "godwit_dead_letters",
-                "godwit_batches",
-                "godwit_steps",
                 "godwit_runs",
+                "godwit_steps",
+                "godwit_batches",
+                "godwit_dead_letters",
             ] {
                 conn.execute(
                     &sql(d, &format!("DELETE FROM {table} WHERE run = ?")),
@@ -1586,9 +1696,9 @@ async fn begin_run(
                 )
                 .await?;
             }
-            insert_run(conn, &spec, initial).await?;
+            let generation = insert_run(conn, &spec, initial).await?;
             conn.commit().await?;
-            return Ok(RunStart::Created);
+            return Ok((RunStart::Created, generation));
         }
         let stored = conn
             .query(
@@ -1615,17 +1725,21 @@ async fn begin_run(
             )));
         }
         let state = get_text(row.get(0)).map(|s| RunState::parse(&s));
-        return Ok(if state == Some(RunState::Done) {
+        // Read before the steps were compared: if the run was restarted since, this process
+        // works on a generation already gone and is refused at its first claim.
+        let generation = get_text(row.get(1)).unwrap_or_default();
+        let start = if state == Some(RunState::Done) {
             RunStart::AlreadyDone
         } else {
             RunStart::Resumed
-        });
+        };
+        return Ok((start, generation));
     }
     conn.begin(Default::default()).await?;
     match insert_run(conn, &spec, initial).await {
-        Ok(()) => {
+        Ok(generation) => {
             conn.commit().await?;
-            Ok(RunStart::Created)
+            Ok((RunStart::Created, generation))
         }
         Err(e) if e.kind() == ErrorKind::Permanent && !raced => {
             // Most likely another process created the run between our read and insert: resume
@@ -1637,8 +1751,10 @@ async fn begin_run(
     }
 }
 
-async fn insert_run(conn: &mut dyn Conn, spec: &RunSpec, initial: RunState) -> Result<()> {
+/// Inserts a run and its steps; returns the run's new generation.
+async fn insert_run(conn: &mut dyn Conn, spec: &RunSpec, initial: RunState) -> Result<String> {
     let d = conn.dialect();
+    let generation = uuid::Uuid::new_v4().simple().to_string();
     let now = schema::now_ms(d);
     let started = if initial == RunState::Pending {
         "NULL"
@@ -1649,14 +1765,15 @@ async fn insert_run(conn: &mut dyn Conn, spec: &RunSpec, initial: RunState) -> R
         &sql(
             d,
             &format!(
-                "INSERT INTO godwit_runs (run, state, plan_text, created_ms, started_ms) \
-                 VALUES (?, ?, ?, {now}, {started})"
+                "INSERT INTO godwit_runs (run, state, plan_text, created_ms, started_ms, generation) \
+                 VALUES (?, ?, ?, {now}, {started}, ?)"
             ),
         ),
         &[
             text(spec.name.clone()),
             text(initial.as_str()),
             text(spec.plan_text.clone()),
+            text(generation.clone()),
         ],
     )
     .await?;
@@ -1677,7 +1794,7 @@ async fn insert_run(conn: &mut dyn Conn, spec: &RunSpec, initial: RunState) -> R
         )
         .await?;
     }
-    Ok(())
+    Ok(generation)
 }
 
 /// The first difference between the stored steps and the plan's, in words.
@@ -1700,6 +1817,7 @@ fn plan_difference(stored: &[StepSpec], planned: &[StepSpec]) -> Option<String> 
 async fn claim_abandoned(
     conn: &mut dyn Conn,
     run: String,
+    generation: Option<String>,
     step: String,
     worker: String,
     lease: Duration,
@@ -1716,6 +1834,7 @@ async fn claim_abandoned(
     let candidates = conn
         .query(&sql(d, &q), &[text(run.clone()), text(step.clone())])
         .await?;
+    let found = !candidates.is_empty();
     for c in candidates {
         let batch = c.get(0).as_i64().unwrap_or_default();
         let old_token = get_text(c.get(1));
@@ -1725,8 +1844,9 @@ async fn claim_abandoned(
             "UPDATE godwit_batches SET state = 'claimed', token = ?, worker = ?, \
              lease_until_ms = {now} + ?, claimed_ms = {now} \
              WHERE run = ? AND step = ? AND batch = ? AND {} \
-             AND state IN ('pending', 'claimed') AND (lease_until_ms IS NULL OR lease_until_ms < {now})",
-            if old_token.is_some() { "token = ?" } else { "token IS NULL" }
+             AND state IN ('pending', 'claimed') AND (lease_until_ms IS NULL OR lease_until_ms < {now}){}",
+            if old_token.is_some() { "token = ?" } else { "token IS NULL" },
+            fence(generation.is_some())
         );
         let mut params = vec![
             text(token.clone()),
@@ -1739,9 +1859,11 @@ async fn claim_abandoned(
         if let Some(old) = &old_token {
             params.push(text(old.clone()));
         }
+        params.extend(fence_params(&run, generation.as_deref()));
         if conn.execute(&sql(d, &q), &params).await? == 1 {
             return Ok(Some(ClaimedBatch {
                 run,
+                generation,
                 step,
                 batch,
                 token,
@@ -1752,7 +1874,50 @@ async fn claim_abandoned(
             }));
         }
     }
+    if found {
+        // Candidates were there but none could be taken: others were faster, or the run was
+        // restarted and they belong to a generation this process does not run.
+        ensure_generation(conn, &run, generation.as_deref()).await?;
+    }
     Ok(None)
+}
+
+/// A condition limiting an UPDATE to rows of a run still of the generation this process
+/// began, or nothing for a store that never began the run; its parameters come from
+/// [`fence_params`], after the statement's others.
+fn fence(fenced: bool) -> &'static str {
+    if fenced {
+        " AND EXISTS (SELECT 1 FROM godwit_runs g WHERE g.run = ? AND g.generation = ?)"
+    } else {
+        ""
+    }
+}
+
+fn fence_params(run: &str, generation: Option<&str>) -> Vec<Value> {
+    match generation {
+        Some(generation) => vec![text(run), text(generation)],
+        None => Vec::new(),
+    }
+}
+
+/// Errs with [`RESTARTED`] when the run is no longer of `generation` (restarted, or its
+/// progress forgotten); does nothing for `None`.
+async fn ensure_generation(conn: &mut dyn Conn, run: &str, generation: Option<&str>) -> Result<()> {
+    let Some(generation) = generation else {
+        return Ok(());
+    };
+    let d = conn.dialect();
+    let rows = conn
+        .query(
+            &sql(d, "SELECT generation FROM godwit_runs WHERE run = ?"),
+            &[text(run)],
+        )
+        .await?;
+    if rows.first().and_then(|r| get_text(r.get(0))).as_deref() == Some(generation) {
+        Ok(())
+    } else {
+        Err(restarted(run))
+    }
 }
 
 async fn complete_step(conn: &mut dyn Conn, run: String, step: String) -> Result<StepCompletion> {

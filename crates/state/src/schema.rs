@@ -7,7 +7,7 @@ use godwit_driver::{Conn, Dialect, Error, Result, Value};
 
 /// The version of the state tables this build writes. A later release that changes them
 /// migrates from this number; an older release refuses newer tables.
-pub const SCHEMA_VERSION: i64 = 3;
+pub const SCHEMA_VERSION: i64 = 4;
 
 /// SQL for "now" in milliseconds on the state database's clock.
 pub(crate) fn now_ms(dialect: Dialect) -> &'static str {
@@ -44,7 +44,8 @@ fn ddl(dialect: Dialect) -> Vec<String> {
   created_ms BIGINT NOT NULL,
   started_ms BIGINT,
   finished_ms BIGINT,
-  error {long_text}
+  error {long_text},
+  generation VARCHAR(64)
 ){engine}"
         ),
         format!(
@@ -233,6 +234,16 @@ async fn migrate(conn: &mut dyn Conn) -> Result<()> {
         conn.execute_unprepared("ALTER TABLE godwit_batches ADD COLUMN rows_skipped BIGINT")
             .await?;
     }
+    // Version 4: the run's generation, which `--restart` replaces so that a process still
+    // working on the run it replaced claims and records nothing more. Runs stored before have
+    // one generation each until restarted.
+    let runs = conn.table_info("godwit_runs").await?;
+    if runs.is_some_and(|t| t.column("generation").is_none()) {
+        conn.execute_unprepared("ALTER TABLE godwit_runs ADD COLUMN generation VARCHAR(64)")
+            .await?;
+    }
+    conn.execute_unprepared("UPDATE godwit_runs SET generation = 'v3' WHERE generation IS NULL")
+        .await?;
     Ok(())
 }
 

@@ -518,7 +518,7 @@ async fn queue_view_counts_what_is_left(backend: &str) {
     assert_eq!(queue(&db, &submitted).await, None);
 }
 
-/// State tables of version 1 gain what versions 2 and 3 added when a newer godwit opens them.
+/// State tables of version 1 gain what versions 2 to 4 added when a newer godwit opens them.
 #[tokio::test]
 async fn version_1_tables_are_migrated() {
     let db = db("sqlite").await;
@@ -529,6 +529,7 @@ async fn version_1_tables_are_migrated() {
         "ALTER TABLE godwit_steps DROP COLUMN batch_size",
         "DROP TABLE godwit_dead_letters",
         "ALTER TABLE godwit_batches DROP COLUMN rows_skipped",
+        "ALTER TABLE godwit_runs DROP COLUMN generation",
         "UPDATE godwit_meta SET value = '1' WHERE name = 'schema_version'",
     ] {
         conn.execute_unprepared(statement).await.unwrap();
@@ -553,6 +554,108 @@ async fn version_1_tables_are_migrated() {
     );
 }
 
+/// Issue 11: a store that began a run claims and records nothing once another process
+/// restarted the run (`--restart`), whatever it read before, and says so: a new claim, a
+/// released batch of the new generation, the done, failure and release records of its old
+/// claims, fixing a step, marking it exhausted, failed, or the run done.
+async fn r11_a_restarted_run_fences_the_old_generation(backend: &str) {
+    let db = db(backend).await;
+    let old = store(&db).await;
+    let (run, record) = started_step(&old, "100").await;
+    let held = old
+        .claim_new(&run, "s", &record, range(1, 10, false), "old", LEASE)
+        .await
+        .unwrap()
+        .expect("old claim");
+    let failing = old
+        .claim_new(
+            &run,
+            "s",
+            &old.step_record(&run, "s").await.unwrap(),
+            range(11, 20, false),
+            "old",
+            LEASE,
+        )
+        .await
+        .unwrap()
+        .expect("old claim");
+
+    let new = store(&db).await;
+    new.begin_run(&spec(&run, "v2"), Restart::Forget)
+        .await
+        .unwrap();
+    let is_restarted = |e: &Error| godwit_state::is_restarted(e);
+
+    // The old process reads the new generation's step; it may not fix or claim it.
+    let fixed = old
+        .init_step(&run, "s", Some("int"), Some("999"), false)
+        .await
+        .unwrap_err();
+    assert!(is_restarted(&fixed), "{fixed}");
+    assert!(fixed
+        .to_string()
+        .contains("was restarted by another process"));
+    let fresh = new
+        .init_step(&run, "s", Some("int"), Some("100"), false)
+        .await
+        .unwrap();
+    assert_eq!(fresh.upper_key.as_deref(), Some("100"));
+    let claim = old
+        .claim_new(&run, "s", &fresh, range(1, 10, false), "old", LEASE)
+        .await
+        .unwrap_err();
+    assert!(is_restarted(&claim), "{claim}");
+    // A batch of the new generation given back is not the old process's to take.
+    let ours = new
+        .claim_new(&run, "s", &fresh, range(1, 10, false), "new", LEASE)
+        .await
+        .unwrap()
+        .expect("new claim");
+    new.release(&ours).await.unwrap();
+    let abandoned = old.claim_abandoned(&run, "s", "old", Duration::ZERO).await;
+    assert!(abandoned.as_ref().is_err_and(is_restarted), "{abandoned:?}");
+    let mark = old
+        .mark_exhausted(&run, "s", &new.step_record(&run, "s").await.unwrap())
+        .await
+        .unwrap_err();
+    assert!(is_restarted(&mark), "{mark}");
+    assert!(!new.step_record(&run, "s").await.unwrap().exhausted);
+
+    // The old claims' records change nothing, in the batch's transaction or not.
+    let outcome = BatchOutcome::default();
+    let mut conn = connect(&db).await;
+    conn.begin(Default::default()).await.unwrap();
+    assert!(!StateStore::record_done(conn.as_mut(), &held, outcome)
+        .await
+        .unwrap());
+    conn.rollback().await.unwrap();
+    assert!(!old.record_done_here(&held, outcome).await.unwrap());
+    old.record_failure(&failing, &Error::permanent("late"), None)
+        .await
+        .unwrap();
+    old.release(&held).await.unwrap();
+    old.fail_step(&run, "s", "late failure").await.unwrap();
+    let done = old
+        .set_run_state(&run, RunState::Done, None)
+        .await
+        .unwrap_err();
+    assert!(is_restarted(&done), "{done}");
+    let read = old.run_state(&run).await.unwrap_err();
+    assert!(is_restarted(&read), "{read}");
+
+    // The new generation is as the new process left it.
+    assert_eq!(new.run_state(&run).await.unwrap(), Some(RunState::Running));
+    assert_eq!(new.step_record(&run, "s").await.unwrap().state, "running");
+    let again = new
+        .claim_abandoned(&run, "s", "new", LEASE)
+        .await
+        .unwrap()
+        .expect("the released batch");
+    assert!(new.record_done_here(&again, outcome).await.unwrap());
+    let status = new.status(&run).await.unwrap().expect("status");
+    assert_eq!(status.steps[0].batches_failed, 0);
+}
+
 macro_rules! per_backend {
     ($($name:ident),*) => {
         mod pg { $( #[tokio::test] async fn $name() { super::$name("pg").await } )* }
@@ -566,5 +669,6 @@ per_backend!(
     retries_release_and_completion,
     queue_view_counts_what_is_left,
     several_batches_in_one_claim,
-    a_rewound_cursor_is_noticed
+    a_rewound_cursor_is_noticed,
+    r11_a_restarted_run_fences_the_old_generation
 );
