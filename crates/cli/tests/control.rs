@@ -1112,7 +1112,7 @@ async fn r11_worker_leaves_a_restarted_run_for_its_new_plan(backend: Backend) {
                  [[steps]]\nname = \"mark\"\ntable = \"{table}\"\nkey = \"id\"\n\
                  sql = \"UPDATE {table} SET v = v || '{letter}'{stamp} \
                  WHERE id BETWEEN :start AND :end AND {slow}\"\n",
-                url = db.url
+                url = common::plan_url(&db.url)
             ),
         )
     };

@@ -942,7 +942,7 @@ table = "{table}"
 key = "id"
 sql = "WITH bumped AS (UPDATE {table} SET v = v + 1 WHERE id BETWEEN :start AND :end AND (SELECT pg_sleep(6)) IS NOT NULL RETURNING id) INSERT INTO {applied} (id, backend) SELECT id, pg_backend_pid() FROM bumped"
 "#,
-            url = db.url
+            url = common::plan_url(&db.url)
         ),
     )
     .expect("write plan");

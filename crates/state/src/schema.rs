@@ -242,8 +242,20 @@ async fn migrate(conn: &mut dyn Conn) -> Result<()> {
         conn.execute_unprepared("ALTER TABLE godwit_runs ADD COLUMN generation VARCHAR(64)")
             .await?;
     }
-    conn.execute_unprepared("UPDATE godwit_runs SET generation = 'v3' WHERE generation IS NULL")
+    // Read first: this runs at every open, and on MariaDB an UPDATE would wait on the row
+    // locks of claims in progress even where it changes nothing.
+    let ungenerated = conn
+        .query(
+            "SELECT 1 FROM godwit_runs WHERE generation IS NULL LIMIT 1",
+            &[],
+        )
         .await?;
+    if !ungenerated.is_empty() {
+        conn.execute_unprepared(
+            "UPDATE godwit_runs SET generation = 'v3' WHERE generation IS NULL",
+        )
+        .await?;
+    }
     Ok(())
 }
 

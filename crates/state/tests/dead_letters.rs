@@ -574,6 +574,55 @@ async fn version_2_tables_are_migrated(backend: &str) {
     );
 }
 
+/// State tables of version 3 (no run generation): opening them for work gives each stored run
+/// the generation `v3`, and the run resumes where it stopped: its next batch is claimed and
+/// recorded done as before.
+async fn version_3_runs_resume_after_migration(backend: &str) {
+    let iso = isolated(backend).await;
+    let db = &iso.db;
+    let state = store(db).await;
+    let (run, _) = started_step(&state, "100").await;
+    let old = claim(&state, &run, "s", 1, 10).await;
+    assert!(state.record_done_here(&old, outcome(0)).await.unwrap());
+    drop(state);
+    let mut conn = connect(db).await;
+    for statement in [
+        "ALTER TABLE godwit_runs DROP COLUMN generation",
+        "UPDATE godwit_meta SET value = '3' WHERE name = 'schema_version'",
+    ] {
+        conn.execute_unprepared(statement).await.unwrap();
+    }
+
+    let state = store(db).await;
+    // The run's name is the test's own (letters and digits): safe to write into the SQL.
+    let generation = conn
+        .query(
+            &format!("SELECT generation FROM godwit_runs WHERE run = '{run}'"),
+            &[],
+        )
+        .await
+        .unwrap();
+    let generation = match generation[0].get(0) {
+        Value::Bytes(b) => String::from_utf8_lossy(b).into_owned(),
+        other => other.as_str().expect("text").to_string(),
+    };
+    assert_eq!(generation, "v3");
+    assert_eq!(
+        state
+            .begin_run(&spec(&run, "v1"), Restart::Resume)
+            .await
+            .unwrap(),
+        godwit_state::RunStart::Resumed
+    );
+    let next = claim(&state, &run, "s", 11, 20).await;
+    assert!(
+        state.record_done_here(&next, outcome(0)).await.unwrap(),
+        "a run stored before generations is fenced out of its own batches"
+    );
+    let status = state.status(&run).await.unwrap().unwrap();
+    assert_eq!(status.steps[0].batches_done, 2);
+}
+
 macro_rules! per_backend {
     ($($name:ident),*) => {
         mod pg { $( #[tokio::test] async fn $name() { super::$name("pg").await } )* }
@@ -590,5 +639,6 @@ per_backend!(
     a_digest_clash_is_refused,
     rows_skipped_are_summed_per_step,
     forgetting_a_run_forgets_its_letters,
-    version_2_tables_are_migrated
+    version_2_tables_are_migrated,
+    version_3_runs_resume_after_migration
 );
