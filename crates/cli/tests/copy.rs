@@ -1177,49 +1177,6 @@ async fn on_conflict_modes(backend: Backend) {
 
 // --- 4. kill -9 ---------------------------------------------------------------------------------
 
-/// Makes every write into `table` slow, whatever path the copy takes (an in-database
-/// `INSERT … SELECT`, binary COPY, multi-row inserts): a sleep per statement on PostgreSQL, per
-/// row on MariaDB, a count over a cross join per row on SQLite (which has no sleep). The run
-/// then lasts long enough to be killed several times on any machine.
-async fn slow_target(db: &TestDb, table: &str) {
-    match db.backend {
-        Backend::Postgres => {
-            db.exec(&format!(
-                "CREATE FUNCTION {table}_slow() RETURNS trigger LANGUAGE plpgsql AS \
-                 $$ BEGIN PERFORM pg_sleep(0.03); RETURN NULL; END $$"
-            ))
-            .await;
-            db.exec(&format!(
-                "CREATE TRIGGER {table}_slow AFTER INSERT OR UPDATE ON {table} \
-                 FOR EACH STATEMENT EXECUTE FUNCTION {table}_slow()"
-            ))
-            .await;
-        }
-        Backend::MySql => {
-            db.exec(&format!(
-                "CREATE TRIGGER {table}_slow BEFORE INSERT ON {table} \
-                 FOR EACH ROW SET @godwit_slow = SLEEP(0.002)"
-            ))
-            .await;
-        }
-        Backend::Sqlite => {
-            db.exec(&format!("CREATE TABLE {table}_spin (i INTEGER)"))
-                .await;
-            let ones: Vec<String> = (0..150).map(|i| format!("({i})")).collect();
-            db.exec(&format!(
-                "INSERT INTO {table}_spin (i) VALUES {}",
-                ones.join(", ")
-            ))
-            .await;
-            db.exec(&format!(
-                "CREATE TRIGGER {table}_slow AFTER INSERT ON {table} BEGIN \
-                 SELECT COUNT(*) FROM {table}_spin a, {table}_spin b; END"
-            ))
-            .await;
-        }
-    }
-}
-
 /// A copy killed with SIGKILL at random moments, again and again, then resumed until it
 /// exits 0: the target equals the source, no key is there twice, and `verify` agrees.
 async fn kill_9_during_copy(source: Backend, target: Backend) {
@@ -1245,7 +1202,17 @@ async fn kill_9_during(dbs: Dbs) {
     s.exec(&table(s, &src)).await;
     t.exec(&table(t, &dst)).await;
     // A fast machine must not finish the copy between two kills.
-    slow_target(t, &dst).await;
+    // Slow writes, whatever path the copy takes (an in-database `INSERT … SELECT`, binary
+    // COPY, multi-row inserts).
+    common::slow_writes(
+        t,
+        &dst,
+        common::RowCost {
+            mysql_sleep: "0.002",
+            sqlite_spin: 150,
+        },
+    )
+    .await;
     // Sparse keys, so that a batch's range is not its row count.
     let rows: Vec<String> = (1..=ROWS)
         .map(|k| {

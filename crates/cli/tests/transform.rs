@@ -369,52 +369,6 @@ async fn concurrent_writes_are_never_lost(backend: Backend) {
 
 // --- 3. kill -9 --------------------------------------------------------------------------------
 
-/// Makes every write into `table` slow: a sleep per statement on PostgreSQL, per row on
-/// MariaDB, a count over a cross join per row on SQLite (which has no sleep). A kill -9 test
-/// then interrupts the run at work on any machine, however fast its transform is.
-async fn slow_writes(db: &TestDb, table: &str) {
-    match db.backend {
-        Backend::Postgres => {
-            db.exec(&format!(
-                "CREATE FUNCTION {table}_slow() RETURNS trigger LANGUAGE plpgsql AS \
-                 $$ BEGIN PERFORM pg_sleep(0.03); RETURN NULL; END $$"
-            ))
-            .await;
-            db.exec(&format!(
-                "CREATE TRIGGER {table}_slow AFTER INSERT OR UPDATE ON {table} \
-                 FOR EACH STATEMENT EXECUTE FUNCTION {table}_slow()"
-            ))
-            .await;
-        }
-        Backend::MySql => {
-            for event in ["INSERT", "UPDATE"] {
-                db.exec(&format!(
-                    "CREATE TRIGGER {table}_slow_{event} BEFORE {event} ON {table} \
-                     FOR EACH ROW SET @godwit_slow = SLEEP(0.0005)"
-                ))
-                .await;
-            }
-        }
-        Backend::Sqlite => {
-            db.exec(&format!("CREATE TABLE {table}_spin (i INTEGER)"))
-                .await;
-            let ones: Vec<String> = (0..100).map(|i| format!("({i})")).collect();
-            db.exec(&format!(
-                "INSERT INTO {table}_spin (i) VALUES {}",
-                ones.join(", ")
-            ))
-            .await;
-            for event in ["INSERT", "UPDATE"] {
-                db.exec(&format!(
-                    "CREATE TRIGGER {table}_slow_{event} AFTER {event} ON {table} BEGIN \
-                     SELECT COUNT(*) FROM {table}_spin a, {table}_spin b; END"
-                ))
-                .await;
-            }
-        }
-    }
-}
-
 /// Starts `godwit run PLAN` up to ten times and kills each with SIGKILL: every other round once
 /// `progress` (a count of transformed rows) has grown, so that most kills land mid-transform,
 /// the others at any moment (start-up and claims included). Fails unless at least three kills
@@ -475,7 +429,15 @@ async fn exactly_once_across_kill_9(backend: Backend) {
     let db = db_for(backend).await;
     let table = db.table("killed");
     log_table(&db, &table, ROWS).await;
-    slow_writes(&db, &table).await;
+    common::slow_writes(
+        &db,
+        &table,
+        common::RowCost {
+            mysql_sleep: "0.0005",
+            sqlite_spin: 100,
+        },
+    )
+    .await;
     let plan = write_plan(
         &db,
         "plan.toml",

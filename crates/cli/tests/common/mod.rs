@@ -638,3 +638,58 @@ pub fn dead_letters_by_key(plan: &Path) -> Vec<(i64, String)> {
     letters.sort();
     letters
 }
+
+/// What a row written into a table slowed by [`slow_writes`] costs where the database has no
+/// per-statement sleep that fits: MariaDB's `SLEEP` seconds per row, and on SQLite (which has no
+/// sleep) the side of a table counted against itself per row.
+pub struct RowCost {
+    pub mysql_sleep: &'static str,
+    pub sqlite_spin: usize,
+}
+
+/// Makes every insert into and update of `table` slow, whatever statement writes it: a sleep
+/// per statement on PostgreSQL, per row on MariaDB, a count over a cross join per row on SQLite.
+/// A kill -9 test then interrupts its run at work on any machine, however fast the machine.
+pub async fn slow_writes(db: &TestDb, table: &str, cost: RowCost) {
+    match db.backend {
+        Backend::Postgres => {
+            db.exec(&format!(
+                "CREATE FUNCTION {table}_slow() RETURNS trigger LANGUAGE plpgsql AS \
+                 $$ BEGIN PERFORM pg_sleep(0.03); RETURN NULL; END $$"
+            ))
+            .await;
+            db.exec(&format!(
+                "CREATE TRIGGER {table}_slow AFTER INSERT OR UPDATE ON {table} \
+                 FOR EACH STATEMENT EXECUTE FUNCTION {table}_slow()"
+            ))
+            .await;
+        }
+        Backend::MySql => {
+            for event in ["INSERT", "UPDATE"] {
+                db.exec(&format!(
+                    "CREATE TRIGGER {table}_slow_{event} BEFORE {event} ON {table} \
+                     FOR EACH ROW SET @godwit_slow = SLEEP({})",
+                    cost.mysql_sleep
+                ))
+                .await;
+            }
+        }
+        Backend::Sqlite => {
+            db.exec(&format!("CREATE TABLE {table}_spin (i INTEGER)"))
+                .await;
+            let ones: Vec<String> = (0..cost.sqlite_spin).map(|i| format!("({i})")).collect();
+            db.exec(&format!(
+                "INSERT INTO {table}_spin (i) VALUES {}",
+                ones.join(", ")
+            ))
+            .await;
+            for event in ["INSERT", "UPDATE"] {
+                db.exec(&format!(
+                    "CREATE TRIGGER {table}_slow_{event} AFTER {event} ON {table} BEGIN \
+                     SELECT COUNT(*) FROM {table}_spin a, {table}_spin b; END"
+                ))
+                .await;
+            }
+        }
+    }
+}
