@@ -1,0 +1,84 @@
+//! Worker heartbeats: who is alive, on which run, holding how many batches (`godwit_workers`).
+
+use godwit_driver::{Result, Value};
+
+use crate::{schema, sql, text, StateStore, WorkerBeat};
+
+impl StateStore {
+    /// Records that `beat.worker` is alive and what it holds; called every second or so.
+    pub async fn heartbeat(&self, beat: &WorkerBeat) -> Result<()> {
+        let beat = beat.clone();
+        self.with_conn(move |conn| {
+            Box::pin(async move {
+                let d = conn.dialect();
+                let now = schema::now_ms(d);
+                let updated = conn
+                    .execute(
+                        &sql(
+                            d,
+                            &format!(
+                                "UPDATE godwit_workers SET heartbeat_ms = {now}, batches = ?, state = ? \
+                                 WHERE worker = ?"
+                            ),
+                        ),
+                        &[
+                            Value::Int(beat.batches),
+                            text(beat.state.clone()),
+                            text(beat.worker.clone()),
+                        ],
+                    )
+                    .await?;
+                if updated == 0 {
+                    // A worker's first beat. Rows of workers silent for a day go at the same
+                    // time, so the table does not grow with every pod that ever ran.
+                    conn.execute(
+                        &sql(
+                            d,
+                            &format!("DELETE FROM godwit_workers WHERE heartbeat_ms < {now} - 86400000"),
+                        ),
+                        &[],
+                    )
+                    .await?;
+                    conn.execute(
+                        &sql(
+                            d,
+                            &format!(
+                                "INSERT INTO godwit_workers (worker, run, host, pid, version, started_ms, \
+                                 heartbeat_ms, batches, state) VALUES (?, ?, ?, ?, ?, {now}, {now}, ?, ?)"
+                            ),
+                        ),
+                        &[
+                            text(beat.worker),
+                            text(beat.run),
+                            text(beat.host),
+                            Value::Int(beat.pid),
+                            text(beat.version),
+                            Value::Int(beat.batches),
+                            text(beat.state),
+                        ],
+                    )
+                    .await?;
+                }
+                Ok(())
+            })
+        })
+        .await
+    }
+
+    /// Forgets a worker that is leaving.
+    pub async fn remove_worker(&self, worker: &str) -> Result<()> {
+        let worker = worker.to_string();
+        self.with_conn(move |conn| {
+            Box::pin(async move {
+                let d = conn.dialect();
+                conn.execute(
+                    &sql(d, "DELETE FROM godwit_workers WHERE worker = ?"),
+                    &[text(worker)],
+                )
+                .await?;
+                Ok(())
+            })
+        })
+        .await
+    }
+}
