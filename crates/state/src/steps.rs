@@ -106,7 +106,7 @@ impl StateStore {
         .await
     }
 
-    /// Whether every step in `steps` is done.
+    /// Each step of `run` with its state (`pending`, `running`, `done`, `failed`), in plan order.
     pub async fn steps_done(&self, run: &str) -> Result<Vec<(String, String)>> {
         let run = run.to_string();
         self.with_conn(move |conn| {
