@@ -22,24 +22,6 @@ use crate::{
 };
 
 impl StateStore {
-    /// Claims a new batch by advancing the step's cursor from `record` (which must be the
-    /// state just read) to `batch.end_key`. Returns `None` when another worker advanced it first;
-    /// read the record again and retry.
-    pub async fn claim_new(
-        &self,
-        run: &str,
-        step: &str,
-        record: &StepRecord,
-        batch: NewBatch,
-        worker: &str,
-        lease: Duration,
-    ) -> Result<Option<ClaimedBatch>> {
-        let claimed = self
-            .claim_new_batches(run, step, record, vec![batch], worker, lease)
-            .await?;
-        Ok(claimed.and_then(|mut batches| batches.pop()))
-    }
-
     /// Claims the consecutive ranges `batches` at once, advancing the step's cursor past the
     /// last of them in one compare-and-set: one claim, one commit and one race for the cursor
     /// row for several batches. Returns `None` when another worker advanced the cursor first.

@@ -5,7 +5,7 @@ mod common;
 
 use std::time::Duration;
 
-use common::{connect, db, range, run_name, spec, started_step, store, Db, LEASE};
+use common::{connect, db, range, run_name, spec, started_step, store, ClaimOne, Db, LEASE};
 use godwit_driver::Error;
 use godwit_state::{
     BatchOutcome, Control, Restart, RunStart, RunState, StateStore, StepCompletion,
@@ -654,14 +654,6 @@ async fn r11_a_restarted_run_fences_the_old_generation(backend: &str) {
     assert!(new.record_done_here(&again, outcome).await.unwrap());
     let status = new.status(&run).await.unwrap().expect("status");
     assert_eq!(status.steps[0].batches_failed, 0);
-}
-
-macro_rules! per_backend {
-    ($($name:ident),*) => {
-        mod pg { $( #[tokio::test] async fn $name() { super::$name("pg").await } )* }
-        mod mysql { $( #[tokio::test] async fn $name() { super::$name("mysql").await } )* }
-        mod sqlite { $( #[tokio::test] async fn $name() { super::$name("sqlite").await } )* }
-    };
 }
 
 per_backend!(

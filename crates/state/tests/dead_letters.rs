@@ -7,7 +7,7 @@ mod common;
 use std::time::Duration;
 
 use common::{
-    connect, db, isolated, range, run_name, spec, spec_of, started_step, store, Db, LEASE,
+    connect, db, isolated, range, run_name, spec, spec_of, started_step, store, ClaimOne, Db, LEASE,
 };
 use godwit_driver::{Dialect, Value};
 use godwit_state::{
@@ -621,14 +621,6 @@ async fn version_3_runs_resume_after_migration(backend: &str) {
     );
     let status = state.status(&run).await.unwrap().unwrap();
     assert_eq!(status.steps[0].batches_done, 2);
-}
-
-macro_rules! per_backend {
-    ($($name:ident),*) => {
-        mod pg { $( #[tokio::test] async fn $name() { super::$name("pg").await } )* }
-        mod mysql { $( #[tokio::test] async fn $name() { super::$name("mysql").await } )* }
-        mod sqlite { $( #[tokio::test] async fn $name() { super::$name("sqlite").await } )* }
-    };
 }
 
 per_backend!(

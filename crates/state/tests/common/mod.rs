@@ -6,7 +6,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use godwit_driver::{Conn, ConnectOptions, DbUrl};
-use godwit_state::{NewBatch, Restart, RunSpec, StateStore, StepRecord, StepSpec};
+use godwit_state::{ClaimedBatch, NewBatch, Restart, RunSpec, StateStore, StepRecord, StepSpec};
 
 pub struct Db {
     pub url: DbUrl,
@@ -211,4 +211,48 @@ pub async fn started_step(state: &StateStore, upper: &str) -> (String, StepRecor
         .await
         .unwrap();
     (run, record)
+}
+
+/// One batch claimed as workers claim several (`claim_new_batches`), for the tests that follow
+/// a single batch through the protocol.
+#[allow(async_fn_in_trait)] // used by these tests alone, never across threads
+pub trait ClaimOne {
+    /// Claims `batch` by advancing the step's cursor from `record`; `None` when another worker
+    /// advanced it first.
+    async fn claim_new(
+        &self,
+        run: &str,
+        step: &str,
+        record: &StepRecord,
+        batch: NewBatch,
+        worker: &str,
+        lease: Duration,
+    ) -> godwit_driver::Result<Option<ClaimedBatch>>;
+}
+
+impl ClaimOne for StateStore {
+    async fn claim_new(
+        &self,
+        run: &str,
+        step: &str,
+        record: &StepRecord,
+        batch: NewBatch,
+        worker: &str,
+        lease: Duration,
+    ) -> godwit_driver::Result<Option<ClaimedBatch>> {
+        let claimed = self
+            .claim_new_batches(run, step, record, vec![batch], worker, lease)
+            .await?;
+        Ok(claimed.and_then(|mut batches| batches.pop()))
+    }
+}
+
+/// Declares one test per backend (`pg`, `mysql`, `sqlite`) from an `async fn(&str)`.
+#[macro_export]
+macro_rules! per_backend {
+    ($($name:ident),* $(,)?) => {
+        mod pg { $( #[tokio::test] async fn $name() { super::$name("pg").await } )* }
+        mod mysql { $( #[tokio::test] async fn $name() { super::$name("mysql").await } )* }
+        mod sqlite { $( #[tokio::test] async fn $name() { super::$name("sqlite").await } )* }
+    };
 }
