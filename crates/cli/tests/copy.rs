@@ -1915,7 +1915,7 @@ async fn r11_mariadb_zero_month_date_is_a_row_error() {
 }
 
 /// Issue 11: SQLite text that is not UTF-8 is a row error into PostgreSQL `text`, and
-/// `convert = { v = "replace" }` (the README's remedy) writes it with U+FFFD.
+/// `convert = { v = "replace" }` (the remedy docs/copies.md gives) writes it with U+FFFD.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn r11_sqlite_text_not_utf8_is_a_row_error() {
     let converted = bad_source_value(

@@ -767,7 +767,7 @@ async fn separate_state_database_is_at_least_once_and_finishes() {
 
 /// A worker killed mid-run loses its batches when its lease ends, not when the walk does: the
 /// other workers take them over within a few seconds of the lease, while the step is still
-/// being walked, as `status` and the README promise ("a worker silent that long loses its
+/// being walked, as `status` and docs/fleets.md promise ("a worker silent that long loses its
 /// batches").
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_killed_workers_batches_are_taken_over_when_its_lease_ends() {
@@ -1049,7 +1049,7 @@ async fn a_frozen_worker_cannot_apply_its_batch_twice() {
 /// The same with `[state] database` apart from the data. The first worker is frozen before
 /// any commit, so the at-least-once window (a worker stopped between the batch's commit and
 /// its record) is not open: it must apply nothing once thawed either ("if it comes back, its
-/// commit is refused", README).
+/// commit is refused", docs/guarantees.md).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_frozen_worker_cannot_apply_its_batch_twice_with_separate_state() {
     frozen_worker_commits_nothing(true).await;

@@ -337,7 +337,7 @@ end
 
 // A JSON document that is a bare string, number or boolean comes back as a document. A document
 // that is JSON `null` reaches Lua as godwit.null, which means SQL NULL when written back (the
-// README names this limitation).
+// docs/limitations.md names this limitation).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn scalar_json_documents_survive_the_identity_transform() {
     let t = compile("function transform(row) return {doc = row.doc} end");
