@@ -2638,7 +2638,7 @@ async fn postgres_bulk_paths_keep_every_value() {
         // The debug log names the path the copy took.
         let mut cmd = godwit();
         cmd.args(["run", path_str(&plan)])
-            .env("RUST_LOG", "godwit_sched=debug");
+            .env("RUST_LOG", "godwit_batch=debug");
         let mut watched = KillOnDrop(spawn_watched_cmd(cmd));
         let code = watched.finish(Duration::from_secs(90));
         let stderr = watched.stderr_text();
@@ -2665,7 +2665,7 @@ async fn postgres_bulk_paths_keep_every_value() {
         if name == "in_database" {
             let mut cmd = godwit();
             cmd.args(["verify", path_str(&plan)])
-                .env("RUST_LOG", "godwit_sched=debug");
+                .env("RUST_LOG", "godwit_batch=debug");
             let mut watched = KillOnDrop(spawn_watched_cmd(cmd));
             assert_eq!(watched.finish(Duration::from_secs(90)), Some(0));
             let stderr = watched.stderr_text();

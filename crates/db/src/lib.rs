@@ -25,3 +25,7 @@ pub async fn connect(url: &DbUrl, options: &ConnectOptions) -> Result<Box<dyn Co
         ))),
     }
 }
+
+mod pool;
+
+pub use crate::pool::ConnPool;

@@ -2,10 +2,10 @@
 
 use std::time::{Duration, Instant};
 
-use godwit_driver::{Conn, Error, KeyKind, Result, TxOptions, Value};
-use godwit_state::{BatchOutcome, ClaimedBatch, StateStore};
+use godwit_driver::{Conn, Result, TxOptions};
+use godwit_state::{BatchOutcome, ClaimedBatch, DeadLetter, StateStore};
 
-use crate::step::{ChunkAction, StepCtx, StepWork};
+use crate::step::StepCtx;
 
 /// How a batch ended when it did not fail.
 pub(crate) enum Executed {
@@ -14,30 +14,6 @@ pub(crate) enum Executed {
     /// Another worker took the batch over after this one's lease ran out; with the default
     /// state location nothing was committed.
     Fenced,
-}
-
-/// Binds the batch's first and last key in the order the rewritten statement uses them.
-pub(crate) fn key_params(
-    kind: KeyKind,
-    order: &[usize],
-    batch: &ClaimedBatch,
-) -> Result<Vec<Value>> {
-    let missing = || Error::permanent("a chunked batch has no key range in the state tables");
-    let start = kind.decode(batch.start_key().ok_or_else(missing)?)?;
-    let end = kind.decode(batch.end_key().ok_or_else(missing)?)?;
-    Ok(order
-        .iter()
-        .map(|&i| if i == 0 { start.clone() } else { end.clone() })
-        .collect())
-}
-
-/// The batch's first and last key.
-fn key_range(kind: KeyKind, batch: &ClaimedBatch) -> Result<(Value, Value)> {
-    let mut keys = key_params(kind, &[0, 1], batch)?.into_iter();
-    match (keys.next(), keys.next()) {
-        (Some(start), Some(end)) => Ok((start, end)),
-        _ => Err(Error::permanent("a batch needs two keys")),
-    }
 }
 
 /// Runs `batch` on `conn`. On error the transaction may still be open: the caller rolls back
@@ -56,50 +32,22 @@ pub(crate) async fn execute(
         async_commit: run.exactly_once(),
     };
     let started = Instant::now();
-    let mut dead_letters = Vec::new();
-    let rows_affected = match ctx.work() {
-        StepWork::Once { sql, outside_tx } if *outside_tx => {
-            // CREATE INDEX CONCURRENTLY and VACUUM refuse transactions: run, then record.
-            // `check` tells users such statements must be idempotent.
-            let n = conn.execute_unprepared(sql).await?;
-            conn.begin(tx).await?;
-            n
-        }
-        StepWork::Once { sql, .. } => {
-            conn.begin(tx).await?;
-            conn.execute_unprepared(sql).await?
-        }
-        StepWork::Chunked {
-            key_kind, action, ..
-        } => {
-            let kind = key_kind.get().copied().ok_or_else(|| {
-                Error::permanent("the step's key kind is unknown; its walk was not started")
-            })?;
-            match action {
-                ChunkAction::Sql { sql, order } => {
-                    let params = key_params(kind, order, batch)?;
-                    conn.begin(tx).await?;
-                    conn.execute(sql, &params).await?
-                }
-                ChunkAction::Rows(step) => {
-                    let (start, end) = key_range(kind, batch)?;
-                    conn.begin(tx).await?;
-                    let done = step.run(conn, start, end).await?;
-                    dead_letters = done.dead_letters;
-                    done.rows_written
-                }
-                ChunkAction::Copy(step) => {
-                    let (start, end) = key_range(kind, batch)?;
-                    let (written, refused) = step.run(conn, tx, start, end).await?;
-                    dead_letters = refused;
-                    written
-                }
-            }
-        }
-    };
-    // One letter per key: the rows a fan-out made of one source row are refused together.
-    let mut seen = std::collections::HashSet::new();
-    dead_letters.retain(|l| seen.insert(l.key.clone()));
+    // The transaction opens here and only here, for every kind of step: what must come
+    // before it (a statement that refuses one, a copy's first read) runs first.
+    let work = ctx.work();
+    let begun = work.start(conn, batch.start_key(), batch.end_key()).await?;
+    conn.begin(tx).await?;
+    let written = work.write(conn, begun).await?;
+    let rows_affected = written.rows;
+    let dead_letters: Vec<DeadLetter> = written
+        .refused
+        .into_iter()
+        .map(|l| DeadLetter {
+            key: l.key,
+            error: l.error,
+            row: l.row,
+        })
+        .collect();
     let outcome = BatchOutcome {
         rows_affected,
         rows_skipped: dead_letters.len() as u64,

@@ -11,30 +11,25 @@
 #![deny(missing_docs)]
 
 mod batch;
-mod copy;
 mod events;
-mod key;
-mod pool;
-mod rows;
 mod run;
-mod savepoint;
-mod slices;
 mod step;
 mod stop;
 mod verify;
-mod walk;
 mod worker;
 
 use std::fmt;
 use std::sync::Arc;
 
 pub use crate::events::{Event, EventSink};
-pub use crate::key::{columns_target_lacks, key_problem, KeyProblem};
 pub use crate::run::{run, submit};
-pub use crate::step::{build_transform, needs_autocommit};
 pub use crate::stop::{stop_pair, StopHandle, StopLevel, StopSignal};
-pub use crate::verify::{verify, RangeDifference, StepCheck};
+pub use crate::verify::verify;
 pub use crate::worker::{work, WorkerEvent, WorkerOptions, WorkerOutcome};
+pub use godwit_batch::{
+    build_transform, columns_target_lacks, key_problem, needs_autocommit, KeyProblem,
+    RangeDifference, StepCheck,
+};
 pub use godwit_state::{Restart, RunStart};
 
 /// How this process takes part in a run.
@@ -145,6 +140,19 @@ impl fmt::Display for Error {
 }
 
 impl std::error::Error for Error {}
+
+impl From<godwit_batch::Error> for Error {
+    fn from(e: godwit_batch::Error) -> Error {
+        let kind = match e.kind() {
+            godwit_batch::ErrorKind::Invalid => ErrorKind::Invalid,
+            godwit_batch::ErrorKind::Database => ErrorKind::Database,
+        };
+        Error {
+            kind,
+            message: e.to_string(),
+        }
+    }
+}
 
 /// The default number of batches in flight for a database.
 ///

@@ -12,13 +12,13 @@ use tokio::sync::Semaphore;
 use tokio::task::JoinSet;
 
 use crate::batch;
-use crate::pool::ConnPool;
 use crate::step::{self, StepCtx, StepResult};
 use crate::stop::{stop_pair, StopHandle, StopLevel, StopSignal};
 use crate::{
     default_concurrency, key_problem, step_definition, Error, Event, EventSink, RunOptions,
     RunOutcome,
 };
+use godwit_db::ConnPool;
 
 /// How often the scheduler looks at the stored run (other processes' progress, a failure, a
 /// pause or a cancel asked from elsewhere).
@@ -318,7 +318,7 @@ async fn copy_problems(
     let Some(target_info) = target_info else {
         return Ok(());
     };
-    let lacking = crate::key::columns_target_lacks(conn, step, &target_info)
+    let lacking = godwit_batch::columns_target_lacks(conn, step, &target_info)
         .await
         .map_err(|e| inspect(table, &e))?;
     if lacking.is_empty() {

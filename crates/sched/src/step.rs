@@ -2,62 +2,30 @@
 //! and decide when it is finished.
 
 use std::collections::VecDeque;
-use std::path::{Path, PathBuf};
-use std::sync::{Arc, OnceLock};
+use std::path::Path;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use godwit_driver::{rewrite_params, Conn, Dialect, Error, ErrorKind, KeyKind, Value};
-use godwit_plan::{Script, Settings, Step, StepKind};
+use godwit_batch::{open_walker, Work};
+use godwit_driver::{Conn, Dialect, Error, ErrorKind, KeyKind, Value};
+use godwit_plan::{Settings, Step, StepKind};
 use godwit_state::{ClaimedBatch, NewBatch, StepCompletion, StepRecord};
-use godwit_transform::{Limits, Source, Transform};
 use tokio::sync::OwnedSemaphorePermit;
 use tokio::task::JoinSet;
 
 use crate::batch::{self, Executed};
-use crate::copy::CopyStep;
-use crate::rows::RowStep;
 use crate::run::RunCtx;
 use crate::stop::StopLevel;
-use crate::walk::KeyWalk;
 use crate::Event;
 
 /// How often a process with nothing to claim looks again, while other processes hold the
 /// step's last batches (their leases may run out).
 const IDLE_POLL: Duration = Duration::from_millis(250);
 
-/// What a step needs to run, prepared once per process.
-pub(crate) enum StepWork {
-    Once {
-        sql: String,
-        outside_tx: bool,
-    },
-    Chunked {
-        walk: Box<KeyWalk>,
-        key_kind: OnceLock<KeyKind>,
-        action: ChunkAction,
-    },
-}
-
-/// What a chunked step does with each batch's key range.
-pub(crate) enum ChunkAction {
-    /// Runs the step's statement.
-    Sql {
-        sql: String,
-        /// For each positional parameter: 0 for `:start`, 1 for `:end`.
-        order: Vec<usize>,
-    },
-    /// Reads the rows, transforms them and writes back the changed ones.
-    Rows(Box<RowStep>),
-    /// Reads the rows from the source, transforms them and inserts them into the target.
-    Copy(Box<CopyStep>),
-}
-
 pub(crate) struct StepCtx {
     run: Arc<RunCtx>,
     step: Step,
-    work: StepWork,
-    /// The database whose key is walked: a copy's source, else the plan's database.
-    walk_url: godwit_driver::DbUrl,
+    work: Work,
 }
 
 /// How a step ended in this process.
@@ -75,74 +43,16 @@ impl StepCtx {
         dialect: Dialect,
         plan_path: &Path,
     ) -> Result<StepCtx, String> {
-        let mut walk_url = run.pool().url().clone();
-        let work = match &step.kind {
-            StepKind::Once { sql } => StepWork::Once {
-                outside_tx: needs_autocommit(sql, dialect),
-                sql: sql.clone(),
-            },
-            StepKind::Chunked {
-                table,
-                key,
-                filter,
-                sql,
-            } => {
-                let rewritten = rewrite_params(sql, dialect, &["start", "end"]);
-                StepWork::Chunked {
-                    walk: Box::new(KeyWalk::new(dialect, table, key, filter.as_deref())),
-                    key_kind: OnceLock::new(),
-                    action: ChunkAction::Sql {
-                        sql: rewritten.sql,
-                        order: rewritten.order,
-                    },
-                }
-            }
-            StepKind::Transform {
-                table,
-                key,
-                filter,
-                script,
-                ..
-            } => {
-                let transform = build_transform(script, &step.settings, plan_path)
-                    .map_err(|e| format!("step {:?}: {e}", step.name))?;
-                let rows = RowStep::for_step(&step, transform)
-                    .ok_or("a transform step without a transform")?;
-                StepWork::Chunked {
-                    walk: Box::new(KeyWalk::new(dialect, table, key, filter.as_deref())),
-                    key_kind: OnceLock::new(),
-                    action: ChunkAction::Rows(Box::new(rows)),
-                }
-            }
-            StepKind::Copy {
-                table, key, filter, ..
-            } => {
-                let source_url = CopyStep::source_url(&step, run.pool().url());
-                let source_dialect = source_url.dialect().unwrap_or(dialect);
-                walk_url = source_url.clone();
-                let copy = CopyStep::for_step(&step, source_url, source_dialect, plan_path)
-                    .map_err(|e| format!("step {:?}: {e}", step.name))?
-                    .ok_or("a copy step without a copy")?;
-                StepWork::Chunked {
-                    walk: Box::new(KeyWalk::new(source_dialect, table, key, filter.as_deref())),
-                    key_kind: OnceLock::new(),
-                    action: ChunkAction::Copy(Box::new(copy)),
-                }
-            }
-        };
-        Ok(StepCtx {
-            run,
-            step,
-            work,
-            walk_url,
-        })
+        let work = Work::for_step(&step, run.pool().url(), dialect, plan_path)
+            .map_err(|e| e.to_string())?;
+        Ok(StepCtx { run, step, work })
     }
 
     pub(crate) fn run(&self) -> &RunCtx {
         &self.run
     }
 
-    pub(crate) fn work(&self) -> &StepWork {
+    pub(crate) fn work(&self) -> &Work {
         &self.work
     }
 
@@ -169,107 +79,25 @@ impl StepCtx {
     }
 }
 
-/// Compiles a step's Lua, or prepares its program, once for this process.
-pub fn build_transform(
-    script: &Script,
-    settings: &Settings,
-    plan_path: &Path,
-) -> Result<Transform, godwit_driver::Error> {
-    let limits = Limits {
-        row_timeout: settings.row_timeout,
-        lua_memory: settings.lua_memory,
-        max_line_bytes: settings.max_batch_bytes,
-    };
-    let plan_dir = match plan_path.parent() {
-        Some(dir) if !dir.as_os_str().is_empty() => dir.to_path_buf(),
-        _ => PathBuf::from("."),
-    };
-    match script {
-        Script::Lua {
-            code,
-            file,
-            first_line,
-        } => Transform::lua(
-            Source {
-                code: code.clone(),
-                file: file.clone().unwrap_or_else(|| plan_path.to_path_buf()),
-                first_line: *first_line,
-            },
-            limits,
-        ),
-        Script::Command(argv) => Ok(Transform::command(argv.clone(), plan_dir, limits)),
-    }
-}
-
-/// Whether `sql` cannot run atomically inside a transaction: PostgreSQL and SQLite refuse some
-/// statements there (`CREATE INDEX CONCURRENTLY`, `VACUUM`), MySQL commits DDL on its own. A
-/// one-off step runs such a statement outside one, so it is not atomic with its progress
-/// record and must be idempotent.
-pub fn needs_autocommit(sql: &str, dialect: Dialect) -> bool {
-    let words: Vec<String> = sql
-        .split_whitespace()
-        .take(4)
-        .map(|w| w.to_ascii_uppercase())
-        .collect();
-    let w = |i: usize| words.get(i).map(String::as_str).unwrap_or("");
-    match dialect {
-        Dialect::Postgres => {
-            w(0) == "VACUUM"
-                || (matches!(w(0), "CREATE" | "DROP" | "REINDEX")
-                    && words.iter().any(|x| x == "CONCURRENTLY"))
-                || (w(0) == "CREATE" && w(1) == "UNIQUE" && w(3) == "CONCURRENTLY")
-                || (w(0) == "CREATE" && w(1) == "DATABASE")
-                || (w(0) == "ALTER" && w(1) == "SYSTEM")
-        }
-        Dialect::Sqlite => w(0) == "VACUUM",
-        // MySQL commits DDL on its own, inside a transaction or not: run it as what it is.
-        Dialect::MySql => matches!(w(0), "CREATE" | "ALTER" | "DROP" | "RENAME" | "TRUNCATE"),
-    }
-}
-
-/// Opens the connection a step's key walk runs on. On PostgreSQL the planner is steered away
-/// from sequential and bitmap scans there: with a `where` filter it would otherwise often
-/// judge a full scan plus sort cheaper than reading the key index in order up to the LIMIT,
-/// and every claim would read the whole table; JIT and parallel workers only add start-up
-/// time to a query that reads one batch's worth of the index.
-pub(crate) async fn open_walker(
-    url: &godwit_driver::DbUrl,
-    timeout: Duration,
-) -> Result<Box<dyn Conn>, godwit_driver::Error> {
-    // A connection of its own, never one from the pool: batch connections carry a session
-    // time limit on MySQL that must not cut the walk short.
-    let mut conn = godwit_db::connect(url, &Default::default()).await?;
-    if conn.dialect() == Dialect::Postgres {
-        conn.execute_unprepared(&format!(
-            "SET enable_seqscan = off; SET enable_bitmapscan = off; SET enable_sort = off; \
-             SET jit = off; SET max_parallel_workers_per_gather = 0; \
-             SET statement_timeout = {}",
-            timeout.as_nanos().div_ceil(1_000_000).max(1)
-        ))
-        .await?;
-    }
-    Ok(conn)
-}
-
 /// Fixes the step's walk (once per run, whoever comes first) and returns its record.
 async fn init(ctx: &StepCtx, conn: &mut dyn Conn) -> Result<StepRecord, godwit_driver::Error> {
     let run = ctx.run();
     let mut record = run.state().step_record(run.name(), ctx.name()).await?;
     if !record.initialized {
-        record = match &ctx.work {
-            StepWork::Once { .. } => {
+        record = match ctx.work.walk() {
+            None => {
                 run.state()
                     .init_step(run.name(), ctx.name(), None, None, false)
                     .await?
             }
-            StepWork::Chunked { walk, .. } => {
+            Some(walk) => {
                 // Checked before the run when the table existed then; a table made by a
                 // one-off step of the plan is checked now.
                 if let StepKind::Chunked { table, key, .. }
                 | StepKind::Transform { table, key, .. }
                 | StepKind::Copy { table, key, .. } = &ctx.step.kind
                 {
-                    if let Some(p) = crate::key::key_problem(conn, table, key).await? {
+                    if let Some(p) = godwit_batch::key_problem(conn, table, key).await? {
                         return Err(Error::permanent(format!("{} ({})", p.message, p.code)));
                     }
                 }
@@ -298,20 +126,18 @@ async fn init(ctx: &StepCtx, conn: &mut dyn Conn) -> Result<StepRecord, godwit_d
             }
         };
     }
-    if let StepWork::Chunked { key_kind, .. } = &ctx.work {
-        if let Some(kind) = record.key_kind.as_deref().and_then(KeyKind::parse) {
-            let _ = key_kind.set(kind);
-        }
+    if let Some(kind) = record.key_kind.as_deref().and_then(KeyKind::parse) {
+        ctx.work.set_key_kind(kind);
     }
     Ok(record)
 }
 
 /// Counts the step's rows in the background so that the first batch does not wait for it.
 fn spawn_count(ctx: Arc<StepCtx>, record: &StepRecord) {
-    let StepWork::Chunked { walk, key_kind, .. } = &ctx.work else {
+    let Some(walk) = ctx.work.walk() else {
         return;
     };
-    let (Some(kind), Some(upper)) = (key_kind.get().copied(), record.upper_key.clone()) else {
+    let (Some(kind), Some(upper)) = (ctx.work.key_kind(), record.upper_key.clone()) else {
         return;
     };
     let walk = walk.clone();
@@ -320,7 +146,7 @@ fn spawn_count(ctx: Arc<StepCtx>, record: &StepRecord) {
         let counted = async {
             let upper = kind.decode(&upper)?;
             // A fresh connection: pooled ones may carry the batches' time limit.
-            let mut conn = godwit_db::connect(&ctx.walk_url, &Default::default()).await?;
+            let mut conn = godwit_db::connect(ctx.work.walk_url(), &Default::default()).await?;
             let n = walk.count(conn.as_mut(), &upper).await?;
             run.state()
                 .set_rows_total(run.name(), ctx.name(), n)
@@ -391,15 +217,15 @@ async fn claim(
             cache.record = Some(record);
             return Ok(None);
         }
-        let new = match &ctx.work {
-            StepWork::Once { .. } => vec![NewBatch {
+        let new = match ctx.work.walk() {
+            None => vec![NewBatch {
                 start_key: None,
                 end_key: None,
                 n_rows: 0,
                 last: true,
             }],
-            StepWork::Chunked { walk, key_kind, .. } => {
-                let Some(kind) = key_kind.get().copied() else {
+            Some(walk) => {
+                let Some(kind) = ctx.work.key_kind() else {
                     return Err(Error::permanent("the step's walk was not started"));
                 };
                 let Some(upper) = record.upper_key.as_deref() else {
@@ -633,7 +459,7 @@ pub(crate) async fn drive(ctx: Arc<StepCtx>) -> StepResult {
     let mut attempt = 0;
     let (mut walker, record) = loop {
         let starting = async {
-            let mut conn = open_walker(&ctx.walk_url, ctx.settings().batch_timeout).await?;
+            let mut conn = open_walker(ctx.work.walk_url(), ctx.settings().batch_timeout).await?;
             let record = init(&ctx, conn.as_mut()).await?;
             Ok::<_, godwit_driver::Error>((conn, record))
         };
@@ -704,7 +530,8 @@ pub(crate) async fn drive(ctx: Arc<StepCtx>) -> StepResult {
         // overlap the batches in flight instead of adding to each slot's idle time.
         let claiming = async {
             if walker.is_none() {
-                walker = Some(open_walker(&ctx.walk_url, ctx.settings().batch_timeout).await?);
+                walker =
+                    Some(open_walker(ctx.work.walk_url(), ctx.settings().batch_timeout).await?);
             }
             match walker.as_mut() {
                 Some(conn) => claim(&ctx, conn.as_mut(), &mut cache).await,
@@ -845,28 +672,5 @@ fn batch_failure(joined: Result<Result<(), String>, tokio::task::JoinError>) -> 
         Ok(Ok(())) => None,
         Ok(Err(message)) => Some(message),
         Err(e) => Some(format!("a batch task ended unexpectedly: {e}")),
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn knows_statements_that_refuse_transactions() {
-        let pg = Dialect::Postgres;
-        assert!(needs_autocommit("CREATE INDEX CONCURRENTLY i ON t (a)", pg));
-        assert!(needs_autocommit(
-            "create unique index concurrently i on t (a)",
-            pg
-        ));
-        assert!(needs_autocommit("VACUUM ANALYZE t", pg));
-        assert!(!needs_autocommit("CREATE INDEX i ON t (a)", pg));
-        assert!(needs_autocommit("VACUUM", Dialect::Sqlite));
-        assert!(!needs_autocommit("UPDATE t SET a = 1", Dialect::MySql));
-        assert!(needs_autocommit(
-            "alter table t add column c int",
-            Dialect::MySql
-        ));
     }
 }

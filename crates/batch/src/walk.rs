@@ -6,11 +6,13 @@
 //! scan); UUID keys read the keys themselves, since PostgreSQL has no `min(uuid)` before
 //! version 16. No OFFSET anywhere: each query starts where the last ended.
 
+use std::time::Duration;
+
 use godwit_driver::{quote_ident, Conn, Dialect, KeyKind, Result, Value};
 
 /// The SQL of one step's walk, quoted and placeholdered for its database.
 #[derive(Debug, Clone)]
-pub(crate) struct KeyWalk {
+pub struct KeyWalk {
     upper_sql: String,
     first_sql: String,
     next_sql: String,
@@ -23,16 +25,20 @@ pub(crate) struct KeyWalk {
 
 /// The keys of the next batch.
 #[derive(Debug, Clone, PartialEq)]
-pub(crate) struct KeyRange {
-    pub(crate) first: Value,
-    pub(crate) last: Value,
-    pub(crate) n_rows: i64,
+pub struct KeyRange {
+    /// The batch's first key.
+    pub first: Value,
+    /// The batch's last key.
+    pub last: Value,
+    /// How many rows it holds.
+    pub n_rows: i64,
     /// Whether no key is left after this range.
-    pub(crate) reaches_end: bool,
+    pub reaches_end: bool,
 }
 
 impl KeyWalk {
-    pub(crate) fn new(dialect: Dialect, table: &str, key: &str, filter: Option<&str>) -> KeyWalk {
+    /// The walk of `key` over the rows of `table` that match `filter`.
+    pub fn new(dialect: Dialect, table: &str, key: &str, filter: Option<&str>) -> KeyWalk {
         let t = quote_ident(dialect, table);
         let k = quote_ident(dialect, key);
         let and_filter = filter.map(|f| format!(" AND ({f})")).unwrap_or_default();
@@ -92,7 +98,7 @@ impl KeyWalk {
     /// The next ranges after `after`, up to `batches` of them with `batch_size` keys each
     /// (the last may be shorter), in key order. UUID keys take one range at a time (see
     /// [`KeyWalk::next_range`]).
-    pub(crate) async fn next_ranges(
+    pub async fn next_ranges(
         &self,
         conn: &mut dyn Conn,
         kind: KeyKind,
@@ -171,13 +177,13 @@ impl KeyWalk {
     }
 
     /// The highest matching key now; the walk stops there even if rows are added later.
-    pub(crate) async fn upper_key(&self, conn: &mut dyn Conn) -> Result<Option<Value>> {
+    pub async fn upper_key(&self, conn: &mut dyn Conn) -> Result<Option<Value>> {
         let rows = conn.query(&self.upper_sql, &[]).await?;
         Ok(rows.into_iter().next().map(|r| r.get(0).clone()))
     }
 
     /// The next range after `after` (from the start when `None`), up to `batch_size` keys.
-    pub(crate) async fn next_range(
+    pub async fn next_range(
         &self,
         conn: &mut dyn Conn,
         kind: KeyKind,
@@ -253,7 +259,7 @@ impl KeyWalk {
     }
 
     /// Counts the rows the walk will cover, for progress and ETA.
-    pub(crate) async fn count(&self, conn: &mut dyn Conn, upper: &Value) -> Result<i64> {
+    pub async fn count(&self, conn: &mut dyn Conn, upper: &Value) -> Result<i64> {
         let rows = conn
             .query(&self.count_sql, std::slice::from_ref(upper))
             .await?;
@@ -273,6 +279,30 @@ fn groups_sql(k: &str, limited: &str, size: &str, size_again: &str) -> String {
          WHERE (godwit_n - 1) % {size} = 0 OR godwit_n % {size_again} = 0 OR godwit_n = godwit_total \
          ORDER BY godwit_n"
     )
+}
+
+/// Opens the connection a step's key walk runs on. On PostgreSQL the planner is steered away
+/// from sequential and bitmap scans there: with a `where` filter it would otherwise often
+/// judge a full scan plus sort cheaper than reading the key index in order up to the LIMIT,
+/// and every claim would read the whole table; JIT and parallel workers only add start-up
+/// time to a query that reads one batch's worth of the index.
+pub async fn open_walker(
+    url: &godwit_driver::DbUrl,
+    timeout: Duration,
+) -> Result<Box<dyn Conn>, godwit_driver::Error> {
+    // A connection of its own, never one from the pool: batch connections carry a session
+    // time limit on MySQL that must not cut the walk short.
+    let mut conn = godwit_db::connect(url, &Default::default()).await?;
+    if conn.dialect() == Dialect::Postgres {
+        conn.execute_unprepared(&format!(
+            "SET enable_seqscan = off; SET enable_bitmapscan = off; SET enable_sort = off; \
+             SET jit = off; SET max_parallel_workers_per_gather = 0; \
+             SET statement_timeout = {}",
+            timeout.as_nanos().div_ceil(1_000_000).max(1)
+        ))
+        .await?;
+    }
+    Ok(conn)
 }
 
 #[cfg(test)]

@@ -23,19 +23,20 @@ use std::sync::Arc;
 
 use godwit_driver::{
     quote_ident, rewrite_params, ColumnInfo, Conn, DbUrl, Dialect, Error, RawRows, SqlType,
-    TableInfo, TxOptions, Value,
+    TableInfo, Value,
 };
 use godwit_plan::{Convert, OnConflict, OnRowError, Step, StepKind};
-use godwit_state::DeadLetter;
 use godwit_transform::{Outcome, Rows, Transform};
 use tokio::sync::OnceCell;
 
+use crate::fit::{pg_text, selected, Columns};
 use crate::key::existing_table;
-use crate::pool::ConnPool;
-use crate::rows::{key_text, pg_text, refuse_row, selected, Columns, MAX_PARAMS};
+use crate::refused::{key_text, refuse_row, DeadLetter};
 use crate::savepoint;
 use crate::slices::{self, row_bytes, Slicer};
-use crate::step::build_transform;
+use crate::transform::MAX_PARAMS;
+use crate::work::build_transform;
+use godwit_db::ConnPool;
 
 /// A copy step, prepared once per process.
 pub(crate) struct CopyStep {
@@ -92,6 +93,19 @@ impl Copied {
         }
     }
 }
+
+/// What a copy batch holds when its transaction opens.
+pub(crate) enum CopyStart {
+    /// The batch is one statement within the database, from this first key.
+    InDatabase(Value),
+    /// The first slice, read from the source: its rows, its refused rows and where the next
+    /// slice starts.
+    Read(SliceRead),
+}
+
+/// One slice read from the source: its rows, the rows refused on reading, and the key the next
+/// slice starts after (`None` at the end of the batch).
+pub(crate) type SliceRead = (Copied, Vec<DeadLetter>, Option<Value>);
 
 /// The name under which godwit's own read of a source selects the walked key.
 const SLICE_KEY: &str = "godwit_slice_key";
@@ -240,61 +254,81 @@ impl CopyStep {
         Ok(&self.write_plan(conn).await?.columns)
     }
 
-    /// Copies the batch between `start` and `end` (inclusive) into the target on `conn`, slice
-    /// by slice: each slice is read from the source, transformed and written before the next
-    /// is read. The target's transaction opens (with `tx`) after the first read, so it is not
-    /// held while a slow source answers its first query. Returns the rows written and the
-    /// refused rows.
-    pub(crate) async fn run(
+    /// The part of a batch that comes before the target's transaction opens: learning the
+    /// target's columns and reading the first slice from the source, so that the transaction
+    /// is not held while a slow source answers its first query.
+    pub(crate) async fn start(
         &self,
         conn: &mut dyn Conn,
-        tx: TxOptions,
         start: Value,
-        end: Value,
-    ) -> Result<(u64, Vec<DeadLetter>), Error> {
+        end: &Value,
+    ) -> Result<CopyStart, Error> {
         // Known before the first read: which columns the target has.
         self.write_plan(conn).await?;
-        let mut began = false;
-        if let Some(plain) = self.in_database(conn).await? {
+        if self.in_database(conn).await?.is_some() {
             self.took("one INSERT ... SELECT per batch, within the database");
-            conn.begin(tx).await?;
-            let params = [start.clone(), end.clone()];
-            if !self.skips_bad_rows() {
-                return Ok((conn.execute(&plain.insert, &params).await?, Vec::new()));
-            }
-            // With `skip`, a batch the database refuses a row of is undone and copied again
-            // through godwit, which writes its rows one by one and sets the refused aside.
-            savepoint::open(conn, savepoint::ROWS).await?;
-            match conn.execute(&plain.insert, &params).await {
-                Ok(written) => {
-                    savepoint::keep(conn, savepoint::ROWS).await?;
-                    return Ok((written, Vec::new()));
-                }
-                Err(e) if e.refuses_row() => {
-                    savepoint::undo(conn, savepoint::ROWS).await?;
-                    began = true;
-                }
-                Err(e) => return Err(e),
-            }
+            return Ok(CopyStart::InDatabase(start));
         }
-        // Rows read undecoded cannot be set aside one by one.
-        let passthrough = !self.skips_bad_rows();
-        let mut written = 0;
-        let mut letters = Vec::new();
-        let mut slice = Slice::First(start);
-        loop {
-            let (rows, refused, next) = self.read(&slice, &end, passthrough).await?;
-            letters.extend(refused);
-            if !began {
-                conn.begin(tx).await?;
-                began = true;
+        let first = self
+            .read(&Slice::First(start), end, self.passthrough())
+            .await?;
+        Ok(CopyStart::Read(first))
+    }
+
+    /// Copies the rest of the batch up to `end` (inclusive) into the target, in the open
+    /// transaction on `conn`, slice by slice: each slice is read from the source, transformed
+    /// and written before the next is read. Returns the rows written and the refused rows.
+    pub(crate) async fn write_batch(
+        &self,
+        conn: &mut dyn Conn,
+        started: CopyStart,
+        end: Value,
+    ) -> Result<(u64, Vec<DeadLetter>), Error> {
+        let first = match started {
+            CopyStart::Read(first) => first,
+            CopyStart::InDatabase(start) => {
+                let Some(plain) = self.in_database(conn).await? else {
+                    return Err(Error::permanent("a copy lost its in-database statement"));
+                };
+                let params = [start.clone(), end.clone()];
+                if !self.skips_bad_rows() {
+                    return Ok((conn.execute(&plain.insert, &params).await?, Vec::new()));
+                }
+                // With `skip`, a batch the database refuses a row of is undone and copied
+                // again through godwit, which writes its rows one by one and sets the refused
+                // aside.
+                savepoint::open(conn, savepoint::ROWS).await?;
+                match conn.execute(&plain.insert, &params).await {
+                    Ok(written) => {
+                        savepoint::keep(conn, savepoint::ROWS).await?;
+                        return Ok((written, Vec::new()));
+                    }
+                    Err(e) if e.refuses_row() => savepoint::undo(conn, savepoint::ROWS).await?,
+                    Err(e) => return Err(e),
+                }
+                self.read(&Slice::First(start), &end, self.passthrough())
+                    .await?
             }
+        };
+        let (mut written, mut letters) = (0, Vec::new());
+        let (mut rows, mut refused, mut next) = first;
+        loop {
+            letters.extend(refused);
             written += self.write(conn, rows, &mut letters).await?;
             match next {
-                Some(after) => slice = Slice::After(after),
+                Some(after) => {
+                    (rows, refused, next) = self
+                        .read(&Slice::After(after), &end, self.passthrough())
+                        .await?;
+                }
                 None => return Ok((written, letters)),
             }
         }
+    }
+
+    /// Whether rows may be read undecoded: not when they must be set aside one by one.
+    fn passthrough(&self) -> bool {
+        !self.skips_bad_rows()
     }
 
     /// How the copy runs without a row leaving the database, when it can: a plain copy (no
@@ -388,7 +422,7 @@ impl CopyStep {
         slice: &Slice,
         end: &Value,
         passthrough: bool,
-    ) -> Result<(Copied, Vec<DeadLetter>, Option<Value>), Error> {
+    ) -> Result<SliceRead, Error> {
         let mut conn = self.source.take().await?;
         let limit = self.slicer.rows();
         let read = async {
@@ -647,7 +681,7 @@ impl CopyStep {
         rows: Vec<Vec<Value>>,
         dead_letters: &mut Vec<DeadLetter>,
     ) -> Result<Result<(Vec<String>, Vec<Vec<Value>>), Vec<Vec<(String, Value)>>>, Error> {
-        let columns: Option<Vec<&crate::rows::Column>> =
+        let columns: Option<Vec<&crate::fit::Column>> =
             names.iter().map(|n| write.columns.get(n)).collect();
         let Some(columns) = columns else {
             let named = rows

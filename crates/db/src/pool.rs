@@ -15,14 +15,16 @@ use std::time::{Duration, Instant};
 
 use godwit_driver::{Conn, ConnectOptions, DbUrl, Dialect, Result};
 
-pub(crate) struct ConnPool {
+/// Connections to one database, handed to one batch at a time.
+pub struct ConnPool {
     url: DbUrl,
     lease: Duration,
     idle: Mutex<Vec<(Box<dyn Conn>, Instant)>>,
 }
 
 impl ConnPool {
-    pub(crate) fn new(url: DbUrl, lease: Duration) -> ConnPool {
+    /// A pool for `url`; `lease` bounds how long a transaction may sit idle on the server.
+    pub fn new(url: DbUrl, lease: Duration) -> ConnPool {
         ConnPool {
             url,
             lease,
@@ -30,11 +32,13 @@ impl ConnPool {
         }
     }
 
-    pub(crate) fn url(&self) -> &DbUrl {
+    /// The database the pool connects to.
+    pub fn url(&self) -> &DbUrl {
         &self.url
     }
 
-    pub(crate) async fn take(&self) -> Result<Box<dyn Conn>> {
+    /// An idle connection, or a new one.
+    pub async fn take(&self) -> Result<Box<dyn Conn>> {
         // MySQL closes a connection idle for longer than the lease (its only idle limit is
         // `wait_timeout`, which covers idle sessions too): leave those behind.
         let fresh = self.lease / 2;
@@ -48,14 +52,15 @@ impl ConnPool {
         }
     }
 
-    pub(crate) fn give(&self, conn: Box<dyn Conn>) {
+    /// Gives back a connection whose batch ended cleanly.
+    pub fn give(&self, conn: Box<dyn Conn>) {
         if let Ok(mut idle) = self.idle.lock() {
             idle.push((conn, Instant::now()));
         }
     }
 
     async fn connect(&self) -> Result<Box<dyn Conn>> {
-        let mut conn = godwit_db::connect(&self.url, &ConnectOptions::default()).await?;
+        let mut conn = crate::connect(&self.url, &ConnectOptions::default()).await?;
         let ms = self.lease.as_millis().max(1000);
         let setup = match conn.dialect() {
             Dialect::Postgres => Some(format!("SET idle_in_transaction_session_timeout = {ms}")),

@@ -1,0 +1,303 @@
+//! What one batch of a step does to rows: the one interface the scheduler calls for every kind
+//! of step.
+//!
+//! A batch runs in two parts around the transaction the scheduler opens: [`Work::start`] does
+//! what must come before it (a statement that refuses transactions, a copy's first read from
+//! its source), then [`Work::write`] writes in the open transaction and says what was written
+//! and what was set aside. The scheduler then records the batch and commits.
+
+use std::path::{Path, PathBuf};
+use std::sync::OnceLock;
+
+use godwit_driver::{rewrite_params, Conn, DbUrl, Dialect, Error, KeyKind, Result, Value};
+use godwit_plan::{Script, Settings, Step, StepKind};
+use godwit_transform::{Limits, Source, Transform};
+
+use crate::copy::{CopyStart, CopyStep};
+use crate::refused::DeadLetter;
+use crate::transform::RowStep;
+use crate::walk::KeyWalk;
+
+/// A step's batches, prepared once per process.
+pub struct Work {
+    what: What,
+    /// How the step's key is walked (`None` for a one-off step).
+    walk: Option<KeyWalk>,
+    /// The database whose key is walked: a copy's source, else the plan's database.
+    walk_url: DbUrl,
+    /// The key's kind, fixed when the step's walk starts.
+    key_kind: OnceLock<KeyKind>,
+}
+
+/// What each batch of a step does.
+enum What {
+    /// A one-off statement; `outside_tx` when it refuses a transaction.
+    Once { sql: String, outside_tx: bool },
+    /// A chunked step's statement, and for each positional parameter 0 for `:start` and 1
+    /// for `:end`.
+    Sql { sql: String, order: Vec<usize> },
+    /// Reads the rows, transforms them and writes back the changed ones.
+    Rows(Box<RowStep>),
+    /// Reads the rows from the source, transforms them and inserts them into the target.
+    Copy(Box<CopyStep>),
+}
+
+/// A batch between [`Work::start`] and [`Work::write`].
+pub struct Started(Begun);
+
+enum Begun {
+    /// A one-off statement already ran (outside a transaction), touching this many rows.
+    Ran(u64),
+    /// Nothing ran yet; the batch's key range, if it has one.
+    Range(Option<(Value, Value)>),
+    /// A copy read its first slice.
+    Copy(CopyStart, Value),
+}
+
+/// What a batch wrote.
+#[derive(Debug, Default)]
+pub struct Written {
+    /// Rows the batch's statements changed or inserted.
+    pub rows: u64,
+    /// Rows set aside (`on_row_error = "skip"`), one per key.
+    pub refused: Vec<DeadLetter>,
+}
+
+impl Work {
+    /// Prepares `step` for this process: rewrites its parameters for `dialect`, compiles its
+    /// transform, and fixes where its key is walked.
+    pub fn for_step(
+        step: &Step,
+        plan_database: &DbUrl,
+        dialect: Dialect,
+        plan_path: &Path,
+    ) -> Result<Work> {
+        let mut walk_url = plan_database.clone();
+        let named = |e: Error| Error::permanent(format!("step {:?}: {e}", step.name));
+        let (what, walk) = match &step.kind {
+            StepKind::Once { sql } => (
+                What::Once {
+                    outside_tx: needs_autocommit(sql, dialect),
+                    sql: sql.clone(),
+                },
+                None,
+            ),
+            StepKind::Chunked {
+                table,
+                key,
+                filter,
+                sql,
+            } => {
+                let rewritten = rewrite_params(sql, dialect, &["start", "end"]);
+                let what = What::Sql {
+                    sql: rewritten.sql,
+                    order: rewritten.order,
+                };
+                (
+                    what,
+                    Some(KeyWalk::new(dialect, table, key, filter.as_deref())),
+                )
+            }
+            StepKind::Transform {
+                table,
+                key,
+                filter,
+                script,
+                ..
+            } => {
+                let transform =
+                    build_transform(script, &step.settings, plan_path).map_err(named)?;
+                let rows = RowStep::for_step(step, transform)
+                    .ok_or_else(|| Error::permanent("a transform step without a transform"))?;
+                let walk = KeyWalk::new(dialect, table, key, filter.as_deref());
+                (What::Rows(Box::new(rows)), Some(walk))
+            }
+            StepKind::Copy {
+                table, key, filter, ..
+            } => {
+                let source_url = CopyStep::source_url(step, plan_database);
+                let source_dialect = source_url.dialect().unwrap_or(dialect);
+                walk_url = source_url.clone();
+                let copy = CopyStep::for_step(step, source_url, source_dialect, plan_path)
+                    .map_err(named)?
+                    .ok_or_else(|| Error::permanent("a copy step without a copy"))?;
+                let walk = KeyWalk::new(source_dialect, table, key, filter.as_deref());
+                (What::Copy(Box::new(copy)), Some(walk))
+            }
+        };
+        Ok(Work {
+            what,
+            walk,
+            walk_url,
+            key_kind: OnceLock::new(),
+        })
+    }
+
+    /// How the step's key is walked; `None` for a one-off step, which is one batch.
+    pub fn walk(&self) -> Option<&KeyWalk> {
+        self.walk.as_ref()
+    }
+
+    /// The database whose key is walked.
+    pub fn walk_url(&self) -> &DbUrl {
+        &self.walk_url
+    }
+
+    /// The kind of the step's key, once its walk started.
+    pub fn key_kind(&self) -> Option<KeyKind> {
+        self.key_kind.get().copied()
+    }
+
+    /// Fixes the kind of the step's key (as the state tables recorded it).
+    pub fn set_key_kind(&self, kind: KeyKind) {
+        let _ = self.key_kind.set(kind);
+    }
+
+    /// Does what comes before the batch's transaction: runs a statement that refuses one, or
+    /// reads a copy's first slice. `start` and `end` are the batch's keys as the state tables
+    /// hold them (`None` for a one-off step).
+    pub async fn start(
+        &self,
+        conn: &mut dyn Conn,
+        start: Option<&str>,
+        end: Option<&str>,
+    ) -> Result<Started> {
+        let range = match (start, end) {
+            (Some(start), Some(end)) => {
+                let kind = self.key_kind().ok_or_else(|| {
+                    Error::permanent("the step's key kind is unknown; its walk was not started")
+                })?;
+                Some((kind.decode(start)?, kind.decode(end)?))
+            }
+            _ => None,
+        };
+        let begun = match (&self.what, range) {
+            // CREATE INDEX CONCURRENTLY and VACUUM refuse transactions: run, then record.
+            // `check` tells users such statements must be idempotent.
+            (What::Once { sql, outside_tx }, _) if *outside_tx => {
+                Begun::Ran(conn.execute_unprepared(sql).await?)
+            }
+            (What::Copy(copy), Some((start, end))) => {
+                Begun::Copy(copy.start(conn, start, &end).await?, end)
+            }
+            (_, range) => Begun::Range(range),
+        };
+        Ok(Started(begun))
+    }
+
+    /// Writes the batch in the transaction open on `conn`.
+    pub async fn write(&self, conn: &mut dyn Conn, started: Started) -> Result<Written> {
+        let missing = || Error::permanent("a chunked batch has no key range in the state tables");
+        let (rows, mut refused) = match (&self.what, started.0) {
+            (_, Begun::Ran(rows)) => (rows, Vec::new()),
+            (What::Once { sql, .. }, Begun::Range(_)) => {
+                (conn.execute_unprepared(sql).await?, Vec::new())
+            }
+            (What::Sql { sql, order }, Begun::Range(range)) => {
+                let (start, end) = range.ok_or_else(missing)?;
+                let params: Vec<Value> = order
+                    .iter()
+                    .map(|&i| if i == 0 { start.clone() } else { end.clone() })
+                    .collect();
+                (conn.execute(sql, &params).await?, Vec::new())
+            }
+            (What::Rows(step), Begun::Range(range)) => {
+                let (start, end) = range.ok_or_else(missing)?;
+                let done = step.run(conn, start, end).await?;
+                (done.rows_written, done.dead_letters)
+            }
+            (What::Copy(copy), Begun::Copy(first, end)) => {
+                copy.write_batch(conn, first, end).await?
+            }
+            (What::Copy(_), Begun::Range(_)) => return Err(missing()),
+            (_, Begun::Copy(..)) => {
+                return Err(Error::permanent("a copy's read reached another step"))
+            }
+        };
+        // One letter per key: the rows a fan-out made of one source row are refused together.
+        let mut seen = std::collections::HashSet::new();
+        refused.retain(|l| seen.insert(l.key.clone()));
+        Ok(Written { rows, refused })
+    }
+}
+
+/// Compiles a step's Lua, or prepares its program, once for this process.
+pub fn build_transform(
+    script: &Script,
+    settings: &Settings,
+    plan_path: &Path,
+) -> Result<Transform> {
+    let limits = Limits {
+        row_timeout: settings.row_timeout,
+        lua_memory: settings.lua_memory,
+        max_line_bytes: settings.max_batch_bytes,
+    };
+    let plan_dir = match plan_path.parent() {
+        Some(dir) if !dir.as_os_str().is_empty() => dir.to_path_buf(),
+        _ => PathBuf::from("."),
+    };
+    match script {
+        Script::Lua {
+            code,
+            file,
+            first_line,
+        } => Transform::lua(
+            Source {
+                code: code.clone(),
+                file: file.clone().unwrap_or_else(|| plan_path.to_path_buf()),
+                first_line: *first_line,
+            },
+            limits,
+        ),
+        Script::Command(argv) => Ok(Transform::command(argv.clone(), plan_dir, limits)),
+    }
+}
+
+/// Whether `sql` cannot run atomically inside a transaction: PostgreSQL and SQLite refuse some
+/// statements there (`CREATE INDEX CONCURRENTLY`, `VACUUM`), MySQL commits DDL on its own. A
+/// one-off step runs such a statement outside one, so it is not atomic with its progress
+/// record and must be idempotent.
+pub fn needs_autocommit(sql: &str, dialect: Dialect) -> bool {
+    let words: Vec<String> = sql
+        .split_whitespace()
+        .take(4)
+        .map(|w| w.to_ascii_uppercase())
+        .collect();
+    let w = |i: usize| words.get(i).map(String::as_str).unwrap_or("");
+    match dialect {
+        Dialect::Postgres => {
+            w(0) == "VACUUM"
+                || (matches!(w(0), "CREATE" | "DROP" | "REINDEX")
+                    && words.iter().any(|x| x == "CONCURRENTLY"))
+                || (w(0) == "CREATE" && w(1) == "UNIQUE" && w(3) == "CONCURRENTLY")
+                || (w(0) == "CREATE" && w(1) == "DATABASE")
+                || (w(0) == "ALTER" && w(1) == "SYSTEM")
+        }
+        Dialect::Sqlite => w(0) == "VACUUM",
+        // MySQL commits DDL on its own, inside a transaction or not: run it as what it is.
+        Dialect::MySql => matches!(w(0), "CREATE" | "ALTER" | "DROP" | "RENAME" | "TRUNCATE"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn knows_statements_that_refuse_transactions() {
+        let pg = Dialect::Postgres;
+        assert!(needs_autocommit("CREATE INDEX CONCURRENTLY i ON t (a)", pg));
+        assert!(needs_autocommit(
+            "create unique index concurrently i on t (a)",
+            pg
+        ));
+        assert!(needs_autocommit("VACUUM ANALYZE t", pg));
+        assert!(!needs_autocommit("CREATE INDEX i ON t (a)", pg));
+        assert!(needs_autocommit("VACUUM", Dialect::Sqlite));
+        assert!(!needs_autocommit("UPDATE t SET a = 1", Dialect::MySql));
+        assert!(needs_autocommit(
+            "alter table t add column c int",
+            Dialect::MySql
+        ));
+    }
+}
