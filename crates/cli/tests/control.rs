@@ -11,6 +11,7 @@ use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
+use common::restart::{assert_rows_as_plan_b_leaves_them, restart_plan, restart_table};
 use common::{
     godwit, isolated_db, path_str, poll_until, run_cmd, send_signal, spawn_watched,
     spawn_watched_cmd, status_json, text, Backend, KillOnDrop, TestDb, Watched,
@@ -1086,38 +1087,9 @@ async fn control_without_a_run_or_on_a_done_run(backend: Backend) {
 async fn r11_worker_leaves_a_restarted_run_for_its_new_plan(backend: Backend) {
     let db = isolated_db(backend).await;
     let table = db.table("regen");
-    db.exec(&format!(
-        "CREATE TABLE {table} (id {} PRIMARY KEY, v VARCHAR(16) NOT NULL, a_ms BIGINT)",
-        common::id_type(backend)
-    ))
-    .await;
-    let rows: Vec<String> = (1..=800).map(|i| format!("({i}, '')")).collect();
-    common::insert(&db, &table, "id, v", &rows).await;
-    let (now, slow) = match backend {
-        Backend::Postgres => (
-            "(extract(epoch from clock_timestamp()) * 1000)::bigint",
-            "pg_sleep(0.05) IS NOT NULL",
-        ),
-        Backend::Sqlite => (
-            "CAST((julianday('now') - 2440587.5) * 86400000 AS INTEGER)",
-            "(WITH RECURSIVE s(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM s WHERE i < 300000) SELECT COUNT(*) FROM s) > 0",
-        ),
-        Backend::MySql => panic!("a worker test needs a state database of its own"),
-    };
-    let plan = |letter: &str, stamp: &str| {
-        db.plan(
-            &format!("{letter}.toml"),
-            &format!(
-                "name = \"{table}\"\ndatabase = \"{url}\"\n\n[defaults]\nbatch_size = 10\n\n\
-                 [[steps]]\nname = \"mark\"\ntable = \"{table}\"\nkey = \"id\"\n\
-                 sql = \"UPDATE {table} SET v = v || '{letter}'{stamp} \
-                 WHERE id BETWEEN :start AND :end AND {slow}\"\n",
-                url = common::plan_url(&db.url)
-            ),
-        )
-    };
-    let plan_a = plan("A", &format!(", a_ms = {now}"));
-    let plan_b = plan("B", "");
+    restart_table(&db, &table).await;
+    let plan_a = db.plan("A.toml", &restart_plan(&db, &table, None, "A"));
+    let plan_b = db.plan("B.toml", &restart_plan(&db, &table, None, "B"));
     submit(&plan_a);
     let mut w = worker(&db, &["--concurrency", "1"]);
     poll_until(
@@ -1157,15 +1129,7 @@ async fn r11_worker_leaves_a_restarted_run_for_its_new_plan(backend: Backend) {
         Duration::from_secs(120),
         |e| is_event(e, "run_left", &table) && e["outcome"] == "done",
     );
-    let wrong = db
-        .query(&format!(
-            "SELECT id, v FROM {table} WHERE v NOT IN ('B', 'AB') ORDER BY id"
-        ))
-        .await;
-    assert!(
-        wrong.is_empty(),
-        "rows not as plan B alone leaves them: {wrong:?}"
-    );
+    assert_rows_as_plan_b_leaves_them(&db, &table).await;
     assert!(rows_where(&db, &table, "v = 'AB'").await >= 30);
     let restarted_at = db
         .scalar(&format!(

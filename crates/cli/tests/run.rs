@@ -4,6 +4,7 @@ mod common;
 
 use std::time::Duration;
 
+use common::restart::{assert_rows_as_plan_b_leaves_them, restart_plan, restart_table};
 use common::{path_str, run_cmd, spawn, text, Backend, TestDb};
 use rand::Rng;
 
@@ -457,42 +458,6 @@ sql = "{maintenance}"
     assert_eq!(states, ["done", "done", "done", "done"]);
 }
 
-/// The plan of the issue 11 restart scenario: the same name, batches of 10 that append
-/// `letter` to `v` and sleep, and (for plan A) stamp `a_ms` with the database's clock.
-fn restart_plan(db: &TestDb, table: &str, state: Option<&str>, letter: &str) -> String {
-    let (append, now, slow) = match db.backend {
-        Backend::Postgres => (
-            format!("v || '{letter}'"),
-            "(extract(epoch from clock_timestamp()) * 1000)::bigint",
-            "pg_sleep(0.05) IS NOT NULL",
-        ),
-        Backend::MySql => (
-            format!("CONCAT(v, '{letter}')"),
-            "CAST(UNIX_TIMESTAMP(NOW(3)) * 1000 AS SIGNED)",
-            "SLEEP(0.05) = 0",
-        ),
-        Backend::Sqlite => (
-            format!("v || '{letter}'"),
-            "CAST((julianday('now') - 2440587.5) * 86400000 AS INTEGER)",
-            "(WITH RECURSIVE s(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM s WHERE i < 300000) SELECT COUNT(*) FROM s) > 0",
-        ),
-    };
-    let stamp = if letter == "A" {
-        format!(", a_ms = {now}")
-    } else {
-        String::new()
-    };
-    let state = state
-        .map(|url| format!("[state]\ndatabase = \"{url}\"\n\n"))
-        .unwrap_or_default();
-    format!(
-        "name = \"{table}\"\ndatabase = \"{url}\"\n\n{state}[defaults]\nbatch_size = 10\n\n\
-         [[steps]]\nname = \"mark\"\ntable = \"{table}\"\nkey = \"id\"\n\
-         sql = \"UPDATE {table} SET v = {append}{stamp} WHERE id BETWEEN :start AND :end AND {slow}\"\n",
-        url = db.url
-    )
-}
-
 /// Issue 11: `run --restart` with a changed plan while another process still runs the old
 /// one. The restart is a new generation of the run: the old process claims and records
 /// nothing more, stops with exit 1 saying why, and every row ends changed by the new plan
@@ -509,13 +474,7 @@ async fn r11_restart_fences_the_old_plan_with_separate_state(backend: Backend) {
 async fn restart_fences_the_old_plan(backend: Backend, separate_state: bool) {
     let db = TestDb::new(backend).await;
     let table = db.table("restarted");
-    db.exec(&format!(
-        "CREATE TABLE {table} (id {} PRIMARY KEY, v VARCHAR(16) NOT NULL, a_ms BIGINT)",
-        common::id_type(backend)
-    ))
-    .await;
-    let rows: Vec<String> = (1..=800).map(|i| format!("({i}, '')")).collect();
-    common::insert(&db, &table, "id, v", &rows).await;
+    restart_table(&db, &table).await;
     let state_url =
         separate_state.then(|| format!("sqlite://{}/state.db", db.dir.path().display()));
     if let Some(url) = &state_url {
@@ -581,15 +540,7 @@ async fn restart_fences_the_old_plan(backend: Backend, separate_state: bool) {
     );
 
     // Every row got B's change exactly once; A's, if at all, before B's.
-    let wrong = db
-        .query(&format!(
-            "SELECT id, v FROM {table} WHERE v NOT IN ('B', 'AB') ORDER BY id"
-        ))
-        .await;
-    assert!(
-        wrong.is_empty(),
-        "rows not as plan B alone leaves them: {wrong:?}"
-    );
+    assert_rows_as_plan_b_leaves_them(&db, &table).await;
     let by_a = db
         .scalar(&format!("SELECT COUNT(*) FROM {table} WHERE v = 'AB'"))
         .await;

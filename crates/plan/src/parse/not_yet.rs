@@ -1,0 +1,103 @@
+//! The keys of the plan format that this version reads but does not act on yet, and their
+//! refusal (issue 12): the production-safety and foresight work takes each key off the list
+//! as it makes the key work.
+
+use toml::de::DeTable;
+
+use super::context::Ctx;
+use super::keys_in_file_order;
+
+/// Keys of the plan format that this version reads and checks but does not act on yet. A key
+/// that is accepted and then ignored is worse than an error: a user who writes
+/// `max_rows_per_second = 500` believes the database is protected. Each leaves this list in the
+/// version that makes it work.
+pub(super) const NOT_SUPPORTED_YET: &[&str] = &[
+    "target_batch_time",
+    "adaptive",
+    "min_batch_size",
+    "max_batch_size",
+    "max_rows_per_second",
+    "throttle_query",
+    "replicas",
+    "max_replica_lag",
+    "max_latency_increase",
+    "probe_query",
+    "max_duration",
+];
+
+/// What becomes of the keys in [`NOT_SUPPORTED_YET`]: every command refuses them; the parser's
+/// own tests read them into the model, so their reading stays tested for the version that acts
+/// on them.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub(super) enum NotYet {
+    Refuse,
+    #[cfg(test)]
+    Accept,
+}
+
+impl Ctx<'_> {
+    /// Refuses the keys of `table` that this version would read and then ignore.
+    pub(super) fn not_supported_yet(&mut self, table: &DeTable<'_>, what: &str) {
+        if self.not_yet != NotYet::Refuse {
+            return;
+        }
+        for (key, span) in keys_in_file_order(table, NOT_SUPPORTED_YET) {
+            self.push(
+                &span,
+                format!(
+                    "`{key}` in {what} is not supported yet: this version would accept it and do nothing, so the plan is refused; remove the key to run without it"
+                ),
+            );
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::path::Path;
+
+    use super::super::test_support::{env, HEAD};
+    use super::NOT_SUPPORTED_YET;
+
+    /// Issue 12: a key that would be read and then ignored is refused, wherever it is written,
+    /// naming it at its line and column.
+    #[test]
+    fn refuses_keys_not_supported_yet() {
+        let text = format!(
+            "{HEAD}replicas = [\"postgres://r/d\"]\nmax_replica_lag = \"10s\"\n\
+             max_latency_increase = \"2x\"\nprobe_query = \"SELECT 1\"\n\
+             [expect]\nmax_duration = \"2h\"\n\
+             [defaults]\ntarget_batch_time = \"500ms\"\nadaptive = false\nmin_batch_size = 10\n\
+             [[steps]]\nname = \"a\"\nsql = \"SELECT 1\"\nmax_batch_size = 100\n\
+             max_rows_per_second = 50\nthrottle_query = \"SELECT false\"\n"
+        );
+        let errors = crate::parse::parse(&text, Path::new("p.toml"), &env)
+            .expect_err("keys not acted on are refused")
+            .to_string();
+        let refused: Vec<&str> = errors
+            .lines()
+            .map(|line| line.split(" is not supported yet").next().unwrap_or(line))
+            .collect();
+        assert_eq!(
+            refused,
+            [
+                "p.toml:3:1: `replicas` in the plan",
+                "p.toml:4:1: `max_replica_lag` in the plan",
+                "p.toml:5:1: `max_latency_increase` in the plan",
+                "p.toml:6:1: `probe_query` in the plan",
+                "p.toml:8:1: `max_duration` in [expect]",
+                "p.toml:10:1: `target_batch_time` in [defaults]",
+                "p.toml:11:1: `adaptive` in [defaults]",
+                "p.toml:12:1: `min_batch_size` in [defaults]",
+                "p.toml:16:1: `max_batch_size` in step \"a\"",
+                "p.toml:17:1: `max_rows_per_second` in step \"a\"",
+                "p.toml:18:1: `throttle_query` in step \"a\"",
+            ],
+            "{errors}"
+        );
+        // Every key of the list is covered above, so none is forgotten when one starts to work.
+        for key in NOT_SUPPORTED_YET {
+            assert!(errors.contains(&format!("`{key}`")), "{key} not refused");
+        }
+    }
+}
