@@ -27,7 +27,7 @@ use async_trait::async_trait;
 
 pub use crate::error::{cap_message, Error, ErrorKind, Result, MAX_MESSAGE};
 pub use crate::ident::quote_ident;
-pub use crate::placeholders::{references_param, rewrite_params, Rewritten};
+pub use crate::placeholders::{number_placeholders, references_param, rewrite_params, Rewritten};
 pub use crate::types::{exact_float, normalize_decimal, SqlType};
 pub use crate::url::{has_password, redact_url, DbUrl};
 pub use crate::value::{KeyKind, Row, Value};
