@@ -14,21 +14,20 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
+use godwit_driver::sqlx_conn::{
+    self, bind_common, database_error, Backend, Location, Query, SqlxConn,
+};
 use godwit_driver::{
     ColumnInfo, Conn, ConnectOptions, DbUrl, Dialect, Error, ErrorKind, IndexInfo, Result, Row,
     TableInfo, TxOptions, Value,
 };
-use sqlx::mysql::{
-    MySqlArguments, MySqlConnectOptions, MySqlConnection, MySqlDatabaseError, MySqlRow,
-};
+use sqlx::error::DatabaseError;
+use sqlx::mysql::{MySqlConnectOptions, MySqlDatabaseError, MySqlQueryResult, MySqlRow};
 use sqlx::{Column, ConnectOptions as _, MySql, Row as _, TypeInfo, ValueRef};
 
 /// A connection to a MySQL or MariaDB server.
 pub struct MySqlConn {
-    conn: MySqlConnection,
-    /// Whether a transaction is open, so that `rollback` outside one is a no-op rather than
-    /// a server warning.
-    in_tx: bool,
+    conn: SqlxConn<MySqlBackend>,
     mariadb: bool,
     /// The statement time limit last set on the session, to avoid setting it per batch.
     statement_timeout: Option<Duration>,
@@ -50,17 +49,9 @@ pub async fn connect(url: &DbUrl, _options: &ConnectOptions) -> Result<MySqlConn
     let opts = MySqlConnectOptions::from_str(&normalized)
         .map_err(|e| Error::config(format!("invalid MySQL URL {url}: {e}")))?
         .disable_statement_logging();
-    let conn = opts.connect().await.map_err(|e| {
-        let err = classify(e);
-        Error::new(
-            err.kind(),
-            err.code().map(str::to_string),
-            format!("cannot connect to {url}: {}", err.message()),
-        )
-    })?;
+    let conn = SqlxConn::connect(&opts, format!("cannot connect to {url}")).await?;
     let mut conn = MySqlConn {
         conn,
-        in_tx: false,
         mariadb: false,
         statement_timeout: None,
         id: None,
@@ -171,28 +162,49 @@ fn mysql_time(raw: &[u8]) -> Result<Value> {
     )))
 }
 
-type Query<'q> = sqlx::query::Query<'q, MySql, MySqlArguments>;
+/// MySQL's part of [`SqlxConn`].
+struct MySqlBackend;
 
-fn bind<'q>(mut query: Query<'q>, params: &'q [Value]) -> Query<'q> {
-    for param in params {
-        query = match param {
-            Value::Null => query.bind(None::<String>),
-            Value::Bool(b) => query.bind(*b),
-            Value::Int(n) => query.bind(*n),
-            Value::Float(f) => query.bind(*f),
-            Value::Decimal(s) | Value::Text(s) => query.bind(s.as_str()),
-            Value::Bytes(b) => query.bind(b.as_slice()),
-            Value::Json(j) => query.bind(j.to_string()),
-            // MySQL has no UUID type (MariaDB's accepts text): bind the canonical text.
-            Value::Uuid(u) => query.bind(u.hyphenated().to_string()),
-            Value::Date(d) => query.bind(*d),
-            Value::Time(t) => query.bind(*t),
-            Value::Timestamp(t) => query.bind(*t),
-            Value::TimestampTz(t) => query.bind(*t),
-            Value::TextArray(items) => query.bind(serde_json::json!(items).to_string()),
+impl Backend for MySqlBackend {
+    type Db = MySql;
+
+    const LOCATION: Location = Location::Server;
+
+    /// By the server's error number; see the crate documentation.
+    fn classify_database(db: Box<dyn DatabaseError>) -> Error {
+        let mysql = db.try_downcast_ref::<MySqlDatabaseError>();
+        let number = mysql.map(MySqlDatabaseError::number);
+        // The SQLSTATE: classes 22 (data) and 23 (constraints) are a row's values refused.
+        let refused = mysql
+            .and_then(MySqlDatabaseError::code)
+            .is_some_and(|s| s.starts_with("22") || s.starts_with("23"));
+        let kind = match number {
+            Some(1213 | 1205 | 1040 | 1203 | 1614) => ErrorKind::Transient,
+            Some(3024 | 1969 | 1317) => ErrorKind::Timeout,
+            Some(2006 | 2013 | 1927 | 1053 | 2002 | 2003) => ErrorKind::Connection,
+            _ => ErrorKind::Permanent,
         };
+        database_error(kind, number.map(|n| n.to_string()), db.message(), refused)
     }
-    query
+
+    /// MySQL has no UUID or array type (MariaDB's UUID accepts text): every value is bound in
+    /// the common form.
+    fn bind<'q>(query: Query<'q, MySql>, value: &'q Value) -> Query<'q, MySql> {
+        bind_common(query, value)
+    }
+
+    fn decode_rows(rows: &[MySqlRow], columns: &Arc<[String]>) -> Result<Vec<Row>> {
+        rows.iter().map(|r| decode_row(r, columns)).collect()
+    }
+
+    fn rows_affected(result: &MySqlQueryResult) -> u64 {
+        result.rows_affected()
+    }
+}
+
+/// Classifies by the server's error number ([`MySqlBackend`]).
+fn classify(err: sqlx::Error) -> Error {
+    sqlx_conn::classify::<MySqlBackend>(err)
 }
 
 fn decode_row(row: &MySqlRow, columns: &Arc<[String]>) -> Result<Row> {
@@ -269,40 +281,6 @@ fn decode_row(row: &MySqlRow, columns: &Arc<[String]>) -> Result<Row> {
     Ok(Row::new(columns.clone(), values))
 }
 
-/// Classifies by the server's error number; see the crate documentation.
-fn classify(err: sqlx::Error) -> Error {
-    match err {
-        sqlx::Error::Database(db) => {
-            let mysql = db.try_downcast_ref::<MySqlDatabaseError>();
-            let number = mysql.map(MySqlDatabaseError::number);
-            // The SQLSTATE: classes 22 (data) and 23 (constraints) are a row's values refused.
-            let refused = mysql
-                .and_then(MySqlDatabaseError::code)
-                .is_some_and(|s| s.starts_with("22") || s.starts_with("23"));
-            let kind = match number {
-                Some(1213 | 1205 | 1040 | 1203 | 1614) => ErrorKind::Transient,
-                Some(3024 | 1969 | 1317) => ErrorKind::Timeout,
-                Some(2006 | 2013 | 1927 | 1053 | 2002 | 2003) => ErrorKind::Connection,
-                _ => ErrorKind::Permanent,
-            };
-            let err = Error::new(kind, number.map(|n| n.to_string()), db.message());
-            if refused {
-                err.refusing_row()
-            } else {
-                err
-            }
-        }
-        sqlx::Error::Io(e) => Error::new(ErrorKind::Connection, None, e.to_string()),
-        sqlx::Error::Tls(e) => Error::new(ErrorKind::Connection, None, e.to_string()),
-        sqlx::Error::Protocol(e) => Error::new(ErrorKind::Connection, None, e),
-        sqlx::Error::Configuration(e) => Error::config(e.to_string()),
-        sqlx::Error::WorkerCrashed | sqlx::Error::PoolClosed | sqlx::Error::PoolTimedOut => {
-            Error::new(ErrorKind::Connection, None, err.to_string())
-        }
-        other => Error::permanent(other.to_string()),
-    }
-}
-
 fn text(value: &Value) -> String {
     match value {
         Value::Text(s) | Value::Decimal(s) => s.clone(),
@@ -320,20 +298,6 @@ fn schema_and_table(table: &str) -> (Value, Value) {
     }
 }
 
-impl MySqlConn {
-    /// After COMMIT or ROLLBACK: the transaction is over when the statement succeeded or the
-    /// connection is gone. Otherwise (SQLite busy on COMMIT, say) it may still be open, and
-    /// the caller's rollback must reach the server.
-    fn end_transaction(&mut self, result: &Result<()>) {
-        if result
-            .as_ref()
-            .map_or_else(|e| e.kind() == ErrorKind::Connection, |_| true)
-        {
-            self.in_tx = false;
-        }
-    }
-}
-
 #[async_trait]
 impl Conn for MySqlConn {
     fn dialect(&self) -> Dialect {
@@ -341,27 +305,11 @@ impl Conn for MySqlConn {
     }
 
     async fn execute(&mut self, sql: &str, params: &[Value]) -> Result<u64> {
-        let done = bind(sqlx::query(sql), params)
-            .execute(&mut self.conn)
-            .await
-            .map_err(classify)?;
-        Ok(done.rows_affected())
+        self.conn.execute(sql, params).await
     }
 
     async fn query(&mut self, sql: &str, params: &[Value]) -> Result<Vec<Row>> {
-        let rows = bind(sqlx::query(sql), params)
-            .fetch_all(&mut self.conn)
-            .await
-            .map_err(classify)?;
-        let Some(first) = rows.first() else {
-            return Ok(Vec::new());
-        };
-        let columns: Arc<[String]> = first
-            .columns()
-            .iter()
-            .map(|c| c.name().to_string())
-            .collect();
-        rows.iter().map(|r| decode_row(r, &columns)).collect()
+        self.conn.query(sql, params).await
     }
 
     fn session_id(&self) -> Option<i64> {
@@ -379,18 +327,11 @@ impl Conn for MySqlConn {
     }
 
     async fn prepare(&mut self, sql: &str) -> Result<()> {
-        sqlx::Executor::prepare(&mut self.conn, sql)
-            .await
-            .map(drop)
-            .map_err(classify)
+        self.conn.prepare(sql).await
     }
 
     async fn execute_unprepared(&mut self, sql: &str) -> Result<u64> {
-        // A plain string runs through the simple/text protocol: unprepared, several statements.
-        let done = sqlx::Executor::execute(&mut self.conn, sql)
-            .await
-            .map_err(classify)?;
-        Ok(done.rows_affected())
+        self.conn.execute_unprepared(sql).await
     }
 
     async fn begin(&mut self, options: TxOptions) -> Result<()> {
@@ -416,24 +357,15 @@ impl Conn for MySqlConn {
             self.execute_unprepared(&set).await?;
             self.statement_timeout = options.statement_timeout;
         }
-        // Set first: if the statement fails half-way, a rollback must still be sent.
-        self.in_tx = true;
-        self.execute_unprepared("START TRANSACTION").await.map(drop)
+        self.conn.begin("START TRANSACTION").await
     }
 
     async fn commit(&mut self) -> Result<()> {
-        let result = self.execute_unprepared("COMMIT").await.map(drop);
-        self.end_transaction(&result);
-        result
+        self.conn.commit().await
     }
 
     async fn rollback(&mut self) -> Result<()> {
-        if !self.in_tx {
-            return Ok(());
-        }
-        let result = self.execute_unprepared("ROLLBACK").await.map(drop);
-        self.end_transaction(&result);
-        result
+        self.conn.rollback().await
     }
 
     async fn table_info(&mut self, table: &str) -> Result<Option<TableInfo>> {

@@ -10,19 +10,20 @@ use std::str::FromStr;
 use std::sync::Arc;
 
 use async_trait::async_trait;
+use godwit_driver::sqlx_conn::{
+    self, bind_common, database_error, Backend, Location, Query, SqlxConn,
+};
 use godwit_driver::{
     quote_ident, ColumnInfo, Conn, ConnectOptions, DbUrl, Dialect, Error, ErrorKind, IndexInfo,
     RawRows, Result, Row, TableInfo, TxOptions, Value,
 };
-use sqlx::postgres::{PgArguments, PgConnectOptions, PgConnection, PgRow, PgValueRef};
+use sqlx::error::DatabaseError;
+use sqlx::postgres::{PgConnectOptions, PgQueryResult, PgRow, PgValueRef};
 use sqlx::{Column, ConnectOptions as _, Postgres, Row as _, TypeInfo, ValueRef};
 
 /// A connection to a PostgreSQL server.
 pub struct PgConn {
-    conn: PgConnection,
-    /// Whether a transaction is open, so that `rollback` outside one is a no-op rather than
-    /// a server warning.
-    in_tx: bool,
+    conn: SqlxConn<PgBackend>,
     /// The backend's process id.
     pid: Option<i64>,
 }
@@ -36,19 +37,8 @@ pub async fn connect(url: &DbUrl, _options: &ConnectOptions) -> Result<PgConn> {
         .map_err(|e| Error::config(format!("invalid PostgreSQL URL {url}: {e}")))?
         .application_name("godwit")
         .disable_statement_logging();
-    let conn = opts.connect().await.map_err(|e| {
-        let err = classify(e);
-        Error::new(
-            err.kind(),
-            err.code().map(str::to_string),
-            format!("cannot connect to {url}: {}", err.message()),
-        )
-    })?;
-    let mut conn = PgConn {
-        conn,
-        in_tx: false,
-        pid: None,
-    };
+    let conn = SqlxConn::connect(&opts, format!("cannot connect to {url}")).await?;
+    let mut conn = PgConn { conn, pid: None };
     let rows = conn.query("SELECT pg_backend_pid()", &[]).await?;
     conn.pid = rows.first().and_then(|r| r.get(0).as_i64());
     Ok(conn)
@@ -154,27 +144,57 @@ fn special_temporal(raw: &PgValueRef<'_>, kind: Kind) -> Option<Value> {
     Some(Value::Text(text.to_string()))
 }
 
-type Query<'q> = sqlx::query::Query<'q, Postgres, PgArguments>;
+/// PostgreSQL's part of [`SqlxConn`].
+struct PgBackend;
 
-fn bind<'q>(mut query: Query<'q>, params: &'q [Value]) -> Query<'q> {
-    for param in params {
-        query = match param {
-            Value::Null => query.bind(None::<String>),
-            Value::Bool(b) => query.bind(*b),
-            Value::Int(n) => query.bind(*n),
-            Value::Float(f) => query.bind(*f),
-            Value::Decimal(s) | Value::Text(s) => query.bind(s.as_str()),
-            Value::Bytes(b) => query.bind(b.as_slice()),
+impl Backend for PgBackend {
+    type Db = Postgres;
+
+    const LOCATION: Location = Location::Server;
+
+    /// By SQLSTATE; see the crate documentation.
+    fn classify_database(db: Box<dyn DatabaseError>) -> Error {
+        let code = db.code().map(|c| c.into_owned()).unwrap_or_default();
+        let kind = match code.as_str() {
+            "40001" | "40P01" | "55P03" | "53300" | "53000" | "53400" => ErrorKind::Transient,
+            "57014" => ErrorKind::Timeout,
+            "57P01" | "57P02" | "57P03" | "25P03" => ErrorKind::Connection,
+            c if c.starts_with("08") => ErrorKind::Connection,
+            _ => ErrorKind::Permanent,
+        };
+        let refused = code.starts_with("22") || code.starts_with("23");
+        database_error(kind, Some(code), db.message(), refused)
+    }
+
+    /// JSON, UUIDs and text arrays in PostgreSQL's own types.
+    fn bind<'q>(query: Query<'q, Postgres>, value: &'q Value) -> Query<'q, Postgres> {
+        match value {
             Value::Json(j) => query.bind(sqlx::types::Json(j)),
             Value::Uuid(u) => query.bind(*u),
-            Value::Date(d) => query.bind(*d),
-            Value::Time(t) => query.bind(*t),
-            Value::Timestamp(t) => query.bind(*t),
-            Value::TimestampTz(t) => query.bind(*t),
             Value::TextArray(items) => query.bind(items),
-        };
+            other => bind_common(query, other),
+        }
     }
-    query
+
+    /// Each column's decoder is picked once, from the first row.
+    fn decode_rows(rows: &[PgRow], columns: &Arc<[String]>) -> Result<Vec<Row>> {
+        let Some(first) = rows.first() else {
+            return Ok(Vec::new());
+        };
+        let kinds = Kind::of_row(first);
+        rows.iter()
+            .map(|r| decode_row(r, columns, &kinds))
+            .collect()
+    }
+
+    fn rows_affected(result: &PgQueryResult) -> u64 {
+        result.rows_affected()
+    }
+}
+
+/// Classifies by SQLSTATE ([`PgBackend`]).
+fn classify(err: sqlx::Error) -> Error {
+    sqlx_conn::classify::<PgBackend>(err)
 }
 
 /// How a column's values are decoded: decided once per result from the column's type, not
@@ -287,37 +307,6 @@ fn decode_value(row: &PgRow, idx: usize, kind: Kind) -> Result<Value> {
     decoded.map_err(|e| e.context(format_args!("column {}", row.columns()[idx].name())))
 }
 
-/// Classifies by SQLSTATE; see the crate documentation.
-fn classify(err: sqlx::Error) -> Error {
-    match err {
-        sqlx::Error::Database(db) => {
-            let code = db.code().map(|c| c.into_owned()).unwrap_or_default();
-            let kind = match code.as_str() {
-                "40001" | "40P01" | "55P03" | "53300" | "53000" | "53400" => ErrorKind::Transient,
-                "57014" => ErrorKind::Timeout,
-                "57P01" | "57P02" | "57P03" | "25P03" => ErrorKind::Connection,
-                c if c.starts_with("08") => ErrorKind::Connection,
-                _ => ErrorKind::Permanent,
-            };
-            let refused = code.starts_with("22") || code.starts_with("23");
-            let err = Error::new(kind, Some(code), db.message());
-            if refused {
-                err.refusing_row()
-            } else {
-                err
-            }
-        }
-        sqlx::Error::Io(e) => Error::new(ErrorKind::Connection, None, e.to_string()),
-        sqlx::Error::Tls(e) => Error::new(ErrorKind::Connection, None, e.to_string()),
-        sqlx::Error::Protocol(e) => Error::new(ErrorKind::Connection, None, e),
-        sqlx::Error::Configuration(e) => Error::config(e.to_string()),
-        sqlx::Error::WorkerCrashed | sqlx::Error::PoolClosed | sqlx::Error::PoolTimedOut => {
-            Error::new(ErrorKind::Connection, None, err.to_string())
-        }
-        other => Error::permanent(other.to_string()),
-    }
-}
-
 fn text(value: &Value) -> String {
     match value {
         Value::Text(s) => s.clone(),
@@ -359,20 +348,6 @@ fn push_copy_field(data: &mut String, field: &str) {
     }
 }
 
-impl PgConn {
-    /// After COMMIT or ROLLBACK: the transaction is over when the statement succeeded or the
-    /// connection is gone. Otherwise (SQLite busy on COMMIT, say) it may still be open, and
-    /// the caller's rollback must reach the server.
-    fn end_transaction(&mut self, result: &Result<()>) {
-        if result
-            .as_ref()
-            .map_or_else(|e| e.kind() == ErrorKind::Connection, |_| true)
-        {
-            self.in_tx = false;
-        }
-    }
-}
-
 #[async_trait]
 impl Conn for PgConn {
     fn dialect(&self) -> Dialect {
@@ -380,30 +355,11 @@ impl Conn for PgConn {
     }
 
     async fn execute(&mut self, sql: &str, params: &[Value]) -> Result<u64> {
-        let done = bind(sqlx::query(sql), params)
-            .execute(&mut self.conn)
-            .await
-            .map_err(classify)?;
-        Ok(done.rows_affected())
+        self.conn.execute(sql, params).await
     }
 
     async fn query(&mut self, sql: &str, params: &[Value]) -> Result<Vec<Row>> {
-        let rows = bind(sqlx::query(sql), params)
-            .fetch_all(&mut self.conn)
-            .await
-            .map_err(classify)?;
-        let Some(first) = rows.first() else {
-            return Ok(Vec::new());
-        };
-        let columns: Arc<[String]> = first
-            .columns()
-            .iter()
-            .map(|c| c.name().to_string())
-            .collect();
-        let kinds = Kind::of_row(first);
-        rows.iter()
-            .map(|r| decode_row(r, &columns, &kinds))
-            .collect()
+        self.conn.query(sql, params).await
     }
 
     fn session_id(&self) -> Option<i64> {
@@ -415,32 +371,25 @@ impl Conn for PgConn {
             .map_err(|_| Error::permanent(format!("{session} is not a PostgreSQL backend pid")))?;
         sqlx::query("SELECT pg_terminate_backend($1)")
             .bind(pid)
-            .execute(&mut self.conn)
+            .execute(self.conn.raw())
             .await
             .map(drop)
             .map_err(classify)
     }
 
     async fn prepare(&mut self, sql: &str) -> Result<()> {
-        let prepared = sqlx::Executor::prepare(&mut self.conn, sql)
-            .await
-            .map(drop)
-            .map_err(classify);
+        let prepared = self.conn.prepare(sql).await;
         // sqlx caches the statement under its text with the parameter types the server
         // inferred (int4 for an `integer` column); a later execute of the same text would then
         // send our int8 values in int4's binary format and fail. Forget it.
-        sqlx::Connection::clear_cached_statements(&mut self.conn)
+        sqlx::Connection::clear_cached_statements(self.conn.raw())
             .await
             .map_err(classify)?;
         prepared
     }
 
     async fn execute_unprepared(&mut self, sql: &str) -> Result<u64> {
-        // A plain string runs through the simple/text protocol: unprepared, several statements.
-        let done = sqlx::Executor::execute(&mut self.conn, sql)
-            .await
-            .map_err(classify)?;
-        Ok(done.rows_affected())
+        self.conn.execute_unprepared(sql).await
     }
 
     async fn begin(&mut self, options: TxOptions) -> Result<()> {
@@ -456,24 +405,15 @@ impl Conn for PgConn {
         if options.async_commit {
             sql.push_str("; SET LOCAL synchronous_commit = off");
         }
-        // Set first: if the statement fails half-way, a rollback must still be sent.
-        self.in_tx = true;
-        self.execute_unprepared(&sql).await.map(drop)
+        self.conn.begin(&sql).await
     }
 
     async fn commit(&mut self) -> Result<()> {
-        let result = self.execute_unprepared("COMMIT").await.map(drop);
-        self.end_transaction(&result);
-        result
+        self.conn.commit().await
     }
 
     async fn rollback(&mut self) -> Result<()> {
-        if !self.in_tx {
-            return Ok(());
-        }
-        let result = self.execute_unprepared("ROLLBACK").await.map(drop);
-        self.end_transaction(&result);
-        result
+        self.conn.rollback().await
     }
 
     async fn table_info(&mut self, table: &str) -> Result<Option<TableInfo>> {
@@ -553,6 +493,7 @@ impl Conn for PgConn {
     ) -> Result<Option<u64>> {
         let mut copy = self
             .conn
+            .raw()
             .copy_in_raw(&copy_statement(table, columns, ""))
             .await
             .map_err(classify)?;
@@ -586,10 +527,7 @@ impl Conn for PgConn {
     }
 
     async fn read_raw(&mut self, sql: &str, params: &[Value]) -> Result<Option<RawRows>> {
-        let rows = bind(sqlx::query(sql), params)
-            .fetch_all(&mut self.conn)
-            .await
-            .map_err(classify)?;
+        let rows = self.conn.fetch_all(sql, params).await?;
         let mut raw = RawRows {
             rows: rows.len(),
             last_key: match rows.last() {
@@ -630,7 +568,12 @@ impl Conn for PgConn {
         rows: &RawRows,
     ) -> Result<Option<u64>> {
         let statement = copy_statement(table, columns, " (FORMAT binary)");
-        let mut copy = self.conn.copy_in_raw(&statement).await.map_err(classify)?;
+        let mut copy = self
+            .conn
+            .raw()
+            .copy_in_raw(&statement)
+            .await
+            .map_err(classify)?;
         // The signature, no flags, no header extension; the tuples; the trailer.
         copy.send(&b"PGCOPY\n\xff\r\n\0\0\0\0\0\0\0\0\0"[..])
             .await

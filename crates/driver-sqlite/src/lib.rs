@@ -11,15 +11,18 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
+use godwit_driver::sqlx_conn::{
+    self, bind_common, database_error, Backend, Location, Query, SqlxConn,
+};
 use godwit_driver::{
     ColumnInfo, Conn, ConnectOptions, DbUrl, Dialect, Error, ErrorKind, IndexInfo, Result, Row,
     TableInfo, TxOptions, Value,
 };
+use sqlx::error::DatabaseError;
 use sqlx::sqlite::{
-    SqliteArguments, SqliteConnectOptions, SqliteConnection, SqliteJournalMode, SqliteRow,
-    SqliteSynchronous,
+    SqliteConnectOptions, SqliteJournalMode, SqliteQueryResult, SqliteRow, SqliteSynchronous,
 };
-use sqlx::{Column, ConnectOptions as _, Row as _, Sqlite, TypeInfo, ValueRef};
+use sqlx::{ConnectOptions as _, Row as _, Sqlite, TypeInfo, ValueRef};
 
 /// How long a writer waits for the lock before SQLite reports busy. Long, because with one
 /// writer every other batch waits its turn here.
@@ -27,10 +30,7 @@ const BUSY_TIMEOUT: Duration = Duration::from_secs(60);
 
 /// A connection to a SQLite database file.
 pub struct SqliteConn {
-    conn: SqliteConnection,
-    /// Whether a transaction is open, so that `rollback` outside one is a no-op rather than
-    /// a server warning.
-    in_tx: bool,
+    conn: SqlxConn<SqliteBackend>,
 }
 
 /// Opens the database named by a `sqlite://path` URL.
@@ -45,39 +45,55 @@ pub async fn connect(url: &DbUrl, options: &ConnectOptions) -> Result<SqliteConn
         .synchronous(SqliteSynchronous::Normal)
         .busy_timeout(BUSY_TIMEOUT)
         .disable_statement_logging();
-    let conn = opts.connect().await.map_err(|e| {
-        let err = classify(e);
-        Error::new(
-            err.kind(),
-            err.code().map(str::to_string),
-            format!("cannot open {url}: {}", err.message()),
-        )
-    })?;
-    Ok(SqliteConn { conn, in_tx: false })
+    let conn = SqlxConn::connect(&opts, format!("cannot open {url}")).await?;
+    Ok(SqliteConn { conn })
 }
 
-type Query<'q> = sqlx::query::Query<'q, Sqlite, SqliteArguments<'q>>;
+/// SQLite's part of [`SqlxConn`].
+struct SqliteBackend;
 
-fn bind<'q>(mut query: Query<'q>, params: &'q [Value]) -> Query<'q> {
-    for param in params {
-        query = match param {
-            Value::Null => query.bind(None::<String>),
-            Value::Bool(b) => query.bind(*b),
-            Value::Int(n) => query.bind(*n),
-            Value::Float(f) => query.bind(*f),
-            Value::Decimal(s) | Value::Text(s) => query.bind(s.as_str()),
-            Value::Bytes(b) => query.bind(b.as_slice()),
-            Value::Json(j) => query.bind(j.to_string()),
-            // SQLite has no UUID type; applications store them as text, so bind text.
-            Value::Uuid(u) => query.bind(u.hyphenated().to_string()),
-            Value::Date(d) => query.bind(*d),
-            Value::Time(t) => query.bind(*t),
-            Value::Timestamp(t) => query.bind(*t),
-            Value::TimestampTz(t) => query.bind(*t),
-            Value::TextArray(items) => query.bind(serde_json::json!(items).to_string()),
+impl Backend for SqliteBackend {
+    type Db = Sqlite;
+
+    const LOCATION: Location = Location::InProcess;
+
+    /// By the primary result code: `SQLITE_BUSY` and `SQLITE_LOCKED` are transient, an
+    /// interrupt is the batch deadline, the rest is permanent.
+    fn classify_database(db: Box<dyn DatabaseError>) -> Error {
+        let code = db.code().map(|c| c.into_owned());
+        let primary = code
+            .as_deref()
+            .and_then(|c| c.parse::<i64>().ok())
+            .map(|c| c & 0xff);
+        let kind = match primary {
+            Some(5) | Some(6) => ErrorKind::Transient,
+            // Interrupted by the batch deadline set in `begin`.
+            Some(9) => ErrorKind::Timeout,
+            _ => ErrorKind::Permanent,
         };
+        // SQLITE_TOOBIG, SQLITE_CONSTRAINT, SQLITE_MISMATCH: a row's values refused.
+        let refused = matches!(primary, Some(18..=20));
+        database_error(kind, code, db.message(), refused)
     }
-    query
+
+    /// SQLite has no UUID or array type; applications store them as text, so every value is
+    /// bound in the common form.
+    fn bind<'q>(query: Query<'q, Sqlite>, value: &'q Value) -> Query<'q, Sqlite> {
+        bind_common(query, value)
+    }
+
+    fn decode_rows(rows: &[SqliteRow], columns: &Arc<[String]>) -> Result<Vec<Row>> {
+        rows.iter().map(|r| decode_row(r, columns)).collect()
+    }
+
+    fn rows_affected(result: &SqliteQueryResult) -> u64 {
+        result.rows_affected()
+    }
+}
+
+/// Classifies by SQLite's result codes ([`SqliteBackend`]).
+fn classify(err: sqlx::Error) -> Error {
+    sqlx_conn::classify::<SqliteBackend>(err)
 }
 
 fn decode_row(row: &SqliteRow, columns: &Arc<[String]>) -> Result<Row> {
@@ -107,40 +123,6 @@ fn decode_row(row: &SqliteRow, columns: &Arc<[String]>) -> Result<Row> {
     Ok(Row::new(columns.clone(), values))
 }
 
-/// Turns a sqlx error into a driver error: `SQLITE_BUSY` and `SQLITE_LOCKED` are transient,
-/// I/O errors mean the connection is gone, the rest is permanent.
-fn classify(err: sqlx::Error) -> Error {
-    match err {
-        sqlx::Error::Database(db) => {
-            let code = db.code().map(|c| c.into_owned());
-            let primary = code
-                .as_deref()
-                .and_then(|c| c.parse::<i64>().ok())
-                .map(|c| c & 0xff);
-            let kind = match primary {
-                Some(5) | Some(6) => ErrorKind::Transient,
-                // Interrupted by the batch deadline set in `begin`.
-                Some(9) => ErrorKind::Timeout,
-                _ => ErrorKind::Permanent,
-            };
-            // SQLITE_TOOBIG, SQLITE_CONSTRAINT, SQLITE_MISMATCH: a row's values refused.
-            let refused = matches!(primary, Some(18..=20));
-            let err = Error::new(kind, code, db.message());
-            if refused {
-                err.refusing_row()
-            } else {
-                err
-            }
-        }
-        sqlx::Error::Io(e) => Error::new(ErrorKind::Connection, None, e.to_string()),
-        sqlx::Error::Configuration(e) => Error::config(e.to_string()),
-        sqlx::Error::WorkerCrashed | sqlx::Error::PoolClosed | sqlx::Error::PoolTimedOut => {
-            Error::new(ErrorKind::Connection, None, err.to_string())
-        }
-        other => Error::permanent(other.to_string()),
-    }
-}
-
 fn text(value: &Value) -> String {
     match value {
         Value::Text(s) => s.clone(),
@@ -158,23 +140,9 @@ impl SqliteConn {
     /// Removes the batch deadline so that it cannot interrupt the commit, the rollback or
     /// whatever runs on this connection next.
     async fn clear_deadline(&mut self) -> Result<()> {
-        let mut handle = self.conn.lock_handle().await.map_err(classify)?;
+        let mut handle = self.conn.raw().lock_handle().await.map_err(classify)?;
         handle.remove_progress_handler();
         Ok(())
-    }
-}
-
-impl SqliteConn {
-    /// After COMMIT or ROLLBACK: the transaction is over when the statement succeeded or the
-    /// connection is gone. Otherwise (SQLite busy on COMMIT, say) it may still be open, and
-    /// the caller's rollback must reach the server.
-    fn end_transaction(&mut self, result: &Result<()>) {
-        if result
-            .as_ref()
-            .map_or_else(|e| e.kind() == ErrorKind::Connection, |_| true)
-        {
-            self.in_tx = false;
-        }
     }
 }
 
@@ -185,42 +153,19 @@ impl Conn for SqliteConn {
     }
 
     async fn execute(&mut self, sql: &str, params: &[Value]) -> Result<u64> {
-        let done = bind(sqlx::query(sql), params)
-            .execute(&mut self.conn)
-            .await
-            .map_err(classify)?;
-        Ok(done.rows_affected())
+        self.conn.execute(sql, params).await
     }
 
     async fn query(&mut self, sql: &str, params: &[Value]) -> Result<Vec<Row>> {
-        let rows = bind(sqlx::query(sql), params)
-            .fetch_all(&mut self.conn)
-            .await
-            .map_err(classify)?;
-        let Some(first) = rows.first() else {
-            return Ok(Vec::new());
-        };
-        let columns: Arc<[String]> = first
-            .columns()
-            .iter()
-            .map(|c| c.name().to_string())
-            .collect();
-        rows.iter().map(|r| decode_row(r, &columns)).collect()
+        self.conn.query(sql, params).await
     }
 
     async fn prepare(&mut self, sql: &str) -> Result<()> {
-        sqlx::Executor::prepare(&mut self.conn, sql)
-            .await
-            .map(drop)
-            .map_err(classify)
+        self.conn.prepare(sql).await
     }
 
     async fn execute_unprepared(&mut self, sql: &str) -> Result<u64> {
-        // A plain string runs through the simple/text protocol: unprepared, several statements.
-        let done = sqlx::Executor::execute(&mut self.conn, sql)
-            .await
-            .map_err(classify)?;
-        Ok(done.rows_affected())
+        self.conn.execute_unprepared(sql).await
     }
 
     async fn begin(&mut self, options: TxOptions) -> Result<()> {
@@ -228,29 +173,22 @@ impl Conn for SqliteConn {
             // SQLite has no statement timeout: a progress handler interrupts the
             // transaction's statements past the deadline (SQLITE_INTERRUPT, a timeout).
             let deadline = Instant::now() + timeout;
-            let mut handle = self.conn.lock_handle().await.map_err(classify)?;
+            let mut handle = self.conn.raw().lock_handle().await.map_err(classify)?;
             handle.set_progress_handler(PROGRESS_OPS, move || Instant::now() < deadline);
         }
-        // Set first: if the statement fails half-way, a rollback must still be sent.
-        self.in_tx = true;
-        self.execute_unprepared("BEGIN IMMEDIATE").await.map(drop)
+        // IMMEDIATE takes the write lock now: a deferred transaction that reads first fails
+        // with SQLITE_BUSY when it cannot upgrade its lock, instead of waiting.
+        self.conn.begin("BEGIN IMMEDIATE").await
     }
 
     async fn commit(&mut self) -> Result<()> {
         self.clear_deadline().await?;
-        let result = self.execute_unprepared("COMMIT").await.map(drop);
-        self.end_transaction(&result);
-        result
+        self.conn.commit().await
     }
 
     async fn rollback(&mut self) -> Result<()> {
         self.clear_deadline().await?;
-        if !self.in_tx {
-            return Ok(());
-        }
-        let result = self.execute_unprepared("ROLLBACK").await.map(drop);
-        self.end_transaction(&result);
-        result
+        self.conn.rollback().await
     }
 
     async fn table_info(&mut self, table: &str) -> Result<Option<TableInfo>> {

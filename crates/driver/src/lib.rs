@@ -15,6 +15,8 @@ mod error;
 mod ident;
 mod pg_text;
 mod placeholders;
+#[cfg(feature = "sqlx")]
+pub mod sqlx_conn;
 mod types;
 mod url;
 mod value;
@@ -25,7 +27,7 @@ use async_trait::async_trait;
 
 pub use crate::error::{cap_message, Error, ErrorKind, Result, MAX_MESSAGE};
 pub use crate::ident::quote_ident;
-pub use crate::placeholders::{references_param, rewrite_params, Rewritten};
+pub use crate::placeholders::{number_placeholders, references_param, rewrite_params, Rewritten};
 pub use crate::types::{exact_float, normalize_decimal, SqlType};
 pub use crate::url::{has_password, redact_url, DbUrl};
 pub use crate::value::{KeyKind, Row, Value};
@@ -64,8 +66,8 @@ impl Dialect {
 #[derive(Debug, Clone, Copy, Default)]
 pub struct TxOptions {
     /// A database-side limit on each statement of the transaction, so a stuck batch is cancelled
-    /// by the server (and then retried) instead of hanging the run. Ignored where the database has
-    /// no such limit (SQLite).
+    /// by the server (and then retried) instead of hanging the run. SQLite has no such limit: its
+    /// driver interrupts the transaction's statements past the deadline instead.
     pub statement_timeout: Option<Duration>,
     /// Commit without waiting for the write-ahead log to reach disk (PostgreSQL's
     /// `synchronous_commit = off`). Safe only when losing the last few commits on a server crash

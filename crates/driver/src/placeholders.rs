@@ -1,4 +1,5 @@
-//! Named parameters (`:start`, `:end`) in user SQL, turned into the driver's own placeholders.
+//! Named parameters (`:start`, `:end`) in user SQL, and the `?` placeholders of godwit's own
+//! SQL, turned into the dialect's placeholders.
 //!
 //! The scan skips string literals, quoted identifiers, comments, PostgreSQL dollar quotes and
 //! `::` casts, so `':start'` in a string or `x::text` is never touched.
@@ -21,7 +22,7 @@ pub fn rewrite_params(sql: &str, dialect: Dialect, names: &[&str]) -> Rewritten 
     let mut out = String::with_capacity(sql.len() + 8);
     let mut order = Vec::new();
     scan(sql, dialect, |piece| match piece {
-        Piece::Text(text) => out.push_str(text),
+        Piece::Text(text) | Piece::Mark(text) => out.push_str(text),
         Piece::Param(name, text) => match names.iter().position(|n| *n == name) {
             Some(idx) => match dialect {
                 Dialect::Postgres => {
@@ -45,6 +46,24 @@ pub fn rewrite_params(sql: &str, dialect: Dialect, names: &[&str]) -> Rewritten 
     Rewritten { sql: out, order }
 }
 
+/// Writes each `?` placeholder of `sql` (outside strings and comments) in the dialect's form:
+/// `$1`, `$2`, … on PostgreSQL, `?` elsewhere. For SQL written with `?` for every dialect.
+pub fn number_placeholders(sql: &str, dialect: Dialect) -> String {
+    if dialect != Dialect::Postgres {
+        return sql.to_string();
+    }
+    let mut out = String::with_capacity(sql.len() + 8);
+    let mut n = 0;
+    scan(sql, dialect, |piece| match piece {
+        Piece::Text(text) | Piece::Param(_, text) => out.push_str(text),
+        Piece::Mark(_) => {
+            n += 1;
+            out.push_str(&dialect.param(n));
+        }
+    });
+    out
+}
+
 /// Whether `sql` uses the named parameter `:name` outside strings and comments.
 pub fn references_param(sql: &str, dialect: Dialect, name: &str) -> bool {
     let mut found = false;
@@ -60,6 +79,8 @@ enum Piece<'a> {
     Text(&'a str),
     /// A `:name`: the name, and the text including the colon.
     Param(&'a str, &'a str),
+    /// A `?`, its text.
+    Mark(&'a str),
 }
 
 fn scan<'a>(sql: &'a str, dialect: Dialect, mut emit: impl FnMut(Piece<'a>)) {
@@ -79,6 +100,15 @@ fn scan<'a>(sql: &'a str, dialect: Dialect, mut emit: impl FnMut(Piece<'a>)) {
             }
             b'$' if dialect == Dialect::Postgres => dollar_quote_end(sql, i),
             b':' if rest.starts_with("::") => Some(i + 2),
+            b'?' => {
+                if text_start < i {
+                    emit(Piece::Text(&sql[text_start..i]));
+                }
+                emit(Piece::Mark(&sql[i..i + 1]));
+                text_start = i + 1;
+                i += 1;
+                continue;
+            }
             b':' => {
                 let name_len = rest[1..]
                     .bytes()
@@ -203,6 +233,29 @@ mod tests {
             "SELECT 'it\\'s :start', @a := 1 # :end\nFROM t WHERE k = :start",
             "SELECT 'it\\'s :start', @a := 1 # :end\nFROM t WHERE k = ?",
             &[0],
+        );
+    }
+
+    #[test]
+    fn numbers_placeholders_for_postgres_only() {
+        assert_eq!(
+            number_placeholders("a = ? AND b = ?", Dialect::Postgres),
+            "a = $1 AND b = $2"
+        );
+        assert_eq!(number_placeholders("a = ?", Dialect::MySql), "a = ?");
+    }
+
+    #[test]
+    fn leaves_question_marks_in_strings_and_named_params_alone() {
+        check(
+            Dialect::Postgres,
+            "SELECT j ? 'k', '?' FROM t WHERE k = :start",
+            "SELECT j ? 'k', '?' FROM t WHERE k = $1",
+            &[0],
+        );
+        assert_eq!(
+            number_placeholders("SELECT '?', :start FROM t WHERE k = ?", Dialect::Postgres),
+            "SELECT '?', :start FROM t WHERE k = $1"
         );
     }
 

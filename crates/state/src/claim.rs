@@ -14,11 +14,11 @@
 
 use std::time::Duration;
 
-use godwit_driver::{Conn, Dialect, Result, Value};
+use godwit_driver::{number_placeholders, Conn, Dialect, Result, Value};
 
-use crate::fence::{ensure_generation, fence, fence_params, restarted};
+use crate::fence::{ensure_generation, fence, fence_params, is_current, restarted, RunRead};
 use crate::{
-    get_text, lease_ms, opt_text, schema, sql, text, ClaimedBatch, NewBatch, StateStore, StepRecord,
+    get_text, lease_ms, opt_text, schema, text, ClaimedBatch, NewBatch, StateStore, StepRecord,
 };
 
 impl StateStore {
@@ -102,7 +102,7 @@ impl StateStore {
                     opt_text(cursor.as_deref()),
                 ];
                 params.extend(fence_params(&run, mine.as_deref()));
-                if conn.execute(&sql(d, &q), &params).await? == 0 {
+                if conn.execute(&number_placeholders(&q, d), &params).await? == 0 {
                     ensure_generation(conn, &run, mine.as_deref()).await?;
                 }
                 Ok(())
@@ -152,7 +152,7 @@ impl StateStore {
                 );
                 let mut params = vec![lease_ms(lease), text(run), text(step)];
                 params.extend(tokens.into_iter().map(text));
-                conn.execute(&sql(d, &q), &params).await
+                conn.execute(&number_placeholders(&q, d), &params).await
             })
         })
         .await
@@ -294,30 +294,19 @@ async fn claim_elsewhere(
     let now = schema::now_ms(d);
     conn.begin(godwit_driver::TxOptions::default()).await?;
     if let Some(generation) = generation {
-        let q = match d {
-            Dialect::MySql => "SELECT generation FROM godwit_runs WHERE run = ? LOCK IN SHARE MODE",
-            // The transaction holds SQLite's write lock already.
-            Dialect::Postgres | Dialect::Sqlite => {
-                "SELECT generation FROM godwit_runs WHERE run = ?"
-            }
-        };
-        let rows = conn.query(&sql(d, q), &[text(run)]).await?;
-        if rows.first().and_then(|r| get_text(r.get(0))).as_deref() != Some(generation) {
+        if !is_current(conn, run, generation, RunRead::Locked).await? {
             conn.rollback().await?;
             return Err(restarted(run));
         }
     }
     let moved = conn
         .execute(
-            &sql(
-                d,
-                &format!(
+            &number_placeholders(&format!(
                     "UPDATE godwit_steps SET cursor_key = ?, next_batch = next_batch + ?, exhausted = ? \
                      WHERE run = ? AND step = ? AND next_batch = ? AND exhausted = 0 \
                      AND cursor_key {} ?",
                     null_safe_eq(d)
-                ),
-            ),
+                ), d),
             &[&params[..6], &params[8..9]].concat(),
         )
         .await?;
@@ -366,7 +355,10 @@ async fn claim_abandoned(
          ORDER BY batch LIMIT 8"
     );
     let candidates = conn
-        .query(&sql(d, &q), &[text(run.clone()), text(step.clone())])
+        .query(
+            &number_placeholders(&q, d),
+            &[text(run.clone()), text(step.clone())],
+        )
         .await?;
     let found = !candidates.is_empty();
     for c in candidates {
@@ -394,7 +386,7 @@ async fn claim_abandoned(
             params.push(text(old.clone()));
         }
         params.extend(fence_params(&run, generation.as_deref()));
-        if conn.execute(&sql(d, &q), &params).await? == 1 {
+        if conn.execute(&number_placeholders(&q, d), &params).await? == 1 {
             return Ok(Some(ClaimedBatch {
                 run,
                 generation,

@@ -1,9 +1,9 @@
 //! Control of a run from anywhere (`godwit pause|resume|cancel|retry`): a user's request written
 //! to the run's row, which workers read every few hundred milliseconds.
 
-use godwit_driver::Result;
+use godwit_driver::{number_placeholders, Result};
 
-use crate::{schema, sql, text, Control, RunState, StateStore};
+use crate::{schema, text, Control, RunState, StateStore};
 
 impl StateStore {
     /// Pauses, resumes or cancels a run, or re-queues its failed batches, on behalf of a user.
@@ -44,7 +44,8 @@ impl StateStore {
                     ),
                     Control::Retry => unreachable!("handled above"),
                 };
-                conn.execute(&sql(d, &q), &[text(run)]).await?;
+                conn.execute(&number_placeholders(&q, d), &[text(run)])
+                    .await?;
                 Ok(Some(before))
             })
         })
@@ -60,17 +61,26 @@ impl StateStore {
                 let d = conn.dialect();
                 let n = conn
                     .execute(
-                        &sql(d, "UPDATE godwit_batches SET state = 'pending', attempts = 0, lease_until_ms = NULL WHERE run = ? AND state = 'failed'"),
+                        &number_placeholders(
+                            "UPDATE godwit_batches SET state = 'pending', attempts = 0, lease_until_ms = NULL WHERE run = ? AND state = 'failed'",
+                            d,
+                        ),
                         &[text(run.clone())],
                     )
                     .await?;
                 conn.execute(
-                    &sql(d, "UPDATE godwit_steps SET state = 'running', error = NULL WHERE run = ? AND state = 'failed'"),
+                    &number_placeholders(
+                        "UPDATE godwit_steps SET state = 'running', error = NULL WHERE run = ? AND state = 'failed'",
+                        d,
+                    ),
                     &[text(run.clone())],
                 )
                 .await?;
                 conn.execute(
-                    &sql(d, "UPDATE godwit_runs SET state = 'running', error = NULL, finished_ms = NULL WHERE run = ? AND state = 'failed'"),
+                    &number_placeholders(
+                        "UPDATE godwit_runs SET state = 'running', error = NULL, finished_ms = NULL WHERE run = ? AND state = 'failed'",
+                        d,
+                    ),
                     &[text(run)],
                 )
                 .await?;

@@ -3,11 +3,9 @@
 
 use std::collections::HashMap;
 
-use godwit_driver::{Conn, Dialect, Error, Result, Value};
+use godwit_driver::{number_placeholders, Conn, Dialect, Error, Result, Value};
 
-use crate::{
-    digest, get_text, schema, sql, text, ClaimedBatch, DeadLetter, DeadLetterRow, StateStore,
-};
+use crate::{digest, get_text, schema, text, ClaimedBatch, DeadLetter, DeadLetterRow, StateStore};
 
 impl StateStore {
     /// Records rows a batch's transform could not handle ("dead letters") on `conn`, inside the
@@ -124,7 +122,7 @@ impl StateStore {
                 if let Some(limit) = limit {
                     q.push_str(&format!(" LIMIT {}", limit.min(i64::MAX as u64)));
                 }
-                let rows = conn.query(&sql(d, &q), &params).await?;
+                let rows = conn.query(&number_placeholders(&q, d), &params).await?;
                 Ok(rows
                     .iter()
                     .map(|r| DeadLetterRow {
@@ -237,7 +235,7 @@ async fn write_letters(
             text(l.letter.row.clone()),
         ]);
     }
-    let written = conn.execute(&sql(d, &q), &params).await?;
+    let written = conn.execute(&number_placeholders(&q, d), &params).await?;
     // PostgreSQL and SQLite count inserted and replaced rows, not those the key check kept.
     if d != Dialect::MySql && written != chunk.len() as u64 {
         return Err(digest_clash(batch, None));

@@ -5,11 +5,12 @@
 //! failure and release record of a process carries the generation it began ([`fence`] and
 //! [`fence_params`]), so that it matches nothing once the run was restarted; a write that
 //! matched nothing asks [`ensure_generation`] whether the run is gone, and fails with
-//! [`RESTARTED`] when it is.
+//! [`RESTARTED`] when it is. The run's row, with its generation, is read in one place
+//! ([`read_run`]).
 
-use godwit_driver::{Conn, Error, ErrorKind, Result, Value};
+use godwit_driver::{number_placeholders, Conn, Dialect, Error, ErrorKind, Result, Value};
 
-use crate::{get_text, sql, text, RESTARTED};
+use crate::{get_text, text, RunState, RESTARTED};
 
 /// The error of a process whose run was restarted by another (see [`RESTARTED`]).
 pub(crate) fn restarted(run: &str) -> Error {
@@ -53,16 +54,59 @@ pub(crate) async fn ensure_generation(
     let Some(generation) = generation else {
         return Ok(());
     };
-    let d = conn.dialect();
-    let rows = conn
-        .query(
-            &sql(d, "SELECT generation FROM godwit_runs WHERE run = ?"),
-            &[text(run)],
-        )
-        .await?;
-    if rows.first().and_then(|r| get_text(r.get(0))).as_deref() == Some(generation) {
+    if is_current(conn, run, generation, RunRead::Plain).await? {
         Ok(())
     } else {
         Err(restarted(run))
     }
+}
+
+/// Whether the run is stored and still of `generation`.
+pub(crate) async fn is_current(
+    conn: &mut dyn Conn,
+    run: &str,
+    generation: &str,
+    read: RunRead,
+) -> Result<bool> {
+    let row = read_run(conn, run, read).await?;
+    Ok(row.and_then(|r| r.generation).as_deref() == Some(generation))
+}
+
+/// How [`read_run`] reads the run's row.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum RunRead {
+    /// A plain read.
+    Plain,
+    /// Inside a claim's transaction: on MySQL with a share lock, which a restart's delete of
+    /// the row waits for (and the other way round). SQLite's transaction holds the write lock
+    /// already.
+    Locked,
+}
+
+/// A run's row as the fence reads it.
+pub(crate) struct RunRow {
+    /// Where the run stands.
+    pub(crate) state: Option<RunState>,
+    /// The generation the run is of.
+    pub(crate) generation: Option<String>,
+}
+
+/// The run's state and generation; `None` when no such run is stored.
+pub(crate) async fn read_run(
+    conn: &mut dyn Conn,
+    run: &str,
+    read: RunRead,
+) -> Result<Option<RunRow>> {
+    let d = conn.dialect();
+    let q = match (read, d) {
+        (RunRead::Locked, Dialect::MySql) => {
+            "SELECT state, generation FROM godwit_runs WHERE run = ? LOCK IN SHARE MODE"
+        }
+        _ => "SELECT state, generation FROM godwit_runs WHERE run = ?",
+    };
+    let rows = conn.query(&number_placeholders(q, d), &[text(run)]).await?;
+    Ok(rows.first().map(|row| RunRow {
+        state: get_text(row.get(0)).map(|s| RunState::parse(&s)),
+        generation: get_text(row.get(1)),
+    }))
 }

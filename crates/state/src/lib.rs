@@ -37,7 +37,9 @@ mod workers;
 use std::collections::HashMap;
 use std::time::Duration;
 
-use godwit_driver::{Conn, DbUrl, Dialect, Error, ErrorKind, Result, Value};
+use godwit_driver::{
+    number_placeholders, Conn, DbUrl, Dialect, Error, ErrorKind, Result, Row, Value,
+};
 
 pub use crate::schema::SCHEMA_VERSION;
 pub use crate::status::{RunStatus, StepStatus, WorkerStatus, LIVE_WINDOW_MS};
@@ -322,24 +324,6 @@ pub struct StateStore {
     generations: std::sync::Mutex<HashMap<String, String>>,
 }
 
-/// Converts `?` placeholders to the dialect's; the SQL in this crate has no `?` elsewhere.
-pub(crate) fn sql(dialect: Dialect, text: &str) -> String {
-    if dialect != Dialect::Postgres {
-        return text.to_string();
-    }
-    let mut out = String::with_capacity(text.len() + 8);
-    let mut n = 0;
-    for c in text.chars() {
-        if c == '?' {
-            n += 1;
-            out.push_str(&format!("${n}"));
-        } else {
-            out.push(c);
-        }
-    }
-    out
-}
-
 /// A text parameter.
 pub(crate) fn text(v: impl Into<String>) -> Value {
     Value::Text(v.into())
@@ -450,58 +434,51 @@ impl StateStore {
         result
     }
 
+    /// Runs one statement, written with `?` placeholders, on the state connection; the number
+    /// of rows it changed.
+    async fn execute(&self, sql: impl Into<String>, params: Vec<Value>) -> Result<u64> {
+        let sql = sql.into();
+        self.with_conn(move |conn| {
+            Box::pin(async move {
+                let q = number_placeholders(&sql, conn.dialect());
+                conn.execute(&q, &params).await
+            })
+        })
+        .await
+    }
+
+    /// Runs one query, written with `?` placeholders, on the state connection.
+    async fn query(&self, sql: impl Into<String>, params: Vec<Value>) -> Result<Vec<Row>> {
+        let sql = sql.into();
+        self.with_conn(move |conn| {
+            Box::pin(async move {
+                let q = number_placeholders(&sql, conn.dialect());
+                conn.query(&q, &params).await
+            })
+        })
+        .await
+    }
+
     /// Writes a marker row into `godwit_meta` and returns its name, so that another connection
     /// can tell whether it sees these very tables.
     pub async fn write_marker(&self) -> Result<String> {
         let name = format!("probe:{}", uuid::Uuid::new_v4().simple());
-        let marker = name.clone();
-        self.with_conn(move |conn| {
-            Box::pin(async move {
-                let d = conn.dialect();
-                conn.execute(
-                    &sql(d, "INSERT INTO godwit_meta (name, value) VALUES (?, ?)"),
-                    &[text(marker.clone()), text(marker)],
-                )
-                .await
-                .map(drop)
-            })
-        })
+        self.execute(
+            "INSERT INTO godwit_meta (name, value) VALUES (?, ?)",
+            vec![text(name.clone()), text(name.clone())],
+        )
         .await?;
         Ok(name)
     }
 
     /// Removes a marker written by [`StateStore::write_marker`].
     pub async fn remove_marker(&self, name: &str) -> Result<()> {
-        let name = name.to_string();
-        self.with_conn(move |conn| {
-            Box::pin(async move {
-                let d = conn.dialect();
-                conn.execute(
-                    &sql(d, "DELETE FROM godwit_meta WHERE name = ?"),
-                    &[text(name)],
-                )
-                .await
-                .map(drop)
-            })
-        })
-        .await
+        self.execute("DELETE FROM godwit_meta WHERE name = ?", vec![text(name)])
+            .await
+            .map(drop)
     }
 }
 
 async fn reconnect(url: &DbUrl, options: &godwit_driver::ConnectOptions) -> Result<Box<dyn Conn>> {
     godwit_db::connect(url, options).await
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn numbers_placeholders_for_postgres_only() {
-        assert_eq!(
-            sql(Dialect::Postgres, "a = ? AND b = ?"),
-            "a = $1 AND b = $2"
-        );
-        assert_eq!(sql(Dialect::MySql, "a = ?"), "a = ?");
-    }
 }

@@ -4,10 +4,10 @@
 
 use std::time::Duration;
 
-use godwit_driver::{Conn, Error, Result, Value};
+use godwit_driver::{number_placeholders, Conn, Error, Result, Value};
 
 use crate::fence::{fence, fence_params};
-use crate::{lease_ms, opt_text, schema, sql, text, BatchOutcome, ClaimedBatch, StateStore};
+use crate::{lease_ms, opt_text, schema, text, BatchOutcome, ClaimedBatch, StateStore};
 
 impl StateStore {
     /// Records a batch done on `conn`, inside the transaction the caller holds open there, so
@@ -22,25 +22,17 @@ impl StateStore {
         batch: &ClaimedBatch,
         outcome: BatchOutcome,
     ) -> Result<bool> {
-        let d = conn.dialect();
-        let q = format!(
-            "UPDATE godwit_batches SET state = 'done', finished_ms = {}, duration_ms = ?, \
-             rows_affected = ?, rows_skipped = ?, error = NULL, error_code = NULL \
-             WHERE run = ? AND step = ? AND batch = ? AND token = ? AND state = 'claimed'{}",
-            schema::now_ms(d),
-            fence(batch.generation.is_some())
+        let set = format!(
+            "state = 'done', finished_ms = {}, duration_ms = ?, rows_affected = ?, \
+             rows_skipped = ?, error = NULL, error_code = NULL",
+            schema::now_ms(conn.dialect())
         );
-        let mut params = vec![
+        let params = vec![
             Value::Int(i64::try_from(outcome.duration.as_millis()).unwrap_or(i64::MAX)),
             Value::Int(i64::try_from(outcome.rows_affected).unwrap_or(i64::MAX)),
             Value::Int(i64::try_from(outcome.rows_skipped).unwrap_or(i64::MAX)),
-            text(batch.run.clone()),
-            text(batch.step.clone()),
-            Value::Int(batch.batch),
-            text(batch.token.clone()),
         ];
-        params.extend(fence_params(&batch.run, batch.generation.as_deref()));
-        let n = conn.execute(&sql(d, &q), &params).await?;
+        let n = update_claimed(conn, batch, &set, params).await?;
         Ok(n == 1)
     }
 
@@ -73,31 +65,22 @@ impl StateStore {
         );
         self.with_conn(move |conn| {
             Box::pin(async move {
-                let d = conn.dialect();
-                let now = schema::now_ms(d);
+                let now = schema::now_ms(conn.dialect());
                 let (state, not_before) = match retry_after {
                     Some(delay) => ("pending", lease_ms(delay)),
                     None => ("failed", Value::Int(0)),
                 };
-                let q = format!(
-                    "UPDATE godwit_batches SET state = ?, token = NULL, lease_until_ms = {now} + ?, \
-                     attempts = attempts + 1, error_code = ?, error = ?, finished_ms = {now} \
-                     WHERE run = ? AND step = ? AND batch = ? AND token = ? AND state = 'claimed'{}",
-                    fence(batch.generation.is_some())
+                let set = format!(
+                    "state = ?, token = NULL, lease_until_ms = {now} + ?, \
+                     attempts = attempts + 1, error_code = ?, error = ?, finished_ms = {now}"
                 );
-                let mut params = vec![
+                let params = vec![
                     text(state),
                     not_before,
                     opt_text(code.as_deref()),
                     text(message),
-                    text(batch.run.clone()),
-                    text(batch.step),
-                    Value::Int(batch.batch),
-                    text(batch.token),
                 ];
-                params.extend(fence_params(&batch.run, batch.generation.as_deref()));
-                conn.execute(&sql(d, &q), &params).await?;
-                Ok(())
+                update_claimed(conn, &batch, &set, params).await.map(drop)
             })
         })
         .await
@@ -109,21 +92,10 @@ impl StateStore {
         let batch = batch.clone();
         self.with_conn(move |conn| {
             Box::pin(async move {
-                let d = conn.dialect();
-                let q = format!(
-                    "UPDATE godwit_batches SET state = 'pending', token = NULL, lease_until_ms = NULL \
-                     WHERE run = ? AND step = ? AND batch = ? AND token = ? AND state = 'claimed'{}",
-                    fence(batch.generation.is_some())
-                );
-                let mut params = vec![
-                    text(batch.run.clone()),
-                    text(batch.step),
-                    Value::Int(batch.batch),
-                    text(batch.token),
-                ];
-                params.extend(fence_params(&batch.run, batch.generation.as_deref()));
-                conn.execute(&sql(d, &q), &params).await?;
-                Ok(())
+                let set = "state = 'pending', token = NULL, lease_until_ms = NULL";
+                update_claimed(conn, &batch, set, Vec::new())
+                    .await
+                    .map(drop)
             })
         })
         .await
@@ -133,21 +105,36 @@ impl StateStore {
     /// batches have all ended (committed, rolled back or abandoned), so that nothing it claimed
     /// waits for a lease to run out.
     pub async fn release_worker(&self, run: &str, worker: &str) -> Result<u64> {
-        let (run, worker) = (run.to_string(), worker.to_string());
-        self.with_conn(move |conn| {
-            Box::pin(async move {
-                let d = conn.dialect();
-                conn.execute(
-                    &sql(
-                        d,
-                        "UPDATE godwit_batches SET state = 'pending', token = NULL, lease_until_ms = NULL \
-                         WHERE run = ? AND worker = ? AND state = 'claimed'",
-                    ),
-                    &[text(run), text(worker)],
-                )
-                .await
-            })
-        })
+        self.execute(
+            "UPDATE godwit_batches SET state = 'pending', token = NULL, lease_until_ms = NULL \
+             WHERE run = ? AND worker = ? AND state = 'claimed'",
+            vec![text(run), text(worker)],
+        )
         .await
     }
+}
+
+/// Updates the batch row only while it is still this claim's: claimed, with the claim's token,
+/// in the run's generation (the fence). `set` is the statement's `SET` list and `params` its
+/// parameters; returns the number of rows updated, 0 or 1.
+async fn update_claimed(
+    conn: &mut dyn Conn,
+    batch: &ClaimedBatch,
+    set: &str,
+    mut params: Vec<Value>,
+) -> Result<u64> {
+    let q = format!(
+        "UPDATE godwit_batches SET {set} \
+         WHERE run = ? AND step = ? AND batch = ? AND token = ? AND state = 'claimed'{}",
+        fence(batch.generation.is_some())
+    );
+    params.extend([
+        text(batch.run.clone()),
+        text(batch.step.clone()),
+        Value::Int(batch.batch),
+        text(batch.token.clone()),
+    ]);
+    params.extend(fence_params(&batch.run, batch.generation.as_deref()));
+    conn.execute(&number_placeholders(&q, conn.dialect()), &params)
+        .await
 }

@@ -1,11 +1,11 @@
 //! Runs: creating, resuming or restarting one (`begin_run`), storing one for workers (`submit`),
 //! the list workers look at, a run's state, and its progress for `godwit status`.
 
-use godwit_driver::{Conn, Error, ErrorKind, Result, Value};
+use godwit_driver::{number_placeholders, Conn, Error, ErrorKind, Result, Value};
 
-use crate::fence::{ensure_generation, restarted};
+use crate::fence::{ensure_generation, read_run, restarted, RunRead};
 use crate::{
-    get_text, opt_text, schema, sql, status, text, Restart, RunSpec, RunStart, RunState, RunStatus,
+    get_text, opt_text, schema, status, text, Restart, RunSpec, RunStart, RunState, RunStatus,
     StateStore, StepSpec, StoredRun,
 };
 
@@ -50,57 +50,42 @@ impl StateStore {
 
     /// Marks a submitted run as started, when a worker first takes it up.
     pub async fn start_run(&self, run: &str) -> Result<()> {
-        let run = run.to_string();
-        self.with_conn(move |conn| {
-            Box::pin(async move {
-                let d = conn.dialect();
-                let q = format!(
-                    "UPDATE godwit_runs SET state = 'running', started_ms = COALESCE(started_ms, {}) \
-                     WHERE run = ? AND state = 'pending'",
-                    schema::now_ms(d)
-                );
-                conn.execute(&sql(d, &q), &[text(run)]).await?;
-                Ok(())
-            })
-        })
-        .await
+        let q = format!(
+            "UPDATE godwit_runs SET state = 'running', started_ms = COALESCE(started_ms, {}) \
+             WHERE run = ? AND state = 'pending'",
+            schema::now_ms(self.dialect)
+        );
+        self.execute(q, vec![text(run)]).await.map(drop)
     }
 
     /// The names of every stored run, oldest first.
     pub async fn run_names(&self) -> Result<Vec<String>> {
-        self.with_conn(|conn| {
-            Box::pin(async move {
-                let rows = conn
-                    .query("SELECT run FROM godwit_runs ORDER BY created_ms, run", &[])
-                    .await?;
-                Ok(rows.iter().filter_map(|r| get_text(r.get(0))).collect())
-            })
-        })
-        .await
+        let rows = self
+            .query(
+                "SELECT run FROM godwit_runs ORDER BY created_ms, run",
+                Vec::new(),
+            )
+            .await?;
+        Ok(rows.iter().filter_map(|r| get_text(r.get(0))).collect())
     }
 
     /// The runs workers should look at: pending, running or paused, oldest first.
     pub async fn unfinished_runs(&self) -> Result<Vec<StoredRun>> {
-        self.with_conn(|conn| {
-            Box::pin(async move {
-                let rows = conn
-                    .query(
-                        "SELECT run, state, plan_text FROM godwit_runs \
-                         WHERE state IN ('pending', 'running', 'paused') ORDER BY created_ms, run",
-                        &[],
-                    )
-                    .await?;
-                Ok(rows
-                    .iter()
-                    .map(|r| StoredRun {
-                        name: get_text(r.get(0)).unwrap_or_default(),
-                        state: RunState::parse(&get_text(r.get(1)).unwrap_or_default()),
-                        plan_text: get_text(r.get(2)).unwrap_or_default(),
-                    })
-                    .collect())
+        let rows = self
+            .query(
+                "SELECT run, state, plan_text FROM godwit_runs \
+                 WHERE state IN ('pending', 'running', 'paused') ORDER BY created_ms, run",
+                Vec::new(),
+            )
+            .await?;
+        Ok(rows
+            .iter()
+            .map(|r| StoredRun {
+                name: get_text(r.get(0)).unwrap_or_default(),
+                state: RunState::parse(&get_text(r.get(1)).unwrap_or_default()),
+                plan_text: get_text(r.get(2)).unwrap_or_default(),
             })
-        })
-        .await
+            .collect())
     }
 
     /// Reads a run's state.
@@ -112,23 +97,16 @@ impl StateStore {
         let (run, mine) = (run.to_string(), self.generation(run));
         self.with_conn(move |conn| {
             Box::pin(async move {
-                let d = conn.dialect();
-                let rows = conn
-                    .query(
-                        &sql(d, "SELECT state, generation FROM godwit_runs WHERE run = ?"),
-                        &[text(run.clone())],
-                    )
-                    .await?;
-                let Some(row) = rows.first() else {
+                let Some(row) = read_run(conn, &run, RunRead::Plain).await? else {
                     return match mine {
                         Some(_) => Err(restarted(&run)),
                         None => Ok(None),
                     };
                 };
-                if mine.is_some() && get_text(row.get(1)) != mine {
+                if mine.is_some() && row.generation != mine {
                     return Err(restarted(&run));
                 }
-                Ok(get_text(row.get(0)).map(|s| RunState::parse(&s)))
+                Ok(row.state)
             })
         })
         .await
@@ -158,7 +136,10 @@ impl StateStore {
                 );
                 let mut params = vec![text(state.as_str()), opt_text(error.as_deref()), text(run.clone())];
                 params.extend(mine.clone().map(text));
-                if conn.execute(&sql(d, &q), &params).await? == 0 && mine.is_some() {
+                if conn.execute(&number_placeholders(
+                    &q,
+                    d,
+                ), &params).await? == 0 && mine.is_some() {
                     ensure_generation(conn, &run, mine.as_deref()).await?;
                 }
                 Ok(())
@@ -191,13 +172,7 @@ async fn begin_run(
 ) -> Result<(RunStart, String)> {
     let d = conn.dialect();
     let run = spec.name.clone();
-    let existing = conn
-        .query(
-            &sql(d, "SELECT state, generation FROM godwit_runs WHERE run = ?"),
-            &[text(run.clone())],
-        )
-        .await?;
-    if let Some(row) = existing.first() {
+    if let Some(row) = read_run(conn, &run, RunRead::Plain).await? {
         if restart == Restart::Forget {
             // A new generation. The run's row goes first: on MySQL a claim reads it with a
             // share lock, so the restart waits for claims under way and they for it. The
@@ -213,7 +188,7 @@ async fn begin_run(
                 "godwit_dead_letters",
             ] {
                 conn.execute(
-                    &sql(d, &format!("DELETE FROM {table} WHERE run = ?")),
+                    &number_placeholders(&format!("DELETE FROM {table} WHERE run = ?"), d),
                     &[text(run.clone())],
                 )
                 .await?;
@@ -224,9 +199,9 @@ async fn begin_run(
         }
         let stored = conn
             .query(
-                &sql(
-                    d,
+                &number_placeholders(
                     "SELECT step, definition FROM godwit_steps WHERE run = ? ORDER BY position",
+                    d,
                 ),
                 &[text(run.clone())],
             )
@@ -246,11 +221,10 @@ async fn begin_run(
                  (rows already changed stay changed)"
             )));
         }
-        let state = get_text(row.get(0)).map(|s| RunState::parse(&s));
         // Read before the steps were compared: if the run was restarted since, this process
         // works on a generation already gone and is refused at its first claim.
-        let generation = get_text(row.get(1)).unwrap_or_default();
-        let start = if state == Some(RunState::Done) {
+        let generation = row.generation.unwrap_or_default();
+        let start = if row.state == Some(RunState::Done) {
             RunStart::AlreadyDone
         } else {
             RunStart::Resumed
@@ -284,13 +258,10 @@ async fn insert_run(conn: &mut dyn Conn, spec: &RunSpec, initial: RunState) -> R
         now
     };
     conn.execute(
-        &sql(
-            d,
-            &format!(
+        &number_placeholders(&format!(
                 "INSERT INTO godwit_runs (run, state, plan_text, created_ms, started_ms, generation) \
                  VALUES (?, ?, ?, {now}, {started}, ?)"
-            ),
-        ),
+            ), d),
         &[
             text(spec.name.clone()),
             text(initial.as_str()),
@@ -301,10 +272,10 @@ async fn insert_run(conn: &mut dyn Conn, spec: &RunSpec, initial: RunState) -> R
     .await?;
     for (position, step) in spec.steps.iter().enumerate() {
         conn.execute(
-            &sql(
-                d,
+            &number_placeholders(
                 "INSERT INTO godwit_steps (run, step, position, definition, state, initialized, next_batch, exhausted, batch_size) \
                  VALUES (?, ?, ?, ?, 'pending', 0, 0, 0, ?)",
+                d,
             ),
             &[
                 text(spec.name.clone()),

@@ -3,7 +3,7 @@
 //! Times are integer milliseconds since the Unix epoch taken from the state database's own clock
 //! ([`now_ms`]), so that leases compare one clock even when workers' clocks disagree.
 
-use godwit_driver::{Conn, Dialect, Error, Result, Value};
+use godwit_driver::{number_placeholders, Conn, Dialect, Error, Result, Value};
 
 /// The version of the state tables this build writes. A later release that changes them
 /// migrates from this number; an older release refuses newer tables.
@@ -204,9 +204,9 @@ async fn try_ensure(conn: &mut dyn Conn) -> Result<()> {
     if check_version(conn).await? < SCHEMA_VERSION {
         // Older tables were brought up to this version above; say so.
         conn.execute(
-            &crate::sql(
-                dialect,
+            &number_placeholders(
                 "UPDATE godwit_meta SET value = ? WHERE name = 'schema_version'",
+                dialect,
             ),
             &[Value::Text(SCHEMA_VERSION.to_string())],
         )

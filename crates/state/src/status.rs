@@ -3,10 +3,10 @@
 //! Counters are aggregated from `godwit_batches` when asked rather than kept in a row that every
 //! batch would update: such a row would serialize every batch commit behind its lock.
 
-use godwit_driver::{Conn, Result, Value};
+use godwit_driver::{number_placeholders, Conn, Result, Value};
 use serde::Serialize;
 
-use crate::{get_text, schema, sql};
+use crate::{get_text, schema};
 
 /// How far a run has come: the object `godwit status --json` prints.
 #[derive(Debug, Clone, Serialize, PartialEq)]
@@ -85,12 +85,12 @@ pub(crate) async fn read(
     let now = schema::now_ms(d);
     let runs = conn
         .query(
-            &sql(
-                d,
+            &number_placeholders(
                 &format!(
                     "SELECT state, error, started_ms, COALESCE(finished_ms, {now}), {now} \
                      FROM godwit_runs WHERE run = ?"
                 ),
+                d,
             ),
             &[Value::Text(run.clone())],
         )
@@ -106,10 +106,10 @@ pub(crate) async fn read(
     };
     let steps = conn
         .query(
-            &sql(
-                d,
+            &number_placeholders(
                 "SELECT step, state, rows_total, started_ms, finished_ms, error \
                  FROM godwit_steps WHERE run = ? ORDER BY position",
+                d,
             ),
             &[Value::Text(run.clone())],
         )
@@ -127,9 +127,7 @@ pub(crate) async fn read(
     };
     let counts = conn
         .query(
-            &sql(
-                d,
-                &format!(
+            &number_placeholders(&format!(
                     "SELECT step, \
                        CAST(SUM(CASE WHEN state = 'done' THEN 1 ELSE 0 END) AS {int}), \
                        CAST(SUM(CASE WHEN state = 'failed' THEN 1 ELSE 0 END) AS {int}), \
@@ -138,8 +136,7 @@ pub(crate) async fn read(
                        MIN(CASE WHEN state = 'done' AND finished_ms >= ? THEN claimed_ms END), \
                        {skipped} \
                      FROM godwit_batches WHERE run = ? GROUP BY step"
-                ),
-            ),
+                ), d),
             &[
                 Value::Int(now_ms - RATE_WINDOW_MS),
                 Value::Int(now_ms - RATE_WINDOW_MS),
@@ -205,10 +202,10 @@ async fn read_workers(conn: &mut dyn Conn, run: &str, now_ms: i64) -> Result<Vec
     let d = conn.dialect();
     let rows = conn
         .query(
-            &sql(
-                d,
+            &number_placeholders(
                 "SELECT worker, host, pid, version, batches, state, heartbeat_ms \
                  FROM godwit_workers WHERE run = ? AND heartbeat_ms >= ? ORDER BY worker",
+                d,
             ),
             &[
                 Value::Text(run.to_string()),

@@ -1,10 +1,10 @@
 //! A step's record (`godwit_steps`): reading it, fixing its key kind and upper key once, its row
 //! count, and deciding at the end of its walk whether it is done or failed.
 
-use godwit_driver::{Conn, Error, Result, Value};
+use godwit_driver::{number_placeholders, Conn, Error, Result, Value};
 
 use crate::fence::{ensure_generation, fence, fence_params};
-use crate::{get_text, opt_text, schema, sql, text, StateStore, StepCompletion, StepRecord};
+use crate::{get_text, opt_text, schema, text, StateStore, StepCompletion, StepRecord};
 
 impl StateStore {
     /// Reads a step's cursor record.
@@ -49,7 +49,7 @@ impl StateStore {
                     text(step.clone()),
                 ];
                 params.extend(fence_params(&run, mine.as_deref()));
-                conn.execute(&sql(d, &q), &params).await?;
+                conn.execute(&number_placeholders(&q, d), &params).await?;
                 ensure_generation(conn, &run, mine.as_deref()).await?;
                 read_step(conn, run, step).await
             })
@@ -70,7 +70,7 @@ impl StateStore {
                 );
                 let mut params = vec![Value::Int(rows_total), text(run.clone()), text(step)];
                 params.extend(fence_params(&run, mine.as_deref()));
-                conn.execute(&sql(d, &q), &params).await?;
+                conn.execute(&number_placeholders(&q, d), &params).await?;
                 Ok(())
             })
         })
@@ -99,7 +99,7 @@ impl StateStore {
                 );
                 let mut params = vec![text(message), text(run.clone()), text(step)];
                 params.extend(fence_params(&run, mine.as_deref()));
-                conn.execute(&sql(d, &q), &params).await?;
+                conn.execute(&number_placeholders(&q, d), &params).await?;
                 Ok(())
             })
         })
@@ -108,31 +108,21 @@ impl StateStore {
 
     /// Each step of `run` with its state (`pending`, `running`, `done`, `failed`), in plan order.
     pub async fn steps_done(&self, run: &str) -> Result<Vec<(String, String)>> {
-        let run = run.to_string();
-        self.with_conn(move |conn| {
-            Box::pin(async move {
-                let d = conn.dialect();
-                let rows = conn
-                    .query(
-                        &sql(
-                            d,
-                            "SELECT step, state FROM godwit_steps WHERE run = ? ORDER BY position",
-                        ),
-                        &[text(run)],
-                    )
-                    .await?;
-                Ok(rows
-                    .iter()
-                    .map(|r| {
-                        (
-                            get_text(r.get(0)).unwrap_or_default(),
-                            get_text(r.get(1)).unwrap_or_default(),
-                        )
-                    })
-                    .collect())
+        let rows = self
+            .query(
+                "SELECT step, state FROM godwit_steps WHERE run = ? ORDER BY position",
+                vec![text(run)],
+            )
+            .await?;
+        Ok(rows
+            .iter()
+            .map(|r| {
+                (
+                    get_text(r.get(0)).unwrap_or_default(),
+                    get_text(r.get(1)).unwrap_or_default(),
+                )
             })
-        })
-        .await
+            .collect())
     }
 }
 
@@ -140,10 +130,10 @@ async fn read_step(conn: &mut dyn Conn, run: String, step: String) -> Result<Ste
     let d = conn.dialect();
     let rows = conn
         .query(
-            &sql(
-                d,
+            &number_placeholders(
                 "SELECT state, initialized, key_kind, upper_key, cursor_key, next_batch, exhausted, rows_total \
                  FROM godwit_steps WHERE run = ? AND step = ?",
+                d,
             ),
             &[text(run.clone()), text(step.clone())],
         )
@@ -169,11 +159,11 @@ async fn complete_step(conn: &mut dyn Conn, run: String, step: String) -> Result
     let d = conn.dialect();
     let rows = conn
         .query(
-            &sql(
-                d,
+            &number_placeholders(
                 "SELECT state, error_code, error, start_key, end_key FROM godwit_batches \
                  WHERE run = ? AND step = ? AND state <> 'done' \
                  ORDER BY CASE WHEN state = 'failed' THEN 0 ELSE 1 END, batch LIMIT 1",
+                d,
             ),
             &[text(run.clone()), text(step.clone())],
         )
@@ -184,14 +174,14 @@ async fn complete_step(conn: &mut dyn Conn, run: String, step: String) -> Result
             // Only a walk that really ended, with every batch it numbered present: a worker's
             // idea of the cursor can be stale (a claim lost in a server crash rewinds it).
             conn.execute(
-                &sql(
-                    d,
+                &number_placeholders(
                     &format!(
                         "UPDATE godwit_steps SET state = 'done', finished_ms = {now} \
                          WHERE run = ? AND step = ? AND state <> 'done' AND exhausted = 1 \
                          AND next_batch = (SELECT COUNT(*) FROM godwit_batches b \
                                            WHERE b.run = ? AND b.step = ?)"
                     ),
+                    d,
                 ),
                 &[
                     text(run.clone()),
@@ -221,12 +211,12 @@ async fn complete_step(conn: &mut dyn Conn, run: String, step: String) -> Result
                 get_text(r.get(2)).unwrap_or_default()
             );
             conn.execute(
-                &sql(
-                    d,
+                &number_placeholders(
                     &format!(
                         "UPDATE godwit_steps SET state = 'failed', error = ?, finished_ms = {now} \
                          WHERE run = ? AND step = ?"
                     ),
+                    d,
                 ),
                 &[text(message.clone()), text(run), text(step)],
             )

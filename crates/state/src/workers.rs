@@ -1,8 +1,8 @@
 //! Worker heartbeats: who is alive, on which run, holding how many batches (`godwit_workers`).
 
-use godwit_driver::{Result, Value};
+use godwit_driver::{number_placeholders, Result, Value};
 
-use crate::{schema, sql, text, StateStore, WorkerBeat};
+use crate::{schema, text, StateStore, WorkerBeat};
 
 impl StateStore {
     /// Records that `beat.worker` is alive and what it holds; called every second or so.
@@ -14,13 +14,10 @@ impl StateStore {
                 let now = schema::now_ms(d);
                 let updated = conn
                     .execute(
-                        &sql(
-                            d,
-                            &format!(
+                        &number_placeholders(&format!(
                                 "UPDATE godwit_workers SET heartbeat_ms = {now}, batches = ?, state = ? \
                                  WHERE worker = ?"
-                            ),
-                        ),
+                            ), d),
                         &[
                             Value::Int(beat.batches),
                             text(beat.state.clone()),
@@ -32,21 +29,18 @@ impl StateStore {
                     // A worker's first beat. Rows of workers silent for a day go at the same
                     // time, so the table does not grow with every pod that ever ran.
                     conn.execute(
-                        &sql(
-                            d,
+                        &number_placeholders(
                             &format!("DELETE FROM godwit_workers WHERE heartbeat_ms < {now} - 86400000"),
+                            d,
                         ),
                         &[],
                     )
                     .await?;
                     conn.execute(
-                        &sql(
-                            d,
-                            &format!(
+                        &number_placeholders(&format!(
                                 "INSERT INTO godwit_workers (worker, run, host, pid, version, started_ms, \
                                  heartbeat_ms, batches, state) VALUES (?, ?, ?, ?, ?, {now}, {now}, ?, ?)"
-                            ),
-                        ),
+                            ), d),
                         &[
                             text(beat.worker),
                             text(beat.run),
@@ -67,18 +61,11 @@ impl StateStore {
 
     /// Forgets a worker that is leaving.
     pub async fn remove_worker(&self, worker: &str) -> Result<()> {
-        let worker = worker.to_string();
-        self.with_conn(move |conn| {
-            Box::pin(async move {
-                let d = conn.dialect();
-                conn.execute(
-                    &sql(d, "DELETE FROM godwit_workers WHERE worker = ?"),
-                    &[text(worker)],
-                )
-                .await?;
-                Ok(())
-            })
-        })
+        self.execute(
+            "DELETE FROM godwit_workers WHERE worker = ?",
+            vec![text(worker)],
+        )
         .await
+        .map(drop)
     }
 }
