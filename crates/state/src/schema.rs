@@ -18,26 +18,76 @@ pub(crate) fn now_ms(dialect: Dialect) -> &'static str {
     }
 }
 
+/// The `CREATE` statements of the state tables, in the order they run. The schema is
+/// versioned: their text changes only with [`SCHEMA_VERSION`] and a step in [`migrate`].
 fn ddl(dialect: Dialect) -> Vec<String> {
-    // Names are VARCHAR(191) so that the composite primary keys fit MySQL's index limit in
-    // utf8mb4; long texts are TEXT (MEDIUMTEXT on MySQL, where TEXT stops at 64 KiB).
-    let (long_text, engine) = match dialect {
-        Dialect::MySql => (
-            "MEDIUMTEXT",
-            " ENGINE=InnoDB DEFAULT CHARSET=utf8mb4 COLLATE=utf8mb4_bin",
-        ),
-        Dialect::Postgres | Dialect::Sqlite => ("TEXT", ""),
-    };
-    let batches_index = match dialect {
-        Dialect::MySql => ",\n  INDEX godwit_batches_open (run, step, state)",
-        Dialect::Postgres | Dialect::Sqlite => "",
-    };
+    let forms = TableForms::of(dialect);
     let mut statements = vec![
-        format!(
-            "CREATE TABLE IF NOT EXISTS godwit_meta (\n  name VARCHAR(64) NOT NULL PRIMARY KEY,\n  value VARCHAR(255) NOT NULL\n){engine}"
-        ),
-        format!(
-            "CREATE TABLE IF NOT EXISTS godwit_runs (
+        meta_table(&forms),
+        runs_table(&forms),
+        steps_table(&forms),
+        batches_table(&forms),
+        workers_table(&forms),
+        dead_letters_table(&forms),
+    ];
+    if !forms.inline_indexes {
+        statements.extend(separate_indexes());
+    }
+    statements
+}
+
+/// What differs between the backends in a `CREATE TABLE`.
+struct TableForms {
+    /// The type of a long text: TEXT, MEDIUMTEXT on MySQL (where TEXT stops at 64 KiB).
+    long_text: &'static str,
+    /// The table options after the closing parenthesis.
+    engine: &'static str,
+    /// MySQL declares indexes inside `CREATE TABLE`; the others after it
+    /// ([`separate_indexes`]).
+    inline_indexes: bool,
+}
+
+impl TableForms {
+    // Names are VARCHAR(191) so that the composite primary keys fit MySQL's index limit in
+    // utf8mb4.
+    fn of(dialect: Dialect) -> TableForms {
+        match dialect {
+            Dialect::MySql => TableForms {
+                long_text: "MEDIUMTEXT",
+                engine: " ENGINE=InnoDB DEFAULT CHARSET=utf8mb4 COLLATE=utf8mb4_bin",
+                inline_indexes: true,
+            },
+            Dialect::Postgres | Dialect::Sqlite => TableForms {
+                long_text: "TEXT",
+                engine: "",
+                inline_indexes: false,
+            },
+        }
+    }
+
+    /// `index` as a line of the `CREATE TABLE`, where this backend declares it there.
+    fn inline_index(&self, index: &'static str) -> &'static str {
+        if self.inline_indexes {
+            index
+        } else {
+            ""
+        }
+    }
+}
+
+fn meta_table(forms: &TableForms) -> String {
+    let TableForms { engine, .. } = forms;
+    format!(
+        "CREATE TABLE IF NOT EXISTS godwit_meta (\n  name VARCHAR(64) NOT NULL PRIMARY KEY,\n  value VARCHAR(255) NOT NULL\n){engine}"
+    )
+}
+
+fn runs_table(forms: &TableForms) -> String {
+    let TableForms {
+        long_text, engine, ..
+    } = forms;
+    format!(
+        "CREATE TABLE IF NOT EXISTS godwit_runs (
   run VARCHAR(191) NOT NULL PRIMARY KEY,
   state VARCHAR(16) NOT NULL,
   plan_text {long_text} NOT NULL,
@@ -47,9 +97,15 @@ fn ddl(dialect: Dialect) -> Vec<String> {
   error {long_text},
   generation VARCHAR(64)
 ){engine}"
-        ),
-        format!(
-            "CREATE TABLE IF NOT EXISTS godwit_steps (
+    )
+}
+
+fn steps_table(forms: &TableForms) -> String {
+    let TableForms {
+        long_text, engine, ..
+    } = forms;
+    format!(
+        "CREATE TABLE IF NOT EXISTS godwit_steps (
   run VARCHAR(191) NOT NULL,
   step VARCHAR(191) NOT NULL,
   position INT NOT NULL,
@@ -68,9 +124,16 @@ fn ddl(dialect: Dialect) -> Vec<String> {
   error {long_text},
   PRIMARY KEY (run, step)
 ){engine}"
-        ),
-        format!(
-            "CREATE TABLE IF NOT EXISTS godwit_batches (
+    )
+}
+
+fn batches_table(forms: &TableForms) -> String {
+    let TableForms {
+        long_text, engine, ..
+    } = forms;
+    let batches_index = forms.inline_index(",\n  INDEX godwit_batches_open (run, step, state)");
+    format!(
+        "CREATE TABLE IF NOT EXISTS godwit_batches (
   run VARCHAR(191) NOT NULL,
   step VARCHAR(191) NOT NULL,
   batch BIGINT NOT NULL,
@@ -91,9 +154,12 @@ fn ddl(dialect: Dialect) -> Vec<String> {
   error {long_text},
   PRIMARY KEY (run, step, batch){batches_index}
 ){engine}"
-        ),
-    ];
-    statements.push(format!(
+    )
+}
+
+fn workers_table(forms: &TableForms) -> String {
+    let TableForms { engine, .. } = forms;
+    format!(
         "CREATE TABLE IF NOT EXISTS godwit_workers (
   worker VARCHAR(191) NOT NULL PRIMARY KEY,
   run VARCHAR(191) NOT NULL,
@@ -105,18 +171,21 @@ fn ddl(dialect: Dialect) -> Vec<String> {
   batches BIGINT NOT NULL,
   state VARCHAR(16) NOT NULL
 ){engine}"
-    ));
-    // A row's key can be longer than an index entry may be (MySQL: 3072 bytes, PostgreSQL:
-    // about 2700), so the primary key holds the SHA-256 of the key and the key itself is
-    // compared on every write: a digest clash fails loudly rather than replacing another key's
-    // letter. The second index is the listing's order, so a limit reads no more than it returns.
-    let letters_index = match dialect {
-        Dialect::MySql => {
-            ",\n  INDEX godwit_dead_letters_order (run, step, batch, created_ms, seq, key_digest)"
-        }
-        Dialect::Postgres | Dialect::Sqlite => "",
-    };
-    statements.push(format!(
+    )
+}
+
+// A row's key can be longer than an index entry may be (MySQL: 3072 bytes, PostgreSQL: about
+// 2700), so the primary key holds the SHA-256 of the key and the key itself is compared on
+// every write: a digest clash fails loudly rather than replacing another key's letter. The
+// second index is the listing's order, so a limit reads no more than it returns.
+fn dead_letters_table(forms: &TableForms) -> String {
+    let TableForms {
+        long_text, engine, ..
+    } = forms;
+    let letters_index = forms.inline_index(
+        ",\n  INDEX godwit_dead_letters_order (run, step, batch, created_ms, seq, key_digest)",
+    );
+    format!(
         "CREATE TABLE IF NOT EXISTS godwit_dead_letters (
   run VARCHAR(191) NOT NULL,
   step VARCHAR(191) NOT NULL,
@@ -129,19 +198,18 @@ fn ddl(dialect: Dialect) -> Vec<String> {
   created_ms BIGINT NOT NULL,
   PRIMARY KEY (run, step, key_digest){letters_index}
 ){engine}"
-    ));
-    if dialect != Dialect::MySql {
-        statements.push(
-            "CREATE INDEX IF NOT EXISTS godwit_batches_open ON godwit_batches (run, step, state)"
-                .to_string(),
-        );
-        statements.push(
-            "CREATE INDEX IF NOT EXISTS godwit_dead_letters_order \
-             ON godwit_dead_letters (run, step, batch, created_ms, seq, key_digest)"
-                .to_string(),
-        );
-    }
-    statements
+    )
+}
+
+/// The indexes PostgreSQL and SQLite create apart from their tables (MySQL's are inline).
+fn separate_indexes() -> [String; 2] {
+    [
+        "CREATE INDEX IF NOT EXISTS godwit_batches_open ON godwit_batches (run, step, state)"
+            .to_string(),
+        "CREATE INDEX IF NOT EXISTS godwit_dead_letters_order \
+         ON godwit_dead_letters (run, step, batch, created_ms, seq, key_digest)"
+            .to_string(),
+    ]
 }
 
 /// Creates the state tables when missing, migrates older ones and checks their version.
@@ -285,10 +353,7 @@ fn queue_view(dialect: Dialect) -> String {
         Dialect::MySql => format!("(({a}) + ({b}) - 1) DIV ({b})"),
         Dialect::Postgres | Dialect::Sqlite => format!("(({a}) + ({b}) - 1) / ({b})"),
     };
-    let int = match dialect {
-        Dialect::MySql => "SIGNED",
-        Dialect::Postgres | Dialect::Sqlite => "BIGINT",
-    };
+    let int = int_type(dialect);
     let batch_size = "CASE WHEN COALESCE(s.batch_size, 0) > 0 THEN s.batch_size ELSE 1000 END";
     // PostgreSQL sums BIGINT into NUMERIC, whose division is not integer division.
     let claimed_rows = format!(
@@ -320,6 +385,15 @@ fn queue_view(dialect: Dialect) -> String {
         pending = count("pending"),
         running = count("claimed"),
     )
+}
+
+/// The type an integer is cast to: a sum cast to it stays an integer rather than MySQL's
+/// DECIMAL or PostgreSQL's NUMERIC.
+pub(crate) fn int_type(dialect: Dialect) -> &'static str {
+    match dialect {
+        Dialect::MySql => "SIGNED",
+        Dialect::Postgres | Dialect::Sqlite => "BIGINT",
+    }
 }
 
 /// Whether the state tables are at `version` or later: `known` (the version when the store

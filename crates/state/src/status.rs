@@ -3,7 +3,7 @@
 //! Counters are aggregated from `godwit_batches` when asked rather than kept in a row that every
 //! batch would update: such a row would serialize every batch commit behind its lock.
 
-use godwit_driver::{number_placeholders, Conn, Result, Value};
+use godwit_driver::{number_placeholders, Conn, Result, Row, Value};
 use serde::Serialize;
 
 use crate::{get_text, schema};
@@ -81,6 +81,39 @@ pub(crate) async fn read(
     run: String,
     skipped: bool,
 ) -> Result<Option<RunStatus>> {
+    let Some(run_row) = read_run(conn, &run).await? else {
+        return Ok(None);
+    };
+    let steps = read_steps(conn, &run).await?;
+    let counts = count_batches(conn, &run, run_row.now_ms, skipped).await?;
+    let steps = steps
+        .iter()
+        .map(|step| step_status(step, &counts, run_row.now_ms))
+        .collect();
+    // Tables from before version 2 have no heartbeats; a reader does not create them.
+    let workers = read_workers(conn, &run, run_row.now_ms)
+        .await
+        .unwrap_or_default();
+    Ok(Some(RunStatus {
+        workers,
+        plan: run,
+        state: run_row.state,
+        error: run_row.error,
+        elapsed_seconds: (run_row.elapsed_ms.max(0) as f64 / 100.0).round() / 10.0,
+        steps,
+    }))
+}
+
+/// The run's own row, read with the state database's clock.
+struct RunRow {
+    state: String,
+    error: Option<String>,
+    elapsed_ms: i64,
+    /// "Now" on the state database's clock, which every rate and age here is measured by.
+    now_ms: i64,
+}
+
+async fn read_run(conn: &mut dyn Conn, run: &str) -> Result<Option<RunRow>> {
     let d = conn.dialect();
     let now = schema::now_ms(d);
     let runs = conn
@@ -92,32 +125,52 @@ pub(crate) async fn read(
                 ),
                 d,
             ),
-            &[Value::Text(run.clone())],
+            &[Value::Text(run.to_string())],
         )
         .await?;
     let Some(run_row) = runs.first() else {
         return Ok(None);
     };
-    let now_ms = run_row.get(4).as_i64().unwrap_or_default();
     // A submitted run that no worker took up yet has no start.
     let elapsed_ms = match run_row.get(2).as_i64() {
         Some(started) => run_row.get(3).as_i64().unwrap_or(started) - started,
         None => 0,
     };
-    let steps = conn
-        .query(
-            &number_placeholders(
-                "SELECT step, state, rows_total, started_ms, finished_ms, error \
-                 FROM godwit_steps WHERE run = ? ORDER BY position",
-                d,
-            ),
-            &[Value::Text(run.clone())],
-        )
-        .await?;
+    Ok(Some(RunRow {
+        state: get_text(run_row.get(0)).unwrap_or_default(),
+        error: get_text(run_row.get(1)),
+        elapsed_ms,
+        now_ms: run_row.get(4).as_i64().unwrap_or_default(),
+    }))
+}
+
+/// The run's steps in plan order: name, state, rows_total, started_ms, finished_ms, error.
+async fn read_steps(conn: &mut dyn Conn, run: &str) -> Result<Vec<Row>> {
+    let d = conn.dialect();
+    conn.query(
+        &number_placeholders(
+            "SELECT step, state, rows_total, started_ms, finished_ms, error \
+             FROM godwit_steps WHERE run = ? ORDER BY position",
+            d,
+        ),
+        &[Value::Text(run.to_string())],
+    )
+    .await
+}
+
+/// Per step: the step, batches done, batches failed, rows done, rows done in the rate window,
+/// the first claim in that window, rows skipped.
+async fn count_batches(
+    conn: &mut dyn Conn,
+    run: &str,
+    now_ms: i64,
+    skipped: bool,
+) -> Result<Vec<Row>> {
+    let d = conn.dialect();
     // One pass over the run's batches for every step's counters; the casts keep MySQL and
     // PostgreSQL from widening sums to DECIMAL/NUMERIC. Batches recorded before version 3
     // have no skipped rows (NULL).
-    let int = int_type(d);
+    let int = schema::int_type(d);
     let skipped = if skipped {
         format!(
             "CAST(SUM(CASE WHEN state = 'done' THEN COALESCE(rows_skipped, 0) ELSE 0 END) AS {int})"
@@ -125,77 +178,68 @@ pub(crate) async fn read(
     } else {
         "0".to_string()
     };
-    let counts = conn
-        .query(
-            &number_placeholders(&format!(
-                    "SELECT step, \
-                       CAST(SUM(CASE WHEN state = 'done' THEN 1 ELSE 0 END) AS {int}), \
-                       CAST(SUM(CASE WHEN state = 'failed' THEN 1 ELSE 0 END) AS {int}), \
-                       CAST(SUM(CASE WHEN state = 'done' THEN n_rows ELSE 0 END) AS {int}), \
-                       CAST(SUM(CASE WHEN state = 'done' AND finished_ms >= ? THEN n_rows ELSE 0 END) AS {int}), \
-                       MIN(CASE WHEN state = 'done' AND finished_ms >= ? THEN claimed_ms END), \
-                       {skipped} \
-                     FROM godwit_batches WHERE run = ? GROUP BY step"
-                ), d),
-            &[
-                Value::Int(now_ms - RATE_WINDOW_MS),
-                Value::Int(now_ms - RATE_WINDOW_MS),
-                Value::Text(run.clone()),
-            ],
-        )
-        .await?;
-    let mut out = Vec::with_capacity(steps.len());
-    for s in &steps {
-        let name = get_text(s.get(0)).unwrap_or_default();
-        let c = counts
-            .iter()
-            .find(|c| get_text(c.get(0)).as_deref() == Some(&name));
-        let n = |i: usize| c.and_then(|c| c.get(i).as_i64()).unwrap_or_default();
-        let state = get_text(s.get(1)).unwrap_or_default();
-        let rows_total = s.get(2).as_i64();
-        let rows_done = n(3);
-        let started = s.get(3).as_i64();
-        let finished = s.get(4).as_i64();
-        let rows_per_second = match (state.as_str(), started, finished) {
-            ("done", Some(a), Some(b)) if b > a => rows_done as f64 * 1000.0 / (b - a) as f64,
-            _ => {
-                let window_start = c.and_then(|c| c.get(5).as_i64());
-                match window_start {
-                    Some(w) if now_ms > w => n(4) as f64 * 1000.0 / (now_ms - w) as f64,
-                    _ => 0.0,
-                }
+    conn.query(
+        &number_placeholders(&format!(
+                "SELECT step, \
+                   CAST(SUM(CASE WHEN state = 'done' THEN 1 ELSE 0 END) AS {int}), \
+                   CAST(SUM(CASE WHEN state = 'failed' THEN 1 ELSE 0 END) AS {int}), \
+                   CAST(SUM(CASE WHEN state = 'done' THEN n_rows ELSE 0 END) AS {int}), \
+                   CAST(SUM(CASE WHEN state = 'done' AND finished_ms >= ? THEN n_rows ELSE 0 END) AS {int}), \
+                   MIN(CASE WHEN state = 'done' AND finished_ms >= ? THEN claimed_ms END), \
+                   {skipped} \
+                 FROM godwit_batches WHERE run = ? GROUP BY step"
+            ), d),
+        &[
+            Value::Int(now_ms - RATE_WINDOW_MS),
+            Value::Int(now_ms - RATE_WINDOW_MS),
+            Value::Text(run.to_string()),
+        ],
+    )
+    .await
+}
+
+/// One step's progress from its row ([`read_steps`]) and its batches' counts
+/// ([`count_batches`]).
+fn step_status(step: &Row, counts: &[Row], now_ms: i64) -> StepStatus {
+    let name = get_text(step.get(0)).unwrap_or_default();
+    let c = counts
+        .iter()
+        .find(|c| get_text(c.get(0)).as_deref() == Some(&name));
+    let n = |i: usize| c.and_then(|c| c.get(i).as_i64()).unwrap_or_default();
+    let state = get_text(step.get(1)).unwrap_or_default();
+    let rows_total = step.get(2).as_i64();
+    let rows_done = n(3);
+    let started = step.get(3).as_i64();
+    let finished = step.get(4).as_i64();
+    let rows_per_second = match (state.as_str(), started, finished) {
+        ("done", Some(a), Some(b)) if b > a => rows_done as f64 * 1000.0 / (b - a) as f64,
+        _ => {
+            let window_start = c.and_then(|c| c.get(5).as_i64());
+            match window_start {
+                Some(w) if now_ms > w => n(4) as f64 * 1000.0 / (now_ms - w) as f64,
+                _ => 0.0,
             }
-        };
-        let eta_seconds = match (state.as_str(), rows_total) {
-            ("done", _) => Some(0.0),
-            (_, Some(total)) if rows_per_second > 0.0 => {
-                Some(((total - rows_done).max(0) as f64 / rows_per_second * 10.0).round() / 10.0)
-            }
-            _ => None,
-        };
-        out.push(StepStatus {
-            name,
-            state,
-            batches_done: n(1),
-            batches_failed: n(2),
-            rows_done,
-            rows_skipped: n(6),
-            rows_total_estimate: rows_total,
-            rows_per_second: (rows_per_second * 10.0).round() / 10.0,
-            eta_seconds,
-            error: get_text(s.get(5)),
-        });
+        }
+    };
+    let eta_seconds = match (state.as_str(), rows_total) {
+        ("done", _) => Some(0.0),
+        (_, Some(total)) if rows_per_second > 0.0 => {
+            Some(((total - rows_done).max(0) as f64 / rows_per_second * 10.0).round() / 10.0)
+        }
+        _ => None,
+    };
+    StepStatus {
+        name,
+        state,
+        batches_done: n(1),
+        batches_failed: n(2),
+        rows_done,
+        rows_skipped: n(6),
+        rows_total_estimate: rows_total,
+        rows_per_second: (rows_per_second * 10.0).round() / 10.0,
+        eta_seconds,
+        error: get_text(step.get(5)),
     }
-    // Tables from before version 2 have no heartbeats; a reader does not create them.
-    let workers = read_workers(conn, &run, now_ms).await.unwrap_or_default();
-    Ok(Some(RunStatus {
-        workers,
-        plan: run,
-        state: get_text(run_row.get(0)).unwrap_or_default(),
-        error: get_text(run_row.get(1)),
-        elapsed_seconds: (elapsed_ms.max(0) as f64 / 100.0).round() / 10.0,
-        steps: out,
-    }))
 }
 
 async fn read_workers(conn: &mut dyn Conn, run: &str, now_ms: i64) -> Result<Vec<WorkerStatus>> {
@@ -228,11 +272,4 @@ async fn read_workers(conn: &mut dyn Conn, run: &str, now_ms: i64) -> Result<Vec
                 / 10.0,
         })
         .collect())
-}
-
-fn int_type(d: godwit_driver::Dialect) -> &'static str {
-    match d {
-        godwit_driver::Dialect::MySql => "SIGNED",
-        godwit_driver::Dialect::Postgres | godwit_driver::Dialect::Sqlite => "BIGINT",
-    }
 }

@@ -160,14 +160,7 @@ impl Program {
         timeout: Duration,
         max_line_bytes: u64,
     ) -> Result<Vec<Outcome>, Problem> {
-        let mut input = String::new();
-        let mut input_lens = Vec::with_capacity(rows.rows.len());
-        for values in &rows.rows {
-            let before = input.len();
-            input.push_str(&row_line(&rows.columns, values));
-            input.push('\n');
-            input_lens.push((input.len() - before) as u64);
-        }
+        let (input, input_lens) = input_lines(rows);
         let mut stdin = self
             .stdin
             .take()
@@ -179,6 +172,34 @@ impl Program {
             let flushed = stdin.flush().await;
             written.and(flushed).map(|()| stdin)
         });
+        let answers = self
+            .read_answers(rows, &input_lens, timeout, max_line_bytes)
+            .await;
+        let out = match answers {
+            Ok(out) => out,
+            Err(failure) => {
+                // Nothing more goes to a program that failed, before its end is looked at.
+                writer.abort();
+                return Err(self.explain(failure).await);
+            }
+        };
+        match writer.await {
+            Ok(Ok(stdin)) => self.stdin = Some(stdin),
+            Ok(Err(e)) => return Err(Problem::from(format!("stopped reading its stdin ({e})"))),
+            Err(e) => return Err(Problem::from(format!("could not be written to ({e})"))),
+        }
+        self.refuse_extra_output()?;
+        Ok(out)
+    }
+
+    /// Reads one answer line per row and makes it an outcome.
+    async fn read_answers(
+        &mut self,
+        rows: &Rows,
+        input_lens: &[u64],
+        timeout: Duration,
+        max_line_bytes: u64,
+    ) -> Result<Vec<Outcome>, Failure> {
         let mut out = Vec::with_capacity(rows.rows.len());
         let mut line = Vec::new();
         for (i, values) in rows.rows.iter().enumerate() {
@@ -186,78 +207,84 @@ impl Program {
             // A row wider than the budget (a slice holds at least one row) may come back as
             // wide: twice its own line is allowed too.
             let limit = max_line_bytes.max(input_lens.get(i).map_or(0, |n| n.saturating_mul(2)));
-            // One byte past the limit tells an over-long line from one that just fits;
-            // reading stops there, whatever the program goes on writing.
-            let mut bounded = (&mut self.stdout).take(limit.saturating_add(1));
-            let read = tokio::time::timeout(timeout, bounded.read_until(b'\n', &mut line)).await;
             let answered = format!("after answering {i} of {} rows", rows.rows.len());
-            match read {
-                Err(_) => {
-                    writer.abort();
-                    return Err(Problem::from(format!(
-                        "did not answer the row with key {} within row_timeout ({timeout:?}), {answered}; it was killed",
-                        key_text(values)
-                    )));
-                }
-                Ok(Err(e)) => {
-                    writer.abort();
-                    return Err(Problem::from(format!(
-                        "could not be read from ({e}), {answered}"
-                    )));
-                }
-                Ok(Ok(0)) => {
-                    writer.abort();
-                    let status = tokio::time::timeout(Duration::from_secs(1), self.child.wait())
-                        .await
-                        .ok()
-                        .and_then(Result::ok)
-                        .map_or("closed its stdout".to_string(), |s| format!("exited ({s})"));
-                    return Err(Problem::from(format!("{status} {answered}")));
-                }
-                Ok(Ok(_)) => {}
-            }
+            self.read_line(&mut line, limit, timeout)
+                .await
+                .map_err(|failure| failure.with_context(values, &answered, timeout))?;
             if line.len() as u64 > limit && line.last() != Some(&b'\n') {
-                writer.abort();
                 return Err(Problem::permanent(format!(
                     "answered the row with key {} with a line longer than {limit} bytes (max_batch_bytes, or twice the row's own line), {answered}; it was not read further",
                     key_text(values)
-                )));
+                ))
+                .into());
             }
             let Ok(line) = std::str::from_utf8(&line) else {
-                writer.abort();
                 return Err(Problem::from(format!(
                     "answered the row with key {} with a line that is not UTF-8, {answered}",
                     key_text(values)
-                )));
+                ))
+                .into());
             };
             match answer(&rows.columns, values, &rows.bytes_columns, line.trim_end()) {
                 Ok(outcome) => out.push(crate::keep_json_scalars(&rows.columns, values, outcome)),
                 Err(problem) => {
-                    writer.abort();
                     return Err(Problem::from(format!(
                         "{problem} for the row with key {}, {answered}",
                         key_text(values)
-                    )));
+                    ))
+                    .into())
                 }
             }
         }
-        match writer.await {
-            Ok(Ok(stdin)) => self.stdin = Some(stdin),
-            Ok(Err(e)) => return Err(Problem::from(format!("stopped reading its stdin ({e})"))),
-            Err(e) => return Err(Problem::from(format!("could not be written to ({e})"))),
-        }
-        // More output than rows means the answers are out of step with the rows (a stray
-        // print); caught here when it arrived in time.
-        if !self.stdout.buffer().is_empty() {
-            let extra: String = String::from_utf8_lossy(self.stdout.buffer())
-                .chars()
-                .take(200)
-                .collect();
-            return Err(Problem::from(format!(
-                "wrote more lines than it was given rows (extra: {extra:?}); answer exactly one line per row"
-            )));
-        }
         Ok(out)
+    }
+
+    /// Reads one line into `line`, at most `limit` bytes and one more.
+    async fn read_line(
+        &mut self,
+        line: &mut Vec<u8>,
+        limit: u64,
+        timeout: Duration,
+    ) -> Result<(), ReadFailure> {
+        // One byte past the limit tells an over-long line from one that just fits; reading
+        // stops there, whatever the program goes on writing.
+        let mut bounded = (&mut self.stdout).take(limit.saturating_add(1));
+        match tokio::time::timeout(timeout, bounded.read_until(b'\n', line)).await {
+            Err(_) => Err(ReadFailure::TimedOut),
+            Ok(Err(e)) => Err(ReadFailure::Io(e)),
+            Ok(Ok(0)) => Err(ReadFailure::Closed),
+            Ok(Ok(_)) => Ok(()),
+        }
+    }
+
+    /// The problem a failure stands for; for a closed stdout, how the program ended.
+    async fn explain(&mut self, failure: Failure) -> Problem {
+        match failure {
+            Failure::Problem(problem) => problem,
+            Failure::Closed { answered } => {
+                let status = tokio::time::timeout(Duration::from_secs(1), self.child.wait())
+                    .await
+                    .ok()
+                    .and_then(Result::ok)
+                    .map_or("closed its stdout".to_string(), |s| format!("exited ({s})"));
+                Problem::from(format!("{status} {answered}"))
+            }
+        }
+    }
+
+    /// More output than rows means the answers are out of step with the rows (a stray
+    /// print); caught here when it arrived in time.
+    fn refuse_extra_output(&self) -> Result<(), Problem> {
+        if self.stdout.buffer().is_empty() {
+            return Ok(());
+        }
+        let extra: String = String::from_utf8_lossy(self.stdout.buffer())
+            .chars()
+            .take(200)
+            .collect();
+        Err(Problem::from(format!(
+            "wrote more lines than it was given rows (extra: {extra:?}); answer exactly one line per row"
+        )))
     }
 
     /// Kills the program's process group (a wrapper's children too).
@@ -287,6 +314,59 @@ impl Program {
 impl Drop for Program {
     fn drop(&mut self) {
         self.kill_group();
+    }
+}
+
+/// The rows as JSON lines, and the length of each row's line.
+fn input_lines(rows: &Rows) -> (String, Vec<u64>) {
+    let mut input = String::new();
+    let mut input_lens = Vec::with_capacity(rows.rows.len());
+    for values in &rows.rows {
+        let before = input.len();
+        input.push_str(&row_line(&rows.columns, values));
+        input.push('\n');
+        input_lens.push((input.len() - before) as u64);
+    }
+    (input, input_lens)
+}
+
+/// Why an answer line could not be read.
+enum ReadFailure {
+    TimedOut,
+    Io(std::io::Error),
+    /// The program closed its stdout: it may have exited.
+    Closed,
+}
+
+impl ReadFailure {
+    /// Names the row and how far the batch came.
+    fn with_context(self, values: &[Value], answered: &str, timeout: Duration) -> Failure {
+        match self {
+            ReadFailure::TimedOut => Problem::from(format!(
+                "did not answer the row with key {} within row_timeout ({timeout:?}), {answered}; it was killed",
+                key_text(values)
+            ))
+            .into(),
+            ReadFailure::Io(e) => {
+                Problem::from(format!("could not be read from ({e}), {answered}")).into()
+            }
+            ReadFailure::Closed => Failure::Closed {
+                answered: answered.to_string(),
+            },
+        }
+    }
+}
+
+/// Why reading the answers stopped: a problem, or a closed stdout whose cause is asked of the
+/// program once the writer has stopped ([`Program::explain`]).
+enum Failure {
+    Problem(Problem),
+    Closed { answered: String },
+}
+
+impl From<Problem> for Failure {
+    fn from(problem: Problem) -> Failure {
+        Failure::Problem(problem)
     }
 }
 
