@@ -3,12 +3,12 @@
 //! rows and the batch's done record commit together.
 //!
 //! A batch is read in slices (`slices.rs`); the first is read before the target's transaction
-//! opens. Each slice is written with one `INSERT` per group of rows with the same columns:
-//! `INSERT … SELECT … FROM unnest(text[], …)` on PostgreSQL, multi-row `VALUES` elsewhere
-//! (split only at the database's parameter limit), with `on_conflict`: `error` (plain insert),
-//! `ignore` (`ON CONFLICT DO NOTHING`; on MySQL an update that changes nothing, since
-//! `INSERT IGNORE` would also hide truncations) or `update` (an upsert on the target's primary
-//! key or first unique index).
+//! opens. Each slice is written with one `INSERT` per group of rows with the same columns, in
+//! the target database's own form (`SqlForms::insert_rows`: `unnest` of `text[]` on PostgreSQL,
+//! multi-row `VALUES` elsewhere), split only at the database's parameter limit, with
+//! `on_conflict`: `error` (plain insert), `ignore` (`ON CONFLICT DO NOTHING`; on MySQL an update
+//! that changes nothing, since `INSERT IGNORE` would also hide truncations) or `update` (an
+//! upsert on the target's primary key or first unique index).
 //!
 //! Three shortcuts into PostgreSQL, because there the database must stay the bottleneck:
 //! within one database between columns of exactly the same types a batch is one
@@ -22,14 +22,14 @@ use std::path::Path;
 use std::sync::Arc;
 
 use godwit_driver::{
-    quote_ident, rewrite_params, ColumnInfo, Conn, DbUrl, Dialect, Error, RawRows, SqlType,
-    TableInfo, Value,
+    quote_ident, rewrite_params, ColumnInfo, Conflict, Conn, DbUrl, Dialect, Error, RawRows,
+    SqlForms, SqlType, TableInfo, Value,
 };
 use godwit_plan::{Convert, OnConflict, OnRowError, Step, StepKind};
 use godwit_transform::{Outcome, Rows, Transform};
 use tokio::sync::OnceCell;
 
-use crate::fit::{pg_text, selected, Columns};
+use crate::fit::{selected, Columns};
 use crate::key::existing_table;
 use crate::refused::{key_text, refuse_row, DeadLetter};
 use crate::savepoint;
@@ -128,14 +128,15 @@ struct Read {
     types: Columns,
     /// The columns godwit's own read selects after the key (`None` for a user's `query`).
     copied: Option<Vec<ColumnInfo>>,
-    /// The source's dialect.
-    dialect: Dialect,
+    /// How the source database writes SQL.
+    forms: &'static dyn SqlForms,
 }
 
 /// What the target looks like.
 struct Write {
     columns: Columns,
-    dialect: Dialect,
+    /// How the target database writes its inserts.
+    forms: &'static dyn SqlForms,
     /// Whether `COPY` may load the target (`TableInfo::bulk_load`).
     bulk_load: bool,
     /// The columns of the target's unique key used for `on_conflict = "update"`.
@@ -208,7 +209,7 @@ impl CopyStep {
         self.read
             .get_or_try_init(|| async {
                 let info = existing_table(conn, "source table", &self.table).await?;
-                Ok(Read::new(conn.dialect(), self, &info))
+                Ok(Read::new(conn.forms(), self, &info))
             })
             .await
     }
@@ -217,7 +218,7 @@ impl CopyStep {
         self.write
             .get_or_try_init(|| async {
                 let info = existing_table(conn, "target table", &self.into).await?;
-                Ok(Write::new(&info, conn.dialect()))
+                Ok(Write::new(&info, conn.forms()))
             })
             .await
     }
@@ -345,7 +346,7 @@ impl CopyStep {
                 let plain = self.same_database
                     && self.transform.is_none()
                     && self.query.is_none()
-                    && dialect == Dialect::Postgres;
+                    && conn.forms().exact_types();
                 if !plain {
                     return Ok(None);
                 }
@@ -359,8 +360,7 @@ impl CopyStep {
                 let q = |n: &str| quote_ident(dialect, n);
                 let k = q(&self.key);
                 let quoted = |names: &[String]| names.iter().map(|n| q(n)).collect::<Vec<_>>();
-                let clause =
-                    write.conflict_clause(dialect, &self.into, self.on_conflict, &targets)?;
+                let clause = write.conflict_clause(&self.into, self.on_conflict, &targets)?;
                 let insert = format!(
                     "INSERT INTO {} ({}) SELECT {} FROM {} WHERE {k} >= {} AND {k} <= {}{}{clause}",
                     q(&self.into),
@@ -592,14 +592,13 @@ impl CopyStep {
         rows: Copied,
         dead_letters: &mut Vec<DeadLetter>,
     ) -> Result<u64, Error> {
-        let dialect = conn.dialect();
         let write = self.write_plan(conn).await?;
         let rows = match rows {
             Copied::Positional { names, rows } => {
                 match self.write_positional(write, &names, rows, dead_letters)? {
                     Ok((stored, fitted)) => {
                         return self
-                            .insert_rows(conn, dialect, write, &stored, &fitted, dead_letters)
+                            .insert_rows(conn, write, &stored, &fitted, dead_letters)
                             .await
                     }
                     // A column the target lacks: each row is refused by name below.
@@ -613,7 +612,7 @@ impl CopyStep {
                     Some(written) => Ok(written),
                     None => Err(Error::permanent(format!(
                         "{} cannot load the rows read from the source",
-                        dialect.name()
+                        write.forms.dialect().name()
                     ))),
                 };
             }
@@ -638,7 +637,7 @@ impl CopyStep {
         let mut written = 0;
         for (names, rows) in &groups {
             written += self
-                .insert_rows(conn, dialect, write, names, rows, dead_letters)
+                .insert_rows(conn, write, names, rows, dead_letters)
                 .await?;
         }
         Ok(written)
@@ -651,18 +650,16 @@ impl CopyStep {
     async fn insert_rows(
         &self,
         conn: &mut dyn Conn,
-        dialect: Dialect,
         write: &Write,
         names: &[String],
         rows: &[Vec<Value>],
         dead_letters: &mut Vec<DeadLetter>,
     ) -> Result<u64, Error> {
         if !self.skips_bad_rows() || rows.is_empty() {
-            return self.insert_all(conn, dialect, write, names, rows).await;
+            return self.insert_all(conn, write, names, rows).await;
         }
         let mut writer = Inserts {
             step: self,
-            dialect,
             write,
             names,
             dead_letters,
@@ -730,7 +727,6 @@ impl CopyStep {
     async fn insert_all(
         &self,
         conn: &mut dyn Conn,
-        dialect: Dialect,
         write: &Write,
         names: &[String],
         rows: &[Vec<Value>],
@@ -756,8 +752,7 @@ impl CopyStep {
         let per_statement = (MAX_PARAMS / names.len().max(1)).max(1);
         let mut written = 0;
         for chunk in rows.chunks(per_statement) {
-            let (sql, params) =
-                write.insert(dialect, &self.into, self.on_conflict, names, chunk)?;
+            let (sql, params) = write.insert(&self.into, self.on_conflict, names, chunk)?;
             written += conn.execute(&sql, &params).await?;
         }
         Ok(written)
@@ -765,7 +760,8 @@ impl CopyStep {
 }
 
 impl Read {
-    fn new(dialect: Dialect, step: &CopyStep, info: &TableInfo) -> Read {
+    fn new(forms: &'static dyn SqlForms, step: &CopyStep, info: &TableInfo) -> Read {
+        let dialect = forms.dialect();
         let types = Columns::new(info, dialect);
         if let Some((sql, _)) = &step.query {
             return Read {
@@ -773,7 +769,7 @@ impl Read {
                 next_sql: sql.clone(),
                 types,
                 copied: None,
-                dialect,
+                forms,
             };
         }
         let names: Vec<String> = match &step.columns {
@@ -804,7 +800,7 @@ impl Read {
             next_sql: sql(false),
             types,
             copied: names.iter().map(|n| info.column(n).cloned()).collect(),
-            dialect,
+            forms,
         }
     }
 }
@@ -812,7 +808,6 @@ impl Read {
 /// A copy's inserts, for writing a slice row by row when the database refuses one.
 struct Inserts<'a> {
     step: &'a CopyStep,
-    dialect: Dialect,
     write: &'a Write,
     names: &'a [String],
     dead_letters: &'a mut Vec<DeadLetter>,
@@ -821,13 +816,9 @@ struct Inserts<'a> {
 impl savepoint::Write<Vec<Value>> for Inserts<'_> {
     async fn write(&mut self, conn: &mut dyn Conn, rows: &[Vec<Value>]) -> Result<u64, Error> {
         let Inserts {
-            step,
-            dialect,
-            write,
-            names,
-            ..
+            step, write, names, ..
         } = self;
-        step.insert_all(conn, *dialect, write, names, rows).await
+        step.insert_all(conn, write, names, rows).await
     }
 
     fn refused(&mut self, row: &Vec<Value>, e: Error) -> Result<(), Error> {
@@ -865,7 +856,10 @@ impl Read {
     /// `raw` (rows that cross undecoded), also only columns the driver reads natively (whose
     /// binary form is known), into a target `COPY` can load.
     fn same_types(&self, write: &Write, raw: bool) -> Option<Vec<String>> {
-        if self.dialect != Dialect::Postgres || write.dialect != Dialect::Postgres {
+        let exact = self.forms.exact_types()
+            && write.forms.exact_types()
+            && self.forms.dialect() == write.forms.dialect();
+        if !exact {
             return None;
         }
         // Undecoded rows can only be loaded with COPY.
@@ -878,8 +872,8 @@ impl Read {
             .map(|source| {
                 let target = write.columns.get(&source.name)?;
                 let same = (source.decodable() || !raw)
-                    && target.data_type == source.data_type
-                    && target.cast == source.cast;
+                    && target.info.data_type == source.data_type
+                    && target.info.cast == source.cast;
                 same.then(|| target.name.clone())
             })
             .collect()
@@ -887,7 +881,7 @@ impl Read {
 }
 
 impl Write {
-    fn new(info: &TableInfo, dialect: Dialect) -> Write {
+    fn new(info: &TableInfo, forms: &'static dyn SqlForms) -> Write {
         // The primary key if there is one, else the first unique index.
         let chosen = info
             .indexes
@@ -895,8 +889,8 @@ impl Write {
             .find(|i| i.primary)
             .or_else(|| info.indexes.iter().find(|i| i.unique));
         Write {
-            columns: Columns::new(info, dialect),
-            dialect,
+            columns: Columns::new(info, forms.dialect()),
+            forms,
             bulk_load: info.bulk_load,
             conflict_key: chosen.map(|i| i.columns.clone()).unwrap_or_default(),
         }
@@ -905,117 +899,48 @@ impl Write {
     /// One multi-row insert of `rows` (values in `names` order).
     fn insert(
         &self,
-        dialect: Dialect,
         table: &str,
         on_conflict: OnConflict,
         names: &[String],
         rows: &[Vec<Value>],
     ) -> Result<(String, Vec<Value>), Error> {
-        let q = |n: &str| quote_ident(dialect, n);
-        let (source, params) = if dialect == Dialect::Postgres {
-            // One text[] parameter per column, cast to the column's type: the statement's text
-            // depends only on the columns, so it is prepared once, whatever the rows.
-            let mut columns: Vec<Vec<Option<String>>> =
-                vec![Vec::with_capacity(rows.len()); names.len()];
-            for values in rows {
-                for (column, value) in columns.iter_mut().zip(values) {
-                    column.push(pg_text(value));
-                }
-            }
-            let aliases: Vec<String> = (1..=names.len()).map(|i| format!("godwit_{i}")).collect();
-            let selected: Vec<String> = names
-                .iter()
-                .zip(&aliases)
-                .map(|(n, a)| format!("{a}{}", self.columns.cast(dialect, n)))
-                .collect();
-            let arrays: Vec<String> = (1..=names.len()).map(|i| format!("${i}::text[]")).collect();
-            (
-                format!(
-                    " SELECT {} FROM unnest({}) AS godwit_v({})",
-                    selected.join(", "),
-                    arrays.join(", "),
-                    aliases.join(", ")
-                ),
-                columns.into_iter().map(Value::TextArray).collect(),
-            )
-        } else {
-            let mut params = Vec::with_capacity(rows.len() * names.len());
-            let mut tuples = Vec::with_capacity(rows.len());
-            for values in rows {
-                let mut cells = Vec::with_capacity(names.len());
-                for value in values {
-                    params.push(value.clone());
-                    cells.push(dialect.param(params.len()));
-                }
-                tuples.push(format!("({})", cells.join(", ")));
-            }
-            (format!(" VALUES {}", tuples.join(", ")), params)
-        };
-        let clause = self.conflict_clause(dialect, table, on_conflict, names)?;
-        let columns: Vec<String> = names.iter().map(|n| q(n)).collect();
-        let sql = format!(
-            "INSERT INTO {} ({}){source}{clause}",
-            quote_ident(dialect, table),
-            columns.join(", "),
-        );
-        Ok((sql, params))
+        let columns = self
+            .columns
+            .infos(names)
+            .map_err(|problem| Error::permanent(format!("target table {table}: {problem}")))?;
+        self.forms
+            .insert_rows(table, &columns, self.conflict(on_conflict), rows)
+            .ok_or_else(|| needs_unique_key(table))
     }
 
     /// What an insert of `names` into `table` adds for `on_conflict`: nothing, a `DO NOTHING`
     /// or an upsert on the target's unique key.
     fn conflict_clause(
         &self,
-        dialect: Dialect,
         table: &str,
         on_conflict: OnConflict,
         names: &[String],
     ) -> Result<String, Error> {
-        let q = |n: &str| quote_ident(dialect, n);
-        let in_key = |n: &String| self.conflict_key.iter().any(|k| k.eq_ignore_ascii_case(n));
-        let others: Vec<&String> = names.iter().filter(|n| !in_key(n)).collect();
-        Ok(match (on_conflict, dialect) {
-            (OnConflict::Error, _) => String::new(),
-            (OnConflict::Ignore, Dialect::Postgres | Dialect::Sqlite) => {
-                " ON CONFLICT DO NOTHING".to_string()
-            }
-            (OnConflict::Ignore, Dialect::MySql) => {
-                let first = q(&names[0]);
-                format!(" ON DUPLICATE KEY UPDATE {first} = {first}")
-            }
-            (OnConflict::Update, Dialect::Postgres | Dialect::Sqlite) => {
-                if self.conflict_key.is_empty() {
-                    return Err(Error::permanent(format!(
-                        "on_conflict = \"update\" needs a primary key or unique index on {table}"
-                    )));
-                }
-                let target: Vec<String> = self.conflict_key.iter().map(|k| q(k)).collect();
-                if others.is_empty() {
-                    format!(" ON CONFLICT ({}) DO NOTHING", target.join(", "))
-                } else {
-                    let set: Vec<String> = others
-                        .iter()
-                        .map(|n| format!("{} = excluded.{}", q(n), q(n)))
-                        .collect();
-                    format!(
-                        " ON CONFLICT ({}) DO UPDATE SET {}",
-                        target.join(", "),
-                        set.join(", ")
-                    )
-                }
-            }
-            (OnConflict::Update, Dialect::MySql) => {
-                let set: Vec<String> = if others.is_empty() {
-                    vec![format!("{} = {}", q(&names[0]), q(&names[0]))]
-                } else {
-                    others
-                        .iter()
-                        .map(|n| format!("{} = VALUES({})", q(n), q(n)))
-                        .collect()
-                };
-                format!(" ON DUPLICATE KEY UPDATE {}", set.join(", "))
-            }
-        })
+        self.forms
+            .conflict_clause(self.conflict(on_conflict), names)
+            .ok_or_else(|| needs_unique_key(table))
     }
+
+    /// The plan's `on_conflict` as the database's forms take it.
+    fn conflict(&self, on_conflict: OnConflict) -> Conflict<'_> {
+        match on_conflict {
+            OnConflict::Error => Conflict::Error,
+            OnConflict::Ignore => Conflict::Ignore,
+            OnConflict::Update => Conflict::Update(&self.conflict_key),
+        }
+    }
+}
+
+/// The error of an upsert into `table`, which has no unique key to name.
+fn needs_unique_key(table: &str) -> Error {
+    Error::permanent(format!(
+        "on_conflict = \"update\" needs a primary key or unique index on {table}"
+    ))
 }
 
 /// The source key of a row, for messages and dead letters: the column named like the step's

@@ -1,10 +1,9 @@
-//! Fitting values to the columns they are written into: lengths, decimals, types, and how
-//! each database takes a value in a statement.
+//! Fitting values to the columns they are written into: lengths, decimals, types.
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 
-use godwit_driver::{quote_ident, Dialect, SqlType, TableInfo, Value};
+use godwit_driver::{quote_ident, ColumnInfo, Dialect, SqlType, TableInfo, Value};
 use godwit_plan::Convert;
 
 /// The columns of a table that rows are written into, by name.
@@ -21,10 +20,9 @@ pub(crate) struct Column {
     /// The name as stored.
     pub(crate) name: String,
     pub(crate) sql_type: SqlType,
-    /// PostgreSQL: the type a bound value is cast to.
-    pub(crate) cast: Option<String>,
-    /// The database's name of the type, with its length or precision.
-    pub(crate) data_type: String,
+    /// What the database reported of the column (its type's name with its length or
+    /// precision, the cast a statement writes its values with).
+    pub(crate) info: ColumnInfo,
     /// The decimals the column holds exactly; a decimal beyond them would be rounded (by
     /// PostgreSQL and MySQL without an error) and is refused instead.
     decimals: Option<Decimals>,
@@ -208,8 +206,7 @@ impl Columns {
                 let column = Column {
                     name: c.name.clone(),
                     sql_type,
-                    cast: c.cast.clone(),
-                    data_type: c.data_type.clone(),
+                    info: c.clone(),
                     decimals: Decimals::of(dialect, sql_type, &c.data_type),
                     max_chars: max_chars(dialect, sql_type, &c.data_type),
                     dialect,
@@ -241,13 +238,17 @@ impl Columns {
         }
     }
 
-    /// What follows a placeholder for `name`: a cast on PostgreSQL, where a parameter's type
-    /// is otherwise guessed from the first row.
-    pub(crate) fn cast(&self, dialect: Dialect, name: &str) -> String {
-        match (dialect, self.get(name).and_then(|c| c.cast.as_deref())) {
-            (Dialect::Postgres, Some(cast)) => format!("::{cast}"),
-            _ => String::new(),
-        }
+    /// What the database reported of the columns `names`, for the statements that write them;
+    /// `Err` names a column the table lacks.
+    pub(crate) fn infos(&self, names: &[String]) -> Result<Vec<&ColumnInfo>, String> {
+        names
+            .iter()
+            .map(|n| {
+                self.get(n)
+                    .map(|c| &c.info)
+                    .ok_or_else(|| format!("the table has no column {n}"))
+            })
+            .collect()
     }
 
     /// A transform's row fitted to the table: each column by its stored name with its value
@@ -267,31 +268,6 @@ impl Columns {
             })
             .collect()
     }
-}
-
-/// MySQL: `expr` converted to the character set and collation of a text column, so that a
-/// value sent in the connection's character set compares with the column's values (a mix of
-/// collations is otherwise refused). `None` for a collation name that is not a plain word.
-pub(crate) fn convert_to(collation: &str, expr: &str) -> Option<String> {
-    let plain = !collation.is_empty()
-        && collation
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b == b'_');
-    if !plain {
-        return None;
-    }
-    let charset = collation.split('_').next().unwrap_or(collation);
-    Some(format!(
-        "CONVERT({expr} USING {charset}) COLLATE {collation}"
-    ))
-}
-
-/// A value in the text form PostgreSQL's writers send it in: every value goes as text into a
-/// cast to its column's type (inside a `text[]` for `unnest`), so the statement's parameter
-/// types never depend on the values, and a prepared statement fits every batch.
-pub(crate) fn pg_text(value: &Value) -> Option<String> {
-    let mut out = String::new();
-    value.write_pg_text(&mut out).then_some(out)
 }
 
 /// `name` as a read selects it: types godwit does not decode (enums, arrays, ranges, network

@@ -5,19 +5,21 @@
 //! concurrent writer waits for the batch's commit and then applies its change on top; SQLite's
 //! `BEGIN IMMEDIATE` already holds the only write lock. A batch of wide rows locks its keys
 //! first and is then read in slices between them (`slices.rs`). The write is one set-based
-//! statement per group of rows changing the same columns (`UPDATE … FROM unnest(text[], …)` on
-//! PostgreSQL, `UPDATE … FROM (VALUES …)` on SQLite, `UPDATE … JOIN (SELECT … UNION ALL …)` on
-//! MySQL), split only where a statement would pass the database's limit on bound parameters.
+//! statement per group of rows changing the same columns, in the database's own form
+//! (`SqlForms::update_from_rows`), split only where a statement would pass the database's
+//! limit on bound parameters.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
-use godwit_driver::{quote_ident, Conn, Dialect, Error, SqlType, TableInfo, Value};
+use godwit_driver::{
+    quote_ident, Conn, Error, SqlForms, SqlType, TableInfo, UpdateFromRows, Value,
+};
 use godwit_plan::{Convert, OnRowError, Step, StepKind};
 use godwit_transform::{Outcome, Rows, Transform};
 use tokio::sync::OnceCell;
 
-use crate::fit::{convert_to, pg_text, selected, Columns};
+use crate::fit::{selected, Columns};
 use crate::key::existing_table;
 use crate::refused::{key_text, refuse_row, DeadLetter};
 use crate::savepoint;
@@ -56,9 +58,8 @@ struct Shape {
     columns: Columns,
     /// The key's name as stored.
     key: String,
-    /// MySQL: the joined key converted to the text key's own character set and collation
-    /// (empty for other keys).
-    key_collate: String,
+    /// How the database writes the update.
+    forms: &'static dyn SqlForms,
 }
 
 /// What one batch did.
@@ -97,7 +98,7 @@ impl RowStep {
         self.shape
             .get_or_try_init(|| async {
                 let info = existing_table(conn, "table", &self.table).await?;
-                Shape::new(conn.dialect(), self, &info)
+                Shape::new(conn.forms(), self, &info)
             })
             .await
     }
@@ -111,7 +112,6 @@ impl RowStep {
         start: Value,
         end: Value,
     ) -> Result<RowsDone, Error> {
-        let dialect = conn.dialect();
         let shape = self.shape(conn).await?;
         let mut done = RowsDone {
             rows_written: 0,
@@ -133,7 +133,7 @@ impl RowStep {
             let rows = normalise(conn.query(&shape.read_sql, &[start, end]).await?);
             self.slicer
                 .observe(rows.len(), rows.iter().map(|r| row_bytes(r)).sum());
-            self.slice(conn, dialect, shape, rows, &mut done).await?;
+            self.slice(conn, shape, rows, &mut done).await?;
             return Ok(done);
         }
         // Wide rows (or a step's first batch, while their width is unknown): lock the batch's
@@ -152,7 +152,7 @@ impl RowStep {
             let rows = normalise(conn.query(&shape.slice_sql, &[first, last]).await?);
             self.slicer
                 .observe(rows.len(), rows.iter().map(|r| row_bytes(r)).sum());
-            self.slice(conn, dialect, shape, rows, &mut done).await?;
+            self.slice(conn, shape, rows, &mut done).await?;
         }
         Ok(done)
     }
@@ -161,7 +161,6 @@ impl RowStep {
     async fn slice(
         &self,
         conn: &mut dyn Conn,
-        dialect: Dialect,
         shape: &Shape,
         rows: Vec<Vec<Value>>,
         done: &mut RowsDone,
@@ -194,7 +193,7 @@ impl RowStep {
             let per_statement = (MAX_PARAMS / (names.len() + 1)).max(1);
             for chunk in rows.chunks(per_statement) {
                 done.rows_written += self
-                    .update_rows(conn, dialect, shape, names, chunk, &mut dead_letters)
+                    .update_rows(conn, shape, names, chunk, &mut dead_letters)
                     .await?;
             }
         }
@@ -209,7 +208,6 @@ impl RowStep {
     async fn update_rows(
         &self,
         conn: &mut dyn Conn,
-        dialect: Dialect,
         shape: &Shape,
         names: &[String],
         rows: &[(Value, Vec<Value>)],
@@ -217,7 +215,6 @@ impl RowStep {
     ) -> Result<u64, Error> {
         let mut writer = Updates {
             step: self,
-            dialect,
             shape,
             names,
             dead_letters,
@@ -232,7 +229,6 @@ impl RowStep {
 /// A transform step's updates, for writing them row by row when the database refuses one.
 struct Updates<'a> {
     step: &'a RowStep,
-    dialect: Dialect,
     shape: &'a Shape,
     names: &'a [String],
     dead_letters: &'a mut Vec<DeadLetter>,
@@ -244,9 +240,7 @@ impl savepoint::Write<(Value, Vec<Value>)> for Updates<'_> {
         conn: &mut dyn Conn,
         rows: &[(Value, Vec<Value>)],
     ) -> Result<u64, Error> {
-        let (sql, params) = self
-            .shape
-            .update(self.dialect, &self.step.table, self.names, rows);
+        let (sql, params) = self.shape.update(&self.step.table, self.names, rows)?;
         conn.execute(&sql, &params).await
     }
 
@@ -271,7 +265,8 @@ impl savepoint::Write<(Value, Vec<Value>)> for Updates<'_> {
 }
 
 impl Shape {
-    fn new(dialect: Dialect, step: &RowStep, info: &TableInfo) -> Result<Shape, Error> {
+    fn new(forms: &'static dyn SqlForms, step: &RowStep, info: &TableInfo) -> Result<Shape, Error> {
+        let dialect = forms.dialect();
         let key = info
             .column(&step.key)
             .ok_or_else(|| {
@@ -309,10 +304,7 @@ impl Shape {
             .as_deref()
             .map(|f| format!(" AND ({f})"))
             .unwrap_or_default();
-        let lock = match dialect {
-            Dialect::Postgres | Dialect::MySql => " FOR UPDATE",
-            Dialect::Sqlite => "",
-        };
+        let lock = forms.lock_clause();
         let range = format!(
             "{k} >= {} AND {k} <= {}{filter}",
             dialect.param(1),
@@ -320,12 +312,6 @@ impl Shape {
         );
         let t = quote_ident(dialect, &step.table);
         let selected = list.join(", ");
-        let key_collate = match info.column(&key).and_then(|c| c.collation.as_deref()) {
-            Some(collation) if dialect == Dialect::MySql => {
-                convert_to(collation, "godwit_v.godwit_k").unwrap_or_default()
-            }
-            _ => String::new(),
-        };
         Ok(Shape {
             read_sql: format!("SELECT {selected} FROM {t} WHERE {range} ORDER BY {k}{lock}"),
             lock_sql: format!("SELECT {k} FROM {t} WHERE {range} ORDER BY {k}{lock}"),
@@ -334,7 +320,7 @@ impl Shape {
             read_types,
             columns,
             key,
-            key_collate,
+            forms,
         })
     }
 
@@ -384,91 +370,23 @@ impl Shape {
     /// One statement writing `rows` (key, new values in `names` order).
     fn update(
         &self,
-        dialect: Dialect,
         table: &str,
         names: &[String],
         rows: &[(Value, Vec<Value>)],
-    ) -> (String, Vec<Value>) {
-        let t = quote_ident(dialect, table);
-        let k = quote_ident(dialect, &self.key);
-        let cast = |name: &str| self.columns.cast(dialect, name);
-        let aliases: Vec<String> = (1..=names.len()).map(|i| format!("godwit_{i}")).collect();
-        if dialect == Dialect::Postgres {
-            // One text[] parameter per column: the statement's text depends only on the
-            // columns, so it is prepared once, whatever the number of rows.
-            let mut columns: Vec<Vec<Option<String>>> =
-                vec![Vec::with_capacity(rows.len()); names.len() + 1];
-            for (key, values) in rows {
-                columns[0].push(pg_text(key));
-                for (column, value) in columns[1..].iter_mut().zip(values) {
-                    column.push(pg_text(value));
-                }
-            }
-            let set: Vec<String> = names
-                .iter()
-                .zip(&aliases)
-                .map(|(n, a)| format!("{} = godwit_v.{a}{}", quote_ident(dialect, n), cast(n)))
-                .collect();
-            let arrays: Vec<String> = (1..=names.len() + 1)
-                .map(|i| format!("${i}::text[]"))
-                .collect();
-            let sql = format!(
-                "UPDATE {t} SET {} FROM unnest({}) AS godwit_v(godwit_k, {}) WHERE {k} = godwit_v.godwit_k{}",
-                set.join(", "),
-                arrays.join(", "),
-                aliases.join(", "),
-                cast(&self.key)
-            );
-            return (sql, columns.into_iter().map(Value::TextArray).collect());
-        }
-        let mut params = Vec::with_capacity(rows.len() * (names.len() + 1));
-        let set: Vec<String> = names
-            .iter()
-            .zip(&aliases)
-            .map(|(n, a)| format!("{} = godwit_v.{a}", quote_ident(dialect, n)))
-            .collect();
-        let mut tuples = Vec::with_capacity(rows.len());
-        for (i, (key, values)) in rows.iter().enumerate() {
-            let mut cells = Vec::with_capacity(names.len() + 1);
-            params.push(key.clone());
-            let key_cell = dialect.param(params.len());
-            cells.push(match (dialect, i) {
-                (Dialect::MySql, 0) => format!("{key_cell} AS godwit_k"),
-                _ => format!("{key_cell}{}", cast(&self.key)),
-            });
-            for ((name, value), alias) in names.iter().zip(values).zip(&aliases) {
-                params.push(value.clone());
-                let cell = dialect.param(params.len());
-                cells.push(match (dialect, i) {
-                    (Dialect::MySql, 0) => format!("{cell} AS {alias}"),
-                    _ => format!("{cell}{}", cast(name)),
-                });
-            }
-            tuples.push(cells.join(", "));
-        }
-        let sql = match dialect {
-            Dialect::Sqlite | Dialect::Postgres => format!(
-                "WITH godwit_v(godwit_k, {}) AS (VALUES ({})) UPDATE {t} SET {} FROM godwit_v WHERE {k} = godwit_v.godwit_k",
-                aliases.join(", "),
-                tuples.join("), ("),
-                set.join(", ")
-            ),
-            Dialect::MySql => {
-                // A parameter arrives in the connection's character set; a key of another one
-                // must be compared in its own, or MySQL refuses the mix of collations.
-                let joined = if self.key_collate.is_empty() {
-                    "godwit_v.godwit_k"
-                } else {
-                    &self.key_collate
-                };
-                format!(
-                    "UPDATE {t} JOIN (SELECT {}) AS godwit_v ON {t}.{k} = {joined} SET {}",
-                    tuples.join(" UNION ALL SELECT "),
-                    set.join(", ")
-                )
-            }
+    ) -> Result<(String, Vec<Value>), Error> {
+        let missing = |problem: String| Error::permanent(format!("table {table}: {problem}"));
+        let columns = self.columns.infos(names).map_err(missing)?;
+        let key = self
+            .columns
+            .get(&self.key)
+            .map(|c| &c.info)
+            .ok_or_else(|| missing(format!("the table has no column {}", self.key)))?;
+        let update = UpdateFromRows {
+            table,
+            key,
+            columns: &columns,
         };
-        (sql, params)
+        Ok(self.forms.update_from_rows(&update, rows))
     }
 }
 

@@ -281,26 +281,19 @@ fn groups_sql(k: &str, limited: &str, size: &str, size_again: &str) -> String {
     )
 }
 
-/// Opens the connection a step's key walk runs on. On PostgreSQL the planner is steered away
-/// from sequential and bitmap scans there: with a `where` filter it would otherwise often
-/// judge a full scan plus sort cheaper than reading the key index in order up to the LIMIT,
-/// and every claim would read the whole table; JIT and parallel workers only add start-up
-/// time to a query that reads one batch's worth of the index.
+/// Opens the connection a step's key walk runs on, with the database's settings for the walk
+/// (`SqlForms::walk_session`: on PostgreSQL, planner settings that keep the filtered walk on
+/// the key index).
 pub async fn open_walker(
     url: &godwit_driver::DbUrl,
     timeout: Duration,
 ) -> Result<Box<dyn Conn>, godwit_driver::Error> {
     // A connection of its own, never one from the pool: batch connections carry a session
-    // time limit on MySQL that must not cut the walk short.
+    // time limit on MySQL that must not cut the walk short, and the walk's settings must not
+    // leak into the batches' statements.
     let mut conn = godwit_db::connect(url, &Default::default()).await?;
-    if conn.dialect() == Dialect::Postgres {
-        conn.execute_unprepared(&format!(
-            "SET enable_seqscan = off; SET enable_bitmapscan = off; SET enable_sort = off; \
-             SET jit = off; SET max_parallel_workers_per_gather = 0; \
-             SET statement_timeout = {}",
-            timeout.as_nanos().div_ceil(1_000_000).max(1)
-        ))
-        .await?;
+    if let Some(setup) = conn.forms().walk_session(timeout) {
+        conn.execute_unprepared(&setup).await?;
     }
     Ok(conn)
 }

@@ -258,25 +258,7 @@ pub fn build_transform(
 /// one-off step runs such a statement outside one, so it is not atomic with its progress
 /// record and must be idempotent.
 pub fn needs_autocommit(sql: &str, dialect: Dialect) -> bool {
-    let words: Vec<String> = sql
-        .split_whitespace()
-        .take(4)
-        .map(|w| w.to_ascii_uppercase())
-        .collect();
-    let w = |i: usize| words.get(i).map(String::as_str).unwrap_or("");
-    match dialect {
-        Dialect::Postgres => {
-            w(0) == "VACUUM"
-                || (matches!(w(0), "CREATE" | "DROP" | "REINDEX")
-                    && words.iter().any(|x| x == "CONCURRENTLY"))
-                || (w(0) == "CREATE" && w(1) == "UNIQUE" && w(3) == "CONCURRENTLY")
-                || (w(0) == "CREATE" && w(1) == "DATABASE")
-                || (w(0) == "ALTER" && w(1) == "SYSTEM")
-        }
-        Dialect::Sqlite => w(0) == "VACUUM",
-        // MySQL commits DDL on its own, inside a transaction or not: run it as what it is.
-        Dialect::MySql => matches!(w(0), "CREATE" | "ALTER" | "DROP" | "RENAME" | "TRUNCATE"),
-    }
+    godwit_db::forms(dialect).is_some_and(|forms| forms.needs_autocommit(sql))
 }
 
 #[cfg(test)]

@@ -4,7 +4,7 @@
 //! `Box<dyn Conn>` and never names a backend. Each backend is a cargo feature, all on by default.
 #![deny(missing_docs)]
 
-use godwit_driver::{Conn, ConnectOptions, DbUrl, Error, Result};
+use godwit_driver::{Conn, ConnectOptions, DbUrl, Dialect, Error, Result, SqlForms};
 
 /// Connects to the database named by `url`: `postgres://` or `postgresql://`, `mysql://` or
 /// `mariadb://`, `sqlite://path`.
@@ -23,6 +23,22 @@ pub async fn connect(url: &DbUrl, options: &ConnectOptions) -> Result<Box<dyn Co
         _ => Err(Error::config(format!(
             "unsupported database URL {url}: expected postgres://, mysql:// or sqlite://"
         ))),
+    }
+}
+
+/// The statements a database of `dialect` writes in forms of its own, for judging SQL before
+/// a connection is open (a connection's own are [`Conn::forms`]); `None` when its backend was
+/// left out of the build.
+pub fn forms(dialect: Dialect) -> Option<&'static dyn SqlForms> {
+    match dialect {
+        #[cfg(feature = "postgres")]
+        Dialect::Postgres => Some(godwit_driver_pg::forms()),
+        #[cfg(feature = "mysql")]
+        Dialect::MySql => Some(godwit_driver_mysql::forms()),
+        #[cfg(feature = "sqlite")]
+        Dialect::Sqlite => Some(godwit_driver_sqlite::forms()),
+        #[allow(unreachable_patterns)]
+        _ => None,
     }
 }
 

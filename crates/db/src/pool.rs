@@ -13,7 +13,7 @@
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
-use godwit_driver::{Conn, ConnectOptions, DbUrl, Dialect, Result};
+use godwit_driver::{Conn, ConnectOptions, DbUrl, Result};
 
 /// Connections to one database, handed to one batch at a time.
 pub struct ConnPool {
@@ -61,13 +61,11 @@ impl ConnPool {
 
     async fn connect(&self) -> Result<Box<dyn Conn>> {
         let mut conn = crate::connect(&self.url, &ConnectOptions::default()).await?;
-        let ms = self.lease.as_millis().max(1000);
-        let setup = match conn.dialect() {
-            Dialect::Postgres => Some(format!("SET idle_in_transaction_session_timeout = {ms}")),
-            Dialect::MySql => Some(format!("SET SESSION wait_timeout = {}", ms.div_ceil(1000))),
-            // One machine, one file: a frozen process holds the write lock until it resumes.
-            Dialect::Sqlite => None,
-        };
+        // At least a second: the databases count the limit in whole seconds or milliseconds,
+        // and zero would mean none. SQLite has no such limit (one machine, one file: a frozen
+        // process holds the write lock until it resumes).
+        let lease = self.lease.max(Duration::from_secs(1));
+        let setup = conn.forms().lease_session(lease);
         if let Some(setup) = setup {
             conn.execute_unprepared(&setup).await?;
         }

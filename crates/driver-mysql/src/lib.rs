@@ -9,6 +9,8 @@
 //! `innodb_lock_wait_timeout` instead.
 #![deny(missing_docs)]
 
+mod forms;
+
 use std::str::FromStr;
 use std::sync::Arc;
 use std::time::Duration;
@@ -19,11 +21,18 @@ use godwit_driver::sqlx_conn::{
 };
 use godwit_driver::{
     ColumnInfo, Conn, ConnectOptions, DbUrl, Dialect, Error, ErrorKind, IndexInfo, Result, Row,
-    TableInfo, TxOptions, Value,
+    SqlForms, TableInfo, TxOptions, Value,
 };
 use sqlx::error::DatabaseError;
 use sqlx::mysql::{MySqlConnectOptions, MySqlDatabaseError, MySqlQueryResult, MySqlRow};
 use sqlx::{Column, ConnectOptions as _, MySql, Row as _, TypeInfo, ValueRef};
+
+use crate::forms::MySqlForms;
+
+/// MySQL's and MariaDB's forms of godwit's statements.
+pub fn forms() -> &'static dyn SqlForms {
+    &MySqlForms
+}
 
 /// A connection to a MySQL or MariaDB server.
 pub struct MySqlConn {
@@ -302,6 +311,10 @@ fn schema_and_table(table: &str) -> (Value, Value) {
 impl Conn for MySqlConn {
     fn dialect(&self) -> Dialect {
         Dialect::MySql
+    }
+
+    fn forms(&self) -> &'static dyn SqlForms {
+        forms()
     }
 
     async fn execute(&mut self, sql: &str, params: &[Value]) -> Result<u64> {

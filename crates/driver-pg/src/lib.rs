@@ -5,6 +5,9 @@
 //! timeout; class 08 and the shutdown codes mean the connection is gone.
 #![deny(missing_docs)]
 
+mod forms;
+mod pg_text;
+
 use std::fmt::Write as _;
 use std::str::FromStr;
 use std::sync::Arc;
@@ -15,11 +18,19 @@ use godwit_driver::sqlx_conn::{
 };
 use godwit_driver::{
     quote_ident, ColumnInfo, Conn, ConnectOptions, DbUrl, Dialect, Error, ErrorKind, IndexInfo,
-    RawRows, Result, Row, TableInfo, TxOptions, Value,
+    RawRows, Result, Row, SqlForms, TableInfo, TxOptions, Value,
 };
 use sqlx::error::DatabaseError;
 use sqlx::postgres::{PgConnectOptions, PgQueryResult, PgRow, PgValueRef};
 use sqlx::{Column, ConnectOptions as _, Postgres, Row as _, TypeInfo, ValueRef};
+
+use crate::forms::PgForms;
+use crate::pg_text::write_pg_text;
+
+/// PostgreSQL's forms of godwit's statements.
+pub fn forms() -> &'static dyn SqlForms {
+    &PgForms
+}
 
 /// A connection to a PostgreSQL server.
 pub struct PgConn {
@@ -354,6 +365,10 @@ impl Conn for PgConn {
         Dialect::Postgres
     }
 
+    fn forms(&self) -> &'static dyn SqlForms {
+        forms()
+    }
+
     async fn execute(&mut self, sql: &str, params: &[Value]) -> Result<u64> {
         self.conn.execute(sql, params).await
     }
@@ -507,7 +522,7 @@ impl Conn for PgConn {
                     data.push('\t');
                 }
                 field.clear();
-                if value.write_pg_text(&mut field) {
+                if write_pg_text(value, &mut field) {
                     push_copy_field(&mut data, &field);
                 } else {
                     data.push_str("\\N");

@@ -6,6 +6,8 @@
 //! limit is a progress handler that interrupts its statements past the deadline.
 #![deny(missing_docs)]
 
+mod forms;
+
 use std::str::FromStr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -16,13 +18,20 @@ use godwit_driver::sqlx_conn::{
 };
 use godwit_driver::{
     ColumnInfo, Conn, ConnectOptions, DbUrl, Dialect, Error, ErrorKind, IndexInfo, Result, Row,
-    TableInfo, TxOptions, Value,
+    SqlForms, TableInfo, TxOptions, Value,
 };
 use sqlx::error::DatabaseError;
 use sqlx::sqlite::{
     SqliteConnectOptions, SqliteJournalMode, SqliteQueryResult, SqliteRow, SqliteSynchronous,
 };
 use sqlx::{ConnectOptions as _, Row as _, Sqlite, TypeInfo, ValueRef};
+
+use crate::forms::SqliteForms;
+
+/// SQLite's forms of godwit's statements.
+pub fn forms() -> &'static dyn SqlForms {
+    &SqliteForms
+}
 
 /// How long a writer waits for the lock before SQLite reports busy. Long, because with one
 /// writer every other batch waits its turn here.
@@ -150,6 +159,10 @@ impl SqliteConn {
 impl Conn for SqliteConn {
     fn dialect(&self) -> Dialect {
         Dialect::Sqlite
+    }
+
+    fn forms(&self) -> &'static dyn SqlForms {
+        forms()
     }
 
     async fn execute(&mut self, sql: &str, params: &[Value]) -> Result<u64> {

@@ -12,8 +12,8 @@
 #![deny(missing_docs)]
 
 mod error;
+pub mod forms;
 mod ident;
-mod pg_text;
 mod placeholders;
 #[cfg(feature = "sqlx")]
 pub mod sqlx_conn;
@@ -26,6 +26,7 @@ use std::time::Duration;
 use async_trait::async_trait;
 
 pub use crate::error::{cap_message, Error, ErrorKind, Result, MAX_MESSAGE};
+pub use crate::forms::{Conflict, SqlForms, UpdateFromRows};
 pub use crate::ident::quote_ident;
 pub use crate::placeholders::{number_placeholders, references_param, rewrite_params, Rewritten};
 pub use crate::types::{exact_float, normalize_decimal, SqlType};
@@ -204,6 +205,10 @@ impl TableInfo {
 pub trait Conn: Send {
     /// The dialect to write SQL in for this connection.
     fn dialect(&self) -> Dialect;
+
+    /// The statements this database writes in a form of its own (bulk writes, upserts,
+    /// updates from a set of rows, locking reads, session settings).
+    fn forms(&self) -> &'static dyn SqlForms;
 
     /// Runs one statement with bound parameters and returns the number of rows it affected.
     async fn execute(&mut self, sql: &str, params: &[Value]) -> Result<u64>;

@@ -9,62 +9,68 @@ use std::fmt::Write as _;
 
 use chrono::{Datelike, NaiveDate, NaiveDateTime, NaiveTime, Timelike};
 
-use crate::Value;
+use godwit_driver::Value;
 
-impl Value {
-    /// Appends this value's PostgreSQL text form to `out`; `false` (and nothing appended) for
-    /// NULL. Floats print as the shortest text that reads back as the same float; bytes as
-    /// `\x` hex; time-zone timestamps in UTC with `+00`.
-    pub fn write_pg_text(&self, out: &mut String) -> bool {
-        match self {
-            Value::Null => return false,
-            Value::Bool(b) => out.push_str(if *b { "true" } else { "false" }),
-            Value::Int(n) => {
-                let _ = write!(out, "{n}");
-            }
-            Value::Float(f) if f.is_nan() => out.push_str("NaN"),
-            Value::Float(f) if f.is_infinite() => {
-                out.push_str(if *f > 0.0 { "Infinity" } else { "-Infinity" })
-            }
-            Value::Float(f) => {
-                let _ = write!(out, "{f}");
-            }
-            Value::Text(s) | Value::Decimal(s) => out.push_str(s),
-            Value::Bytes(b) => {
-                const DIGITS: &[u8; 16] = b"0123456789abcdef";
-                out.reserve(2 + b.len() * 2);
-                out.push_str("\\x");
-                for byte in b {
-                    out.push(char::from(DIGITS[usize::from(byte >> 4)]));
-                    out.push(char::from(DIGITS[usize::from(byte & 0xf)]));
-                }
-            }
-            Value::Json(j) => {
-                let _ = write!(out, "{j}");
-            }
-            Value::Uuid(u) => {
-                let _ = write!(out, "{}", u.hyphenated());
-            }
-            Value::Date(d) => {
-                let bc = push_date(out, *d);
-                push_era(out, bc);
-            }
-            Value::Time(t) => push_time(out, *t),
-            Value::Timestamp(t) => {
-                let bc = push_datetime(out, *t);
-                push_era(out, bc);
-            }
-            Value::TimestampTz(t) => {
-                let bc = push_datetime(out, t.naive_utc());
-                out.push_str("+00");
-                push_era(out, bc);
-            }
-            Value::TextArray(items) => {
-                let _ = write!(out, "{}", serde_json::json!(items));
+/// Appends `value`'s PostgreSQL text form to `out`; `false` (and nothing appended) for NULL.
+/// Floats print as the shortest text that reads back as the same float; bytes as `\x` hex;
+/// time-zone timestamps in UTC with `+00`.
+pub(crate) fn write_pg_text(value: &Value, out: &mut String) -> bool {
+    match value {
+        Value::Null => return false,
+        Value::Bool(b) => out.push_str(if *b { "true" } else { "false" }),
+        Value::Int(n) => {
+            let _ = write!(out, "{n}");
+        }
+        Value::Float(f) if f.is_nan() => out.push_str("NaN"),
+        Value::Float(f) if f.is_infinite() => {
+            out.push_str(if *f > 0.0 { "Infinity" } else { "-Infinity" })
+        }
+        Value::Float(f) => {
+            let _ = write!(out, "{f}");
+        }
+        Value::Text(s) | Value::Decimal(s) => out.push_str(s),
+        Value::Bytes(b) => {
+            const DIGITS: &[u8; 16] = b"0123456789abcdef";
+            out.reserve(2 + b.len() * 2);
+            out.push_str("\\x");
+            for byte in b {
+                out.push(char::from(DIGITS[usize::from(byte >> 4)]));
+                out.push(char::from(DIGITS[usize::from(byte & 0xf)]));
             }
         }
-        true
+        Value::Json(j) => {
+            let _ = write!(out, "{j}");
+        }
+        Value::Uuid(u) => {
+            let _ = write!(out, "{}", u.hyphenated());
+        }
+        Value::Date(d) => {
+            let bc = push_date(out, *d);
+            push_era(out, bc);
+        }
+        Value::Time(t) => push_time(out, *t),
+        Value::Timestamp(t) => {
+            let bc = push_datetime(out, *t);
+            push_era(out, bc);
+        }
+        Value::TimestampTz(t) => {
+            let bc = push_datetime(out, t.naive_utc());
+            out.push_str("+00");
+            push_era(out, bc);
+        }
+        Value::TextArray(items) => {
+            let _ = write!(out, "{}", serde_json::json!(items));
+        }
     }
+    true
+}
+
+/// `value` in the text form PostgreSQL's writers send it in: every value goes as text into a
+/// cast to its column's type (inside a `text[]` for `unnest`), so the statement's parameter
+/// types never depend on the values, and a prepared statement fits every batch.
+pub(crate) fn pg_text(value: &Value) -> Option<String> {
+    let mut out = String::new();
+    write_pg_text(value, &mut out).then_some(out)
 }
 
 /// `digits` decimal digits of `n`, zero padded.
@@ -142,8 +148,7 @@ mod tests {
     use super::*;
 
     fn text(v: &Value) -> Option<String> {
-        let mut out = String::new();
-        v.write_pg_text(&mut out).then_some(out)
+        pg_text(v)
     }
 
     #[test]
