@@ -16,8 +16,9 @@ use godwit_state::RunState;
 use tokio::sync::{mpsc, Semaphore};
 use tokio::task::JoinSet;
 
+use crate::retry::backoff;
 use crate::stop::{StopLevel, StopSignal};
-use crate::{batch, run, Error, EventSink, RunOptions, RunOutcome};
+use crate::{run, Error, EventSink, RunOptions, RunOutcome};
 
 /// How often a worker looks for new or resumed runs.
 const LOOK_EVERY: Duration = Duration::from_secs(1);
@@ -120,7 +121,7 @@ pub async fn work(
                 tracing::warn!(error = %e, "cannot read the stored runs; trying again");
                 failures += 1;
                 tokio::select! {
-                    _ = tokio::time::sleep(batch::backoff(failures.min(5))) => {}
+                    _ = tokio::time::sleep(backoff(failures.min(5))) => {}
                     _ = stop_wait.reached(StopLevel::Drain) => {}
                 }
                 continue;
@@ -207,7 +208,7 @@ fn left(
     here.remove(&plan);
     let (outcome, error) = match outcome {
         Ok(RunOutcome::Done | RunOutcome::AlreadyDone) => ("done", None),
-        Ok(RunOutcome::Failed(message)) => ("failed", Some(message)),
+        Ok(RunOutcome::Failed(failure)) => ("failed", Some(failure.to_string())),
         Ok(RunOutcome::Cancelled) => ("cancelled", None),
         Ok(RunOutcome::Stopped) => ("stopped", None),
         Err(e) if e.kind() == crate::ErrorKind::Restarted => {
