@@ -4,7 +4,8 @@
 
 use std::time::Instant;
 
-use godwit_driver::{Conn, Result, TxOptions};
+use godwit_batch::BatchError;
+use godwit_driver::{Conn, TxOptions};
 use godwit_state::{BatchOutcome, ClaimedBatch, DeadLetter, StateStore};
 
 use crate::ctx::StepCtx;
@@ -20,12 +21,13 @@ pub(crate) enum Executed {
 }
 
 /// Runs `batch` on `conn`. On error the transaction may still be open: the caller rolls back
-/// or drops the connection.
+/// or drops the connection. The error says which part failed (the database, the transform, a
+/// row), and a state write in the batch's transaction counts as the database's.
 pub(crate) async fn execute(
     ctx: &StepCtx,
     conn: &mut dyn Conn,
     batch: &ClaimedBatch,
-) -> Result<Executed> {
+) -> Result<Executed, BatchError> {
     let run = ctx.run();
     let tx = TxOptions {
         statement_timeout: Some(ctx.settings().batch_timeout),

@@ -5,8 +5,8 @@ use std::ops::ControlFlow;
 use std::sync::Arc;
 use std::time::Duration;
 
-use godwit_batch::open_walker;
-use godwit_driver::{Conn, ErrorKind, KeyKind, Value};
+use godwit_batch::{open_walker, BatchError};
+use godwit_driver::{Conn, KeyKind, Value};
 use godwit_plan::StepKind;
 use godwit_state::{ClaimedBatch, StepCompletion, StepRecord};
 use tokio::sync::OwnedSemaphorePermit;
@@ -457,7 +457,7 @@ async fn run_batch(
             Ok(())
         }
         Err(e) => {
-            if e.kind() != ErrorKind::Connection && conn.rollback().await.is_ok() {
+            if !e.lost_connection() && conn.rollback().await.is_ok() {
                 run.pool().give(conn);
             }
             failed(&ctx, &batch, e).await
@@ -483,17 +483,14 @@ async fn aborted(ctx: &StepCtx, conn: Box<dyn Conn>, batch: &ClaimedBatch) {
 
 /// A batch that failed: recorded for a retry after a backoff while the error is transient
 /// and attempts are left, otherwise recorded as failed and returned as the step's failure.
-async fn failed(
-    ctx: &StepCtx,
-    batch: &ClaimedBatch,
-    e: godwit_driver::Error,
-) -> Result<(), Failure> {
+async fn failed(ctx: &StepCtx, batch: &ClaimedBatch, e: BatchError) -> Result<(), Failure> {
     let run = ctx.run();
-    let failure = Failure::from_error(FailureKind::Database, ctx.describe(batch), &e);
-    let retry =
-        e.kind().is_retryable() && batch.attempts() + 1 < i64::from(ctx.settings().max_attempts);
+    let failure = batch_failure(ctx.describe(batch), &e);
+    let recorded_error = e.to_driver_error();
+    let retry = e.is_retryable() && batch.attempts() + 1 < i64::from(ctx.settings().max_attempts);
     if !retry {
-        let recorded = with_retries(|| run.state().record_failure(batch, &e, None)).await;
+        let recorded =
+            with_retries(|| run.state().record_failure(batch, &recorded_error, None)).await;
         if let Err(record_err) = recorded {
             tracing::error!(step = ctx.name(), error = %record_err, "could not record a failed batch");
         }
@@ -508,11 +505,24 @@ async fn failed(
         error: failure.to_string(),
         delay,
     });
-    let recorded = with_retries(|| run.state().record_failure(batch, &e, Some(delay))).await;
+    let recorded = with_retries(|| {
+        run.state()
+            .record_failure(batch, &recorded_error, Some(delay))
+    })
+    .await;
     if let Err(e) = recorded {
         tracing::warn!(step = ctx.name(), error = %e, "could not record a retry; the batch returns when its lease ends");
     }
     Ok(())
+}
+
+/// A batch's error as the step's failure: which part failed, after `context` (the batch).
+fn batch_failure(context: String, e: &BatchError) -> Failure {
+    match e {
+        BatchError::Database(e) => Failure::from_error(FailureKind::Database, context, e),
+        BatchError::Transform(e) => Failure::from_error(FailureKind::Transform, context, e),
+        BatchError::Row(message) => Failure::new(FailureKind::Row, format!("{context}: {message}")),
+    }
 }
 
 /// Ends a batch's session on the server from another connection; best effort, since the
