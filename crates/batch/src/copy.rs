@@ -29,6 +29,7 @@ use godwit_plan::{Convert, OnConflict, OnRowError, Step, StepKind};
 use godwit_transform::{Outcome, Rows, Transform};
 use tokio::sync::OnceCell;
 
+use crate::error::BatchError;
 use crate::fit::{selected, Columns};
 use crate::key::existing_table;
 use crate::refused::{key_text, refuse_row, DeadLetter};
@@ -263,7 +264,7 @@ impl CopyStep {
         conn: &mut dyn Conn,
         start: Value,
         end: &Value,
-    ) -> Result<CopyStart, Error> {
+    ) -> Result<CopyStart, BatchError> {
         // Known before the first read: which columns the target has.
         self.write_plan(conn).await?;
         if self.in_database(conn).await?.is_some() {
@@ -284,12 +285,12 @@ impl CopyStep {
         conn: &mut dyn Conn,
         started: CopyStart,
         end: Value,
-    ) -> Result<(u64, Vec<DeadLetter>), Error> {
+    ) -> Result<(u64, Vec<DeadLetter>), BatchError> {
         let first = match started {
             CopyStart::Read(first) => first,
             CopyStart::InDatabase(start) => {
                 let Some(plain) = self.in_database(conn).await? else {
-                    return Err(Error::permanent("a copy lost its in-database statement"));
+                    return Err(Error::permanent("a copy lost its in-database statement").into());
                 };
                 let params = [start.clone(), end.clone()];
                 if !self.skips_bad_rows() {
@@ -305,7 +306,7 @@ impl CopyStep {
                         return Ok((written, Vec::new()));
                     }
                     Err(e) if e.refuses_row() => savepoint::undo(conn, savepoint::ROWS).await?,
-                    Err(e) => return Err(e),
+                    Err(e) => return Err(e.into()),
                 }
                 self.read(&Slice::First(start), &end, self.passthrough())
                     .await?
@@ -399,7 +400,7 @@ impl CopyStep {
         &self,
         start: Value,
         end: Value,
-    ) -> Result<(Vec<Vec<(String, Value)>>, Vec<DeadLetter>), Error> {
+    ) -> Result<(Vec<Vec<(String, Value)>>, Vec<DeadLetter>), BatchError> {
         let (mut all, mut letters) = (Vec::new(), Vec::new());
         let mut slice = Slice::First(start);
         loop {
@@ -422,7 +423,7 @@ impl CopyStep {
         slice: &Slice,
         end: &Value,
         passthrough: bool,
-    ) -> Result<SliceRead, Error> {
+    ) -> Result<SliceRead, BatchError> {
         let mut conn = self.source.take().await?;
         let limit = self.slicer.rows();
         let read = async {
@@ -467,7 +468,7 @@ impl CopyStep {
                 found
             }
             // A connection that failed mid-query is not given back.
-            Err(e) => return Err(e),
+            Err(e) => return Err(e.into()),
         };
         let rows = match rows {
             Fetched::Rows(rows) => rows,
@@ -535,7 +536,10 @@ impl CopyStep {
             };
             return Ok((copied, Vec::new(), next));
         };
-        let outcomes = transform.apply(input.clone()).await?;
+        let outcomes = transform
+            .apply(input.clone())
+            .await
+            .map_err(BatchError::Transform)?;
         let mut out = Vec::with_capacity(input.rows.len());
         let mut dead_letters = Vec::new();
         for ((values, outcome), key) in input.rows.iter().zip(outcomes).zip(&keys) {
@@ -591,7 +595,7 @@ impl CopyStep {
         conn: &mut dyn Conn,
         rows: Copied,
         dead_letters: &mut Vec<DeadLetter>,
-    ) -> Result<u64, Error> {
+    ) -> Result<u64, BatchError> {
         let write = self.write_plan(conn).await?;
         let rows = match rows {
             Copied::Positional { names, rows } => {
@@ -613,7 +617,8 @@ impl CopyStep {
                     None => Err(Error::permanent(format!(
                         "{} cannot load the rows read from the source",
                         write.forms.dialect().name()
-                    ))),
+                    ))
+                    .into()),
                 };
             }
         };
@@ -654,9 +659,9 @@ impl CopyStep {
         names: &[String],
         rows: &[Vec<Value>],
         dead_letters: &mut Vec<DeadLetter>,
-    ) -> Result<u64, Error> {
+    ) -> Result<u64, BatchError> {
         if !self.skips_bad_rows() || rows.is_empty() {
-            return self.insert_all(conn, write, names, rows).await;
+            return Ok(self.insert_all(conn, write, names, rows).await?);
         }
         let mut writer = Inserts {
             step: self,
@@ -677,7 +682,7 @@ impl CopyStep {
         names: &[String],
         rows: Vec<Vec<Value>>,
         dead_letters: &mut Vec<DeadLetter>,
-    ) -> Result<Result<(Vec<String>, Vec<Vec<Value>>), Vec<Vec<(String, Value)>>>, Error> {
+    ) -> Result<Result<(Vec<String>, Vec<Vec<Value>>), Vec<Vec<(String, Value)>>>, BatchError> {
         let columns: Option<Vec<&crate::fit::Column>> =
             names.iter().map(|n| write.columns.get(n)).collect();
         let Some(columns) = columns else {
@@ -821,7 +826,7 @@ impl savepoint::Write<Vec<Value>> for Inserts<'_> {
         step.insert_all(conn, write, names, rows).await
     }
 
-    fn refused(&mut self, row: &Vec<Value>, e: Error) -> Result<(), Error> {
+    fn refused(&mut self, row: &Vec<Value>, e: Error) -> Result<(), BatchError> {
         let step = self.step;
         let key = key_of(self.names, &step.key, row);
         let problem = format!("target table {}: {e}", step.into);

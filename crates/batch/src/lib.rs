@@ -23,7 +23,7 @@ mod verify;
 mod walk;
 mod work;
 
-pub use crate::error::{Error, ErrorKind};
+pub use crate::error::{BatchError, Error, ErrorKind};
 pub use crate::key::{columns_target_lacks, key_problem, KeyProblem};
 pub use crate::refused::DeadLetter;
 pub use crate::verify::{verify, RangeDifference, SetAside, StepCheck};

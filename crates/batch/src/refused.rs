@@ -1,8 +1,10 @@
 //! Rows a batch cannot write: the batch's error, or a row set aside (a dead letter).
 
-use godwit_driver::{Error, KeyKind, Value};
+use godwit_driver::{KeyKind, Value};
 use godwit_plan::OnRowError;
 use godwit_transform::json::row_line;
+
+use crate::error::BatchError;
 
 /// A row a batch set aside (`on_row_error = "skip"`), for the state store to keep.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -23,11 +25,11 @@ pub(crate) fn refuse_row(
     problem: String,
     names: &[String],
     values: &[Value],
-) -> Result<DeadLetter, Error> {
+) -> Result<DeadLetter, BatchError> {
     // A script's error may be megabytes long: printed and stored, only its start.
     let problem = godwit_driver::cap_message(problem);
     match on_row_error {
-        OnRowError::Fail => Err(Error::permanent(format!(
+        OnRowError::Fail => Err(BatchError::row(format!(
             "the row with key {key}: {problem} (on_row_error = \"skip\" records such rows and goes on)"
         ))),
         OnRowError::Skip => Ok(DeadLetter {

@@ -5,6 +5,8 @@
 
 use godwit_driver::{Conn, Error};
 
+use crate::error::BatchError;
+
 /// Around a statement of several rows.
 pub(crate) const ROWS: &str = "godwit_rows";
 /// Around one row's statement.
@@ -38,7 +40,7 @@ pub(crate) trait Write<R> {
     async fn write(&mut self, conn: &mut dyn Conn, rows: &[R]) -> Result<u64, Error>;
 
     /// A row the database refused even alone: a dead letter, or the batch's error.
-    fn refused(&mut self, row: &R, error: Error) -> Result<(), Error>;
+    fn refused(&mut self, row: &R, error: Error) -> Result<(), BatchError>;
 }
 
 /// Writes `rows` in one go inside a savepoint; when the database refuses a row, undoes it and
@@ -48,7 +50,7 @@ pub(crate) async fn each_refused_row<R>(
     conn: &mut dyn Conn,
     rows: &[R],
     writer: &mut impl Write<R>,
-) -> Result<u64, Error> {
+) -> Result<u64, BatchError> {
     open(conn, ROWS).await?;
     match writer.write(conn, rows).await {
         Ok(written) => {
@@ -56,7 +58,7 @@ pub(crate) async fn each_refused_row<R>(
             return Ok(written);
         }
         Err(e) if e.refuses_row() => undo(conn, ROWS).await?,
-        Err(e) => return Err(e),
+        Err(e) => return Err(e.into()),
     }
     let mut written = 0;
     for row in rows {
@@ -70,7 +72,7 @@ pub(crate) async fn each_refused_row<R>(
                 undo(conn, ROW).await?;
                 writer.refused(row, e)?;
             }
-            Err(e) => return Err(e),
+            Err(e) => return Err(e.into()),
         }
     }
     Ok(written)

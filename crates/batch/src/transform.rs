@@ -19,6 +19,7 @@ use godwit_plan::{Convert, OnRowError, Step, StepKind};
 use godwit_transform::{Outcome, Rows, Transform};
 use tokio::sync::OnceCell;
 
+use crate::error::BatchError;
 use crate::fit::{selected, Columns};
 use crate::key::existing_table;
 use crate::refused::{key_text, refuse_row, DeadLetter};
@@ -111,7 +112,7 @@ impl RowStep {
         conn: &mut dyn Conn,
         start: Value,
         end: Value,
-    ) -> Result<RowsDone, Error> {
+    ) -> Result<RowsDone, BatchError> {
         let shape = self.shape(conn).await?;
         let mut done = RowsDone {
             rows_written: 0,
@@ -164,13 +165,17 @@ impl RowStep {
         shape: &Shape,
         rows: Vec<Vec<Value>>,
         done: &mut RowsDone,
-    ) -> Result<(), Error> {
+    ) -> Result<(), BatchError> {
         let input = Rows {
             columns: shape.names.clone(),
             rows,
             bytes_columns: shape.columns.bytes_columns(),
         };
-        let outcomes = self.transform.apply(input.clone()).await?;
+        let outcomes = self
+            .transform
+            .apply(input.clone())
+            .await
+            .map_err(BatchError::Transform)?;
         let mut dead_letters = Vec::new();
         // Changed rows grouped by the columns they change, so each group is one statement.
         let mut groups: BTreeMap<Vec<String>, Vec<(Value, Vec<Value>)>> = BTreeMap::new();
@@ -212,7 +217,7 @@ impl RowStep {
         names: &[String],
         rows: &[(Value, Vec<Value>)],
         dead_letters: &mut Vec<DeadLetter>,
-    ) -> Result<u64, Error> {
+    ) -> Result<u64, BatchError> {
         let mut writer = Updates {
             step: self,
             shape,
@@ -220,7 +225,7 @@ impl RowStep {
             dead_letters,
         };
         if self.on_row_error != OnRowError::Skip {
-            return savepoint::Write::write(&mut writer, conn, rows).await;
+            return Ok(savepoint::Write::write(&mut writer, conn, rows).await?);
         }
         savepoint::each_refused_row(conn, rows, &mut writer).await
     }
@@ -244,7 +249,7 @@ impl savepoint::Write<(Value, Vec<Value>)> for Updates<'_> {
         conn.execute(&sql, &params).await
     }
 
-    fn refused(&mut self, (key, values): &(Value, Vec<Value>), e: Error) -> Result<(), Error> {
+    fn refused(&mut self, (key, values): &(Value, Vec<Value>), e: Error) -> Result<(), BatchError> {
         let shown: Vec<String> = std::iter::once(self.shape.key.clone())
             .chain(self.names.iter().cloned())
             .collect();

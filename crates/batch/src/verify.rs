@@ -238,7 +238,8 @@ async fn verify_step(
             }
             let (rows, refused) = copy
                 .read_range(range.first.clone(), range.last.clone())
-                .await?;
+                .await
+                .map_err(|e| e.to_driver_error())?;
             let mut source_rows = Vec::with_capacity(rows.len());
             let mut unwritable: Side = Vec::new();
             let mut set_aside: Vec<SetAside> = Vec::new();

@@ -14,6 +14,7 @@ use godwit_plan::{Script, Settings, Step, StepKind};
 use godwit_transform::{Limits, Source, Transform};
 
 use crate::copy::{CopyStart, CopyStep};
+use crate::error::BatchError;
 use crate::refused::DeadLetter;
 use crate::transform::RowStep;
 use crate::walk::KeyWalk;
@@ -156,12 +157,16 @@ impl Work {
     /// Does what comes before the batch's transaction: runs a statement that refuses one, or
     /// reads a copy's first slice. `start` and `end` are the batch's keys as the state tables
     /// hold them (`None` for a one-off step).
+    ///
+    /// # Errors
+    /// Which part failed: the database, the transform (a copy's transform runs here on the
+    /// first slice), or a row the step cannot write.
     pub async fn start(
         &self,
         conn: &mut dyn Conn,
         start: Option<&str>,
         end: Option<&str>,
-    ) -> Result<Started> {
+    ) -> Result<Started, BatchError> {
         let range = match (start, end) {
             (Some(start), Some(end)) => {
                 let kind = self.key_kind().ok_or_else(|| {
@@ -186,7 +191,14 @@ impl Work {
     }
 
     /// Writes the batch in the transaction open on `conn`.
-    pub async fn write(&self, conn: &mut dyn Conn, started: Started) -> Result<Written> {
+    ///
+    /// # Errors
+    /// As [`Work::start`]; the transaction is left open for the caller to roll back.
+    pub async fn write(
+        &self,
+        conn: &mut dyn Conn,
+        started: Started,
+    ) -> Result<Written, BatchError> {
         let missing = || Error::permanent("a chunked batch has no key range in the state tables");
         let (rows, mut refused) = match (&self.what, started.0) {
             (_, Begun::Ran(rows)) => (rows, Vec::new()),
@@ -209,9 +221,9 @@ impl Work {
             (What::Copy(copy), Begun::Copy(first, end)) => {
                 copy.write_batch(conn, first, end).await?
             }
-            (What::Copy(_), Begun::Range(_)) => return Err(missing()),
+            (What::Copy(_), Begun::Range(_)) => return Err(missing().into()),
             (_, Begun::Copy(..)) => {
-                return Err(Error::permanent("a copy's read reached another step"))
+                return Err(Error::permanent("a copy's read reached another step").into())
             }
         };
         // One letter per key: the rows a fan-out made of one source row are refused together.

@@ -197,8 +197,8 @@ async fn execute(
             }
             Ok(exit::STOPPED)
         }
-        Ok(RunOutcome::Failed(message)) => {
-            eprintln!("error: {}: {message}", plan.path.display());
+        Ok(RunOutcome::Failed(failure)) => {
+            eprintln!("error: {}: {failure}", plan.path.display());
             Ok(exit::FAILED)
         }
         Ok(RunOutcome::Cancelled) => {

@@ -109,7 +109,7 @@ impl Renderer {
                 Ok(RunOutcome::Done) | Ok(RunOutcome::AlreadyDone) => ("done", None),
                 Ok(RunOutcome::Stopped) => ("stopped", None),
                 Ok(RunOutcome::Cancelled) => ("cancelled", None),
-                Ok(RunOutcome::Failed(m)) => ("failed", Some(m.clone())),
+                Ok(RunOutcome::Failed(failure)) => ("failed", Some(failure.to_string())),
                 Err(e) => ("error", Some(e.to_string())),
             };
             outln!(

@@ -37,6 +37,10 @@ pub use crate::status::{control, control_run, dead_letters, list_runs, status, s
 /// database.
 pub use godwit_sched::{Error as RunError, ErrorKind as RunErrorKind};
 
+/// Why a run failed for good ([`RunOutcome::Failed`]): which part (the database, the
+/// transform, a row, the plan, the state store), and the message shown.
+pub use godwit_sched::{Failure as RunFailure, FailureKind as RunFailureKind};
+
 /// Opens a connection to the database at `url` (`postgres://`, `mysql://`, `sqlite://`).
 ///
 /// # Errors

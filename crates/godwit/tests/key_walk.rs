@@ -1066,7 +1066,7 @@ fn mysql_unsigned_keys_above_i64_max_are_refused_for_now() {
         create_table(&db, conn.as_mut(), &table, "BIGINT UNSIGNED", &rows).await;
         let outcome = run_plan(&plan_text(&db, &table, &table, &Filter::All, 2), 2).await;
         assert!(
-            matches!(&outcome, RunOutcome::Failed(m) if m.contains("keys must be")),
+            matches!(&outcome, RunOutcome::Failed(m) if m.message().contains("keys must be")),
             "{outcome:?}"
         );
         let got = hits_by_n(&db, conn.as_mut(), &table).await;

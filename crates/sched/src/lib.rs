@@ -5,14 +5,22 @@
 //! batches in flight. Any number of processes may call [`run`] on the same plan at once; they
 //! coordinate only through the state store's claims (see `godwit-state`).
 //!
-//! Where a batch lives, by file: [`walk`](crate::walk) finds its key range, `step.rs` claims it,
-//! `batch.rs` runs it and commits it with its done record (`rows.rs` for a transform's rows),
-//! `run.rs` orders the steps.
+//! Where a batch lives, by file: `run.rs` orders the steps, `step.rs` keeps a step's batches in
+//! flight, `claim.rs` claims each (the key walk in `godwit-batch` finds its range), and
+//! `commit.rs` opens its transaction, has `godwit_batch::Work` write its rows, and commits it
+//! with its done record. `ctx.rs` holds what they share, `retry.rs` the backoff,
+//! `heartbeat.rs` keeps the leases alive, and `failure.rs` says what failed.
 #![deny(missing_docs)]
 
-mod batch;
+mod claim;
+mod commit;
+mod ctx;
 mod events;
+mod failure;
+mod heartbeat;
+mod retry;
 mod run;
+mod spec;
 mod step;
 mod stop;
 mod verify;
@@ -22,6 +30,7 @@ use std::fmt;
 use std::sync::Arc;
 
 pub use crate::events::{Event, EventSink};
+pub use crate::failure::{Failure, FailureKind};
 pub use crate::run::{run, submit};
 pub use crate::stop::{stop_pair, StopHandle, StopLevel, StopSignal};
 pub use crate::verify::verify;
@@ -67,8 +76,9 @@ pub enum RunOutcome {
     AlreadyDone,
     /// Stopped on request with work left; running again resumes.
     Stopped,
-    /// A batch failed for good; the message names the step, key range and database code.
-    Failed(String),
+    /// A batch failed for good; the failure says which part failed, and its message names the
+    /// step, key range and database code.
+    Failed(Failure),
     /// Cancelled from elsewhere (`godwit cancel`); the batches in flight finished.
     Cancelled,
 }

@@ -1,90 +1,121 @@
-//! One step in one process: fix its walk, claim batches, keep `concurrency` of them in flight,
-//! and decide when it is finished.
+//! One step in one process: fix its walk, keep `concurrency` of its batches in flight
+//! (claimed in `claim.rs`, committed in `commit.rs`), and decide when it is finished.
 
-use std::collections::VecDeque;
-use std::path::Path;
+use std::ops::ControlFlow;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use godwit_batch::{open_walker, Work};
-use godwit_driver::{Conn, Dialect, Error, ErrorKind, KeyKind, Value};
-use godwit_plan::{Settings, Step, StepKind};
-use godwit_state::{ClaimedBatch, NewBatch, StepCompletion, StepRecord};
+use godwit_batch::{open_walker, BatchError};
+use godwit_driver::{Conn, KeyKind, Value};
+use godwit_plan::StepKind;
+use godwit_state::{ClaimedBatch, StepCompletion, StepRecord};
 use tokio::sync::OwnedSemaphorePermit;
 use tokio::task::JoinSet;
 
-use crate::batch::{self, Executed};
-use crate::run::RunCtx;
-use crate::stop::StopLevel;
+use crate::claim::{claim_next, release, release_queued, still_ours, ClaimCache, Claimed};
+use crate::commit::{execute, Executed};
+use crate::ctx::{RunCtx, StepCtx, POLL};
+use crate::failure::{Failure, FailureKind};
+use crate::retry::{backoff, with_retries};
+use crate::stop::{StopLevel, StopSignal};
 use crate::Event;
 
 /// How often a process with nothing to claim looks again, while other processes hold the
 /// step's last batches (their leases may run out).
 const IDLE_POLL: Duration = Duration::from_millis(250);
 
-pub(crate) struct StepCtx {
-    run: Arc<RunCtx>,
-    step: Step,
-    work: Work,
-}
-
 /// How a step ended in this process.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) enum StepResult {
     Done,
-    Failed(String),
+    Failed(Failure),
     Stopped,
 }
 
-impl StepCtx {
-    pub(crate) fn new(
-        run: Arc<RunCtx>,
-        step: Step,
-        dialect: Dialect,
-        plan_path: &Path,
-    ) -> Result<StepCtx, String> {
-        let work = Work::for_step(&step, run.pool().url(), dialect, plan_path)
-            .map_err(|e| e.to_string())?;
-        Ok(StepCtx { run, step, work })
-    }
+/// Why a step's walk could not start.
+enum StartError {
+    /// The plan cannot run as written (the key, found once a one-off step made the table).
+    Plan(String),
+    Database(godwit_driver::Error),
+}
 
-    pub(crate) fn run(&self) -> &RunCtx {
-        &self.run
+impl From<godwit_driver::Error> for StartError {
+    fn from(e: godwit_driver::Error) -> StartError {
+        StartError::Database(e)
     }
+}
 
-    pub(crate) fn work(&self) -> &Work {
-        &self.work
-    }
+/// Works on a step until it is done, fails, or the run is asked to stop.
+pub(crate) async fn drive(ctx: Arc<StepCtx>) -> StepResult {
+    let (walker, record) = match start_walk(&ctx).await {
+        Ok(started) => started,
+        Err(ended) => return ended,
+    };
+    announce(&ctx, &record).await;
+    let mut flight = Flight {
+        ctx: ctx.clone(),
+        stop: ctx.run().stop().clone(),
+        walker: Some(walker),
+        cache: ClaimCache::default(),
+        tasks: JoinSet::new(),
+        result: None,
+        consecutive_errors: 0,
+    };
+    flight.fly().await;
+    let result = flight.land().await;
+    record_end(&ctx, &result).await;
+    result
+}
 
-    pub(crate) fn settings(&self) -> &Settings {
-        &self.step.settings
-    }
-
-    pub(crate) fn name(&self) -> &str {
-        &self.step.name
-    }
-
-    /// Names the batch in messages: step, key range and attempt.
-    fn describe(&self, batch: &ClaimedBatch) -> String {
-        let range = match (batch.start_key(), batch.end_key()) {
-            (Some(a), Some(b)) => format!(", keys {a}..={b}"),
-            _ => String::new(),
+/// Opens the step's key walk and fixes its range, riding out a short outage (a database
+/// restart) as claims do. `Err` is how the step ends instead.
+///
+/// The key walk has a connection of its own: it runs one query at a time, and on PostgreSQL
+/// it carries planner settings that must not touch the batches' statements.
+async fn start_walk(ctx: &StepCtx) -> Result<(Box<dyn Conn>, StepRecord), StepResult> {
+    let run = ctx.run();
+    let mut stop = run.stop().clone();
+    let mut attempt = 0;
+    loop {
+        let starting = async {
+            let mut conn = open_walker(ctx.work().walk_url(), ctx.settings().batch_timeout).await?;
+            let record = init(ctx, conn.as_mut()).await?;
+            Ok::<_, StartError>((conn, record))
         };
-        format!(
-            "step {:?}{range}, attempt {}/{}",
-            self.step.name,
-            batch.attempts() + 1,
-            self.step.settings.max_attempts
-        )
+        let started = tokio::select! {
+            started = starting => started,
+            _ = stop.reached(StopLevel::Abort) => return Err(StepResult::Stopped),
+        };
+        let context = format!("step {:?}: cannot start its key walk", ctx.name());
+        let e = match started {
+            Ok(started) => return Ok(started),
+            Err(StartError::Plan(problem)) => {
+                let failure = Failure::new(FailureKind::Plan, format!("{context}: {problem}"));
+                return Err(StepResult::Failed(failure));
+            }
+            Err(StartError::Database(e)) => e,
+        };
+        if godwit_state::is_restarted(&e) {
+            run.mark_restarted();
+            return Err(StepResult::Stopped);
+        }
+        let again = e.kind().is_retryable() && attempt < 6 && stop.level() == StopLevel::Run;
+        if !again {
+            let failure = Failure::from_error(FailureKind::Database, context, &e);
+            return Err(StepResult::Failed(failure));
+        }
+        tracing::warn!(step = ctx.name(), error = %e, "cannot start the step yet; trying again");
+        tokio::time::sleep(backoff(attempt)).await;
+        attempt += 1;
     }
 }
 
 /// Fixes the step's walk (once per run, whoever comes first) and returns its record.
-async fn init(ctx: &StepCtx, conn: &mut dyn Conn) -> Result<StepRecord, godwit_driver::Error> {
+async fn init(ctx: &StepCtx, conn: &mut dyn Conn) -> Result<StepRecord, StartError> {
     let run = ctx.run();
     let mut record = run.state().step_record(run.name(), ctx.name()).await?;
     if !record.initialized {
-        record = match ctx.work.walk() {
+        record = match ctx.work().walk() {
             None => {
                 run.state()
                     .init_step(run.name(), ctx.name(), None, None, false)
@@ -95,10 +126,10 @@ async fn init(ctx: &StepCtx, conn: &mut dyn Conn) -> Result<StepRecord, godwit_d
                 // one-off step of the plan is checked now.
                 if let StepKind::Chunked { table, key, .. }
                 | StepKind::Transform { table, key, .. }
-                | StepKind::Copy { table, key, .. } = &ctx.step.kind
+                | StepKind::Copy { table, key, .. } = &ctx.step().kind
                 {
                     if let Some(p) = godwit_batch::key_problem(conn, table, key).await? {
-                        return Err(Error::permanent(format!("{} ({})", p.message, p.code)));
+                        return Err(StartError::Plan(format!("{} ({})", p.message, p.code)));
                     }
                 }
                 let upper = walk.upper_key(conn).await?;
@@ -106,7 +137,7 @@ async fn init(ctx: &StepCtx, conn: &mut dyn Conn) -> Result<StepRecord, godwit_d
                     None | Some(Value::Null) => (None, None),
                     Some(v) => {
                         let kind = KeyKind::of(v).ok_or_else(|| {
-                            Error::permanent(format!(
+                            StartError::Plan(format!(
                                 "step {:?}: the key column holds {v:?}; keys must be integers, text, UUIDs, dates or timestamps",
                                 ctx.name()
                             ))
@@ -127,17 +158,17 @@ async fn init(ctx: &StepCtx, conn: &mut dyn Conn) -> Result<StepRecord, godwit_d
         };
     }
     if let Some(kind) = record.key_kind.as_deref().and_then(KeyKind::parse) {
-        ctx.work.set_key_kind(kind);
+        ctx.work().set_key_kind(kind);
     }
     Ok(record)
 }
 
 /// Counts the step's rows in the background so that the first batch does not wait for it.
 fn spawn_count(ctx: Arc<StepCtx>, record: &StepRecord) {
-    let Some(walk) = ctx.work.walk() else {
+    let Some(walk) = ctx.work().walk() else {
         return;
     };
-    let (Some(kind), Some(upper)) = (ctx.work.key_kind(), record.upper_key.clone()) else {
+    let (Some(kind), Some(upper)) = (ctx.work().key_kind(), record.upper_key.clone()) else {
         return;
     };
     let walk = walk.clone();
@@ -146,7 +177,7 @@ fn spawn_count(ctx: Arc<StepCtx>, record: &StepRecord) {
         let counted = async {
             let upper = kind.decode(&upper)?;
             // A fresh connection: pooled ones may carry the batches' time limit.
-            let mut conn = godwit_db::connect(ctx.work.walk_url(), &Default::default()).await?;
+            let mut conn = godwit_db::connect(ctx.work().walk_url(), &Default::default()).await?;
             let n = walk.count(conn.as_mut(), &upper).await?;
             run.state()
                 .set_rows_total(run.name(), ctx.name(), n)
@@ -165,165 +196,243 @@ fn spawn_count(ctx: Arc<StepCtx>, record: &StepRecord) {
     });
 }
 
-/// How often a worker that is still walking looks for batches released by retries or left by
-/// dead workers. Once the walk is exhausted it looks at every claim.
-const ABANDONED_CHECK_EVERY: Duration = Duration::from_secs(1);
-
-/// What one step's claim loop remembers between claims, to save state round trips: the cursor
-/// it advanced last (valid until a compare-and-set fails), whether the walk is still going,
-/// when it last looked for abandoned batches, and the batches it claimed ahead.
-#[derive(Default)]
-struct ClaimCache {
-    record: Option<StepRecord>,
-    exhausted: bool,
-    abandoned_checked: Option<Instant>,
-    queue: VecDeque<(ClaimedBatch, Instant)>,
-}
-
-/// Claims the next batch: one claimed ahead, then one that was abandoned or released,
-/// otherwise new ranges (several at once: one walk, one claim and one commit for up to
-/// `claim_ahead` batches). `None` when nothing is left to claim now. The instant is when the
-/// batch was claimed.
-async fn claim(
-    ctx: &StepCtx,
-    conn: &mut dyn Conn,
-    cache: &mut ClaimCache,
-) -> Result<Option<(ClaimedBatch, Instant)>, godwit_driver::Error> {
-    if let Some(ahead) = cache.queue.pop_front() {
-        return Ok(Some(ahead));
-    }
+/// Tells the front end the step started, with the rows done before, and counts its rows when
+/// they are not known yet.
+async fn announce(ctx: &Arc<StepCtx>, record: &StepRecord) {
     let run = ctx.run();
-    let (state, name, worker) = (run.state(), ctx.name(), run.worker());
-    let lease = ctx.settings().lease;
-    loop {
-        let check_due = cache
-            .abandoned_checked
-            .is_none_or(|t| t.elapsed() >= ABANDONED_CHECK_EVERY);
-        if cache.exhausted || check_due {
-            cache.abandoned_checked = Some(Instant::now());
-            if let Some(batch) = state
-                .claim_abandoned(run.name(), name, worker, lease)
-                .await?
-            {
-                return Ok(Some((batch, Instant::now())));
-            }
-        }
-        let record = match cache.record.take() {
-            Some(record) => record,
-            None => state.step_record(run.name(), name).await?,
-        };
-        if record.exhausted {
-            cache.exhausted = true;
-            cache.record = Some(record);
-            return Ok(None);
-        }
-        let new = match ctx.work.walk() {
-            None => vec![NewBatch {
-                start_key: None,
-                end_key: None,
-                n_rows: 0,
-                last: true,
-            }],
-            Some(walk) => {
-                let Some(kind) = ctx.work.key_kind() else {
-                    return Err(Error::permanent("the step's walk was not started"));
-                };
-                let Some(upper) = record.upper_key.as_deref() else {
-                    state.mark_exhausted(run.name(), name, &record).await?;
-                    continue;
-                };
-                let upper = kind.decode(upper)?;
-                let after = record
-                    .cursor_key
-                    .as_deref()
-                    .map(|k| kind.decode(k))
-                    .transpose()?;
-                let ranges = walk
-                    .next_ranges(
-                        conn,
-                        kind,
-                        after.as_ref(),
-                        &upper,
-                        ctx.settings().batch_size,
-                        run.claim_ahead(),
-                    )
-                    .await?;
-                if ranges.is_empty() {
-                    state.mark_exhausted(run.name(), name, &record).await?;
-                    continue;
-                }
-                let mut new = Vec::with_capacity(ranges.len());
-                for range in ranges {
-                    new.push(NewBatch {
-                        start_key: Some(kind.encode(&range.first)?),
-                        end_key: Some(kind.encode(&range.last)?),
-                        n_rows: range.n_rows,
-                        last: range.reaches_end,
-                    });
-                }
-                new
-            }
-        };
-        let count = new.len() as i64;
-        let (end_key, last) = new
-            .last()
-            .map(|b| (b.end_key.clone(), b.last))
-            .unwrap_or_default();
-        let claimed = state
-            .claim_new_batches(run.name(), name, &record, new, worker, lease)
-            .await?;
-        if let Some(claimed) = claimed {
-            cache.record = Some(StepRecord {
-                cursor_key: end_key,
-                next_batch: record.next_batch + count,
-                exhausted: last,
-                ..record
-            });
-            let now = Instant::now();
-            let mut claimed = claimed.into_iter();
-            let first = claimed.next();
-            for ahead in claimed {
-                // Ours until run: the heartbeat keeps their leases.
-                run.track(&ahead, lease);
-                cache.queue.push_back((ahead, now));
-            }
-            return Ok(first.map(|b| (b, now)));
-        }
-        // Another worker advanced the cursor first: read it again.
+    let rows_done = run
+        .state()
+        .status(run.name())
+        .await
+        .ok()
+        .flatten()
+        .and_then(|s| s.steps.into_iter().find(|s| s.name == ctx.name()))
+        .map_or(0, |s| s.rows_done);
+    run.events().send(Event::StepStarted {
+        step: ctx.name().to_string(),
+        rows_total: record.rows_total,
+        rows_done,
+    });
+    if record.rows_total.is_none() {
+        spawn_count(ctx.clone(), record);
     }
 }
 
-/// Runs one claimed batch to its end in this process. `Err` carries the message of a batch
-/// that failed for good.
+/// One step's batches in this process: what its claim loop keeps between claims.
+struct Flight {
+    ctx: Arc<StepCtx>,
+    stop: StopSignal,
+    /// The key walk's connection; `None` after it was lost, until opened again.
+    walker: Option<Box<dyn Conn>>,
+    cache: ClaimCache,
+    tasks: JoinSet<Result<(), Failure>>,
+    /// How the step ended, once it did: done, or its first failure.
+    result: Option<StepResult>,
+    /// Claims that failed in a row.
+    consecutive_errors: u32,
+}
+
+impl Flight {
+    /// Claims batches and starts them until the step is done, fails or the run stops.
+    async fn fly(&mut self) {
+        loop {
+            while let Some(joined) = self.tasks.try_join_next() {
+                self.note(joined);
+            }
+            let run = self.ctx.run();
+            if self.result.is_some() || run.is_failed() || self.stop.level() >= StopLevel::Drain {
+                return;
+            }
+            if run.is_paused() {
+                self.pause().await;
+                continue;
+            }
+            // Claim before waiting for a free slot, so that the next batch's key walk and
+            // claim overlap the batches in flight instead of adding to each slot's idle time.
+            // A second signal must not wait for a slow walk or an unreachable state database.
+            let claimed = tokio::select! {
+                claimed = claim_next(&self.ctx, &mut self.walker, &mut self.cache) => claimed,
+                _ = self.stop.reached(StopLevel::Abort) => return,
+            };
+            let next = match claimed {
+                Ok(Some(claimed)) => {
+                    self.consecutive_errors = 0;
+                    self.start(claimed).await
+                }
+                Ok(None) => {
+                    self.consecutive_errors = 0;
+                    self.nothing_to_claim().await;
+                    ControlFlow::Continue(())
+                }
+                Err(e) => self.claim_failed(e).await,
+            };
+            if next.is_break() {
+                return;
+            }
+        }
+    }
+
+    /// Paused from elsewhere: batches in flight go on, nothing new is claimed, and the
+    /// batches claimed ahead go back.
+    async fn pause(&mut self) {
+        release_queued(&self.ctx, &mut self.cache).await;
+        tokio::select! {
+            _ = tokio::time::sleep(POLL) => {}
+            _ = self.stop.reached(StopLevel::Drain) => {}
+        }
+    }
+
+    /// Starts a claimed batch once a slot is free; breaks when asked to stop meanwhile.
+    async fn start(&mut self, claimed: Claimed) -> ControlFlow<()> {
+        let Claimed {
+            batch,
+            claimed_at,
+            conn,
+        } = claimed;
+        let run = self.ctx.run();
+        run.track(&batch, self.ctx.settings().lease);
+        let permit = tokio::select! {
+            // Stopping wins over a free slot: nothing new starts once asked to stop.
+            biased;
+            _ = self.stop.reached(StopLevel::Drain) => None,
+            permit = run.permits().acquire_owned() => permit.ok(),
+        };
+        let Some(permit) = permit else {
+            run.pool().give(conn);
+            release(&self.ctx, &batch).await;
+            return ControlFlow::Break(());
+        };
+        if !still_ours(&self.ctx, &batch, claimed_at).await {
+            run.untrack(&batch);
+            run.pool().give(conn);
+            return ControlFlow::Continue(());
+        }
+        self.tasks
+            .spawn(run_batch(self.ctx.clone(), conn, batch, permit));
+        ControlFlow::Continue(())
+    }
+
+    /// Nothing to claim now: wait for a batch in flight, or see whether the step is finished,
+    /// or wait for other processes' batches (their leases may run out).
+    async fn nothing_to_claim(&mut self) {
+        if let Some(joined) = self.tasks.join_next().await {
+            self.note(joined);
+            return;
+        }
+        let run = self.ctx.run();
+        match run.state().complete_step(run.name(), self.ctx.name()).await {
+            Ok(StepCompletion::Done) => self.result = Some(StepResult::Done),
+            Ok(StepCompletion::Failed(message)) => {
+                let failure = Failure::new(FailureKind::Elsewhere, message);
+                self.result = Some(StepResult::Failed(failure));
+            }
+            Ok(StepCompletion::Waiting) => {
+                self.cache.forget_cursor();
+                tokio::select! {
+                    _ = tokio::time::sleep(IDLE_POLL) => {}
+                    _ = self.stop.reached(StopLevel::Drain) => {}
+                }
+            }
+            Err(e) => {
+                tracing::warn!(step = self.ctx.name(), error = %e, "could not check whether the step is finished");
+                tokio::time::sleep(IDLE_POLL).await;
+            }
+        }
+    }
+
+    /// A claim failed: try again after a while, or fail the step; breaks when another process
+    /// restarted the run.
+    async fn claim_failed(&mut self, e: godwit_driver::Error) -> ControlFlow<()> {
+        if godwit_state::is_restarted(&e) {
+            // The run's steps are another plan's now: claim nothing more of them.
+            self.ctx.run().mark_restarted();
+            return ControlFlow::Break(());
+        }
+        if e.kind().is_retryable() && self.consecutive_errors < 30 {
+            let delay = backoff(i64::from(self.consecutive_errors.min(5)));
+            self.consecutive_errors += 1;
+            tracing::warn!(step = self.ctx.name(), error = %e, ?delay, "claiming a batch failed; trying again");
+            tokio::select! {
+                _ = tokio::time::sleep(delay) => {}
+                _ = self.stop.reached(StopLevel::Drain) => {}
+            }
+            return ControlFlow::Continue(());
+        }
+        let context = format!("step {:?}: cannot claim a batch", self.ctx.name());
+        let failure = Failure::from_error(FailureKind::State, context, &e);
+        self.result = Some(StepResult::Failed(failure));
+        ControlFlow::Continue(())
+    }
+
+    /// Notes a batch task that ended: its failure, if the step has none yet.
+    fn note(&mut self, joined: Result<Result<(), Failure>, tokio::task::JoinError>) {
+        let failure = match joined {
+            Ok(Ok(())) => return,
+            Ok(Err(failure)) => failure,
+            Err(e) => Failure::new(
+                FailureKind::Internal,
+                format!("a batch task ended unexpectedly: {e}"),
+            ),
+        };
+        self.result.get_or_insert(StepResult::Failed(failure));
+    }
+
+    /// Gives back the batches claimed ahead that will not run here now, waits for the
+    /// batches in flight, and says how the step ended.
+    async fn land(mut self) -> StepResult {
+        release_queued(&self.ctx, &mut self.cache).await;
+        while let Some(joined) = self.tasks.join_next().await {
+            self.note(joined);
+        }
+        self.result.unwrap_or(StepResult::Stopped)
+    }
+}
+
+/// Reports how the step ended, and records a failure in the state store.
+async fn record_end(ctx: &StepCtx, result: &StepResult) {
+    let run = ctx.run();
+    match result {
+        StepResult::Done => run.events().send(Event::StepDone {
+            step: ctx.name().to_string(),
+        }),
+        StepResult::Failed(failure) => {
+            run.mark_failed();
+            let recorded = run
+                .state()
+                .fail_step(run.name(), ctx.name(), failure.message())
+                .await;
+            if let Err(e) = recorded {
+                tracing::warn!(step = ctx.name(), error = %e, "could not record the step as failed");
+            }
+            run.events().send(Event::StepFailed {
+                step: ctx.name().to_string(),
+                error: failure.to_string(),
+            });
+        }
+        StepResult::Stopped => {}
+    }
+}
+
+/// Runs one claimed batch to its end in this process. `Err` is a batch that failed for good.
 async fn run_batch(
     ctx: Arc<StepCtx>,
     mut conn: Box<dyn Conn>,
     batch: ClaimedBatch,
     _permit: OwnedSemaphorePermit,
-) -> Result<(), String> {
+) -> Result<(), Failure> {
     let run = ctx.run();
     run.track(&batch, ctx.settings().lease);
     let mut stop = run.stop().clone();
     let executed = {
         let _running = run.running();
         tokio::select! {
-            r = batch::execute(&ctx, conn.as_mut(), &batch) => Some(r),
+            r = execute(&ctx, conn.as_mut(), &batch) => Some(r),
             _ = stop.reached(StopLevel::Abort) => None,
         }
     };
     run.untrack(&batch);
     let Some(executed) = executed else {
-        // Dropping the connection makes the server roll the batch back, but only once its
-        // statement ends, holding its row locks until then: end the session on the server so
-        // that whoever takes the batch next does not wait on them.
-        let session = conn.session_id();
-        drop(conn);
-        if let Some(session) = session {
-            end_session(run, session).await;
-        }
-        if let Err(e) = batch::with_retries(|| run.state().release(&batch)).await {
-            tracing::warn!(step = ctx.name(), error = %e, "could not release an aborted batch; it returns when its lease ends");
-        }
+        aborted(&ctx, conn, &batch).await;
         return Ok(());
     };
     match executed {
@@ -348,83 +457,71 @@ async fn run_batch(
             Ok(())
         }
         Err(e) => {
-            if e.kind() != ErrorKind::Connection && conn.rollback().await.is_ok() {
+            if !e.lost_connection() && conn.rollback().await.is_ok() {
                 run.pool().give(conn);
             }
-            let message = format!("{}: {e}", ctx.describe(&batch));
-            let retry = e.kind().is_retryable()
-                && batch.attempts() + 1 < i64::from(ctx.settings().max_attempts);
-            if retry {
-                let delay = batch::backoff(batch.attempts());
-                tracing::warn!(step = ctx.name(), batch = batch.number(), error = %message, "retrying");
-                run.events().send(Event::BatchRetry {
-                    step: ctx.name().to_string(),
-                    batch: batch.number(),
-                    attempt: batch.attempts() + 1,
-                    error: message,
-                    delay,
-                });
-                let recorded =
-                    batch::with_retries(|| run.state().record_failure(&batch, &e, Some(delay)))
-                        .await;
-                if let Err(e) = recorded {
-                    tracing::warn!(step = ctx.name(), error = %e, "could not record a retry; the batch returns when its lease ends");
-                }
-                return Ok(());
-            }
-            let recorded =
-                batch::with_retries(|| run.state().record_failure(&batch, &e, None)).await;
-            if let Err(record_err) = recorded {
-                tracing::error!(step = ctx.name(), error = %record_err, "could not record a failed batch");
-            }
-            Err(message)
+            failed(&ctx, &batch, e).await
         }
     }
 }
 
-/// Whether a batch about to start is still this worker's. A worker that stood still (frozen,
-/// cut off) for longer than the lease may have lost it to another worker; with the state in
-/// the plan's database its done record would be refused anyway, so only a batch that waited
-/// for a third of its lease is checked there, but with a separate state database the batch
-/// commits before its record, so every batch is checked (one round trip to the state).
-async fn still_ours(ctx: &StepCtx, batch: &ClaimedBatch, claimed_at: Instant) -> bool {
+/// A batch stopped by a second signal: rolled back, and given back at once.
+async fn aborted(ctx: &StepCtx, conn: Box<dyn Conn>, batch: &ClaimedBatch) {
+    // Dropping the connection makes the server roll the batch back, but only once its
+    // statement ends, holding its row locks until then: end the session on the server so
+    // that whoever takes the batch next does not wait on them.
     let run = ctx.run();
-    let lease = ctx.settings().lease;
-    if run.exactly_once() && claimed_at.elapsed() < lease / 3 {
-        return true;
+    let session = conn.session_id();
+    drop(conn);
+    if let Some(session) = session {
+        end_session(run, session).await;
     }
-    match run.state().extend_lease(batch, lease).await {
-        Ok(true) => true,
-        Ok(false) => {
-            tracing::warn!(
-                step = ctx.name(),
-                batch = batch.number(),
-                "lease lost before the batch started: another worker owns it now"
-            );
-            false
-        }
-        // Unsure: the done record still fences it where it shares the batch's transaction;
-        // elsewhere, give it back rather than risk applying it twice.
-        Err(e) => {
-            tracing::warn!(step = ctx.name(), batch = batch.number(), error = %e, "could not confirm a claim");
-            if !run.exactly_once() {
-                if let Err(e) = batch::with_retries(|| run.state().release(batch)).await {
-                    tracing::warn!(step = ctx.name(), error = %e, "could not release an unconfirmed batch; it returns when its lease ends");
-                }
-            }
-            run.exactly_once()
-        }
+    if let Err(e) = with_retries(|| run.state().release(batch)).await {
+        tracing::warn!(step = ctx.name(), error = %e, "could not release an aborted batch; it returns when its lease ends");
     }
 }
 
-/// Gives back the batches claimed ahead, so that others take them at once.
-async fn release_queued(ctx: &StepCtx, cache: &mut ClaimCache) {
+/// A batch that failed: recorded for a retry after a backoff while the error is transient
+/// and attempts are left, otherwise recorded as failed and returned as the step's failure.
+async fn failed(ctx: &StepCtx, batch: &ClaimedBatch, e: BatchError) -> Result<(), Failure> {
     let run = ctx.run();
-    for (batch, _) in cache.queue.drain(..) {
-        run.untrack(&batch);
-        if let Err(e) = run.state().release(&batch).await {
-            tracing::warn!(step = ctx.name(), error = %e, "could not release a batch claimed ahead; it returns when its lease ends");
+    let failure = batch_failure(ctx.describe(batch), &e);
+    let recorded_error = e.to_driver_error();
+    let retry = e.is_retryable() && batch.attempts() + 1 < i64::from(ctx.settings().max_attempts);
+    if !retry {
+        let recorded =
+            with_retries(|| run.state().record_failure(batch, &recorded_error, None)).await;
+        if let Err(record_err) = recorded {
+            tracing::error!(step = ctx.name(), error = %record_err, "could not record a failed batch");
         }
+        return Err(failure);
+    }
+    let delay = backoff(batch.attempts());
+    tracing::warn!(step = ctx.name(), batch = batch.number(), error = %failure, "retrying");
+    run.events().send(Event::BatchRetry {
+        step: ctx.name().to_string(),
+        batch: batch.number(),
+        attempt: batch.attempts() + 1,
+        error: failure.to_string(),
+        delay,
+    });
+    let recorded = with_retries(|| {
+        run.state()
+            .record_failure(batch, &recorded_error, Some(delay))
+    })
+    .await;
+    if let Err(e) = recorded {
+        tracing::warn!(step = ctx.name(), error = %e, "could not record a retry; the batch returns when its lease ends");
+    }
+    Ok(())
+}
+
+/// A batch's error as the step's failure: which part failed, after `context` (the batch).
+fn batch_failure(context: String, e: &BatchError) -> Failure {
+    match e {
+        BatchError::Database(e) => Failure::from_error(FailureKind::Database, context, e),
+        BatchError::Transform(e) => Failure::from_error(FailureKind::Transform, context, e),
+        BatchError::Row(message) => Failure::new(FailureKind::Row, format!("{context}: {message}")),
     }
 }
 
@@ -446,231 +543,5 @@ async fn end_session(run: &RunCtx, session: i64) {
             session,
             "ending an aborted batch's session timed out; it ends with its statement"
         ),
-    }
-}
-
-/// Works on a step until it is done, fails, or the run is asked to stop.
-pub(crate) async fn drive(ctx: Arc<StepCtx>) -> StepResult {
-    let run = ctx.run.clone();
-    let mut stop = run.stop().clone();
-    // The key walk has a connection of its own: it runs one query at a time, and on
-    // PostgreSQL it carries planner settings that must not touch the batches' statements.
-    // Starting rides out a short outage (a database restart) like claims do.
-    let mut attempt = 0;
-    let (mut walker, record) = loop {
-        let starting = async {
-            let mut conn = open_walker(ctx.work.walk_url(), ctx.settings().batch_timeout).await?;
-            let record = init(&ctx, conn.as_mut()).await?;
-            Ok::<_, godwit_driver::Error>((conn, record))
-        };
-        let started = tokio::select! {
-            started = starting => started,
-            _ = stop.reached(StopLevel::Abort) => return StepResult::Stopped,
-        };
-        match started {
-            Ok((conn, record)) => break (Some(conn), record),
-            Err(e) if godwit_state::is_restarted(&e) => {
-                run.mark_restarted();
-                return StepResult::Stopped;
-            }
-            Err(e) if e.kind().is_retryable() && attempt < 6 && stop.level() == StopLevel::Run => {
-                tracing::warn!(step = ctx.name(), error = %e, "cannot start the step yet; trying again");
-                tokio::time::sleep(batch::backoff(attempt)).await;
-                attempt += 1;
-            }
-            Err(e) => {
-                return StepResult::Failed(format!(
-                    "step {:?}: cannot start its key walk: {e}",
-                    ctx.name()
-                ))
-            }
-        }
-    };
-    let rows_done = run
-        .state()
-        .status(run.name())
-        .await
-        .ok()
-        .flatten()
-        .and_then(|s| s.steps.into_iter().find(|s| s.name == ctx.name()))
-        .map_or(0, |s| s.rows_done);
-    run.events().send(Event::StepStarted {
-        step: ctx.name().to_string(),
-        rows_total: record.rows_total,
-        rows_done,
-    });
-    if record.rows_total.is_none() {
-        spawn_count(ctx.clone(), &record);
-    }
-
-    let mut tasks: JoinSet<Result<(), String>> = JoinSet::new();
-    let mut result: Option<StepResult> = None;
-    let mut consecutive_errors = 0u32;
-    let mut cache = ClaimCache::default();
-    loop {
-        while let Some(joined) = tasks.try_join_next() {
-            if let Some(failure) = batch_failure(joined) {
-                result.get_or_insert(StepResult::Failed(failure));
-            }
-        }
-        if result.is_some() || run.is_failed() || stop.level() >= StopLevel::Drain {
-            break;
-        }
-        if run.is_paused() {
-            // Paused from elsewhere: batches in flight go on, nothing new is claimed, and the
-            // batches claimed ahead go back.
-            release_queued(&ctx, &mut cache).await;
-            tokio::select! {
-                _ = tokio::time::sleep(crate::run::POLL) => {}
-                _ = stop.reached(StopLevel::Drain) => {}
-            }
-            continue;
-        }
-        // Claim before waiting for a free slot, so that the next batch's key walk and claim
-        // overlap the batches in flight instead of adding to each slot's idle time.
-        let claiming = async {
-            if walker.is_none() {
-                walker =
-                    Some(open_walker(ctx.work.walk_url(), ctx.settings().batch_timeout).await?);
-            }
-            match walker.as_mut() {
-                Some(conn) => claim(&ctx, conn.as_mut(), &mut cache).await,
-                None => Err(Error::permanent("the walker connection vanished")),
-            }
-        };
-        // A second signal must not wait for a slow walk or an unreachable state database.
-        let claimed = tokio::select! {
-            claimed = claiming => claimed,
-            _ = stop.reached(StopLevel::Abort) => break,
-        };
-        if let Err(e) = &claimed {
-            if e.kind() == ErrorKind::Connection {
-                walker = None;
-            }
-        }
-        let claimed = match claimed {
-            Ok(Some((batch, claimed_at))) => match run.pool().take().await {
-                Ok(conn) => Ok((Some(conn), Some((batch, claimed_at)))),
-                Err(e) => {
-                    run.untrack(&batch);
-                    if let Err(release) = run.state().release(&batch).await {
-                        tracing::warn!(step = ctx.name(), error = %release, "could not release a claimed batch; it returns when its lease ends");
-                    }
-                    Err(e)
-                }
-            },
-            Ok(None) => Ok((None, None)),
-            Err(e) => Err(e),
-        };
-        match claimed {
-            Ok((Some(conn), Some((batch, claimed_at)))) => {
-                consecutive_errors = 0;
-                run.track(&batch, ctx.settings().lease);
-                let permit = tokio::select! {
-                    // Stopping wins over a free slot: nothing new starts once asked to stop.
-                    biased;
-                    _ = stop.reached(StopLevel::Drain) => None,
-                    permit = run.permits().acquire_owned() => permit.ok(),
-                };
-                let Some(permit) = permit else {
-                    run.untrack(&batch);
-                    run.pool().give(conn);
-                    if let Err(e) = run.state().release(&batch).await {
-                        tracing::warn!(step = ctx.name(), error = %e, "could not release a claimed batch; it returns when its lease ends");
-                    }
-                    break;
-                };
-                if !still_ours(&ctx, &batch, claimed_at).await {
-                    run.untrack(&batch);
-                    run.pool().give(conn);
-                    continue;
-                }
-                tasks.spawn(run_batch(ctx.clone(), conn, batch, permit));
-            }
-            Ok(_) => {
-                consecutive_errors = 0;
-                if let Some(joined) = tasks.join_next().await {
-                    if let Some(failure) = batch_failure(joined) {
-                        result.get_or_insert(StepResult::Failed(failure));
-                    }
-                    continue;
-                }
-                match run.state().complete_step(run.name(), ctx.name()).await {
-                    Ok(StepCompletion::Done) => {
-                        result = Some(StepResult::Done);
-                    }
-                    Ok(StepCompletion::Failed(message)) => {
-                        result = Some(StepResult::Failed(message));
-                    }
-                    Ok(StepCompletion::Waiting) => {
-                        // Read the cursor again next time: it may have moved back (a claim
-                        // lost in a server crash) or been re-walked by someone else.
-                        cache.record = None;
-                        cache.exhausted = false;
-                        tokio::select! {
-                            _ = tokio::time::sleep(IDLE_POLL) => {}
-                            _ = stop.reached(StopLevel::Drain) => {}
-                        }
-                    }
-                    Err(e) => {
-                        tracing::warn!(step = ctx.name(), error = %e, "could not check whether the step is finished");
-                        tokio::time::sleep(IDLE_POLL).await;
-                    }
-                }
-            }
-            Err(e) if godwit_state::is_restarted(&e) => {
-                // The run's steps are another plan's now: claim nothing more of them.
-                run.mark_restarted();
-                break;
-            }
-            Err(e) if e.kind().is_retryable() && consecutive_errors < 30 => {
-                let delay = batch::backoff(i64::from(consecutive_errors.min(5)));
-                consecutive_errors += 1;
-                tracing::warn!(step = ctx.name(), error = %e, ?delay, "claiming a batch failed; trying again");
-                tokio::select! {
-                    _ = tokio::time::sleep(delay) => {}
-                    _ = stop.reached(StopLevel::Drain) => {}
-                }
-            }
-            Err(e) => {
-                result = Some(StepResult::Failed(format!(
-                    "step {:?}: cannot claim a batch: {e}",
-                    ctx.name()
-                )));
-            }
-        }
-    }
-    // Batches claimed ahead that will not run here now: give them back at once.
-    release_queued(&ctx, &mut cache).await;
-    while let Some(joined) = tasks.join_next().await {
-        if let Some(failure) = batch_failure(joined) {
-            result.get_or_insert(StepResult::Failed(failure));
-        }
-    }
-    let result = result.unwrap_or(StepResult::Stopped);
-    match &result {
-        StepResult::Done => run.events().send(Event::StepDone {
-            step: ctx.name().to_string(),
-        }),
-        StepResult::Failed(error) => {
-            run.mark_failed();
-            if let Err(e) = run.state().fail_step(run.name(), ctx.name(), error).await {
-                tracing::warn!(step = ctx.name(), error = %e, "could not record the step as failed");
-            }
-            run.events().send(Event::StepFailed {
-                step: ctx.name().to_string(),
-                error: error.clone(),
-            });
-        }
-        StepResult::Stopped => {}
-    }
-    result
-}
-
-fn batch_failure(joined: Result<Result<(), String>, tokio::task::JoinError>) -> Option<String> {
-    match joined {
-        Ok(Ok(())) => None,
-        Ok(Err(message)) => Some(message),
-        Err(e) => Some(format!("a batch task ended unexpectedly: {e}")),
     }
 }

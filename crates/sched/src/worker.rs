@@ -16,8 +16,9 @@ use godwit_state::RunState;
 use tokio::sync::{mpsc, Semaphore};
 use tokio::task::JoinSet;
 
+use crate::retry::backoff;
 use crate::stop::{StopLevel, StopSignal};
-use crate::{batch, run, Error, EventSink, RunOptions, RunOutcome};
+use crate::{run, Error, EventSink, RunOptions, RunOutcome};
 
 /// How often a worker looks for new or resumed runs.
 const LOOK_EVERY: Duration = Duration::from_secs(1);
@@ -120,7 +121,7 @@ pub async fn work(
                 tracing::warn!(error = %e, "cannot read the stored runs; trying again");
                 failures += 1;
                 tokio::select! {
-                    _ = tokio::time::sleep(batch::backoff(failures.min(5))) => {}
+                    _ = tokio::time::sleep(backoff(failures.min(5))) => {}
                     _ = stop_wait.reached(StopLevel::Drain) => {}
                 }
                 continue;
@@ -142,28 +143,13 @@ pub async fn work(
                 }
                 None => waiting = true,
             }
-            let path = PathBuf::from(format!("{} (stored plan)", stored.name));
-            let plan = match godwit_plan::parse(&stored.plan_text, &path, &|var| {
-                std::env::var(var).ok()
-            }) {
+            let plan = match stored_plan(&stored.name, &stored.plan_text, state_url) {
                 Ok(plan) => plan,
-                Err(errors) => {
-                    refuse(&mut refused, &send, stored.name, errors.to_string(), true);
+                Err(error) => {
+                    refuse(&mut refused, &send, stored.name, error, true);
                     continue;
                 }
             };
-            // The plan names its state database itself (through `${VAR}`s of this worker's
-            // environment); working on it elsewhere would start a second run there.
-            let plan_state = plan.state_url();
-            if plan_state != state_url.expose() {
-                let error = format!(
-                    "its state database is {} in this worker's environment, not {state_url}; \
-                     give the worker the plan's variables, or --database the same URL",
-                    DbUrl::new(plan_state)
-                );
-                refuse(&mut refused, &send, stored.name, error, true);
-                continue;
-            }
             here.insert(stored.name.clone());
             send(WorkerEvent::Joined {
                 plan: stored.name.clone(),
@@ -193,6 +179,29 @@ pub async fn work(
     }
 }
 
+/// The plan of the stored run `name`, parsed from its stored text with this worker's
+/// environment. `Err` says why this worker cannot work on it.
+fn stored_plan(
+    name: &str,
+    plan_text: &str,
+    state_url: &DbUrl,
+) -> Result<godwit_plan::Plan, String> {
+    let path = PathBuf::from(format!("{name} (stored plan)"));
+    let plan = godwit_plan::parse(plan_text, &path, &|var| std::env::var(var).ok())
+        .map_err(|errors| errors.to_string())?;
+    // The plan names its state database itself (through `${VAR}`s of this worker's
+    // environment); working on it elsewhere would start a second run there.
+    let plan_state = plan.state_url();
+    if plan_state != state_url.expose() {
+        return Err(format!(
+            "its state database is {} in this worker's environment, not {state_url}; \
+             give the worker the plan's variables, or --database the same URL",
+            DbUrl::new(plan_state)
+        ));
+    }
+    Ok(plan)
+}
+
 /// Reports a run this worker stopped working on.
 fn left(
     joined: Result<(String, Result<RunOutcome, Error>), tokio::task::JoinError>,
@@ -207,7 +216,7 @@ fn left(
     here.remove(&plan);
     let (outcome, error) = match outcome {
         Ok(RunOutcome::Done | RunOutcome::AlreadyDone) => ("done", None),
-        Ok(RunOutcome::Failed(message)) => ("failed", Some(message)),
+        Ok(RunOutcome::Failed(failure)) => ("failed", Some(failure.to_string())),
         Ok(RunOutcome::Cancelled) => ("cancelled", None),
         Ok(RunOutcome::Stopped) => ("stopped", None),
         Err(e) if e.kind() == crate::ErrorKind::Restarted => {

@@ -1,11 +1,15 @@
-//! Running one claimed batch: its statement and its done record in one transaction.
+//! Where a batch commits: its transaction opens here, the batch's work (`godwit_batch::Work`)
+//! writes in it, and the batch's done record and dead letters are recorded with it (or just
+//! after it, with a separate state database) before it commits.
 
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
-use godwit_driver::{Conn, Result, TxOptions};
+use godwit_batch::BatchError;
+use godwit_driver::{Conn, TxOptions};
 use godwit_state::{BatchOutcome, ClaimedBatch, DeadLetter, StateStore};
 
-use crate::step::StepCtx;
+use crate::ctx::StepCtx;
+use crate::retry::with_retries;
 
 /// How a batch ended when it did not fail.
 pub(crate) enum Executed {
@@ -17,12 +21,13 @@ pub(crate) enum Executed {
 }
 
 /// Runs `batch` on `conn`. On error the transaction may still be open: the caller rolls back
-/// or drops the connection.
+/// or drops the connection. The error says which part failed (the database, the transform, a
+/// row), and a state write in the batch's transaction counts as the database's.
 pub(crate) async fn execute(
     ctx: &StepCtx,
     conn: &mut dyn Conn,
     batch: &ClaimedBatch,
-) -> Result<Executed> {
+) -> Result<Executed, BatchError> {
     let run = ctx.run();
     let tx = TxOptions {
         statement_timeout: Some(ctx.settings().batch_timeout),
@@ -98,51 +103,6 @@ pub(crate) async fn execute(
             tracing::error!(step = batch.step(), batch = batch.number(), error = %e,
                 "the batch committed but its record could not be written; it runs again when its lease ends");
             Ok(Executed::Committed(outcome))
-        }
-    }
-}
-
-/// Retries a state write through a short outage (a database restart): the batch's record
-/// would otherwise wait for its lease to run out before anyone takes it again.
-pub(crate) async fn with_retries<T, F, Fut>(mut write: F) -> Result<T, godwit_driver::Error>
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = Result<T, godwit_driver::Error>>,
-{
-    let mut attempt = 0;
-    loop {
-        match write().await {
-            Err(e) if e.kind().is_retryable() && attempt < 6 => {
-                tokio::time::sleep(backoff(attempt)).await;
-                attempt += 1;
-            }
-            result => return result,
-        }
-    }
-}
-
-/// Exponential backoff with jitter: about 200 ms, 400 ms, 800 ms … capped at 30 s, each drawn
-/// between half and all of that so that workers that failed together retry apart.
-pub(crate) fn backoff(failed_attempts: i64) -> Duration {
-    let exp = failed_attempts.clamp(0, 20) as u32;
-    let ceiling = Duration::from_millis(200)
-        .saturating_mul(2u32.saturating_pow(exp))
-        .min(Duration::from_secs(30));
-    let fraction = 0.5 + rand::random::<f64>() * 0.5;
-    ceiling.mul_f64(fraction)
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn backoff_grows_and_is_capped() {
-        for attempt in 0..30 {
-            let d = backoff(attempt);
-            let ceiling = Duration::from_millis(200 * 2u64.pow(attempt.min(20) as u32))
-                .min(Duration::from_secs(30));
-            assert!(d <= ceiling && d >= ceiling / 2, "{attempt}: {d:?}");
         }
     }
 }
