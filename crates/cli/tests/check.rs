@@ -98,6 +98,14 @@ fn problem<'r>(report: &'r Json, code: &str) -> &'r Json {
     found[0]
 }
 
+/// Creates `table` keyed by `id` with no index at all: the `missing-index-key` case.
+async fn table_without_index(db: &TestDb, table: &str) {
+    db.exec(&format!(
+        "CREATE TABLE {table} (id INT NOT NULL, hits INT NOT NULL DEFAULT 0, grp INT NOT NULL DEFAULT 0)"
+    ))
+    .await;
+}
+
 /// Every row of `table`, in key order: what `check` must leave exactly as it found.
 async fn rows(db: &TestDb, table: &str) -> Vec<Vec<Value>> {
     db.query(&format!("SELECT id, hits, grp FROM {table} ORDER BY id"))
@@ -167,10 +175,7 @@ async fn each_problem_exits_2_at_its_location(backend: Backend) {
     let table = db.table("target");
     db.counter_table(&table, 1..=20).await;
     let noindex = db.table("noindex");
-    db.exec(&format!(
-        "CREATE TABLE {noindex} (id INT NOT NULL, hits INT NOT NULL DEFAULT 0, grp INT NOT NULL DEFAULT 0)"
-    ))
-    .await;
+    table_without_index(&db, &noindex).await;
     db.exec(&format!("INSERT INTO {noindex} (id) VALUES (1), (2), (3)"))
         .await;
     let dupes = db.table("dupes");
@@ -356,10 +361,7 @@ async fn every_problem_is_listed_at_once(backend: Backend) {
     let table = db.table("many");
     db.counter_table(&table, 1..=20).await;
     let noindex = db.table("many_noindex");
-    db.exec(&format!(
-        "CREATE TABLE {noindex} (id INT NOT NULL, hits INT NOT NULL DEFAULT 0)"
-    ))
-    .await;
+    table_without_index(&db, &noindex).await;
     let missing = db.table("many_missing");
     let name = db.table("many_plan");
     let steps = [
@@ -591,10 +593,7 @@ async fn run_refuses_what_check_reports(backend: Backend) {
     let table = db.table("agree");
     db.counter_table(&table, 1..=20).await;
     let noindex = db.table("agree_noindex");
-    db.exec(&format!(
-        "CREATE TABLE {noindex} (id INT NOT NULL, hits INT NOT NULL DEFAULT 0, grp INT NOT NULL DEFAULT 0)"
-    ))
-    .await;
+    table_without_index(&db, &noindex).await;
     let nullable = db.table("agree_nullable");
     db.exec(&format!(
         "CREATE TABLE {nullable} (id INT UNIQUE, hits INT NOT NULL DEFAULT 0)"
