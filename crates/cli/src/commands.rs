@@ -137,12 +137,13 @@ async fn run(args: RunArgs) -> anyhow::Result<u8> {
         .iter()
         .find(|url| godwit::driver::has_password(&url.literal()));
     if let (Some(url), Mode::Human | Mode::Plain) = (literal, mode) {
+        let place = godwit::plan::Place {
+            file: &args.plan,
+            location: url.location,
+        };
         eprintln!(
-            "note: {}:{}:{}: `{}` holds a password written in the plan; the stored plan has it \
+            "note: {place}: `{}` holds a password written in the plan; the stored plan has it \
              as ***, so workers cannot take this run up (write it as ${{VARIABLE}} for them)",
-            args.plan.display(),
-            url.location.line,
-            url.location.column,
             url.key
         );
     }
@@ -296,8 +297,8 @@ async fn check(args: CheckArgs) -> anyhow::Result<u8> {
         .map(|s| s.to_string_lossy().into_owned())
         .unwrap_or_default();
     let report = match godwit::plan::load(&args.plan) {
-        Ok(plan) => godwit::check::check(&plan).await,
-        Err(errors) => godwit::check::CheckReport::from_plan_errors(&name_guess, &errors),
+        Ok(plan) => godwit::check::judge(&plan).await,
+        Err(errors) => godwit::check::Judgement::from_plan_errors(&name_guess, &errors),
     };
     if args.json {
         outln!("{}", serde_json::to_string(&report)?);

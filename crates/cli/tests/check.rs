@@ -98,6 +98,14 @@ fn problem<'r>(report: &'r Json, code: &str) -> &'r Json {
     found[0]
 }
 
+/// Creates `table` keyed by `id` with no index at all: the `missing-index-key` case.
+async fn table_without_index(db: &TestDb, table: &str) {
+    db.exec(&format!(
+        "CREATE TABLE {table} (id INT NOT NULL, hits INT NOT NULL DEFAULT 0, grp INT NOT NULL DEFAULT 0)"
+    ))
+    .await;
+}
+
 /// Every row of `table`, in key order: what `check` must leave exactly as it found.
 async fn rows(db: &TestDb, table: &str) -> Vec<Vec<Value>> {
     db.query(&format!("SELECT id, hits, grp FROM {table} ORDER BY id"))
@@ -167,10 +175,7 @@ async fn each_problem_exits_2_at_its_location(backend: Backend) {
     let table = db.table("target");
     db.counter_table(&table, 1..=20).await;
     let noindex = db.table("noindex");
-    db.exec(&format!(
-        "CREATE TABLE {noindex} (id INT NOT NULL, hits INT NOT NULL DEFAULT 0, grp INT NOT NULL DEFAULT 0)"
-    ))
-    .await;
+    table_without_index(&db, &noindex).await;
     db.exec(&format!("INSERT INTO {noindex} (id) VALUES (1), (2), (3)"))
         .await;
     let dupes = db.table("dupes");
@@ -356,10 +361,7 @@ async fn every_problem_is_listed_at_once(backend: Backend) {
     let table = db.table("many");
     db.counter_table(&table, 1..=20).await;
     let noindex = db.table("many_noindex");
-    db.exec(&format!(
-        "CREATE TABLE {noindex} (id INT NOT NULL, hits INT NOT NULL DEFAULT 0)"
-    ))
-    .await;
+    table_without_index(&db, &noindex).await;
     let missing = db.table("many_missing");
     let name = db.table("many_plan");
     let steps = [
@@ -581,6 +583,135 @@ async fn check_changes_no_data(backend: Backend) {
     }
 }
 
+/// `run` refuses what `check` reports, by the same rules (`godwit_check`): for each kind of
+/// problem, `run` on the same plan exits 2 naming the problem as `check` words it, and records
+/// nothing. The one difference is by design: a statement the database refuses (`invalid-sql`)
+/// `check` finds by trying it, and `run` by its first batch, which fails (exit 1) naming the
+/// key range and the database's error.
+async fn run_refuses_what_check_reports(backend: Backend) {
+    let db = TestDb::new(backend).await;
+    let table = db.table("agree");
+    db.counter_table(&table, 1..=20).await;
+    let noindex = db.table("agree_noindex");
+    table_without_index(&db, &noindex).await;
+    let nullable = db.table("agree_nullable");
+    db.exec(&format!(
+        "CREATE TABLE {nullable} (id INT UNIQUE, hits INT NOT NULL DEFAULT 0)"
+    ))
+    .await;
+    let missing = db.table("agree_missing");
+    let chunked = |table: &str, key: &str, sql: String| {
+        Step {
+            name: "s",
+            table,
+            key,
+            filter: None,
+            sql,
+        }
+        .toml()
+    };
+    let transform = |columns: &str, lua: &str| {
+        format!(
+            "[[steps]]\nname = \"s\"\ntable = \"{table}\"\nkey = \"id\"\ncolumns = {columns}\nlua = '''\n{lua}\n'''\n"
+        )
+    };
+    let copy = |into: &str| {
+        format!("[[steps]]\nname = \"s\"\ntable = \"{table}\"\nkey = \"id\"\ninto = \"{into}\"\n")
+    };
+    // (the problem's code, the plan's step, `run`'s exit code)
+    let cases = [
+        (
+            "missing-table",
+            chunked(&missing, "id", counting_sql(&missing)),
+            2,
+        ),
+        (
+            "missing-column",
+            chunked(&table, "nope", counting_sql(&table)),
+            2,
+        ),
+        (
+            "missing-index-key",
+            chunked(&noindex, "id", counting_sql(&noindex)),
+            2,
+        ),
+        (
+            "nullable-key",
+            chunked(&nullable, "id", counting_sql(&nullable)),
+            2,
+        ),
+        (
+            "missing-range-parameter",
+            chunked(
+                &table,
+                "id",
+                format!("UPDATE {table} SET hits = 1 WHERE id >= :start"),
+            ),
+            2,
+        ),
+        (
+            "missing-column",
+            transform(
+                "[\"hits\", \"no_such_col\"]",
+                "function transform(row) return nil end",
+            ),
+            2,
+        ),
+        (
+            "invalid-transform",
+            transform(
+                "[\"hits\"]",
+                "function transform(row) return {hits = = 1} end",
+            ),
+            2,
+        ),
+        ("missing-table", copy(&missing), 2),
+        (
+            "invalid-sql",
+            chunked(
+                &table,
+                "id",
+                format!(
+                    "UPDATE {table} SET hits = no_such_column WHERE id BETWEEN :start AND :end"
+                ),
+            ),
+            1,
+        ),
+    ];
+    for (i, (code, step, run_exit)) in cases.into_iter().enumerate() {
+        let name = db.table(&format!("agree_{i}"));
+        let plan = db.plan(
+            &format!("agree_{i}.toml"),
+            &format!("name = \"{name}\"\ndatabase = \"{}\"\n\n{step}", db.url),
+        );
+        let (check_exit, report) = check_json(&plan);
+        assert_eq!(check_exit, Some(2), "{code}: {report}");
+        let message = problem(&report, code)["message"]
+            .as_str()
+            .unwrap_or_default()
+            .to_string();
+        let out = run_cmd(&["run", path_str(&plan)]);
+        let err = text(&out.stderr);
+        assert_eq!(out.status.code(), Some(run_exit), "{code}: run: {err}");
+        if run_exit == 2 {
+            assert!(
+                err.contains(&message),
+                "{code}: run does not say {message:?}: {err}"
+            );
+            assert_eq!(
+                progress_rows(&db, &name).await,
+                0,
+                "{code}: run recorded progress"
+            );
+        } else {
+            assert!(
+                message.contains("no_such_column") && err.contains("no_such_column"),
+                "{code}: check said {message:?}, run: {err}"
+            );
+        }
+    }
+}
+
 per_backend!(
     valid_plan_passes,
     each_problem_exits_2_at_its_location,
@@ -589,4 +720,5 @@ per_backend!(
     broken_where_points_at_the_where_key,
     broken_batch_sql_is_found_on_any_table,
     check_changes_no_data,
+    run_refuses_what_check_reports,
 );

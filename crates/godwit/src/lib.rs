@@ -15,13 +15,15 @@
 //!
 //! The pieces live in their own crates and are re-exported here: [`plan`] (the plan file),
 //! [`driver`] (one interface over PostgreSQL, MySQL/MariaDB and SQLite), [`state`] (progress
-//! records and claims) and the scheduler ([`run`]).
+//! records and claims), the judge of a plan ([`check`]) and the scheduler ([`run`]).
 #![deny(missing_docs)]
 
-pub mod check;
 pub mod demo;
 mod status;
 
+/// Where a plan is judged against its databases: what `godwit check` prints, and what `run`
+/// and `submit` refuse.
+pub use godwit_check as check;
 pub use godwit_driver as driver;
 pub use godwit_plan as plan;
 pub use godwit_sched::{

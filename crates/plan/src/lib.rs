@@ -50,6 +50,29 @@ impl Location {
     }
 }
 
+/// A place in a plan file, displayed as `FILE:LINE:COLUMN`: how every message about a plan
+/// points at what it is about, so that editors and terminals can jump there.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Place<'a> {
+    /// The plan file.
+    pub file: &'a Path,
+    /// The line and column in it.
+    pub location: Location,
+}
+
+impl fmt::Display for Place<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let Place { file, location } = self;
+        write!(
+            f,
+            "{}:{}:{}",
+            file.display(),
+            location.line,
+            location.column
+        )
+    }
+}
+
 /// Where each line of a text starts, so that locating an offset costs a binary search and a
 /// walk over its own line, not a walk from the start of the text: a plan of many steps asks
 /// for a location per key, and scanning from the start each time made `check` quadratic.
@@ -100,14 +123,13 @@ pub struct PlanError {
 impl fmt::Display for PlanError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self.location {
-            Some(loc) => write!(
-                f,
-                "{}:{}:{}: {}",
-                self.file.display(),
-                loc.line,
-                loc.column,
-                self.message
-            ),
+            Some(location) => {
+                let place = Place {
+                    file: &self.file,
+                    location,
+                };
+                write!(f, "{place}: {}", self.message)
+            }
             None => write!(f, "{}: {}", self.file.display(), self.message),
         }
     }

@@ -2,10 +2,10 @@
 
 use std::collections::BTreeMap;
 use std::fmt;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use crate::Location;
+use crate::{Location, Place};
 
 /// A validated plan. Its `Debug` hides the passwords in its URLs.
 #[derive(Clone, PartialEq)]
@@ -153,6 +153,17 @@ pub struct Step {
     /// `convert`: per column, what a transform or copy writes instead of a value the column
     /// cannot hold without loss (by default such a row fails).
     pub convert: BTreeMap<String, Convert>,
+}
+
+impl Step {
+    /// Where the step's key `plan_key` (`sql`, `key`, `into`, …) was written in `file`, or the
+    /// step itself when that key was not written.
+    pub fn place<'a>(&self, file: &'a Path, plan_key: &str) -> Place<'a> {
+        Place {
+            file,
+            location: *self.key_locations.get(plan_key).unwrap_or(&self.location),
+        }
+    }
 }
 
 /// What to write instead of a value a column cannot hold without loss.

@@ -5,9 +5,10 @@ use std::ops::ControlFlow;
 use std::sync::Arc;
 use std::time::Duration;
 
+use godwit_check::Refusal;
 use godwit_db::ConnPool;
-use godwit_driver::{references_param, DbUrl, Dialect};
-use godwit_plan::{Plan, StepKind};
+use godwit_driver::{DbUrl, Dialect};
+use godwit_plan::Plan;
 use godwit_state::{RunStart, RunState, StateStore};
 use tokio::sync::Semaphore;
 use tokio::task::JoinSet;
@@ -19,7 +20,7 @@ use crate::retry::with_retries;
 use crate::spec::{literal_passwords, run_spec};
 use crate::step::{self, StepResult};
 use crate::stop::{StopLevel, StopSignal};
-use crate::{default_concurrency, key_problem, Error, Event, EventSink, RunOptions, RunOutcome};
+use crate::{default_concurrency, Error, Event, EventSink, RunOptions, RunOutcome};
 
 /// The most new batches one claim takes.
 const MAX_CLAIM_AHEAD: usize = 16;
@@ -32,8 +33,9 @@ struct Prepared {
     exactly_once: bool,
 }
 
-/// Checks that the plan can run (step kinds, `:start`/`:end`, key indexes) against its
-/// database, as `check` does, before anything is recorded.
+/// Judges the plan against its database as `check` does (`godwit_check`), and refuses it on
+/// any problem, before anything is recorded. Steps after a one-off step are judged on what the
+/// plan says; their tables are checked when they start (`step::init`).
 async fn prepare(plan: &Plan) -> Result<Prepared, Error> {
     let data_url = DbUrl::new(plan.database.clone());
     let state_url = DbUrl::new(plan.state_url());
@@ -50,188 +52,18 @@ async fn prepare(plan: &Plan) -> Result<Prepared, Error> {
         .await
         .map_err(|e| Error::database("cannot connect to the plan's database", &e))?;
     let dialect = probe.dialect();
-    // A key without a unique index would make every batch scan the table: refuse up front,
-    // as `check` does, before anything is recorded.
-    for step in &plan.steps {
-        // What a one-off step before it creates does not exist yet: such a step's tables are
-        // checked when it starts (`step::init`).
-        let deferred = godwit_plan::runs_after_one_off(plan, step);
-        let (table, key, sql) = match &step.kind {
-            StepKind::Chunked {
-                table, key, sql, ..
-            } => (table, key, Some(sql)),
-            StepKind::Transform {
-                table,
-                key,
-                columns,
-                ..
-            } => {
-                if !deferred {
-                    missing_columns(probe.as_mut(), plan, step, table, columns).await?;
-                }
-                (table, key, None)
-            }
-            StepKind::Once { .. } => continue,
-            StepKind::Copy { .. } if deferred => continue,
-            StepKind::Copy { .. } => {
-                copy_problems(probe.as_mut(), plan, step).await?;
-                continue;
-            }
-        };
-        // Without both parameters every batch would touch every row.
-        let missing: Vec<&str> = ["start", "end"]
-            .into_iter()
-            .filter(|p| sql.is_some_and(|sql| !references_param(sql, dialect, p)))
-            .collect();
-        if !missing.is_empty() {
-            let at = step.key_locations.get("sql").unwrap_or(&step.location);
-            return Err(Error::invalid(format!(
-                "{}:{}:{}: step {:?}: a chunked step's sql must use :start and :end (the batch's first and last key); it lacks :{}",
-                plan.path.display(),
-                at.line,
-                at.column,
-                step.name,
-                missing.join(" and :")
-            )));
-        }
-        if deferred {
-            continue;
-        }
-        let problem = key_problem(probe.as_mut(), table, key).await.map_err(|e| {
-            Error::database(&format!("step {:?}: cannot inspect {table}", step.name), &e)
-        })?;
-        if let Some(p) = problem {
-            let fix = p.fix.map(|f| format!("; fix: {f}")).unwrap_or_default();
-            return Err(Error::invalid(format!(
-                "step {:?}: {} ({}){fix}",
-                step.name, p.message, p.code
-            )));
-        }
-    }
+    let judgement = godwit_check::judge_before_run(plan, probe.as_mut()).await;
     pool.give(probe);
-    Ok(Prepared {
-        pool,
-        dialect,
-        state_url,
-        exactly_once,
-    })
-}
-
-/// Refuses a copy whose source key cannot be walked, whose source lacks a column it names,
-/// whose target table is missing, or (without a transform or `query` to reshape rows) whose
-/// target lacks a column it copies, before anything runs.
-async fn copy_problems(
-    target: &mut dyn godwit_driver::Conn,
-    plan: &Plan,
-    step: &godwit_plan::Step,
-) -> Result<(), Error> {
-    let StepKind::Copy {
-        source,
-        table,
-        key,
-        columns,
-        into,
-        ..
-    } = &step.kind
-    else {
-        return Ok(());
-    };
-    let at = |plan_key: &str| {
-        let at = step.key_locations.get(plan_key).unwrap_or(&step.location);
-        format!("{}:{}:{}", plan.path.display(), at.line, at.column)
-    };
-    let inspect = |what: &str, e: &godwit_driver::Error| {
-        Error::database(&format!("step {:?}: cannot inspect {what}", step.name), e)
-    };
-    let target_info = target
-        .table_info(into)
-        .await
-        .map_err(|e| inspect(into, &e))?;
-    if target_info.is_none() && !godwit_plan::runs_after_one_off(plan, step) {
-        return Err(Error::invalid(format!(
-            "{}: step {:?}: the target table {into} does not exist in the plan's database; create it first, or in a one-off `sql` step the copy comes `after`",
-            at("into"),
-            step.name
-        )));
+    match judgement.refusal() {
+        None => Ok(Prepared {
+            pool,
+            dialect,
+            state_url,
+            exactly_once,
+        }),
+        Some(Refusal::Invalid(problems)) => Err(Error::invalid(problems)),
+        Some(Refusal::Database { context, error }) => Err(Error::database(&context, &error)),
     }
-    let mut own;
-    let conn: &mut dyn godwit_driver::Conn = match source {
-        Some(url) => {
-            let url = DbUrl::new(url.clone());
-            own = godwit_db::connect(&url, &Default::default())
-                .await
-                .map_err(|e| {
-                    Error::database(
-                        &format!("step {:?}: cannot connect to the source {url}", step.name),
-                        &e,
-                    )
-                })?;
-            own.as_mut()
-        }
-        None => target,
-    };
-    if let Some(p) = key_problem(conn, table, key)
-        .await
-        .map_err(|e| inspect(table, &e))?
-    {
-        let fix = p.fix.map(|f| format!("; fix: {f}")).unwrap_or_default();
-        return Err(Error::invalid(format!(
-            "{}: step {:?}: {} ({}){fix}",
-            at(p.plan_key),
-            step.name,
-            p.message,
-            p.code
-        )));
-    }
-    let named = columns.as_deref().unwrap_or_default();
-    missing_columns(conn, plan, step, table, named).await?;
-    let Some(target_info) = target_info else {
-        return Ok(());
-    };
-    let lacking = godwit_batch::columns_target_lacks(conn, step, &target_info)
-        .await
-        .map_err(|e| inspect(table, &e))?;
-    if lacking.is_empty() {
-        return Ok(());
-    }
-    Err(Error::invalid(format!(
-        "{}: step {:?}: the target table {into} has no column {} to copy into; name the columns to copy with `columns`, or reshape rows with a transform",
-        at("into"),
-        step.name,
-        lacking.join(", ")
-    )))
-}
-
-/// Refuses a transform whose `columns` names a column its table lacks, before anything runs.
-async fn missing_columns(
-    conn: &mut dyn godwit_driver::Conn,
-    plan: &Plan,
-    step: &godwit_plan::Step,
-    table: &str,
-    columns: &[String],
-) -> Result<(), Error> {
-    let info = conn.table_info(table).await.map_err(|e| {
-        Error::database(&format!("step {:?}: cannot inspect {table}", step.name), &e)
-    })?;
-    // A missing table is reported with the key's problems.
-    let Some(info) = info else { return Ok(()) };
-    let unknown: Vec<&str> = columns
-        .iter()
-        .filter(|c| info.column(c).is_none())
-        .map(String::as_str)
-        .collect();
-    if unknown.is_empty() {
-        return Ok(());
-    }
-    let at = step.key_locations.get("columns").unwrap_or(&step.location);
-    Err(Error::invalid(format!(
-        "{}:{}:{}: step {:?}: table {table} has no column {}",
-        plan.path.display(),
-        at.line,
-        at.column,
-        step.name,
-        unknown.join(", ")
-    )))
 }
 
 pub(crate) async fn open_state(url: &DbUrl) -> Result<StateStore, Error> {

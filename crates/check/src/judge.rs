@@ -1,0 +1,217 @@
+//! The rules of a valid plan, step by step: what `check` reports and what `run` and `submit`
+//! refuse.
+
+use godwit_driver::{references_param, Conn, ConnectOptions, DbUrl, Dialect};
+use godwit_plan::{Plan, StepKind};
+
+use crate::judgement::{Judgement, StepJudgement};
+use crate::probes::{key_ok, rows_ok, try_batch, Walked};
+use crate::script::script_ok;
+
+/// Judges `plan` against its databases (the plan's, the state's, each copy's source): they
+/// answer, every table and key column exists, each key has a unique index, chunked SQL uses
+/// `:start` and `:end` and runs, transforms load. Changes nothing.
+pub async fn judge(plan: &Plan) -> Judgement {
+    let mut judgement = Judgement::new(&plan.name);
+    let url = DbUrl::new(plan.database.clone());
+    let mut conn = match godwit_db::connect(&url, &ConnectOptions::default()).await {
+        Ok(c) => c,
+        Err(e) => {
+            judgement.unreachable(plan, "database", e);
+            return judgement;
+        }
+    };
+    if let Some(state) = &plan.state_database {
+        let state = DbUrl::new(state.clone());
+        if let Err(e) = godwit_db::connect(&state, &ConnectOptions::default()).await {
+            judgement.unreachable(plan, "[state] database", e);
+        }
+    }
+    judge_into(&mut judgement, plan, conn.as_mut(), Depth::Full).await;
+    judgement
+}
+
+/// Judges every step of `plan` over `conn`, an open connection to the plan's database, as
+/// `run` and `submit` do before anything is recorded: what [`judge`] does but for reaching the
+/// databases of the plan (the caller did) and for trying statements. A run may join others at
+/// work on the same tables, so it tries nothing there; a statement that fails fails its first
+/// batch, with the key range and the database's code.
+pub async fn judge_before_run(plan: &Plan, conn: &mut dyn Conn) -> Judgement {
+    let mut judgement = Judgement::new(&plan.name);
+    judge_into(&mut judgement, plan, conn, Depth::BeforeRun).await;
+    judgement
+}
+
+/// How far judging goes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Depth {
+    /// Everything, including the walk's first query and each batch statement on an empty range.
+    Full,
+    /// Everything but running the plan's statements (`where`, `sql`).
+    BeforeRun,
+}
+
+async fn judge_into(judgement: &mut Judgement, plan: &Plan, conn: &mut dyn Conn, depth: Depth) {
+    for step in &plan.steps {
+        let mut judged = StepJudgement {
+            plan,
+            step,
+            depth,
+            out: judgement,
+        };
+        judge_step(&mut judged, conn).await;
+    }
+}
+
+async fn judge_step(judged: &mut StepJudgement<'_>, conn: &mut dyn Conn) {
+    let dialect = conn.dialect();
+    // What a one-off step before this one creates (a table, an index, a column) may not exist
+    // yet: the plan's tables are asked about when the step starts (`run` checks its key then).
+    let step = judged.step;
+    let deferred = godwit_plan::runs_after_one_off(judged.plan, step);
+    match &step.kind {
+        StepKind::Once { sql } => {
+            if godwit_batch::needs_autocommit(sql, dialect) {
+                judged.warning(
+                    "non-transactional",
+                    "this statement cannot run atomically with its progress record (the database refuses it inside a transaction, or commits it on its own): a crash right after it runs it again, so make it idempotent (IF NOT EXISTS / IF EXISTS)",
+                );
+            }
+        }
+        StepKind::Chunked {
+            table,
+            key,
+            filter,
+            sql,
+        } => {
+            range_parameters(judged, sql, dialect);
+            let walkable = !deferred && key_ok(judged, conn, table, key).await;
+            if !walkable || judged.depth == Depth::BeforeRun {
+                return;
+            }
+            if let Err((plan_key, message)) =
+                try_batch(conn, table, key, filter.as_deref(), sql).await
+            {
+                judged.problem("invalid-sql", plan_key, &message, None);
+            }
+        }
+        StepKind::Transform {
+            table,
+            key,
+            columns,
+            filter,
+            script,
+        } => {
+            script_ok(judged, script);
+            if !deferred && key_ok(judged, conn, table, key).await {
+                let walked = Walked {
+                    table,
+                    key,
+                    columns,
+                    filter: filter.as_deref(),
+                };
+                rows_ok(judged, conn, &walked).await;
+            }
+        }
+        StepKind::Copy { script, .. } => {
+            if let Some(script) = script {
+                script_ok(judged, script);
+            }
+            copy_ok(judged, conn, deferred).await;
+        }
+    }
+}
+
+/// Reports chunked SQL without `:start` or `:end`: every batch would touch every row.
+fn range_parameters(judged: &mut StepJudgement<'_>, sql: &str, dialect: Dialect) {
+    for param in ["start", "end"] {
+        if !references_param(sql, dialect, param) {
+            judged.problem(
+                "missing-range-parameter",
+                "sql",
+                &format!(
+                    "a chunked step's sql must use :start and :end (the batch's first and last key), or every batch would touch every row; it lacks :{param}"
+                ),
+                None,
+            );
+        }
+    }
+}
+
+/// Reports a copy whose target table is missing, whose source cannot be reached or walked or
+/// lacks a column it names, or (copying rows as they are) whose target lacks a column it
+/// copies. After a one-off step only a source of its own is asked: the target may not exist yet.
+async fn copy_ok(judged: &mut StepJudgement<'_>, target: &mut dyn Conn, deferred: bool) {
+    let step = judged.step;
+    let StepKind::Copy {
+        source,
+        table,
+        key,
+        columns,
+        filter,
+        into,
+        ..
+    } = &step.kind
+    else {
+        return;
+    };
+    let mut target_info = None;
+    if !deferred {
+        match target.table_info(into).await {
+            Ok(Some(info)) => target_info = Some(info),
+            Ok(None) => judged.problem(
+                "missing-table",
+                "into",
+                &format!("the target table {into} does not exist in the plan's database; create it first, or in a one-off `sql` step the copy comes `after`"),
+                None,
+            ),
+            Err(e) => judged.database_problem("into", &format!("cannot inspect table {into}"), e),
+        }
+    }
+    let mut own;
+    let conn: &mut dyn Conn = match source {
+        Some(url) => {
+            let url = DbUrl::new(url.clone());
+            match godwit_db::connect(&url, &ConnectOptions::default()).await {
+                Ok(c) => {
+                    own = c;
+                    own.as_mut()
+                }
+                Err(e) => {
+                    let what = format!("cannot connect to the source {url}");
+                    judged.database_problem("source", &what, e);
+                    return;
+                }
+            }
+        }
+        None if deferred => return,
+        None => target,
+    };
+    if !key_ok(judged, conn, table, key).await {
+        return;
+    }
+    let named = columns.clone().unwrap_or_default();
+    let walked = Walked {
+        table,
+        key,
+        columns: &named,
+        filter: filter.as_deref(),
+    };
+    rows_ok(judged, conn, &walked).await;
+    // Rows copied as they are must find every column in the target. (A source that cannot be
+    // described was reported with its key.)
+    let Some(target_info) = &target_info else {
+        return;
+    };
+    let lacking = godwit_batch::columns_target_lacks(conn, step, target_info)
+        .await
+        .unwrap_or_default();
+    for column in lacking {
+        judged.problem(
+            "missing-target-column",
+            "into",
+            &format!("the target table {into} has no column {column} to copy into; name the columns to copy with `columns`, or reshape rows with a transform"),
+            None,
+        );
+    }
+}
