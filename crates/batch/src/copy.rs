@@ -25,7 +25,7 @@ use godwit_driver::{
     quote_ident, rewrite_params, ColumnInfo, Conflict, Conn, DbUrl, Dialect, Error, RawRows,
     SqlForms, SqlType, TableInfo, Value,
 };
-use godwit_plan::{Convert, OnConflict, OnRowError, Step, StepKind};
+use godwit_plan::{Convert, CopySpec, OnConflict, OnRowError, Step, StepKind};
 use godwit_transform::{Outcome, Rows, Transform};
 use tokio::sync::OnceCell;
 
@@ -153,7 +153,7 @@ impl CopyStep {
         source_dialect: Dialect,
         plan_path: &Path,
     ) -> Result<Option<CopyStep>, Error> {
-        let StepKind::Copy {
+        let StepKind::Copy(CopySpec {
             table,
             key,
             columns,
@@ -164,7 +164,7 @@ impl CopyStep {
             script,
             source,
             ..
-        } = &step.kind
+        }) = &step.kind
         else {
             return Ok(None);
         };
@@ -199,9 +199,9 @@ impl CopyStep {
     /// Where a copy reads: its `source`, or else the plan's database.
     pub(crate) fn source_url(step: &Step, plan_database: &DbUrl) -> DbUrl {
         match &step.kind {
-            StepKind::Copy {
+            StepKind::Copy(CopySpec {
                 source: Some(url), ..
-            } => DbUrl::new(url.clone()),
+            }) => DbUrl::new(url.clone()),
             _ => plan_database.clone(),
         }
     }

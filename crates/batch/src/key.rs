@@ -2,7 +2,7 @@
 //! the key. Both `check` and `run` ask, so a plan that would scan the table per batch never runs.
 
 use godwit_driver::{quote_ident, Conn, Error, Result, TableInfo};
-use godwit_plan::{Step, StepKind};
+use godwit_plan::{CopySpec, Step, StepKind};
 
 /// Why a table and key cannot be walked.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -108,13 +108,13 @@ pub async fn columns_target_lacks(
     step: &Step,
     target: &TableInfo,
 ) -> Result<Vec<String>> {
-    let StepKind::Copy {
+    let StepKind::Copy(CopySpec {
         table,
         columns,
         query: None,
         script: None,
         ..
-    } = &step.kind
+    }) = &step.kind
     else {
         return Ok(Vec::new());
     };

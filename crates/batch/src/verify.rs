@@ -24,7 +24,7 @@ use std::path::Path;
 use godwit_driver::{
     normalize_decimal, quote_ident, Conn, DbUrl, Dialect, Error as DbError, KeyKind, SqlType, Value,
 };
-use godwit_plan::{Plan, StepKind};
+use godwit_plan::{CopySpec, Plan, StepKind};
 
 use crate::copy::{CopyStep, InDatabase};
 use crate::refused::key_text;
@@ -93,13 +93,13 @@ pub async fn verify(plan: &Plan) -> Result<Vec<StepCheck>, Error> {
     let target_url = DbUrl::new(plan.database.clone());
     let mut out = Vec::new();
     for step in &plan.steps {
-        let StepKind::Copy {
+        let StepKind::Copy(CopySpec {
             table,
             key,
             filter,
             target_key,
             ..
-        } = &step.kind
+        }) = &step.kind
         else {
             continue;
         };

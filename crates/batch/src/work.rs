@@ -74,58 +74,40 @@ impl Work {
         plan_path: &Path,
     ) -> Result<Work> {
         let mut walk_url = plan_database.clone();
+        let mut walk_dialect = dialect;
         let named = |e: Error| Error::permanent(format!("step {:?}: {e}", step.name));
-        let (what, walk) = match &step.kind {
-            StepKind::Once { sql } => (
-                What::Once {
-                    outside_tx: needs_autocommit(sql, dialect),
-                    sql: sql.clone(),
-                },
-                None,
-            ),
-            StepKind::Chunked {
-                table,
-                key,
-                filter,
-                sql,
-            } => {
+        let what = match &step.kind {
+            StepKind::Once { sql } => What::Once {
+                outside_tx: needs_autocommit(sql, dialect),
+                sql: sql.clone(),
+            },
+            StepKind::Chunked { sql, .. } => {
                 let rewritten = rewrite_params(sql, dialect, &["start", "end"]);
-                let what = What::Sql {
+                What::Sql {
                     sql: rewritten.sql,
                     order: rewritten.order,
-                };
-                (
-                    what,
-                    Some(KeyWalk::new(dialect, table, key, filter.as_deref())),
-                )
+                }
             }
-            StepKind::Transform {
-                table,
-                key,
-                filter,
-                script,
-                ..
-            } => {
+            StepKind::Transform { script, .. } => {
                 let transform =
                     build_transform(script, &step.settings, plan_path).map_err(named)?;
                 let rows = RowStep::for_step(step, transform)
                     .ok_or_else(|| Error::permanent("a transform step without a transform"))?;
-                let walk = KeyWalk::new(dialect, table, key, filter.as_deref());
-                (What::Rows(Box::new(rows)), Some(walk))
+                What::Rows(Box::new(rows))
             }
-            StepKind::Copy {
-                table, key, filter, ..
-            } => {
+            StepKind::Copy(_) => {
+                // A copy walks its source.
                 let source_url = CopyStep::source_url(step, plan_database);
-                let source_dialect = source_url.dialect().unwrap_or(dialect);
+                walk_dialect = source_url.dialect().unwrap_or(dialect);
                 walk_url = source_url.clone();
-                let copy = CopyStep::for_step(step, source_url, source_dialect, plan_path)
+                let copy = CopyStep::for_step(step, source_url, walk_dialect, plan_path)
                     .map_err(named)?
                     .ok_or_else(|| Error::permanent("a copy step without a copy"))?;
-                let walk = KeyWalk::new(source_dialect, table, key, filter.as_deref());
-                (What::Copy(Box::new(copy)), Some(walk))
+                What::Copy(Box::new(copy))
             }
         };
+        let walk =
+            (step.kind.walked()).map(|w| KeyWalk::new(walk_dialect, w.table, w.key, w.filter));
         Ok(Work {
             what,
             walk,

@@ -2,7 +2,7 @@
 //! refuse.
 
 use godwit_driver::{references_param, Conn, ConnectOptions, DbUrl, Dialect};
-use godwit_plan::{Plan, StepKind};
+use godwit_plan::{CopySpec, Plan, StepKind};
 
 use crate::judgement::{Judgement, StepJudgement};
 use crate::probes::{key_ok, rows_ok, try_batch, Walked};
@@ -113,11 +113,11 @@ async fn judge_step(judged: &mut StepJudgement<'_>, conn: &mut dyn Conn) {
                 rows_ok(judged, conn, &walked).await;
             }
         }
-        StepKind::Copy { script, .. } => {
-            if let Some(script) = script {
+        StepKind::Copy(copy) => {
+            if let Some(script) = &copy.script {
                 script_ok(judged, script);
             }
-            copy_ok(judged, conn, deferred).await;
+            copy_ok(judged, copy, conn, deferred).await;
         }
     }
 }
@@ -141,9 +141,14 @@ fn range_parameters(judged: &mut StepJudgement<'_>, sql: &str, dialect: Dialect)
 /// Reports a copy whose target table is missing, whose source cannot be reached or walked or
 /// lacks a column it names, or (copying rows as they are) whose target lacks a column it
 /// copies. After a one-off step only a source of its own is asked: the target may not exist yet.
-async fn copy_ok(judged: &mut StepJudgement<'_>, target: &mut dyn Conn, deferred: bool) {
+async fn copy_ok(
+    judged: &mut StepJudgement<'_>,
+    copy: &CopySpec,
+    target: &mut dyn Conn,
+    deferred: bool,
+) {
     let step = judged.step;
-    let StepKind::Copy {
+    let CopySpec {
         source,
         table,
         key,
@@ -151,10 +156,7 @@ async fn copy_ok(judged: &mut StepJudgement<'_>, target: &mut dyn Conn, deferred
         filter,
         into,
         ..
-    } = &step.kind
-    else {
-        return;
-    };
+    } = copy;
     let mut target_info = None;
     if !deferred {
         match target.table_info(into).await {

@@ -30,7 +30,8 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 pub use crate::model::{
-    Convert, OnConflict, OnRowError, Plan, Script, Settings, Step, StepKind, WrittenUrl,
+    Convert, CopySpec, OnConflict, OnRowError, Plan, Script, Settings, Step, StepKind, Walked,
+    WrittenUrl,
 };
 
 /// A 1-based line and column in the plan file.

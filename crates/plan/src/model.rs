@@ -176,7 +176,7 @@ pub enum Convert {
 }
 
 /// What a step does. Its `Debug` hides the password in a copy's `source`.
-#[derive(Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq)]
 pub enum StepKind {
     /// `sql` without `table`: runs once.
     Once {
@@ -208,86 +208,82 @@ pub enum StepKind {
         script: Script,
     },
     /// `into`: copies rows into another table, possibly from another database.
-    Copy {
-        /// The source database, when not the plan's.
-        source: Option<String>,
-        /// The source table.
-        table: String,
-        /// Its key.
-        key: String,
-        /// Columns copied; all when `None`.
-        columns: Option<Vec<String>>,
-        /// A SELECT with `:start`/`:end` replacing `columns`.
-        query: Option<String>,
-        /// `where`.
-        filter: Option<String>,
-        /// The target table in the plan's database.
-        into: String,
-        /// The target column that holds the source key, for `verify`; default: the column
-        /// named like `key`.
-        target_key: Option<String>,
-        /// What to do when a row exists.
-        on_conflict: OnConflict,
-        /// An optional reshaping transform.
-        script: Option<Script>,
-    },
+    Copy(CopySpec),
 }
 
-impl fmt::Debug for StepKind {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            StepKind::Once { sql } => f.debug_struct("Once").field("sql", sql).finish(),
+/// The table, key and filter a step walks in batches.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Walked<'a> {
+    /// The table walked (a copy's source table).
+    pub table: &'a str,
+    /// Its unique, indexed key.
+    pub key: &'a str,
+    /// `where`: only rows matching it are walked.
+    pub filter: Option<&'a str>,
+}
+
+impl StepKind {
+    /// What the step walks in batches; `None` for a one-off step.
+    pub fn walked(&self) -> Option<Walked<'_>> {
+        let (table, key, filter) = match self {
+            StepKind::Once { .. } => return None,
             StepKind::Chunked {
-                table,
-                key,
-                filter,
-                sql,
-            } => f
-                .debug_struct("Chunked")
-                .field("table", table)
-                .field("key", key)
-                .field("filter", filter)
-                .field("sql", sql)
-                .finish(),
-            StepKind::Transform {
-                table,
-                key,
-                columns,
-                filter,
-                script,
-            } => f
-                .debug_struct("Transform")
-                .field("table", table)
-                .field("key", key)
-                .field("columns", columns)
-                .field("filter", filter)
-                .field("script", script)
-                .finish(),
-            StepKind::Copy {
-                source,
-                table,
-                key,
-                columns,
-                query,
-                filter,
-                into,
-                target_key,
-                on_conflict,
-                script,
-            } => f
-                .debug_struct("Copy")
-                .field("source", &source.as_deref().map(redact))
-                .field("table", table)
-                .field("key", key)
-                .field("columns", columns)
-                .field("query", query)
-                .field("filter", filter)
-                .field("into", into)
-                .field("target_key", target_key)
-                .field("on_conflict", on_conflict)
-                .field("script", script)
-                .finish(),
-        }
+                table, key, filter, ..
+            }
+            | StepKind::Transform {
+                table, key, filter, ..
+            } => (table, key, filter),
+            StepKind::Copy(copy) => (&copy.table, &copy.key, &copy.filter),
+        };
+        Some(Walked {
+            table,
+            key,
+            filter: filter.as_deref(),
+        })
+    }
+}
+
+/// A copy step: rows of a source table, possibly in another database, into a table of the
+/// plan's database. Its `Debug` hides the password in `source`.
+#[derive(Clone, PartialEq)]
+pub struct CopySpec {
+    /// The source database, when not the plan's.
+    pub source: Option<String>,
+    /// The source table.
+    pub table: String,
+    /// Its key.
+    pub key: String,
+    /// Columns copied; all when `None`.
+    pub columns: Option<Vec<String>>,
+    /// A SELECT with `:start`/`:end` replacing `columns`.
+    pub query: Option<String>,
+    /// `where`.
+    pub filter: Option<String>,
+    /// The target table in the plan's database.
+    pub into: String,
+    /// The target column that holds the source key, for `verify`; default: the column
+    /// named like `key`.
+    pub target_key: Option<String>,
+    /// What to do when a row exists.
+    pub on_conflict: OnConflict,
+    /// An optional reshaping transform.
+    pub script: Option<Script>,
+}
+
+impl fmt::Debug for CopySpec {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("CopySpec")
+            .field("source", &self.source.as_deref().map(redact))
+            .field("table", &self.table)
+            .field("key", &self.key)
+            .field("columns", &self.columns)
+            .field("query", &self.query)
+            .field("filter", &self.filter)
+            .field("into", &self.into)
+            .field("target_key", &self.target_key)
+            .field("on_conflict", &self.on_conflict)
+            .field("script", &self.script)
+            .finish()
     }
 }
 
@@ -391,7 +387,7 @@ mod tests {
 
     #[test]
     fn debug_of_a_copy_hides_its_source_password() {
-        let kind = StepKind::Copy {
+        let kind = StepKind::Copy(CopySpec {
             source: Some("mysql://root:hunter2@db/shop".into()),
             table: "orders".into(),
             key: "id".into(),
@@ -402,7 +398,7 @@ mod tests {
             target_key: None,
             on_conflict: OnConflict::Error,
             script: None,
-        };
+        });
         let debug = format!("{kind:?}");
         assert!(debug.contains("mysql://root:***@db/shop"), "{debug}");
         assert!(!debug.contains("hunter2"), "{debug}");

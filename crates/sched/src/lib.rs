@@ -208,24 +208,13 @@ pub fn step_definition(step: &godwit_plan::Step) -> String {
             "kind": "transform", "table": table, "key": key, "columns": columns,
             "where": filter, "script": script_definition(script),
         }),
-        StepKind::Copy {
-            source,
-            table,
-            key,
-            columns,
-            query,
-            filter,
-            into,
-            on_conflict,
-            script,
-            ..
-        } => serde_json::json!({
+        StepKind::Copy(c) => serde_json::json!({
             "kind": "copy",
             // Redacted: the definition is stored, and a changed password changes no data.
-            "source": source.as_ref().map(|s| godwit_driver::redact_url(s)),
-            "table": table, "key": key, "columns": columns, "query": query, "where": filter,
-            "into": into, "on_conflict": format!("{on_conflict:?}"),
-            "script": script.as_ref().map(script_definition),
+            "source": c.source.as_ref().map(|s| godwit_driver::redact_url(s)),
+            "table": c.table, "key": c.key, "columns": c.columns, "query": c.query,
+            "where": c.filter, "into": c.into, "on_conflict": format!("{:?}", c.on_conflict),
+            "script": c.script.as_ref().map(script_definition),
         }),
     };
     if !step.convert.is_empty() {

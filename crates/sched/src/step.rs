@@ -7,7 +7,6 @@ use std::time::Duration;
 
 use godwit_batch::{open_walker, BatchError};
 use godwit_driver::{Conn, KeyKind, Value};
-use godwit_plan::StepKind;
 use godwit_state::{ClaimedBatch, StepCompletion, StepRecord};
 use tokio::sync::OwnedSemaphorePermit;
 use tokio::task::JoinSet;
@@ -124,11 +123,8 @@ async fn init(ctx: &StepCtx, conn: &mut dyn Conn) -> Result<StepRecord, StartErr
             Some(walk) => {
                 // Checked before the run when the table existed then; a table made by a
                 // one-off step of the plan is checked now.
-                if let StepKind::Chunked { table, key, .. }
-                | StepKind::Transform { table, key, .. }
-                | StepKind::Copy { table, key, .. } = &ctx.step().kind
-                {
-                    if let Some(p) = godwit_batch::key_problem(conn, table, key).await? {
+                if let Some(w) = ctx.step().kind.walked() {
+                    if let Some(p) = godwit_batch::key_problem(conn, w.table, w.key).await? {
                         return Err(StartError::Plan(format!("{} ({})", p.message, p.code)));
                     }
                 }

@@ -305,7 +305,7 @@ mod tests {
     use std::time::Duration;
 
     use super::test_support::{check, check_steps, env, parse, parse_ok, HEAD};
-    use crate::model::{OnConflict, OnRowError, Script, Settings, StepKind};
+    use crate::model::{CopySpec, OnConflict, OnRowError, Script, Settings, StepKind};
     use crate::Location;
 
     /// Where the Lua code of the contract plan's steps starts.
@@ -464,7 +464,7 @@ lua = '''function transform(row) return row end'''
                     filter: None,
                     script: Script::Command(vec!["python3".into(), "transforms/phones.py".into()]),
                 },
-                &StepKind::Copy {
+                &StepKind::Copy(CopySpec {
                     source: Some("mysql://root:hunter2@127.0.0.1/shop".into()),
                     table: "orders".into(),
                     key: "id".into(),
@@ -483,7 +483,7 @@ lua = '''function transform(row) return row end'''
                         file: None,
                         first_line: COPY_LUA_LINE,
                     }),
-                },
+                }),
             ]
         );
         let names: Vec<&str> = plan.steps.iter().map(|s| s.name.as_str()).collect();

@@ -10,7 +10,7 @@ use toml::de::{DeTable, DeValue};
 use super::context::Ctx;
 use super::keys::Section;
 use super::{key_span, keys_in_file_order, Span};
-use crate::model::{Convert, OnConflict, Script, Settings, Step, StepKind};
+use crate::model::{Convert, CopySpec, OnConflict, Script, Settings, Step, StepKind};
 use crate::order::NamedStep;
 use crate::Location;
 
@@ -135,7 +135,7 @@ impl Written {
             columns,
         } = self;
         let kind = match (into, table, key, sql, script) {
-            (Some(into), Some(table), Some(key), None, script) => StepKind::Copy {
+            (Some(into), Some(table), Some(key), None, script) => StepKind::Copy(CopySpec {
                 source,
                 table,
                 key,
@@ -146,7 +146,7 @@ impl Written {
                 target_key,
                 on_conflict,
                 script,
-            },
+            }),
             (None, Some(table), Some(key), Some(sql), None) => StepKind::Chunked {
                 table,
                 key,
@@ -404,7 +404,7 @@ mod tests {
         );
         assert_eq!(
             plan.steps[2].kind,
-            StepKind::Copy {
+            StepKind::Copy(CopySpec {
                 source: None,
                 table: "t".into(),
                 key: "id".into(),
@@ -415,18 +415,18 @@ mod tests {
                 target_key: None,
                 on_conflict: OnConflict::Ignore,
                 script: Some(Script::Command(vec!["./reshape".into()])),
-            }
+            })
         );
         let copy = parse_ok(&format!(
             "{HEAD}[[steps]]\nname = \"c\"\ntable = \"t\"\nkey = \"id\"\ninto = \"u\"\n"
         ));
         assert!(matches!(
             copy.steps[0].kind,
-            StepKind::Copy {
+            StepKind::Copy(CopySpec {
                 on_conflict: OnConflict::Error,
                 script: None,
                 ..
-            }
+            })
         ));
     }
 

@@ -98,7 +98,7 @@ mod tests {
 
     use super::super::test_support::{check, env, parse_ok};
     use super::*;
-    use crate::model::StepKind;
+    use crate::model::{CopySpec, StepKind};
 
     #[test]
     fn r11_keeps_each_url_as_written() {
@@ -167,7 +167,7 @@ mod tests {
             }
         );
         assert!(
-            matches!(&plan.steps[1].kind, StepKind::Copy { source: Some(s), .. } if s == "mysql://db.internal/shop")
+            matches!(&plan.steps[1].kind, StepKind::Copy(CopySpec { source: Some(s), .. }) if s == "mysql://db.internal/shop")
         );
     }
 
