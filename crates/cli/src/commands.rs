@@ -43,6 +43,19 @@ fn run_error_code(e: &godwit::RunError) -> u8 {
     }
 }
 
+/// Says why a run (or `submit`, `verify`) could not start, naming the plan file once: a
+/// message that begins with its own `file:line:col` is printed as it is.
+fn run_failed_to_start(path: &std::path::Path, e: &godwit::RunError) -> u8 {
+    let message = e.to_string();
+    let file = path.display().to_string();
+    if message.starts_with(&format!("{file}:")) {
+        eprintln!("error: {message}");
+    } else {
+        eprintln!("error: {file}: {message}");
+    }
+    run_error_code(e)
+}
+
 /// The exit code when the state database cannot be read: a URL godwit cannot use is a mistake
 /// in the plan or the command, not a failed run.
 fn state_error_code(e: &godwit::driver::Error) -> u8 {
@@ -210,10 +223,7 @@ async fn execute(
             );
             Ok(exit::FAILED)
         }
-        Err(e) => {
-            eprintln!("error: {}: {e}", plan.path.display());
-            Ok(run_error_code(&e))
-        }
+        Err(e) => Ok(run_failed_to_start(&plan.path, &e)),
     }
 }
 
@@ -457,10 +467,7 @@ async fn submit(args: PlanArgs) -> anyhow::Result<u8> {
             }
             Ok(exit::DONE)
         }
-        Err(e) => {
-            eprintln!("error: {}: {e}", args.plan.display());
-            Ok(run_error_code(&e))
-        }
+        Err(e) => Ok(run_failed_to_start(&args.plan, &e)),
     }
 }
 
@@ -488,13 +495,9 @@ async fn verify(args: VerifyArgs) -> anyhow::Result<u8> {
         Ok(p) => p,
         Err(code) => return Ok(code),
     };
-    let label = args.plan.display();
     let checks = match godwit::verify(&plan).await {
         Ok(checks) => checks,
-        Err(e) => {
-            eprintln!("error: {label}: {e}");
-            return Ok(run_error_code(&e));
-        }
+        Err(e) => return Ok(run_failed_to_start(&args.plan, &e)),
     };
     let differs = checks.iter().any(|c| !c.differences.is_empty());
     if args.json {

@@ -416,7 +416,7 @@ async fn r11_no_literal_password_is_stored(backend: Backend) {
     let all = format!("{}{}", text(&out.stdout), text(&out.stderr));
     assert_eq!(out.status.code(), Some(2), "{all}");
     assert!(
-        all.contains("line 2, column 1: `database` holds a password written in the plan")
+        all.contains(":2:1: `database` holds a password written in the plan")
             && all.contains("${VARIABLE}"),
         "{all}"
     );

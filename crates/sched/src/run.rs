@@ -8,7 +8,7 @@ use std::time::Duration;
 use godwit_check::Refusal;
 use godwit_db::ConnPool;
 use godwit_driver::{DbUrl, Dialect};
-use godwit_plan::Plan;
+use godwit_plan::{Place, Plan};
 use godwit_state::{RunStart, RunState, StateStore};
 use tokio::sync::Semaphore;
 use tokio::task::JoinSet;
@@ -114,10 +114,14 @@ async fn same_database(state: &StateStore, pool: &ConnPool) -> bool {
 pub async fn submit(plan: &Plan) -> Result<RunStart, Error> {
     if let Some(url) = literal_passwords(plan).next() {
         return Err(Error::invalid(format!(
-            "line {}, column {}: `{}` holds a password written in the plan, which the state \
-             database would keep for anyone to read; write it as ${{VARIABLE}} (workers read \
-             their own environment)",
-            url.location.line, url.location.column, url.key
+            "{}: `{}` holds a password written in the plan, which the state database would \
+             keep for anyone to read; write it as ${{VARIABLE}} (workers read their own \
+             environment)",
+            Place {
+                file: &plan.path,
+                location: url.location
+            },
+            url.key
         )));
     }
     let prepared = prepare(plan).await?;

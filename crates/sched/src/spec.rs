@@ -1,7 +1,7 @@
 //! What the state store keeps of a plan: its steps' definitions, and its text with every
 //! password written in it redacted.
 
-use godwit_plan::{Plan, StepKind};
+use godwit_plan::{Place, Plan, StepKind};
 use godwit_state::{RunSpec, StepSpec};
 
 use crate::{step_definition, Error};
@@ -54,9 +54,15 @@ fn stored_plan_text(plan: &Plan) -> Result<String, Error> {
         let fits = url.span.end <= replaced_from && text.get(url.span.clone()).is_some();
         if !fits {
             return Err(Error::invalid(format!(
-                "line {}, column {}: cannot redact the password of `{}`: its place in the plan's \
-                 text ({}..{}) does not fit the text; nothing was stored",
-                url.location.line, url.location.column, url.key, url.span.start, url.span.end
+                "{}: cannot redact the password of `{}`: its place in the plan's text ({}..{}) \
+                 does not fit the text; nothing was stored",
+                Place {
+                    file: &plan.path,
+                    location: url.location
+                },
+                url.key,
+                url.span.start,
+                url.span.end
             )));
         }
         let redacted = godwit_driver::redact_url(&url.text);
