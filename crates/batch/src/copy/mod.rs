@@ -40,8 +40,8 @@ use crate::fit::Columns;
 use crate::key::existing_table;
 use crate::refused::{key_text, DeadLetter};
 use crate::savepoint;
+use crate::script::build_transform;
 use crate::slices::Slicer;
-use crate::work::build_transform;
 
 pub(crate) use self::read::InDatabase;
 use self::read::Read;
