@@ -3,10 +3,11 @@
 //! The scheduler (`godwit-sched`) claims a key range, opens the transaction and commits it;
 //! this crate does the rest, for every kind of step through one interface ([`Work`]): a SQL
 //! step's statement (`work.rs`), a transform step's read–transform–fit–write
-//! (`transform.rs`), a copy's read–fit–write (`copy.rs`). Beside them: the key walk that finds
+//! (`transform.rs`), a copy's read–fit–write (`copy/`). Beside them: the key walk that finds
 //! batch ranges (`walk.rs`), slices of wide batches (`slices.rs`), savepoints that set refused
 //! rows aside (`savepoint.rs`, `refused.rs`), fitting values to their columns (`fit.rs`),
-//! the key and column checks a plan must pass (`key.rs`), and `godwit verify` (`verify.rs`).
+//! the key and column checks a plan must pass (`key.rs`), compiling a step's transform
+//! (`script.rs`), and `godwit verify` (`verify.rs`).
 //!
 //! This crate knows nothing of claims, leases or the state tables.
 #![deny(missing_docs)]
@@ -17,6 +18,7 @@ mod fit;
 mod key;
 mod refused;
 mod savepoint;
+mod script;
 mod slices;
 mod transform;
 mod verify;
@@ -26,6 +28,7 @@ mod work;
 pub use crate::error::{BatchError, Error, ErrorKind};
 pub use crate::key::{columns_target_lacks, key_problem, KeyProblem};
 pub use crate::refused::DeadLetter;
+pub use crate::script::build_transform;
 pub use crate::verify::{verify, RangeDifference, SetAside, StepCheck};
 pub use crate::walk::{open_walker, KeyRange, KeyWalk};
-pub use crate::work::{build_transform, needs_autocommit, Started, Work, Written};
+pub use crate::work::{needs_autocommit, Started, Work, Written};

@@ -27,8 +27,9 @@ use godwit_driver::{
 use godwit_plan::{CopySpec, Plan, StepKind};
 
 use crate::copy::{CopyStep, InDatabase};
+use crate::fit::Columns;
 use crate::refused::key_text;
-use crate::walk::{open_walker, KeyWalk};
+use crate::walk::{open_walker, KeyRange, KeyWalk};
 use crate::Error;
 
 /// How many batches' worth of keys one walk query returns.
@@ -150,17 +151,7 @@ async fn verify_step(
     batch_size: u64,
 ) -> Result<StepCheck, DbError> {
     let columns = copy.target_columns(target).await?;
-    let target_key = columns
-        .get(target_key)
-        .ok_or_else(|| {
-            DbError::permanent(format!(
-                "verify compares key ranges of the source key {}, and the target table {} has no column {target_key} to hold it; name the one that does with `target_key`",
-                copy.key(),
-                copy.into()
-            ))
-        })?
-        .name
-        .clone();
+    let target_key = target_key_column(copy, columns, target_key)?;
     let mut check = StepCheck {
         step: name.to_string(),
         ranges: 0,
@@ -178,25 +169,7 @@ async fn verify_step(
     let kind = KeyKind::of(&upper).ok_or_else(|| {
         DbError::permanent(format!("the key holds {upper:?}, which is not a key"))
     })?;
-    // Within one database between columns of the same types, each side's count and hash are
-    // computed by the database; only a range whose digests differ is read row by row.
-    let mut in_database = match copy.in_database(target).await? {
-        Some(plain) => {
-            let at = plain
-                .sources
-                .iter()
-                .position(|n| n.eq_ignore_ascii_case(copy.key()));
-            at.filter(|&i| plain.targets[i].eq_ignore_ascii_case(&target_key))
-                .map(|i| Digests::new(copy, plain, &plain.targets[i], target.dialect()))
-        }
-        None => None,
-    };
-    if in_database.is_some() {
-        tracing::debug!(
-            step = name,
-            "verify: counts and hashes computed by the database"
-        );
-    }
+    let mut in_database = in_database_digests(name, copy, target, &target_key).await?;
     let mut after: Option<Value> = None;
     loop {
         let ranges = walk
@@ -236,72 +209,14 @@ async fn verify_step(
                     }
                 }
             }
-            let (rows, refused) = copy
-                .read_range(range.first.clone(), range.last.clone())
-                .await
-                .map_err(|e| e.to_driver_error())?;
-            let mut source_rows = Vec::with_capacity(rows.len());
-            let mut unwritable: Side = Vec::new();
-            let mut set_aside: Vec<SetAside> = Vec::new();
-            let mut names = BTreeSet::new();
-            for row in rows {
-                match columns.fit(row.clone(), copy.convert()) {
-                    Ok(fitted) => {
-                        if !fitted.iter().any(|(n, _)| *n == target_key) {
-                            // A plan problem, not a database's: `verify` says exit 2.
-                            return Err(DbError::config(format!(
-                                "verify finds a copied row's range by its column {target_key}, which the copy does not write; name the target column that holds the source key with `target_key`"
-                            )));
-                        }
-                        names.extend(fitted.iter().map(|(n, _)| n.clone()));
-                        source_rows.push(fitted);
-                    }
-                    // With `on_row_error = "fail"` the copy cannot have written the row, and
-                    // verify says so; with `"skip"` it is a dead letter, not expected in the
-                    // target but listed, since it did not arrive.
-                    Err(problem) => {
-                        let key = row
-                            .iter()
-                            .find(|(n, _)| n.eq_ignore_ascii_case(&target_key))
-                            .or_else(|| {
-                                row.iter().find(|(n, _)| n.eq_ignore_ascii_case(copy.key()))
-                            })
-                            .map(|(_, v)| v);
-                        let error = format!("cannot be written: {problem}");
-                        if copy.skips_bad_rows() {
-                            // Keyed as the copy's dead letter is, to be found by its key.
-                            let key = key.map_or_else(String::new, key_text);
-                            set_aside.push(SetAside { key, error });
-                        } else {
-                            // Keyed as the target's rows are, to meet a row written anyway.
-                            let key = key.map_or_else(String::new, shown);
-                            unwritable.push((key, Canon::Unwritable(error)));
-                        }
-                    }
-                }
-            }
-            for letter in refused {
-                let error = format!("refused by the transform: {}", letter.error);
-                if copy.skips_bad_rows() {
-                    set_aside.push(SetAside {
-                        key: letter.key,
-                        error,
-                    });
-                } else {
-                    unwritable.push((letter.key, Canon::Unwritable(error)));
-                }
-            }
-            let names: Vec<String> = names.into_iter().collect();
-            let mut source = canonical_rows(source_rows, &names, &target_key);
-            source.extend(unwritable);
-            source.sort();
+            let (source, names) = source_side(copy, columns, &target_key, &range).await?;
             let side =
                 read_target(target, copy, &target_key, after.as_ref(), through, &names).await?;
             compare(
                 &mut check,
                 after.as_ref().map(shown),
                 through.map(shown),
-                (source, set_aside),
+                source,
                 side,
             );
             after = Some(range.last);
@@ -311,6 +226,118 @@ async fn verify_step(
         }
     }
     Ok(check)
+}
+
+/// The target's name of the column that holds the source key (`target_key`).
+fn target_key_column(
+    copy: &CopyStep,
+    columns: &Columns,
+    target_key: &str,
+) -> Result<String, DbError> {
+    let column = columns.get(target_key).ok_or_else(|| {
+        DbError::permanent(format!(
+            "verify compares key ranges of the source key {}, and the target table {} has no column {target_key} to hold it; name the one that does with `target_key`",
+            copy.key(),
+            copy.into()
+        ))
+    })?;
+    Ok(column.name.clone())
+}
+
+/// Within one database between columns of the same types, each side's count and hash are
+/// computed by the database; only a range whose digests differ is read row by row.
+async fn in_database_digests(
+    name: &str,
+    copy: &CopyStep,
+    target: &mut dyn Conn,
+    target_key: &str,
+) -> Result<Option<Digests>, DbError> {
+    let digests = match copy.in_database(target).await? {
+        Some(plain) => {
+            let at = plain
+                .sources
+                .iter()
+                .position(|n| n.eq_ignore_ascii_case(copy.key()));
+            at.filter(|&i| plain.targets[i].eq_ignore_ascii_case(target_key))
+                .map(|i| Digests::new(copy, plain, &plain.targets[i], target.dialect()))
+        }
+        None => None,
+    };
+    if digests.is_some() {
+        tracing::debug!(
+            step = name,
+            "verify: counts and hashes computed by the database"
+        );
+    }
+    Ok(digests)
+}
+
+/// One range of the source as the copy would write it, in canonical form and sorted, with
+/// the rows it sets aside; and the target columns the copy writes there.
+async fn source_side(
+    copy: &CopyStep,
+    columns: &Columns,
+    target_key: &str,
+    range: &KeyRange,
+) -> Result<((Side, Vec<SetAside>), Vec<String>), DbError> {
+    let (rows, refused) = copy
+        .read_range(range.first.clone(), range.last.clone())
+        .await
+        .map_err(|e| e.to_driver_error())?;
+    let mut source_rows = Vec::with_capacity(rows.len());
+    let mut unwritable: Side = Vec::new();
+    let mut set_aside: Vec<SetAside> = Vec::new();
+    let mut names = BTreeSet::new();
+    for row in rows {
+        match columns.fit(row.clone(), copy.convert()) {
+            Ok(fitted) => {
+                if !fitted.iter().any(|(n, _)| *n == target_key) {
+                    // A plan problem, not a database's: `verify` says exit 2.
+                    return Err(DbError::config(format!(
+                        "verify finds a copied row's range by its column {target_key}, which the copy does not write; name the target column that holds the source key with `target_key`"
+                    )));
+                }
+                names.extend(fitted.iter().map(|(n, _)| n.clone()));
+                source_rows.push(fitted);
+            }
+            // With `on_row_error = "fail"` the copy cannot have written the row, and
+            // verify says so; with `"skip"` it is a dead letter, not expected in the
+            // target but listed, since it did not arrive.
+            Err(problem) => {
+                let key = row
+                    .iter()
+                    .find(|(n, _)| n.eq_ignore_ascii_case(target_key))
+                    .or_else(|| row.iter().find(|(n, _)| n.eq_ignore_ascii_case(copy.key())))
+                    .map(|(_, v)| v);
+                let error = format!("cannot be written: {problem}");
+                if copy.skips_bad_rows() {
+                    // Keyed as the copy's dead letter is, to be found by its key.
+                    let key = key.map_or_else(String::new, key_text);
+                    set_aside.push(SetAside { key, error });
+                } else {
+                    // Keyed as the target's rows are, to meet a row written anyway.
+                    let key = key.map_or_else(String::new, shown);
+                    unwritable.push((key, Canon::Unwritable(error)));
+                }
+            }
+        }
+    }
+    for letter in refused {
+        let error = format!("refused by the transform: {}", letter.error);
+        if copy.skips_bad_rows() {
+            set_aside.push(SetAside {
+                key: letter.key,
+                error,
+            });
+        } else {
+            unwritable.push((letter.key, Canon::Unwritable(error)));
+        }
+    }
+    let names: Vec<String> = names.into_iter().collect();
+    let mut source = canonical_rows(source_rows, &names, target_key);
+    source.extend(unwritable);
+    source.sort();
+    Ok(((source, set_aside), names))
 }
 
 /// The queries that reduce one key range of each side to a row count and an MD5 of its rows'

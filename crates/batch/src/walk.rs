@@ -8,7 +8,7 @@
 
 use std::time::Duration;
 
-use godwit_driver::{quote_ident, Conn, Dialect, KeyKind, Result, Value};
+use godwit_driver::{quote_ident, Conn, Dialect, KeyKind, Result, Row, Value};
 
 /// The SQL of one step's walk, quoted and placeholdered for its database.
 #[derive(Debug, Clone)]
@@ -95,9 +95,9 @@ impl KeyWalk {
         }
     }
 
-    /// The next ranges after `after`, up to `batches` of them with `batch_size` keys each
-    /// (the last may be shorter), in key order. UUID keys take one range at a time (see
-    /// [`KeyWalk::next_range`]).
+    /// The next ranges after `after` (from the start when `None`), up to `batches` of them
+    /// with `batch_size` keys each (the last may be shorter), in key order. UUID keys take one
+    /// range at a time (see `next_range`).
     pub async fn next_ranges(
         &self,
         conn: &mut dyn Conn,
@@ -108,42 +108,25 @@ impl KeyWalk {
         batches: usize,
     ) -> Result<Vec<KeyRange>> {
         if batches <= 1 || kind == KeyKind::Uuid {
-            return Ok(self
-                .next_range(conn, kind, after, upper, batch_size)
-                .await?
-                .into_iter()
-                .collect());
+            let at = Position {
+                kind,
+                after,
+                upper,
+                batch_size,
+            };
+            return Ok(self.next_range(conn, at).await?.into_iter().collect());
         }
         let size = i64::try_from(batch_size).unwrap_or(i64::MAX);
         let limit = size.saturating_mul(batches as i64);
         let size_param = Value::Int(size);
-        let rows = match after {
-            Some(after) => {
-                conn.query(
-                    &self.next_groups_sql,
-                    &[
-                        after.clone(),
-                        upper.clone(),
-                        Value::Int(limit),
-                        size_param.clone(),
-                        size_param,
-                    ],
-                )
-                .await?
-            }
-            None => {
-                conn.query(
-                    &self.first_groups_sql,
-                    &[
-                        upper.clone(),
-                        Value::Int(limit),
-                        size_param.clone(),
-                        size_param,
-                    ],
-                )
-                .await?
-            }
-        };
+        let params = vec![
+            upper.clone(),
+            Value::Int(limit),
+            size_param.clone(),
+            size_param,
+        ];
+        let sql = (&*self.first_groups_sql, &*self.next_groups_sql);
+        let rows = query_after(conn, sql, after, params).await?;
         // Rows come in key order: (key, n) for the first and last key of every batch.
         let upper_encoded = kind.encode(upper)?;
         let mut ranges: Vec<KeyRange> = Vec::new();
@@ -182,64 +165,33 @@ impl KeyWalk {
         Ok(rows.into_iter().next().map(|r| r.get(0).clone()))
     }
 
-    /// The next range after `after` (from the start when `None`), up to `batch_size` keys.
-    pub async fn next_range(
-        &self,
-        conn: &mut dyn Conn,
-        kind: KeyKind,
-        after: Option<&Value>,
-        upper: &Value,
-        batch_size: u64,
-    ) -> Result<Option<KeyRange>> {
-        let limit = Value::Int(i64::try_from(batch_size).unwrap_or(i64::MAX));
-        if kind != KeyKind::Uuid {
-            return self
-                .next_range_aggregated(conn, kind, after, upper, limit, batch_size)
-                .await;
+    /// The next range after `at.after` (from the start when `None`), up to `at.batch_size`
+    /// keys.
+    async fn next_range(&self, conn: &mut dyn Conn, at: Position<'_>) -> Result<Option<KeyRange>> {
+        let limit = Value::Int(i64::try_from(at.batch_size).unwrap_or(i64::MAX));
+        if at.kind != KeyKind::Uuid {
+            return self.next_range_aggregated(conn, at, limit).await;
         }
-        let rows = match after {
-            Some(after) => {
-                conn.query(&self.next_sql, &[after.clone(), upper.clone(), limit])
-                    .await?
-            }
-            None => conn.query(&self.first_sql, &[upper.clone(), limit]).await?,
-        };
+        let sql = (&*self.first_sql, &*self.next_sql);
+        let rows = query_after(conn, sql, at.after, vec![at.upper.clone(), limit]).await?;
         let (Some(first), Some(last)) = (rows.first(), rows.last()) else {
             return Ok(None);
         };
-        let last = last.get(0).clone();
-        let reaches_end =
-            (rows.len() as u64) < batch_size || kind.encode(&last)? == kind.encode(upper)?;
-        Ok(Some(KeyRange {
-            first: first.get(0).clone(),
-            last,
-            n_rows: rows.len() as i64,
-            reaches_end,
-        }))
+        let (first, last) = (first.get(0).clone(), last.get(0).clone());
+        at.range(first, last, rows.len() as i64).map(Some)
     }
 
-    /// The same as [`KeyWalk::next_range`], returning one row (first, last, count) instead of
-    /// every key of the batch. PostgreSQL before 16 has no `min(uuid)`, so UUID keys take the
-    /// general path.
+    /// The same as `next_range`, returning one row (first, last, count) instead of every key
+    /// of the batch. PostgreSQL before 16 has no `min(uuid)`, so UUID keys take the general
+    /// path.
     async fn next_range_aggregated(
         &self,
         conn: &mut dyn Conn,
-        kind: KeyKind,
-        after: Option<&Value>,
-        upper: &Value,
+        at: Position<'_>,
         limit: Value,
-        batch_size: u64,
     ) -> Result<Option<KeyRange>> {
-        let rows = match after {
-            Some(after) => {
-                conn.query(&self.next_agg_sql, &[after.clone(), upper.clone(), limit])
-                    .await?
-            }
-            None => {
-                conn.query(&self.first_agg_sql, &[upper.clone(), limit])
-                    .await?
-            }
-        };
+        let sql = (&*self.first_agg_sql, &*self.next_agg_sql);
+        let rows = query_after(conn, sql, at.after, vec![at.upper.clone(), limit]).await?;
         let Some(row) = rows.first() else {
             return Ok(None);
         };
@@ -247,15 +199,8 @@ impl KeyWalk {
         if n_rows == 0 {
             return Ok(None);
         }
-        let last = row.get(1).clone();
-        let reaches_end =
-            (n_rows as u64) < batch_size || kind.encode(&last)? == kind.encode(upper)?;
-        Ok(Some(KeyRange {
-            first: row.get(0).clone(),
-            last,
-            n_rows,
-            reaches_end,
-        }))
+        at.range(row.get(0).clone(), row.get(1).clone(), n_rows)
+            .map(Some)
     }
 
     /// Counts the rows the walk will cover, for progress and ETA.
@@ -267,6 +212,48 @@ impl KeyWalk {
             .first()
             .and_then(|r| r.get(0).as_i64())
             .unwrap_or_default())
+    }
+}
+
+/// Where a walk goes on: after which key (from the start when `None`), up to which, and how
+/// many keys a batch takes.
+#[derive(Clone, Copy)]
+struct Position<'a> {
+    kind: KeyKind,
+    after: Option<&'a Value>,
+    upper: &'a Value,
+    batch_size: u64,
+}
+
+impl Position<'_> {
+    /// The range of `n_rows` keys from `first` to `last`. It reaches the end of the walk when
+    /// it holds fewer keys than a batch takes or ends at the upper key.
+    fn range(&self, first: Value, last: Value, n_rows: i64) -> Result<KeyRange> {
+        let reaches_end = (n_rows as u64) < self.batch_size
+            || self.kind.encode(&last)? == self.kind.encode(self.upper)?;
+        Ok(KeyRange {
+            first,
+            last,
+            n_rows,
+            reaches_end,
+        })
+    }
+}
+
+/// Runs the first of `sql` from the walk's start, or the second after the key `after` (its
+/// first parameter), with `params` after it.
+async fn query_after(
+    conn: &mut dyn Conn,
+    (first, next): (&str, &str),
+    after: Option<&Value>,
+    params: Vec<Value>,
+) -> Result<Vec<Row>> {
+    match after {
+        Some(after) => {
+            let params: Vec<Value> = std::iter::once(after.clone()).chain(params).collect();
+            conn.query(next, &params).await
+        }
+        None => conn.query(first, &params).await,
     }
 }
 

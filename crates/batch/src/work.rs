@@ -6,16 +6,16 @@
 //! its source), then [`Work::write`] writes in the open transaction and says what was written
 //! and what was set aside. The scheduler then records the batch and commits.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::OnceLock;
 
 use godwit_driver::{rewrite_params, Conn, DbUrl, Dialect, Error, KeyKind, Result, Value};
-use godwit_plan::{Script, Settings, Step, StepKind};
-use godwit_transform::{Limits, Source, Transform};
+use godwit_plan::{Step, StepKind};
 
 use crate::copy::{CopyStart, CopyStep};
 use crate::error::BatchError;
 use crate::refused::DeadLetter;
+use crate::script::build_transform;
 use crate::transform::RowStep;
 use crate::walk::KeyWalk;
 
@@ -212,38 +212,6 @@ impl Work {
         let mut seen = std::collections::HashSet::new();
         refused.retain(|l| seen.insert(l.key.clone()));
         Ok(Written { rows, refused })
-    }
-}
-
-/// Compiles a step's Lua, or prepares its program, once for this process.
-pub fn build_transform(
-    script: &Script,
-    settings: &Settings,
-    plan_path: &Path,
-) -> Result<Transform> {
-    let limits = Limits {
-        row_timeout: settings.row_timeout,
-        lua_memory: settings.lua_memory,
-        max_line_bytes: settings.max_batch_bytes,
-    };
-    let plan_dir = match plan_path.parent() {
-        Some(dir) if !dir.as_os_str().is_empty() => dir.to_path_buf(),
-        _ => PathBuf::from("."),
-    };
-    match script {
-        Script::Lua {
-            code,
-            file,
-            first_line,
-        } => Transform::lua(
-            Source {
-                code: code.clone(),
-                file: file.clone().unwrap_or_else(|| plan_path.to_path_buf()),
-                first_line: *first_line,
-            },
-            limits,
-        ),
-        Script::Command(argv) => Ok(Transform::command(argv.clone(), plan_dir, limits)),
     }
 }
 

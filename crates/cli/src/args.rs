@@ -16,8 +16,8 @@ pub(crate) struct Args {
 impl Args {
     pub(crate) fn quiet(&self) -> bool {
         match &self.command {
-            Command::Run(run) => run.quiet,
-            Command::Worker(worker) => worker.quiet,
+            Command::Run(run) => run.work.quiet,
+            Command::Worker(worker) => worker.work.quiet,
             _ => false,
         }
     }
@@ -98,6 +98,10 @@ pub(crate) struct PlanArgs {
 }
 
 #[derive(Debug, clap::Args)]
+#[command(
+    mut_arg("grace", |a| a.help("On SIGTERM or SIGINT, how long batches in flight may take to finish before they are rolled back; then the worker releases its claims and exits 75")),
+    mut_arg("json", |a| a.help("Print one JSON event per line on stdout")),
+)]
 pub(crate) struct WorkerArgs {
     /// The state database holding the runs (`godwit_*` tables); also read from GODWIT_DATABASE.
     #[arg(long, env = "GODWIT_DATABASE", hide_env_values = true)]
@@ -108,16 +112,8 @@ pub(crate) struct WorkerArgs {
     /// Exit 0 when no run is left to work on, instead of waiting for new ones.
     #[arg(long)]
     pub(crate) exit_when_idle: bool,
-    /// On SIGTERM or SIGINT, how long batches in flight may take to finish before they are
-    /// rolled back; then the worker releases its claims and exits 75.
-    #[arg(long, default_value = "25s", value_parser = parse_duration)]
-    pub(crate) grace: Duration,
-    /// Print one JSON event per line on stdout.
-    #[arg(long, conflicts_with = "quiet")]
-    pub(crate) json: bool,
-    /// Print only errors.
-    #[arg(long)]
-    pub(crate) quiet: bool,
+    #[command(flatten)]
+    pub(crate) work: WorkArgs,
 }
 
 #[derive(Debug, clap::Args)]
@@ -133,6 +129,15 @@ pub(crate) struct RunArgs {
     /// Forget the stored progress of this plan's run and start over (changed rows stay changed).
     #[arg(long)]
     pub(crate) restart: bool,
+    #[command(flatten)]
+    pub(crate) work: WorkArgs,
+}
+
+/// What `run` and `worker` share as processes that work on batches: how long batches in
+/// flight get after a signal, and what is printed. The help is `run`'s; `worker` words
+/// `--grace` and `--json` its own way.
+#[derive(Debug, clap::Args)]
+pub(crate) struct WorkArgs {
     /// After SIGTERM or SIGINT, how long batches in flight may take to finish before they are
     /// rolled back (a second signal rolls them back at once).
     #[arg(long, default_value = "25s", value_parser = parse_duration)]

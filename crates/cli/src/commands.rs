@@ -127,7 +127,7 @@ async fn run(args: RunArgs) -> anyhow::Result<u8> {
         Ok(p) => p,
         Err(code) => return Ok(code),
     };
-    let mode = Mode::pick(args.json, args.quiet);
+    let mode = Mode::pick(args.work.json, args.work.quiet);
     let options = RunOptions {
         concurrency: args.concurrency.map(|n| n as usize),
         restart: if args.restart {
@@ -160,7 +160,7 @@ async fn run(args: RunArgs) -> anyhow::Result<u8> {
             url.key
         );
     }
-    execute(&plan, options, args.max_duration, args.grace, mode).await
+    execute(&plan, options, args.max_duration, args.work.grace, mode).await
 }
 
 /// Runs a loaded plan with progress output and turns the outcome into an exit code.
@@ -668,9 +668,9 @@ fn action_name(action: Control) -> &'static str {
 
 async fn worker(args: WorkerArgs) -> anyhow::Result<u8> {
     let url = godwit::driver::DbUrl::new(args.database.clone());
-    let mode = Mode::pick(args.json, args.quiet);
+    let mode = Mode::pick(args.work.json, args.work.quiet);
     let (stop, signal) = godwit::stop_pair();
-    watch_signals(stop.clone(), mode == Mode::Quiet, args.grace);
+    watch_signals(stop.clone(), mode == Mode::Quiet, args.work.grace);
     let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
     let printer = tokio::spawn(async move {
         while let Some(event) = rx.recv().await {

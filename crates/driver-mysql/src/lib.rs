@@ -15,10 +15,7 @@ use std::str::FromStr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use async_trait::async_trait;
-use godwit_driver::sqlx_conn::{
-    self, bind_common, database_error, Backend, Location, Query, SqlxConn,
-};
+use godwit_driver::sqlx_conn::{self, database_error, Backend, Location, SqlxConn};
 use godwit_driver::{
     ColumnInfo, Conn, ConnectOptions, DbUrl, Dialect, Error, ErrorKind, IndexInfo, Result, Row,
     SqlForms, TableInfo, TxOptions, Value,
@@ -176,6 +173,7 @@ struct MySqlBackend;
 
 impl Backend for MySqlBackend {
     type Db = MySql;
+    type Decoder = ();
 
     const LOCATION: Location = Location::Server;
 
@@ -196,14 +194,14 @@ impl Backend for MySqlBackend {
         database_error(kind, number.map(|n| n.to_string()), db.message(), refused)
     }
 
-    /// MySQL has no UUID or array type (MariaDB's UUID accepts text): every value is bound in
-    /// the common form.
-    fn bind<'q>(query: Query<'q, MySql>, value: &'q Value) -> Query<'q, MySql> {
-        bind_common(query, value)
-    }
+    // MySQL has no UUID or array type (MariaDB's UUID accepts text): every value is bound in
+    // the common form, `bind`'s default.
 
-    fn decode_rows(rows: &[MySqlRow], columns: &Arc<[String]>) -> Result<Vec<Row>> {
-        rows.iter().map(|r| decode_row(r, columns)).collect()
+    fn decoder(_: &MySqlRow) {}
+
+    /// By each column's type name, with MySQL's zero dates kept as their text.
+    fn decode_row(row: &MySqlRow, columns: &Arc<[String]>, (): &()) -> Result<Row> {
+        decode_row(row, columns)
     }
 
     fn rows_affected(result: &MySqlQueryResult) -> u64 {
@@ -307,23 +305,8 @@ fn schema_and_table(table: &str) -> (Value, Value) {
     }
 }
 
-#[async_trait]
-impl Conn for MySqlConn {
-    fn dialect(&self) -> Dialect {
-        Dialect::MySql
-    }
-
-    fn forms(&self) -> &'static dyn SqlForms {
-        forms()
-    }
-
-    async fn execute(&mut self, sql: &str, params: &[Value]) -> Result<u64> {
-        self.conn.execute(sql, params).await
-    }
-
-    async fn query(&mut self, sql: &str, params: &[Value]) -> Result<Vec<Row>> {
-        self.conn.query(sql, params).await
-    }
+godwit_driver::impl_sqlx_conn! {
+    MySqlConn, Dialect::MySql, forms();
 
     fn session_id(&self) -> Option<i64> {
         self.id
@@ -341,10 +324,6 @@ impl Conn for MySqlConn {
 
     async fn prepare(&mut self, sql: &str) -> Result<()> {
         self.conn.prepare(sql).await
-    }
-
-    async fn execute_unprepared(&mut self, sql: &str) -> Result<u64> {
-        self.conn.execute_unprepared(sql).await
     }
 
     async fn begin(&mut self, options: TxOptions) -> Result<()> {
@@ -371,14 +350,6 @@ impl Conn for MySqlConn {
             self.statement_timeout = options.statement_timeout;
         }
         self.conn.begin("START TRANSACTION").await
-    }
-
-    async fn commit(&mut self) -> Result<()> {
-        self.conn.commit().await
-    }
-
-    async fn rollback(&mut self) -> Result<()> {
-        self.conn.rollback().await
     }
 
     async fn table_info(&mut self, table: &str) -> Result<Option<TableInfo>> {

@@ -12,7 +12,6 @@ use std::fmt::Write as _;
 use std::str::FromStr;
 use std::sync::Arc;
 
-use async_trait::async_trait;
 use godwit_driver::sqlx_conn::{
     self, bind_common, database_error, Backend, Location, Query, SqlxConn,
 };
@@ -160,6 +159,7 @@ struct PgBackend;
 
 impl Backend for PgBackend {
     type Db = Postgres;
+    type Decoder = Vec<Kind>;
 
     const LOCATION: Location = Location::Server;
 
@@ -188,14 +188,12 @@ impl Backend for PgBackend {
     }
 
     /// Each column's decoder is picked once, from the first row.
-    fn decode_rows(rows: &[PgRow], columns: &Arc<[String]>) -> Result<Vec<Row>> {
-        let Some(first) = rows.first() else {
-            return Ok(Vec::new());
-        };
-        let kinds = Kind::of_row(first);
-        rows.iter()
-            .map(|r| decode_row(r, columns, &kinds))
-            .collect()
+    fn decoder(first: &PgRow) -> Vec<Kind> {
+        Kind::of_row(first)
+    }
+
+    fn decode_row(row: &PgRow, columns: &Arc<[String]>, kinds: &Vec<Kind>) -> Result<Row> {
+        decode_row(row, columns, kinds)
     }
 
     fn rows_affected(result: &PgQueryResult) -> u64 {
@@ -359,23 +357,8 @@ fn push_copy_field(data: &mut String, field: &str) {
     }
 }
 
-#[async_trait]
-impl Conn for PgConn {
-    fn dialect(&self) -> Dialect {
-        Dialect::Postgres
-    }
-
-    fn forms(&self) -> &'static dyn SqlForms {
-        forms()
-    }
-
-    async fn execute(&mut self, sql: &str, params: &[Value]) -> Result<u64> {
-        self.conn.execute(sql, params).await
-    }
-
-    async fn query(&mut self, sql: &str, params: &[Value]) -> Result<Vec<Row>> {
-        self.conn.query(sql, params).await
-    }
+godwit_driver::impl_sqlx_conn! {
+    PgConn, Dialect::Postgres, forms();
 
     fn session_id(&self) -> Option<i64> {
         self.pid
@@ -403,10 +386,6 @@ impl Conn for PgConn {
         prepared
     }
 
-    async fn execute_unprepared(&mut self, sql: &str) -> Result<u64> {
-        self.conn.execute_unprepared(sql).await
-    }
-
     async fn begin(&mut self, options: TxOptions) -> Result<()> {
         // One round trip: the settings are local to the transaction and vanish at its end.
         let mut sql = String::from("BEGIN");
@@ -421,14 +400,6 @@ impl Conn for PgConn {
             sql.push_str("; SET LOCAL synchronous_commit = off");
         }
         self.conn.begin(&sql).await
-    }
-
-    async fn commit(&mut self) -> Result<()> {
-        self.conn.commit().await
-    }
-
-    async fn rollback(&mut self) -> Result<()> {
-        self.conn.rollback().await
     }
 
     async fn table_info(&mut self, table: &str) -> Result<Option<TableInfo>> {

@@ -12,17 +12,15 @@ use std::str::FromStr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use async_trait::async_trait;
-use godwit_driver::sqlx_conn::{
-    self, bind_common, database_error, Backend, Location, Query, SqlxConn,
-};
+use godwit_driver::sqlx_conn::{self, database_error, Backend, Location, SqlxConn};
 use godwit_driver::{
-    ColumnInfo, Conn, ConnectOptions, DbUrl, Dialect, Error, ErrorKind, IndexInfo, Result, Row,
-    SqlForms, TableInfo, TxOptions, Value,
+    ColumnInfo, ConnectOptions, DbUrl, Dialect, Error, ErrorKind, IndexInfo, Result, Row, SqlForms,
+    TableInfo, TxOptions, Value,
 };
 use sqlx::error::DatabaseError;
 use sqlx::sqlite::{
-    SqliteConnectOptions, SqliteJournalMode, SqliteQueryResult, SqliteRow, SqliteSynchronous,
+    SqliteConnectOptions, SqliteConnection, SqliteJournalMode, SqliteQueryResult, SqliteRow,
+    SqliteSynchronous,
 };
 use sqlx::{ConnectOptions as _, Row as _, Sqlite, TypeInfo, ValueRef};
 
@@ -63,6 +61,7 @@ struct SqliteBackend;
 
 impl Backend for SqliteBackend {
     type Db = Sqlite;
+    type Decoder = ();
 
     const LOCATION: Location = Location::InProcess;
 
@@ -85,18 +84,26 @@ impl Backend for SqliteBackend {
         database_error(kind, code, db.message(), refused)
     }
 
-    /// SQLite has no UUID or array type; applications store them as text, so every value is
-    /// bound in the common form.
-    fn bind<'q>(query: Query<'q, Sqlite>, value: &'q Value) -> Query<'q, Sqlite> {
-        bind_common(query, value)
-    }
+    // SQLite has no UUID or array type; applications store them as text, so every value is
+    // bound in the common form, `bind`'s default.
 
-    fn decode_rows(rows: &[SqliteRow], columns: &Arc<[String]>) -> Result<Vec<Row>> {
-        rows.iter().map(|r| decode_row(r, columns)).collect()
+    /// Each value by its own storage class: SQLite types values, not columns.
+    fn decoder(_: &SqliteRow) {}
+
+    fn decode_row(row: &SqliteRow, columns: &Arc<[String]>, (): &()) -> Result<Row> {
+        decode_row(row, columns)
     }
 
     fn rows_affected(result: &SqliteQueryResult) -> u64 {
         result.rows_affected()
+    }
+
+    /// Removes the batch deadline so that it cannot interrupt the commit, the rollback or
+    /// whatever runs on this connection next.
+    async fn before_end(conn: &mut SqliteConnection) -> Result<()> {
+        let mut handle = conn.lock_handle().await.map_err(classify)?;
+        handle.remove_progress_handler();
+        Ok(())
     }
 }
 
@@ -145,40 +152,11 @@ fn text(value: &Value) -> String {
 /// within milliseconds, rare enough to cost nothing measurable.
 const PROGRESS_OPS: i32 = 10_000;
 
-impl SqliteConn {
-    /// Removes the batch deadline so that it cannot interrupt the commit, the rollback or
-    /// whatever runs on this connection next.
-    async fn clear_deadline(&mut self) -> Result<()> {
-        let mut handle = self.conn.raw().lock_handle().await.map_err(classify)?;
-        handle.remove_progress_handler();
-        Ok(())
-    }
-}
-
-#[async_trait]
-impl Conn for SqliteConn {
-    fn dialect(&self) -> Dialect {
-        Dialect::Sqlite
-    }
-
-    fn forms(&self) -> &'static dyn SqlForms {
-        forms()
-    }
-
-    async fn execute(&mut self, sql: &str, params: &[Value]) -> Result<u64> {
-        self.conn.execute(sql, params).await
-    }
-
-    async fn query(&mut self, sql: &str, params: &[Value]) -> Result<Vec<Row>> {
-        self.conn.query(sql, params).await
-    }
+godwit_driver::impl_sqlx_conn! {
+    SqliteConn, Dialect::Sqlite, forms();
 
     async fn prepare(&mut self, sql: &str) -> Result<()> {
         self.conn.prepare(sql).await
-    }
-
-    async fn execute_unprepared(&mut self, sql: &str) -> Result<u64> {
-        self.conn.execute_unprepared(sql).await
     }
 
     async fn begin(&mut self, options: TxOptions) -> Result<()> {
@@ -192,16 +170,6 @@ impl Conn for SqliteConn {
         // IMMEDIATE takes the write lock now: a deferred transaction that reads first fails
         // with SQLITE_BUSY when it cannot upgrade its lock, instead of waiting.
         self.conn.begin("BEGIN IMMEDIATE").await
-    }
-
-    async fn commit(&mut self) -> Result<()> {
-        self.clear_deadline().await?;
-        self.conn.commit().await
-    }
-
-    async fn rollback(&mut self) -> Result<()> {
-        self.clear_deadline().await?;
-        self.conn.rollback().await
     }
 
     async fn table_info(&mut self, table: &str) -> Result<Option<TableInfo>> {

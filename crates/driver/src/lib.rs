@@ -23,7 +23,9 @@ mod value;
 
 use std::time::Duration;
 
-use async_trait::async_trait;
+// Public for `impl_sqlx_conn!`, whose `impl Conn` the backends write through it.
+#[doc(hidden)]
+pub use async_trait::async_trait;
 
 pub use crate::error::{cap_message, Error, ErrorKind, Result, MAX_MESSAGE};
 pub use crate::forms::{Conflict, SqlForms, UpdateFromRows};

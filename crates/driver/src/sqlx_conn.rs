@@ -8,6 +8,7 @@
 //! Only backend crates see these generics; everything above holds a `dyn Conn`.
 
 use std::fmt::Display;
+use std::future::Future;
 use std::sync::Arc;
 
 use sqlx::database::Database;
@@ -39,7 +40,11 @@ pub enum Location {
 /// What one database supplies to [`SqlxConn`].
 pub trait Backend {
     /// sqlx's database type.
-    type Db: Database;
+    type Db: CommonTypes;
+
+    /// What decoding a result learns once, from its first row: PostgreSQL picks each
+    /// column's decoder there; `()` where each value is decoded by its own type.
+    type Decoder;
 
     /// Where the database runs.
     const LOCATION: Location;
@@ -47,16 +52,58 @@ pub trait Backend {
     /// Turns the database's own error into a driver error, by its code.
     fn classify_database(err: Box<dyn DatabaseError>) -> Error;
 
-    /// Binds one parameter; values with no form of the database's own go through
-    /// [`bind_common`].
-    fn bind<'q>(query: Query<'q, Self::Db>, value: &'q Value) -> Query<'q, Self::Db>;
+    /// Binds one parameter. By default in the form every database takes ([`bind_common`]);
+    /// a database with types of its own for some values binds those itself.
+    fn bind<'q>(query: Query<'q, Self::Db>, value: &'q Value) -> Query<'q, Self::Db> {
+        <Self::Db as CommonTypes>::bind_common(query, value)
+    }
 
-    /// Decodes the rows of one result, which has at least one row, into values; `columns` are
-    /// its column names.
-    fn decode_rows(rows: &[DbRow<Self>], columns: &Arc<[String]>) -> Result<Vec<Row>>;
+    /// The decoder of a result whose first row is `first`.
+    fn decoder(first: &DbRow<Self>) -> Self::Decoder;
+
+    /// Decodes one row of a result into values; `columns` are its column names.
+    fn decode_row(
+        row: &DbRow<Self>,
+        columns: &Arc<[String]>,
+        decoder: &Self::Decoder,
+    ) -> Result<Row>;
 
     /// The number of rows a statement's result reports as affected.
     fn rows_affected(result: &<Self::Db as Database>::QueryResult) -> u64;
+
+    /// Runs before a transaction ends (its `COMMIT` or `ROLLBACK`, also when none is open).
+    /// Nothing by default; SQLite removes the batch's deadline there, so that it cannot
+    /// interrupt the end.
+    fn before_end(conn: &mut DbConnection<Self>) -> impl Future<Output = Result<()>> + Send {
+        let _ = conn;
+        std::future::ready(Ok(()))
+    }
+}
+
+/// A database that takes every [`Value`] in the form of [`bind_common`].
+pub trait CommonTypes: Database {
+    /// Binds `value` by [`bind_common`].
+    fn bind_common<'q>(query: Query<'q, Self>, value: &'q Value) -> Query<'q, Self>;
+}
+
+impl<DB> CommonTypes for DB
+where
+    DB: Database,
+    for<'q> Option<String>: Encode<'q, DB> + Type<DB>,
+    for<'q> String: Encode<'q, DB> + Type<DB>,
+    for<'q> &'q str: Encode<'q, DB> + Type<DB>,
+    for<'q> &'q [u8]: Encode<'q, DB> + Type<DB>,
+    for<'q> bool: Encode<'q, DB> + Type<DB>,
+    for<'q> i64: Encode<'q, DB> + Type<DB>,
+    for<'q> f64: Encode<'q, DB> + Type<DB>,
+    for<'q> chrono::NaiveDate: Encode<'q, DB> + Type<DB>,
+    for<'q> chrono::NaiveTime: Encode<'q, DB> + Type<DB>,
+    for<'q> chrono::NaiveDateTime: Encode<'q, DB> + Type<DB>,
+    for<'q> chrono::DateTime<chrono::Utc>: Encode<'q, DB> + Type<DB>,
+{
+    fn bind_common<'q>(query: Query<'q, DB>, value: &'q Value) -> Query<'q, DB> {
+        bind_common(query, value)
+    }
 }
 
 /// Turns a sqlx error into a driver error: the database's own errors by [`Backend::classify_database`],
@@ -188,7 +235,7 @@ where
             .map_err(classify::<B>)
     }
 
-    /// Runs a query with bound parameters; its rows decoded by [`Backend::decode_rows`].
+    /// Runs a query with bound parameters; its rows decoded by [`Backend::decode_row`].
     ///
     /// # Errors
     /// The database's, classified, or a value that cannot be decoded.
@@ -201,7 +248,10 @@ where
             .iter()
             .map(|c| c.name().to_string())
             .collect();
-        B::decode_rows(&rows, &columns)
+        let decoder = B::decoder(first);
+        rows.iter()
+            .map(|row| B::decode_row(row, &columns, &decoder))
+            .collect()
     }
 
     /// Prepares a statement without running it.
@@ -243,6 +293,7 @@ where
     /// # Errors
     /// The database's, classified.
     pub async fn commit(&mut self) -> Result<()> {
+        B::before_end(&mut self.conn).await?;
         let result = self.execute_unprepared("COMMIT").await.map(drop);
         self.end_transaction(&result);
         result
@@ -253,6 +304,7 @@ where
     /// # Errors
     /// The database's, classified.
     pub async fn rollback(&mut self) -> Result<()> {
+        B::before_end(&mut self.conn).await?;
         if !self.in_tx {
             return Ok(());
         }
@@ -280,4 +332,55 @@ fn bind<'q, B: Backend>(mut query: Query<'q, B::Db>, params: &'q [Value]) -> Que
         query = B::bind(query, param);
     }
     query
+}
+
+/// Writes a backend's `impl Conn` with the methods every backend passes to its [`SqlxConn`]
+/// alike (`dialect`, `forms`, `execute`, `query`, `execute_unprepared`, `commit`,
+/// `rollback`), given its connection type, which holds the [`SqlxConn`] in a field `conn`, its
+/// [`Dialect`](crate::Dialect) and its [`SqlForms`](crate::SqlForms). The backend's own methods
+/// follow the `;`.
+#[macro_export]
+macro_rules! impl_sqlx_conn {
+    ($conn:ty, $dialect:expr, $forms:expr; $($own:tt)*) => {
+        #[$crate::async_trait]
+        impl $crate::Conn for $conn {
+            fn dialect(&self) -> $crate::Dialect {
+                $dialect
+            }
+
+            fn forms(&self) -> &'static dyn $crate::SqlForms {
+                $forms
+            }
+
+            async fn execute(
+                &mut self,
+                sql: &str,
+                params: &[$crate::Value],
+            ) -> $crate::Result<u64> {
+                self.conn.execute(sql, params).await
+            }
+
+            async fn query(
+                &mut self,
+                sql: &str,
+                params: &[$crate::Value],
+            ) -> $crate::Result<Vec<$crate::Row>> {
+                self.conn.query(sql, params).await
+            }
+
+            async fn execute_unprepared(&mut self, sql: &str) -> $crate::Result<u64> {
+                self.conn.execute_unprepared(sql).await
+            }
+
+            async fn commit(&mut self) -> $crate::Result<()> {
+                self.conn.commit().await
+            }
+
+            async fn rollback(&mut self) -> $crate::Result<()> {
+                self.conn.rollback().await
+            }
+
+            $($own)*
+        }
+    };
 }

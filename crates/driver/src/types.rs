@@ -135,87 +135,31 @@ impl SqlType {
     /// Dates, times, timestamps, UUIDs and other types given as text stay text: the database
     /// parses them (and refuses a bad one with its own error).
     pub fn fit(self, value: Value) -> Result<Value, String> {
+        if value.is_null() {
+            return Ok(Value::Null);
+        }
+        match self {
+            SqlType::Int => fit_int(value),
+            SqlType::Decimal => fit_decimal(value),
+            SqlType::Float => fit_float(value),
+            SqlType::Bool => fit_bool(value),
+            SqlType::Text => fit_text(value),
+            SqlType::Bytes => fit_bytes(value),
+            SqlType::Json => fit_json(value),
+            SqlType::Date
+            | SqlType::Time
+            | SqlType::Timestamp
+            | SqlType::TimestampTz
+            | SqlType::Uuid
+            | SqlType::Other => self.fit_parsed(value),
+        }
+    }
+
+    /// Fits `value` to a type the database parses from text (dates, times, timestamps, UUIDs
+    /// and types godwit does not know).
+    fn fit_parsed(self, value: Value) -> Result<Value, String> {
         use Value as V;
         Ok(match (self, value) {
-            (_, V::Null) => V::Null,
-            (SqlType::Int, V::Int(n)) => V::Int(n),
-            (SqlType::Int, V::Bool(b)) => V::Int(i64::from(b)),
-            (SqlType::Int, V::Float(f)) => {
-                if f.fract() == 0.0 && f >= -(2f64.powi(63)) && f < 2f64.powi(63) {
-                    V::Int(f as i64)
-                } else {
-                    return Err(format!("{f} is not an integer"));
-                }
-            }
-            (SqlType::Int, V::Text(s) | V::Decimal(s)) => {
-                // `5.00` is the integer 5; `5.5` is no integer.
-                let t = normalize_decimal(&s).unwrap_or_else(|| s.trim().to_string());
-                match t.parse::<i64>() {
-                    Ok(n) => V::Int(n),
-                    // Wider than 64 bits (MySQL's BIGINT UNSIGNED): the database checks range.
-                    Err(_) if is_integer_text(&t) => V::Decimal(t),
-                    Err(_) => return Err(format!("{s:?} is not an integer")),
-                }
-            }
-            (SqlType::Decimal, V::Int(n)) => V::Decimal(n.to_string()),
-            (SqlType::Decimal, V::Float(f)) if f.is_finite() => V::Decimal(f.to_string()),
-            (SqlType::Decimal, V::Text(s) | V::Decimal(s)) => {
-                let t = s.trim();
-                if is_decimal_text(t) {
-                    V::Decimal(t.to_string())
-                } else {
-                    return Err(format!("{s:?} is not a decimal number"));
-                }
-            }
-            // A float column holds 53 bits of mantissa: what it would round is refused.
-            (SqlType::Float, V::Int(n)) => {
-                if n.unsigned_abs() <= 1 << 53 {
-                    V::Float(n as f64)
-                } else {
-                    return Err(format!("{n} has more digits than a float column keeps"));
-                }
-            }
-            (SqlType::Float, V::Float(f)) => V::Float(f),
-            (SqlType::Float, V::Text(s) | V::Decimal(s)) => match s.trim().parse::<f64>() {
-                Ok(f) if !f.is_finite() => V::Float(f),
-                Ok(f) if exact_float(f, &s) => V::Float(f),
-                Ok(_) => return Err(format!("{s} has more digits than a float column keeps")),
-                Err(_) => return Err(format!("{s:?} is not a number")),
-            },
-            (SqlType::Bool, V::Bool(b)) => V::Bool(b),
-            (SqlType::Bool, V::Int(n @ (0 | 1))) => V::Bool(n == 1),
-            (SqlType::Bool, V::Text(s)) => match s.trim().to_ascii_lowercase().as_str() {
-                "true" | "t" | "1" | "yes" | "on" => V::Bool(true),
-                "false" | "f" | "0" | "no" | "off" => V::Bool(false),
-                _ => return Err(format!("{s:?} is not a boolean")),
-            },
-            (SqlType::Text, V::Text(s)) => V::Text(s),
-            (SqlType::Text, V::Bytes(b)) => match String::from_utf8(b) {
-                Ok(s) => V::Text(s),
-                Err(_) => return Err("bytes that are not UTF-8 cannot go into a text column".into()),
-            },
-            (SqlType::Text, V::Json(j)) => V::Text(j.to_string()),
-            (SqlType::Text, V::Int(n)) => V::Text(n.to_string()),
-            (SqlType::Text, V::Float(f)) => V::Text(f.to_string()),
-            (SqlType::Text, V::Decimal(s)) => V::Text(s),
-            (SqlType::Text, V::Bool(b)) => V::Text(b.to_string()),
-            (
-                SqlType::Text,
-                v @ (V::Uuid(_) | V::Date(_) | V::Time(_) | V::Timestamp(_) | V::TimestampTz(_)),
-            ) => V::Text(v.text_form().unwrap_or_default()),
-            (SqlType::Bytes, V::Bytes(b)) => V::Bytes(b),
-            (SqlType::Bytes, V::Text(s)) => V::Bytes(s.into_bytes()),
-            (SqlType::Json, V::Json(j)) => V::Json(j),
-            (SqlType::Json, V::Text(s)) => match serde_json::from_str(&s) {
-                Ok(j) => V::Json(j),
-                Err(_) => return Err(format!("{s:?} is not JSON text; return a table for a document")),
-            },
-            (SqlType::Json, V::Int(n)) => V::Json(n.into()),
-            (SqlType::Json, V::Bool(b)) => V::Json(b.into()),
-            (SqlType::Json, V::Float(f)) => match serde_json::Number::from_f64(f) {
-                Some(n) => V::Json(n.into()),
-                None => return Err(format!("{f} cannot be written as JSON")),
-            },
             (SqlType::Date | SqlType::Timestamp | SqlType::TimestampTz, V::Text(s))
                 if s.starts_with("0000-00-00") =>
             {
@@ -258,32 +202,160 @@ impl SqlType {
             // A time-zone-less timestamp is taken as UTC, as godwit's sessions are.
             (SqlType::TimestampTz, V::Timestamp(t)) => V::TimestampTz(t.and_utc()),
             (SqlType::Timestamp, V::TimestampTz(t)) => V::Timestamp(t.naive_utc()),
-            (
-                SqlType::Uuid
-                | SqlType::Date
-                | SqlType::Time
-                | SqlType::Timestamp
-                | SqlType::TimestampTz
-                | SqlType::Other,
-                value,
-            ) => match value {
-                V::Json(j) => V::Text(j.to_string()),
-                V::Bytes(_) | V::Float(_) | V::Bool(_)
-                    if !matches!(self, SqlType::Other) =>
-                {
-                    return Err(format!("{} cannot go into a {self:?} column", kind(&value)))
-                }
-                value => value,
-            },
-            (to, value) => {
-                return Err(format!(
-                    "{} cannot go into a {} column",
-                    kind(&value),
-                    format!("{to:?}").to_lowercase()
-                ))
+            (_, V::Json(j)) => V::Text(j.to_string()),
+            (_, value @ (V::Bytes(_) | V::Float(_) | V::Bool(_)))
+                if !matches!(self, SqlType::Other) =>
+            {
+                return Err(format!("{} cannot go into a {self:?} column", kind(&value)))
             }
+            (_, value) => value,
         })
     }
+}
+
+/// Fits `value` to an integer column.
+fn fit_int(value: Value) -> Result<Value, String> {
+    use Value as V;
+    Ok(match value {
+        V::Int(n) => V::Int(n),
+        V::Bool(b) => V::Int(i64::from(b)),
+        V::Float(f) => {
+            if f.fract() == 0.0 && f >= -(2f64.powi(63)) && f < 2f64.powi(63) {
+                V::Int(f as i64)
+            } else {
+                return Err(format!("{f} is not an integer"));
+            }
+        }
+        V::Text(s) | V::Decimal(s) => {
+            // `5.00` is the integer 5; `5.5` is no integer.
+            let t = normalize_decimal(&s).unwrap_or_else(|| s.trim().to_string());
+            match t.parse::<i64>() {
+                Ok(n) => V::Int(n),
+                // Wider than 64 bits (MySQL's BIGINT UNSIGNED): the database checks range.
+                Err(_) if is_integer_text(&t) => V::Decimal(t),
+                Err(_) => return Err(format!("{s:?} is not an integer")),
+            }
+        }
+        value => return Err(cannot_go_into(SqlType::Int, &value)),
+    })
+}
+
+/// Fits `value` to a decimal column.
+fn fit_decimal(value: Value) -> Result<Value, String> {
+    use Value as V;
+    Ok(match value {
+        V::Int(n) => V::Decimal(n.to_string()),
+        V::Float(f) if f.is_finite() => V::Decimal(f.to_string()),
+        V::Text(s) | V::Decimal(s) => {
+            let t = s.trim();
+            if is_decimal_text(t) {
+                V::Decimal(t.to_string())
+            } else {
+                return Err(format!("{s:?} is not a decimal number"));
+            }
+        }
+        value => return Err(cannot_go_into(SqlType::Decimal, &value)),
+    })
+}
+
+/// Fits `value` to a float column, which holds 53 bits of mantissa: what it would round is
+/// refused.
+fn fit_float(value: Value) -> Result<Value, String> {
+    use Value as V;
+    Ok(match value {
+        V::Int(n) => {
+            if n.unsigned_abs() <= 1 << 53 {
+                V::Float(n as f64)
+            } else {
+                return Err(format!("{n} has more digits than a float column keeps"));
+            }
+        }
+        V::Float(f) => V::Float(f),
+        V::Text(s) | V::Decimal(s) => match s.trim().parse::<f64>() {
+            Ok(f) if !f.is_finite() => V::Float(f),
+            Ok(f) if exact_float(f, &s) => V::Float(f),
+            Ok(_) => return Err(format!("{s} has more digits than a float column keeps")),
+            Err(_) => return Err(format!("{s:?} is not a number")),
+        },
+        value => return Err(cannot_go_into(SqlType::Float, &value)),
+    })
+}
+
+/// Fits `value` to a boolean column.
+fn fit_bool(value: Value) -> Result<Value, String> {
+    use Value as V;
+    Ok(match value {
+        V::Bool(b) => V::Bool(b),
+        V::Int(n @ (0 | 1)) => V::Bool(n == 1),
+        V::Text(s) => match s.trim().to_ascii_lowercase().as_str() {
+            "true" | "t" | "1" | "yes" | "on" => V::Bool(true),
+            "false" | "f" | "0" | "no" | "off" => V::Bool(false),
+            _ => return Err(format!("{s:?} is not a boolean")),
+        },
+        value => return Err(cannot_go_into(SqlType::Bool, &value)),
+    })
+}
+
+/// Fits `value` to a text column.
+fn fit_text(value: Value) -> Result<Value, String> {
+    use Value as V;
+    Ok(match value {
+        V::Text(s) => V::Text(s),
+        V::Bytes(b) => match String::from_utf8(b) {
+            Ok(s) => V::Text(s),
+            Err(_) => return Err("bytes that are not UTF-8 cannot go into a text column".into()),
+        },
+        V::Json(j) => V::Text(j.to_string()),
+        V::Int(n) => V::Text(n.to_string()),
+        V::Float(f) => V::Text(f.to_string()),
+        V::Decimal(s) => V::Text(s),
+        V::Bool(b) => V::Text(b.to_string()),
+        v @ (V::Uuid(_) | V::Date(_) | V::Time(_) | V::Timestamp(_) | V::TimestampTz(_)) => {
+            V::Text(v.text_form().unwrap_or_default())
+        }
+        value => return Err(cannot_go_into(SqlType::Text, &value)),
+    })
+}
+
+/// Fits `value` to a bytes column.
+fn fit_bytes(value: Value) -> Result<Value, String> {
+    match value {
+        Value::Bytes(b) => Ok(Value::Bytes(b)),
+        Value::Text(s) => Ok(Value::Bytes(s.into_bytes())),
+        value => Err(cannot_go_into(SqlType::Bytes, &value)),
+    }
+}
+
+/// Fits `value` to a JSON column.
+fn fit_json(value: Value) -> Result<Value, String> {
+    use Value as V;
+    Ok(match value {
+        V::Json(j) => V::Json(j),
+        V::Text(s) => match serde_json::from_str(&s) {
+            Ok(j) => V::Json(j),
+            Err(_) => {
+                return Err(format!(
+                    "{s:?} is not JSON text; return a table for a document"
+                ))
+            }
+        },
+        V::Int(n) => V::Json(n.into()),
+        V::Bool(b) => V::Json(b.into()),
+        V::Float(f) => match serde_json::Number::from_f64(f) {
+            Some(n) => V::Json(n.into()),
+            None => return Err(format!("{f} cannot be written as JSON")),
+        },
+        value => return Err(cannot_go_into(SqlType::Json, &value)),
+    })
+}
+
+/// Why `value` cannot go into a column of type `to` at all.
+fn cannot_go_into(to: SqlType, value: &Value) -> String {
+    format!(
+        "{} cannot go into a {} column",
+        kind(value),
+        format!("{to:?}").to_lowercase()
+    )
 }
 
 /// What a value is, for messages.

@@ -35,10 +35,7 @@ pub use crate::run::{run, submit};
 pub use crate::stop::{stop_pair, StopHandle, StopLevel, StopSignal};
 pub use crate::verify::verify;
 pub use crate::worker::{work, WorkerEvent, WorkerOptions, WorkerOutcome};
-pub use godwit_batch::{
-    build_transform, columns_target_lacks, key_problem, needs_autocommit, KeyProblem,
-    RangeDifference, StepCheck,
-};
+pub use godwit_batch::{RangeDifference, StepCheck};
 pub use godwit_state::{Restart, RunStart};
 
 /// How this process takes part in a run.
@@ -85,9 +82,15 @@ pub enum RunOutcome {
 
 /// Why a run could not be worked on at all.
 #[derive(Debug)]
-pub struct Error {
-    kind: ErrorKind,
-    message: String,
+pub struct Error(Reason);
+
+#[derive(Debug)]
+enum Reason {
+    /// The plan cannot run, or a database failed, as the batch crate words it for its own
+    /// jobs too (`verify`).
+    Work(godwit_batch::Error),
+    /// Another process restarted the run; the message says so.
+    Restarted(String),
 }
 
 /// What kind of [`Error`] this is.
@@ -104,48 +107,41 @@ pub enum ErrorKind {
 
 impl Error {
     pub(crate) fn invalid(message: impl Into<String>) -> Error {
-        Error {
-            kind: ErrorKind::Invalid,
-            message: message.into(),
-        }
+        Error(Reason::Work(godwit_batch::Error::invalid(message)))
     }
 
     pub(crate) fn database(context: &str, err: &godwit_driver::Error) -> Error {
         if godwit_state::is_restarted(err) {
-            return Error {
-                kind: ErrorKind::Restarted,
-                message: err.message().to_string(),
-            };
+            return Error(Reason::Restarted(err.message().to_string()));
         }
-        let kind = match err.kind() {
-            godwit_driver::ErrorKind::Config => ErrorKind::Invalid,
-            _ => ErrorKind::Database,
-        };
-        Error {
-            kind,
-            message: format!("{context}: {err}"),
-        }
+        Error(Reason::Work(godwit_batch::Error::database(context, err)))
     }
 
     pub(crate) fn restarted(run: &str) -> Error {
-        Error {
-            kind: ErrorKind::Restarted,
-            message: format!(
-                "the run {run:?} was restarted by another process (--restart); this process \
-                 stopped and applied nothing of the old plan since"
-            ),
-        }
+        Error(Reason::Restarted(format!(
+            "the run {run:?} was restarted by another process (--restart); this process \
+             stopped and applied nothing of the old plan since"
+        )))
     }
 
     /// What kind of error this is.
     pub fn kind(&self) -> ErrorKind {
-        self.kind
+        match &self.0 {
+            Reason::Work(e) => match e.kind() {
+                godwit_batch::ErrorKind::Invalid => ErrorKind::Invalid,
+                godwit_batch::ErrorKind::Database => ErrorKind::Database,
+            },
+            Reason::Restarted(_) => ErrorKind::Restarted,
+        }
     }
 }
 
 impl fmt::Display for Error {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(&self.message)
+        match &self.0 {
+            Reason::Work(e) => e.fmt(f),
+            Reason::Restarted(message) => f.write_str(message),
+        }
     }
 }
 
@@ -153,14 +149,7 @@ impl std::error::Error for Error {}
 
 impl From<godwit_batch::Error> for Error {
     fn from(e: godwit_batch::Error) -> Error {
-        let kind = match e.kind() {
-            godwit_batch::ErrorKind::Invalid => ErrorKind::Invalid,
-            godwit_batch::ErrorKind::Database => ErrorKind::Database,
-        };
-        Error {
-            kind,
-            message: e.to_string(),
-        }
+        Error(Reason::Work(e))
     }
 }
 
