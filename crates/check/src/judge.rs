@@ -4,7 +4,7 @@
 use godwit_driver::{references_param, Conn, ConnectOptions, DbUrl, Dialect};
 use godwit_plan::{CopySpec, Plan, StepKind};
 
-use crate::judgement::{Judgement, StepJudgement};
+use crate::judgement::{Depth, Judgement, StepJudgement};
 use crate::probes::{key_ok, rows_ok, try_batch, Walked};
 use crate::script::script_ok;
 
@@ -40,15 +40,6 @@ pub async fn judge_before_run(plan: &Plan, conn: &mut dyn Conn) -> Judgement {
     let mut judgement = Judgement::new(&plan.name);
     judge_into(&mut judgement, plan, conn, Depth::BeforeRun).await;
     judgement
-}
-
-/// How far judging goes.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum Depth {
-    /// Everything, including the walk's first query and each batch statement on an empty range.
-    Full,
-    /// Everything but running the plan's statements (`where`, `sql`).
-    BeforeRun,
 }
 
 async fn judge_into(judgement: &mut Judgement, plan: &Plan, conn: &mut dyn Conn, depth: Depth) {

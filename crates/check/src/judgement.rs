@@ -4,8 +4,6 @@
 use godwit_plan::{Place, Plan, Step};
 use serde::Serialize;
 
-use crate::judge::Depth;
-
 /// Every problem and finding of a plan: the object `godwit check --json` prints.
 #[derive(Debug, Clone, Serialize)]
 pub struct Judgement {
@@ -206,4 +204,13 @@ impl StepJudgement<'_> {
             fix: None,
         });
     }
+}
+
+/// How far judging goes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Depth {
+    /// Everything, including the walk's first query and each batch statement on an empty range.
+    Full,
+    /// Everything but running the plan's statements (`where`, `sql`).
+    BeforeRun,
 }

@@ -3,7 +3,7 @@
 
 use godwit_driver::{quote_ident, rewrite_params, Conn, Row, Value};
 
-use crate::judge::Depth;
+use crate::judgement::Depth;
 use crate::judgement::StepJudgement;
 
 /// The rows a step walks: its table and key, the columns it names, its `where`.

@@ -24,6 +24,7 @@
 mod model;
 mod order;
 mod parse;
+mod suggest;
 
 use std::fmt;
 use std::path::{Path, PathBuf};
@@ -33,6 +34,9 @@ pub use crate::model::{
     Convert, CopySpec, OnConflict, OnRowError, Plan, Script, Settings, Step, StepKind, Walked,
     WrittenUrl,
 };
+
+/// A byte range in the plan text.
+pub(crate) type Span = std::ops::Range<usize>;
 
 /// A 1-based line and column in the plan file.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Default)]

@@ -2,8 +2,8 @@
 
 use std::collections::HashMap;
 
-use crate::parse::{closest, Span};
-use crate::LineIndex;
+use crate::suggest::closest;
+use crate::{LineIndex, Span};
 
 /// What the order checks need of a step with a valid name, whatever else is wrong with it.
 #[derive(Debug, Clone)]

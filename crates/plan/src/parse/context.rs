@@ -6,10 +6,19 @@ use std::path::Path;
 
 use toml::de::{DeTable, DeValue};
 
-use super::not_yet::NotYet;
 use super::Span;
 use crate::model::WrittenUrl;
 use crate::{LineIndex, Location, PlanError};
+
+/// What becomes of the keys `not_yet.rs` lists: every command refuses them; the parser's
+/// own tests read them into the model, so their reading stays tested for the version that acts
+/// on them.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub(super) enum NotYet {
+    Refuse,
+    #[cfg(test)]
+    Accept,
+}
 
 /// How a value's type is named in messages.
 pub(super) fn type_name(value: &DeValue<'_>) -> &'static str {

@@ -19,7 +19,6 @@ mod settings;
 mod step;
 mod urls;
 
-use std::ops::Range;
 use std::path::Path;
 use std::time::Duration;
 
@@ -29,17 +28,14 @@ use crate::model::{Plan, Settings, Step};
 use crate::order::{self, NamedStep};
 use crate::{LineIndex, Location, PlanError, PlanErrors};
 
+use self::context::NotYet;
 use self::context::{type_name, Ctx};
 use self::keys::Section;
-use self::not_yet::NotYet;
 use self::settings::read_factor;
 use self::step::read_step;
 use self::urls::read_replicas;
 
-pub(crate) use self::keys::closest;
-
-/// A byte range in the plan text.
-pub(crate) type Span = Range<usize>;
+pub(crate) use crate::Span;
 
 /// The span of `key` itself (not its value) in `table`.
 fn key_span(table: &DeTable<'_>, key: &str) -> Option<Span> {

@@ -4,7 +4,7 @@
 
 use toml::de::DeTable;
 
-use super::context::Ctx;
+use super::context::{Ctx, NotYet};
 use super::keys_in_file_order;
 
 /// Keys of the plan format that this version reads and checks but does not act on yet. A key
@@ -24,16 +24,6 @@ pub(super) const NOT_SUPPORTED_YET: &[&str] = &[
     "probe_query",
     "max_duration",
 ];
-
-/// What becomes of the keys in [`NOT_SUPPORTED_YET`]: every command refuses them; the parser's
-/// own tests read them into the model, so their reading stays tested for the version that acts
-/// on them.
-#[derive(Clone, Copy, PartialEq, Eq)]
-pub(super) enum NotYet {
-    Refuse,
-    #[cfg(test)]
-    Accept,
-}
 
 impl Ctx<'_> {
     /// Refuses the keys of `table` that this version would read and then ignore.
