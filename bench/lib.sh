@@ -1,11 +1,19 @@
 # Shared by the benchmark scripts: sourced from the repository root, it starts the test
-# services, builds godwit in release mode and sets `url` (the test PostgreSQL), `bin` (the
-# binary) and `out` (a temporary directory removed on exit).
+# services, builds godwit in release mode (unless GODWIT_BIN names a binary to measure) and
+# sets `url` (the test PostgreSQL), `bin` (the binary) and `out` (a temporary directory removed
+# on exit).
 
 eval "$(scripts/test-services.sh)"
-url=$GODWIT_TEST_PG
-cargo build --release -q
-bin=$PWD/target/release/godwit
+# A database of the benchmarks' own: the tests' state tables may be of another godwit version
+# than the one measured, and the tests' load must not meet the benchmarks'.
+psql "$GODWIT_TEST_PG" -qAt -c "SELECT 1 FROM pg_database WHERE datname = 'godwit_bench'" | grep -q 1 ||
+  psql "$GODWIT_TEST_PG" -q -c "CREATE DATABASE godwit_bench"
+url=${GODWIT_TEST_PG%/*}/godwit_bench
+if [ -z "${GODWIT_BIN:-}" ]; then
+  cargo build --release -q
+  GODWIT_BIN=$PWD/target/release/godwit
+fi
+bin=$GODWIT_BIN
 out=$(mktemp -d)
 trap 'rm -rf "$out"' EXIT
 

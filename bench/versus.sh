@@ -16,6 +16,7 @@ before=$(realpath "$1")
 after=$(realpath "$2")
 rounds=${3:-3}
 rows=${4:-2000000}
+GODWIT_BIN=$after
 . bench/lib.sh
 
 build_customers() {
