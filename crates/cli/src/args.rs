@@ -45,6 +45,12 @@ pub(crate) enum Command {
     Cancel(TargetArgs),
     /// Re-queue the failed batches of the plan's run, for the processes working on it.
     Retry(TargetArgs),
+    /// Change the settings of the plan's run for every worker on it, without restarting it;
+    /// workers pick them up within a second.
+    Set(SetArgs),
+    /// Wait until the plan's run is done (exit 0), failed or cancelled (exit 1), or the
+    /// timeout passes (exit 75).
+    Wait(WaitArgs),
     /// Compare every copy step's source with its target, key range by key range; exit 1 when
     /// any range differs.
     Verify(VerifyArgs),
@@ -89,6 +95,37 @@ pub(crate) struct TargetArgs {
     /// The run's name (the plan's `name`), instead of a plan file (with --database).
     #[arg(long, requires = "database", conflicts_with = "plan")]
     pub(crate) run: Option<String>,
+}
+
+#[derive(Debug, clap::Args)]
+#[command(group(
+    clap::ArgGroup::new("settings")
+        .required(true)
+        .multiple(true)
+        .args(["concurrency", "batch_size", "max_rows_per_second"])
+))]
+pub(crate) struct SetArgs {
+    #[command(flatten)]
+    pub(crate) target: TargetArgs,
+    /// Batches in flight in each worker process on the run.
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u64).range(1..=1024))]
+    pub(crate) concurrency: Option<u64>,
+    /// Rows per batch for every chunked step, fixed: adaptive sizing stops for the run.
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u64).range(1..))]
+    pub(crate) batch_size: Option<u64>,
+    /// The run's limit on rows per second over all its workers; a decimal number (0.5, 2000).
+    #[arg(long, value_name = "N", value_parser = parse_rate)]
+    pub(crate) max_rows_per_second: Option<f64>,
+}
+
+#[derive(Debug, clap::Args)]
+pub(crate) struct WaitArgs {
+    #[command(flatten)]
+    pub(crate) target: TargetArgs,
+    /// Give up after this long (e.g. 90s, 30m, 2h) and exit 75; without it, wait as long as
+    /// the run takes.
+    #[arg(long, value_name = "DUR", value_parser = parse_duration)]
+    pub(crate) timeout: Option<Duration>,
 }
 
 #[derive(Debug, clap::Args)]
@@ -197,4 +234,14 @@ pub(crate) struct DemoArgs {
 
 fn parse_duration(text: &str) -> Result<Duration, String> {
     godwit::plan::parse_duration(text)
+}
+
+/// A rate: a finite number above 0, decimals allowed.
+fn parse_rate(text: &str) -> Result<f64, String> {
+    match text.trim().parse::<f64>() {
+        Ok(rate) if rate.is_finite() && rate > 0.0 => Ok(rate),
+        _ => Err(format!(
+            "{text:?} is not a rate; expected a number above 0, such as 500 or 0.5"
+        )),
+    }
 }

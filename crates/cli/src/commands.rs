@@ -12,8 +12,8 @@ use crate::args::{
     Args, CheckArgs, Command, DeadLettersArgs, DemoArgs, PlanArgs, RunArgs, StatusArgs, TargetArgs,
     VerifyArgs, WorkerArgs,
 };
-use crate::exit;
 use crate::progress::{self, Mode};
+use crate::{exit, ops};
 
 pub(crate) async fn dispatch(args: Args) -> anyhow::Result<u8> {
     match args.command {
@@ -27,6 +27,8 @@ pub(crate) async fn dispatch(args: Args) -> anyhow::Result<u8> {
         Command::Resume(a) => control(a, Control::Resume).await,
         Command::Cancel(a) => control(a, Control::Cancel).await,
         Command::Retry(a) => control(a, Control::Retry).await,
+        Command::Set(a) => ops::set(a).await,
+        Command::Wait(a) => ops::wait(a).await,
         Command::DeadLetters(a) => dead_letters(a).await,
         Command::Verify(a) => verify(a).await,
     }
@@ -58,7 +60,7 @@ fn run_failed_to_start(path: &std::path::Path, e: &godwit::RunError) -> u8 {
 
 /// The exit code when the state database cannot be read: a URL godwit cannot use is a mistake
 /// in the plan or the command, not a failed run.
-fn state_error_code(e: &godwit::driver::Error) -> u8 {
+pub(crate) fn state_error_code(e: &godwit::driver::Error) -> u8 {
     if e.kind() == godwit::driver::ErrorKind::Config {
         exit::INVALID
     } else {
@@ -472,7 +474,7 @@ async fn submit(args: PlanArgs) -> anyhow::Result<u8> {
 }
 
 /// The run a command is about: its label for messages, its state database and its name.
-fn target(args: &TargetArgs) -> Result<(String, godwit::driver::DbUrl, String), u8> {
+pub(crate) fn target(args: &TargetArgs) -> Result<(String, godwit::driver::DbUrl, String), u8> {
     Ok(match (&args.plan, &args.database, &args.run) {
         (Some(path), _, _) => {
             let plan = load(path)?;

@@ -46,6 +46,7 @@ macro_rules! print {
 
 mod args;
 mod commands;
+mod ops;
 mod progress;
 
 use std::process::ExitCode;
@@ -60,7 +61,8 @@ pub(crate) mod exit {
     pub const FAILED: u8 = 1;
     /// The plan or the command line is invalid; nothing was changed.
     pub const INVALID: u8 = 2;
-    /// Stopped with work left (time budget or signal); running again resumes.
+    /// Stopped with work left (time budget or signal); running again resumes. For `wait`: its
+    /// timeout passed before the run ended.
     pub const STOPPED: u8 = 75;
 }
 

@@ -5,7 +5,7 @@ use std::collections::HashMap;
 use std::io::IsTerminal;
 use std::time::{Duration, Instant};
 
-use godwit::state::{RunStatus, StepStatus};
+use godwit::state::{RunSettings, RunStatus, StepStatus};
 use godwit::{Event, RunError, RunOutcome};
 use indicatif::{MultiProgress, ProgressBar, ProgressDrawTarget, ProgressStyle};
 use serde_json::json;
@@ -382,6 +382,7 @@ pub(crate) fn not_started(plan: &godwit::plan::Plan) -> RunStatus {
         state: "pending".into(),
         error: None,
         elapsed_seconds: 0.0,
+        settings: RunSettings::default(),
         workers: Vec::new(),
         steps: plan
             .steps
@@ -396,6 +397,8 @@ pub(crate) fn not_started(plan: &godwit::plan::Plan) -> RunStatus {
                 rows_total_estimate: None,
                 rows_per_second: 0.0,
                 eta_seconds: None,
+                batch_size: None,
+                throttled: None,
                 error: None,
             })
             .collect(),
@@ -408,9 +411,15 @@ pub(crate) fn status_table(status: &RunStatus) -> String {
         "{}: {} ({:.1}s)\n",
         status.plan, status.state, status.elapsed_seconds
     );
+    if !status.settings.is_empty() {
+        out.push_str(&format!(
+            "set with `godwit set`: {}\n",
+            describe_settings(&status.settings)
+        ));
+    }
     out.push_str(&format!(
-        "{:<24} {:<8} {:>9} {:>23} {:>12} {:>8}\n",
-        "STEP", "STATE", "BATCHES", "ROWS", "ROWS/S", "ETA"
+        "{:<24} {:<8} {:>9} {:>23} {:>12} {:>8} {:>10}\n",
+        "STEP", "STATE", "BATCHES", "ROWS", "ROWS/S", "ETA", "BATCH SIZE"
     ));
     for s in &status.steps {
         let rows = match s.rows_total_estimate {
@@ -420,15 +429,20 @@ pub(crate) fn status_table(status: &RunStatus) -> String {
         let eta = s
             .eta_seconds
             .map_or("-".to_string(), |e| format!("{e:.0}s"));
+        let batch_size = s.batch_size.map_or("-".to_string(), thousands);
         out.push_str(&format!(
-            "{:<24} {:<8} {:>9} {:>23} {:>12} {:>8}\n",
+            "{:<24} {:<8} {:>9} {:>23} {:>12} {:>8} {:>10}\n",
             s.name,
             s.state,
             s.batches_done,
             rows,
             thousands(s.rows_per_second as i64),
-            eta
+            eta,
+            batch_size
         ));
+        if let Some(reason) = &s.throttled {
+            out.push_str(&format!("  throttled: {reason}\n"));
+        }
         if s.rows_skipped > 0 {
             out.push_str(&format!(
                 "  {} rows skipped by the transform: `godwit dead-letters` lists them\n",
@@ -460,6 +474,25 @@ pub(crate) fn status_table(status: &RunStatus) -> String {
     out
 }
 
+/// The settings changed with `godwit set`, in words: `concurrency 4, batch size 500`.
+pub(crate) fn describe_settings(settings: &RunSettings) -> String {
+    let mut parts = Vec::new();
+    if let Some(n) = settings.concurrency {
+        parts.push(format!("concurrency {n}"));
+    }
+    if let Some(n) = settings.batch_size {
+        parts.push(format!("batch size {}", thousands_u64(n)));
+    }
+    if let Some(rate) = settings.max_rows_per_second {
+        parts.push(format!("at most {rate} rows/s"));
+    }
+    parts.join(", ")
+}
+
+fn thousands_u64(n: u64) -> String {
+    i64::try_from(n).map_or_else(|_| n.to_string(), thousands)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -470,5 +503,23 @@ mod tests {
         assert_eq!(thousands(999), "999");
         assert_eq!(thousands(1000), "1,000");
         assert_eq!(thousands(-1234567), "-1,234,567");
+    }
+
+    #[test]
+    fn describes_settings() {
+        let settings = RunSettings {
+            concurrency: Some(4),
+            batch_size: Some(5000),
+            max_rows_per_second: Some(0.5),
+        };
+        assert_eq!(
+            describe_settings(&settings),
+            "concurrency 4, batch size 5,000, at most 0.5 rows/s"
+        );
+        let rate = RunSettings {
+            max_rows_per_second: Some(2000.0),
+            ..RunSettings::default()
+        };
+        assert_eq!(describe_settings(&rate), "at most 2000 rows/s");
     }
 }

@@ -19,6 +19,7 @@
 #![deny(missing_docs)]
 
 pub mod demo;
+mod ops;
 mod status;
 
 /// Where a plan is judged against its databases: what `godwit check` prints, and what `run`
@@ -33,6 +34,7 @@ pub use godwit_sched::{
 };
 pub use godwit_state as state;
 
+pub use crate::ops::{set_run, wait_run, SettingsChange, Waited};
 pub use crate::status::{control, control_run, dead_letters, list_runs, status, status_run};
 
 /// The error type of the scheduler: an invalid plan (nothing changed) or an unreachable

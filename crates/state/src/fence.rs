@@ -6,11 +6,11 @@
 //! [`fence_params`]), so that it matches nothing once the run was restarted; a write that
 //! matched nothing asks [`ensure_generation`] whether the run is gone, and fails with
 //! [`RESTARTED`] when it is. The run's row, with its generation, is read in one place
-//! ([`read_run`]).
+//! ([`read_run`]), with the settings `godwit set` changed when a worker asks for them.
 
 use godwit_driver::{number_placeholders, Conn, Dialect, Error, ErrorKind, Result, Value};
 
-use crate::{get_text, text, RunState, RESTARTED};
+use crate::{get_text, text, RunSettings, RunState, RESTARTED};
 
 /// The error of a process whose run was restarted by another (see [`RESTARTED`]).
 pub(crate) fn restarted(run: &str) -> Error {
@@ -81,6 +81,8 @@ pub(crate) enum RunRead {
     /// the row waits for (and the other way round). SQLite's transaction holds the write lock
     /// already.
     Locked,
+    /// A plain read that takes the settings `godwit set` changed too (tables of version 5).
+    Settings,
 }
 
 /// A run's row as the fence reads it.
@@ -89,9 +91,12 @@ pub(crate) struct RunRow {
     pub(crate) state: Option<RunState>,
     /// The generation the run is of.
     pub(crate) generation: Option<String>,
+    /// What `godwit set` changed; all `None` unless read with [`RunRead::Settings`].
+    pub(crate) settings: RunSettings,
 }
 
-/// The run's state and generation; `None` when no such run is stored.
+/// The run's state and generation (and settings, as `read` says); `None` when no such run is
+/// stored.
 pub(crate) async fn read_run(
     conn: &mut dyn Conn,
     run: &str,
@@ -102,11 +107,17 @@ pub(crate) async fn read_run(
         (RunRead::Locked, Dialect::MySql) => {
             "SELECT state, generation FROM godwit_runs WHERE run = ? LOCK IN SHARE MODE"
         }
+        (RunRead::Settings, _) => {
+            "SELECT state, generation, set_concurrency, set_batch_size, set_max_rows_per_second \
+             FROM godwit_runs WHERE run = ?"
+        }
         _ => "SELECT state, generation FROM godwit_runs WHERE run = ?",
     };
     let rows = conn.query(&number_placeholders(q, d), &[text(run)]).await?;
     Ok(rows.first().map(|row| RunRow {
         state: get_text(row.get(0)).map(|s| RunState::parse(&s)),
         generation: get_text(row.get(1)),
+        // Past the end of a narrower read, `get` gives NULL: no setting.
+        settings: RunSettings::read(row, 2),
     }))
 }

@@ -27,6 +27,7 @@ mod control;
 mod dead_letters;
 mod digest;
 mod fence;
+mod pace;
 mod record;
 mod runs;
 mod schema;
@@ -41,6 +42,7 @@ use godwit_driver::{
     number_placeholders, Conn, DbUrl, Dialect, Error, ErrorKind, Result, Row, Value,
 };
 
+pub use crate::pace::{RunControl, RunSettings};
 pub use crate::schema::SCHEMA_VERSION;
 pub use crate::status::{RunStatus, StepStatus, WorkerStatus, LIVE_WINDOW_MS};
 
@@ -115,7 +117,9 @@ pub struct StepSpec {
     /// Everything that decides what the step changes (SQL, table, key, filter), as stable text.
     /// A stored run whose definitions differ from the plan's is not resumed.
     pub definition: String,
-    /// Rows per batch when the step was stored (1 for a one-off step), for the queue view.
+    /// Rows per batch when the step was stored, for the queue view and as the step's current
+    /// batch size until a worker records another ([`StateStore::set_step_pace`]). A one-off
+    /// step's is 0 (or 1), and `status` shows none once the step started, or at all for 0.
     pub batch_size: i64,
 }
 

@@ -3,7 +3,7 @@
 
 use godwit_driver::{number_placeholders, Conn, Error, ErrorKind, Result, Value};
 
-use crate::fence::{ensure_generation, read_run, restarted, RunRead};
+use crate::fence::{ensure_generation, read_run, RunRead};
 use crate::{
     get_text, opt_text, schema, status, text, Restart, RunSpec, RunStart, RunState, RunStatus,
     StateStore, StepSpec, StoredRun,
@@ -94,22 +94,7 @@ impl StateStore {
     /// [`RESTARTED`](crate::RESTARTED) when this store began the run and another process
     /// restarted it since.
     pub async fn run_state(&self, run: &str) -> Result<Option<RunState>> {
-        let (run, mine) = (run.to_string(), self.generation(run));
-        self.with_conn(move |conn| {
-            Box::pin(async move {
-                let Some(row) = read_run(conn, &run, RunRead::Plain).await? else {
-                    return match mine {
-                        Some(_) => Err(restarted(&run)),
-                        None => Ok(None),
-                    };
-                };
-                if mine.is_some() && row.generation != mine {
-                    return Err(restarted(&run));
-                }
-                Ok(row.state)
-            })
-        })
-        .await
+        Ok(self.run_control(run).await?.map(|control| control.state))
     }
 
     /// Sets a run's state; `error` is kept for `failed`.
@@ -153,9 +138,13 @@ impl StateStore {
         let (run, known) = (run.to_string(), self.version);
         self.with_conn(move |conn| {
             Box::pin(async move {
-                // Tables from before version 3 have no skipped rows to sum.
-                let skipped = schema::at_least(conn, known, 3).await?;
-                status::read(conn, run, skipped).await
+                // Older tables lack what later versions added: read around it.
+                let columns = status::Columns {
+                    sized: schema::at_least(conn, known, 2).await?,
+                    skipped: schema::at_least(conn, known, 3).await?,
+                    pace: schema::at_least(conn, known, 5).await?,
+                };
+                status::read(conn, run, columns).await
             })
         })
         .await

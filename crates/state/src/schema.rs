@@ -7,7 +7,7 @@ use godwit_driver::{number_placeholders, Conn, Dialect, Error, Result, Value};
 
 /// The version of the state tables this build writes. A later release that changes them
 /// migrates from this number; an older release refuses newer tables.
-pub const SCHEMA_VERSION: i64 = 4;
+pub const SCHEMA_VERSION: i64 = 5;
 
 /// SQL for "now" in milliseconds on the state database's clock.
 pub(crate) fn now_ms(dialect: Dialect) -> &'static str {
@@ -95,7 +95,10 @@ fn runs_table(forms: &TableForms) -> String {
   started_ms BIGINT,
   finished_ms BIGINT,
   error {long_text},
-  generation VARCHAR(64)
+  generation VARCHAR(64),
+  set_concurrency BIGINT,
+  set_batch_size BIGINT,
+  set_max_rows_per_second DOUBLE PRECISION
 ){engine}"
     )
 }
@@ -122,6 +125,7 @@ fn steps_table(forms: &TableForms) -> String {
   started_ms BIGINT,
   finished_ms BIGINT,
   error {long_text},
+  throttled {long_text},
   PRIMARY KEY (run, step)
 ){engine}"
     )
@@ -322,6 +326,34 @@ async fn migrate(conn: &mut dyn Conn) -> Result<()> {
         conn.execute_unprepared(
             "UPDATE godwit_runs SET generation = 'v3' WHERE generation IS NULL",
         )
+        .await?;
+    }
+    migrate_pace(conn).await
+}
+
+/// Version 5: the settings `godwit set` changes on a running run (NULL: as the plan says) and
+/// why a step is throttled now (NULL: it is not). `godwit_steps.batch_size` becomes the step's
+/// current batch size, which adaptive sizing changes; its stored value stays a valid start.
+async fn migrate_pace(conn: &mut dyn Conn) -> Result<()> {
+    let long_text = TableForms::of(conn.dialect()).long_text;
+    let runs = conn.table_info("godwit_runs").await?;
+    for (column, sql_type) in [
+        ("set_concurrency", "BIGINT"),
+        ("set_batch_size", "BIGINT"),
+        ("set_max_rows_per_second", "DOUBLE PRECISION"),
+    ] {
+        if runs.as_ref().is_some_and(|t| t.column(column).is_none()) {
+            conn.execute_unprepared(&format!(
+                "ALTER TABLE godwit_runs ADD COLUMN {column} {sql_type}"
+            ))
+            .await?;
+        }
+    }
+    let steps = conn.table_info("godwit_steps").await?;
+    if steps.is_some_and(|t| t.column("throttled").is_none()) {
+        conn.execute_unprepared(&format!(
+            "ALTER TABLE godwit_steps ADD COLUMN throttled {long_text}"
+        ))
         .await?;
     }
     Ok(())

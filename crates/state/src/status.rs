@@ -6,7 +6,7 @@
 use godwit_driver::{number_placeholders, Conn, Result, Row, Value};
 use serde::Serialize;
 
-use crate::{get_text, schema};
+use crate::{get_text, schema, RunSettings};
 
 /// How far a run has come: the object `godwit status --json` prints.
 #[derive(Debug, Clone, Serialize, PartialEq)]
@@ -19,6 +19,8 @@ pub struct RunStatus {
     pub error: Option<String>,
     /// Seconds from the run's start to its end (or to now while it runs).
     pub elapsed_seconds: f64,
+    /// What `godwit set` changed on the run; `null` fields follow the plan.
+    pub settings: RunSettings,
     /// The steps in plan order.
     pub steps: Vec<StepStatus>,
     /// Workers that sent a heartbeat for this run in the last [`LIVE_WINDOW_MS`] milliseconds.
@@ -69,26 +71,44 @@ pub struct StepStatus {
     pub rows_per_second: f64,
     /// Seconds left at the recent rate; `null` when unknown.
     pub eta_seconds: Option<f64>,
+    /// Rows per batch now (adaptive sizing changes it); `null` for a one-off step, and for a
+    /// chunked step that found no row to walk.
+    pub batch_size: Option<i64>,
+    /// Why the step claims no new batch now (`null`: it is not throttled). Only while the step
+    /// and its run are running.
+    pub throttled: Option<String>,
     /// Why the step failed, with the key range and the database's code.
     pub error: Option<String>,
 }
 
 const RATE_WINDOW_MS: i64 = 30_000;
 
-/// `skipped`: whether `godwit_batches` has `rows_skipped` (version 3).
+/// What the state tables hold, by their version.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Columns {
+    /// `godwit_steps.batch_size` (version 2).
+    pub(crate) sized: bool,
+    /// `godwit_batches.rows_skipped` (version 3).
+    pub(crate) skipped: bool,
+    /// `godwit set`'s settings and `godwit_steps.throttled` (version 5).
+    pub(crate) pace: bool,
+}
+
 pub(crate) async fn read(
     conn: &mut dyn Conn,
     run: String,
-    skipped: bool,
+    columns: Columns,
 ) -> Result<Option<RunStatus>> {
-    let Some(run_row) = read_run(conn, &run).await? else {
+    let Some(run_row) = read_run(conn, &run, columns.pace).await? else {
         return Ok(None);
     };
-    let steps = read_steps(conn, &run).await?;
-    let counts = count_batches(conn, &run, run_row.now_ms, skipped).await?;
+    let steps = read_steps(conn, &run, columns).await?;
+    let counts = count_batches(conn, &run, run_row.now_ms, columns.skipped).await?;
+    // A throttle reason is what a running worker found; once the run stops, it is history.
+    let running = run_row.state == "running";
     let steps = steps
         .iter()
-        .map(|step| step_status(step, &counts, run_row.now_ms))
+        .map(|step| step_status(step, &counts, run_row.now_ms, running))
         .collect();
     // Tables from before version 2 have no heartbeats; a reader does not create them.
     let workers = read_workers(conn, &run, run_row.now_ms)
@@ -100,6 +120,7 @@ pub(crate) async fn read(
         state: run_row.state,
         error: run_row.error,
         elapsed_seconds: (run_row.elapsed_ms.max(0) as f64 / 100.0).round() / 10.0,
+        settings: run_row.settings,
         steps,
     }))
 }
@@ -111,16 +132,23 @@ struct RunRow {
     elapsed_ms: i64,
     /// "Now" on the state database's clock, which every rate and age here is measured by.
     now_ms: i64,
+    settings: RunSettings,
 }
 
-async fn read_run(conn: &mut dyn Conn, run: &str) -> Result<Option<RunRow>> {
+/// `pace`: whether the tables have `godwit set`'s settings (version 5).
+async fn read_run(conn: &mut dyn Conn, run: &str, pace: bool) -> Result<Option<RunRow>> {
     let d = conn.dialect();
     let now = schema::now_ms(d);
+    let settings = if pace {
+        ", set_concurrency, set_batch_size, set_max_rows_per_second"
+    } else {
+        ""
+    };
     let runs = conn
         .query(
             &number_placeholders(
                 &format!(
-                    "SELECT state, error, started_ms, COALESCE(finished_ms, {now}), {now} \
+                    "SELECT state, error, started_ms, COALESCE(finished_ms, {now}), {now}{settings} \
                      FROM godwit_runs WHERE run = ?"
                 ),
                 d,
@@ -141,16 +169,24 @@ async fn read_run(conn: &mut dyn Conn, run: &str) -> Result<Option<RunRow>> {
         error: get_text(run_row.get(1)),
         elapsed_ms,
         now_ms: run_row.get(4).as_i64().unwrap_or_default(),
+        settings: RunSettings::read(run_row, 5),
     }))
 }
 
-/// The run's steps in plan order: name, state, rows_total, started_ms, finished_ms, error.
-async fn read_steps(conn: &mut dyn Conn, run: &str) -> Result<Vec<Row>> {
+/// The run's steps in plan order: name, state, rows_total, started_ms, finished_ms, error,
+/// batch_size, whether it walks no key (a one-off step, or nothing to walk), throttled; NULL
+/// for what older tables lack.
+async fn read_steps(conn: &mut dyn Conn, run: &str, columns: Columns) -> Result<Vec<Row>> {
     let d = conn.dialect();
+    let batch_size = if columns.sized { "batch_size" } else { "NULL" };
+    let throttled = if columns.pace { "throttled" } else { "NULL" };
     conn.query(
         &number_placeholders(
-            "SELECT step, state, rows_total, started_ms, finished_ms, error \
-             FROM godwit_steps WHERE run = ? ORDER BY position",
+            &format!(
+                "SELECT step, state, rows_total, started_ms, finished_ms, error, {batch_size}, \
+                 CASE WHEN initialized = 1 AND key_kind IS NULL THEN 1 ELSE 0 END, {throttled} \
+                 FROM godwit_steps WHERE run = ? ORDER BY position"
+            ),
             d,
         ),
         &[Value::Text(run.to_string())],
@@ -199,8 +235,8 @@ async fn count_batches(
 }
 
 /// One step's progress from its row ([`read_steps`]) and its batches' counts
-/// ([`count_batches`]).
-fn step_status(step: &Row, counts: &[Row], now_ms: i64) -> StepStatus {
+/// ([`count_batches`]); `run_running`: whether the run is running.
+fn step_status(step: &Row, counts: &[Row], now_ms: i64, run_running: bool) -> StepStatus {
     let name = get_text(step.get(0)).unwrap_or_default();
     let c = counts
         .iter()
@@ -230,7 +266,6 @@ fn step_status(step: &Row, counts: &[Row], now_ms: i64) -> StepStatus {
     };
     StepStatus {
         name,
-        state,
         batches_done: n(1),
         batches_failed: n(2),
         rows_done,
@@ -238,8 +273,18 @@ fn step_status(step: &Row, counts: &[Row], now_ms: i64) -> StepStatus {
         rows_total_estimate: rows_total,
         rows_per_second: (rows_per_second * 10.0).round() / 10.0,
         eta_seconds,
+        batch_size: batch_size(step),
+        throttled: get_text(step.get(8)).filter(|_| run_running && state == "running"),
+        state,
         error: get_text(step.get(5)),
     }
+}
+
+/// A step's current batch size from its row ([`read_steps`]): none for a step that walks no
+/// key, whose one batch is its statement (stored as 1), nor for a size that is no size.
+fn batch_size(step: &Row) -> Option<i64> {
+    let walks_no_key = step.get(7).as_i64() == Some(1);
+    step.get(6).as_i64().filter(|&n| n > 0 && !walks_no_key)
 }
 
 async fn read_workers(conn: &mut dyn Conn, run: &str, now_ms: i64) -> Result<Vec<WorkerStatus>> {

@@ -543,7 +543,7 @@ async fn version_2_tables_are_migrated(backend: &str) {
         other => other.as_str().expect("text").to_string(),
     };
     assert_eq!(version, SCHEMA_VERSION.to_string());
-    assert_eq!(SCHEMA_VERSION, 4);
+    assert_eq!(SCHEMA_VERSION, 5);
     let batches = conn.table_info("godwit_batches").await.unwrap().unwrap();
     assert!(batches.column("rows_skipped").is_some());
     // Migrating again (another process, a restart) changes nothing.
