@@ -90,7 +90,10 @@ impl RowStep {
             transform,
             on_row_error: step.settings.on_row_error,
             convert: step.convert.clone(),
-            slicer: Slicer::new(step.settings.max_batch_bytes, step.settings.batch_size),
+            slicer: Slicer::new(
+                step.settings.max_batch_bytes,
+                step.settings.batch_size_bounds().1,
+            ),
             shape: OnceCell::new(),
         })
     }

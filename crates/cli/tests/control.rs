@@ -30,6 +30,7 @@ database = "{url}"
 
 [defaults]
 batch_size = {batch_size}
+adaptive = false
 
 [[steps]]
 name = "count"

@@ -19,6 +19,7 @@ database = "{url}"
 
 [defaults]
 batch_size = 7
+adaptive = false
 {extra_defaults}
 
 [[steps]]
@@ -253,7 +254,7 @@ async fn time_budget_stops_and_resumes(backend: Backend) {
     };
     let plan = db.step_plan(
         &table,
-        "batch_size = 10",
+        "batch_size = 10\nadaptive = false",
         &format!(
             "name = \"slow\"\ntable = \"{table}\"\nkey = \"id\"\n\
              sql = \"UPDATE {table} SET hits = hits + 1 WHERE id BETWEEN :start AND :end AND {slow}\""

@@ -235,7 +235,7 @@ fn plan_text(db: &TestDb, plan: &str, table: &str, filter: &Filter, batch_size: 
     let sql =
         format!("UPDATE {table} SET hits = hits + 1 WHERE k BETWEEN :start AND :end{and_filter}");
     format!(
-        "name = {plan}\ndatabase = {url}\n\n[defaults]\nbatch_size = {batch_size}\n\n\
+        "name = {plan}\ndatabase = {url}\n\n[defaults]\nbatch_size = {batch_size}\nadaptive = false\n\n\
          [[steps]]\nname = \"count\"\ntable = {table}\nkey = \"k\"\n{where_line}sql = {sql}\n",
         plan = toml_str(plan),
         url = toml_str(&db.url),

@@ -32,7 +32,7 @@ use std::time::Duration;
 
 pub use crate::model::{
     Convert, CopySpec, OnConflict, OnRowError, Plan, Script, Settings, Step, StepKind, Walked,
-    WrittenUrl,
+    WrittenUrl, DEFAULT_MAX_BATCH_SIZE, DEFAULT_MIN_BATCH_SIZE, DEFAULT_TARGET_BATCH_TIME,
 };
 
 /// A byte range in the plan text.

@@ -339,17 +339,18 @@ pub struct Settings {
     pub batch_timeout: Duration,
     /// What a transform does with a bad row.
     pub on_row_error: OnRowError,
-    /// The batch duration to adapt towards.
+    /// The batch duration to adapt towards; [`DEFAULT_TARGET_BATCH_TIME`] when not written.
     pub target_batch_time: Option<Duration>,
-    /// Whether the batch size adapts.
+    /// Whether the batch size adapts (on by default).
     pub adaptive: bool,
-    /// The smallest adaptive batch.
+    /// The smallest adaptive batch, as written (see [`Settings::batch_size_bounds`]).
     pub min_batch_size: Option<u64>,
-    /// The largest adaptive batch.
+    /// The largest adaptive batch, as written (see [`Settings::batch_size_bounds`]).
     pub max_batch_size: Option<u64>,
-    /// A rate limit.
+    /// The most rows (keys walked) the step's batches start per second, over every worker.
     pub max_rows_per_second: Option<f64>,
-    /// SQL whose true first column pauses claiming.
+    /// SQL run against the plan's database every few seconds; a true first column (or an
+    /// error) pauses claiming.
     pub throttle_query: Option<String>,
     /// The longest a transform may take over one row before the batch fails.
     pub row_timeout: Duration,
@@ -358,6 +359,49 @@ pub struct Settings {
     /// About the most row data a transform or copy holds at once per batch: a batch of wide
     /// rows is read and written in slices of at most this many bytes.
     pub max_batch_bytes: u64,
+}
+
+/// The batch duration that adaptive sizing aims at when `target_batch_time` is not written:
+/// short enough that an application waiting on a batch's row locks waits at most about this
+/// long, long enough that claims and commits cost little beside the batch's work.
+pub const DEFAULT_TARGET_BATCH_TIME: Duration = Duration::from_millis(500);
+
+/// The smallest adaptive batch when `min_batch_size` is not written.
+pub const DEFAULT_MIN_BATCH_SIZE: u64 = 10;
+
+/// The largest adaptive batch when `max_batch_size` is not written: a bound on the keys one
+/// walk reads and on one batch's locks whatever the rows cost.
+pub const DEFAULT_MAX_BATCH_SIZE: u64 = 100_000;
+
+impl Settings {
+    /// The batch duration adaptive sizing aims at.
+    pub fn target_batch_time(&self) -> Duration {
+        self.target_batch_time.unwrap_or(DEFAULT_TARGET_BATCH_TIME)
+    }
+
+    /// The smallest and largest batch sizes. A bound that is written is kept; one that is not
+    /// stretches to take in `batch_size`, so a plan that only writes a large `batch_size`
+    /// starts there.
+    pub fn batch_size_bounds(&self) -> (u64, u64) {
+        if !self.adaptive {
+            return (self.batch_size, self.batch_size);
+        }
+        let lo = self
+            .min_batch_size
+            .unwrap_or(DEFAULT_MIN_BATCH_SIZE.min(self.batch_size))
+            .max(1);
+        let hi = self
+            .max_batch_size
+            .unwrap_or(DEFAULT_MAX_BATCH_SIZE.max(self.batch_size))
+            .max(lo);
+        (lo, hi)
+    }
+
+    /// The size of a step's first batch: `batch_size`, within the bounds.
+    pub fn first_batch_size(&self) -> u64 {
+        let (lo, hi) = self.batch_size_bounds();
+        self.batch_size.clamp(lo, hi)
+    }
 }
 
 impl Default for Settings {

@@ -198,7 +198,7 @@ async fn next_ranges(
             kind,
             after.as_ref(),
             &upper,
-            ctx.settings().batch_size,
+            ctx.pace().batch_size(ctx.run().pace()),
             ctx.run().claim_ahead(),
         )
         .await?;

@@ -15,6 +15,7 @@ use godwit_plan::{Settings, Step};
 use godwit_state::{ClaimedBatch, StateStore};
 use tokio::sync::Semaphore;
 
+use crate::pace::{RunPace, Slots, StepPace};
 use crate::stop::{stop_pair, StopHandle, StopLevel, StopSignal};
 use crate::EventSink;
 
@@ -29,7 +30,8 @@ pub(crate) struct RunCtx {
     pool: ConnPool,
     exactly_once: bool,
     worker: String,
-    permits: Arc<Semaphore>,
+    /// The slots batches run in, the rate, and what `godwit set` changed.
+    pace: RunPace,
     /// How many new batches one claim takes at most.
     claim_ahead: usize,
     /// This run's own stop: raised by the caller's signal, and by a cancel from elsewhere.
@@ -56,6 +58,8 @@ pub(crate) struct RunSetup {
     pub(crate) pool: ConnPool,
     pub(crate) exactly_once: bool,
     pub(crate) permits: Arc<Semaphore>,
+    /// How many slots `permits` holds.
+    pub(crate) concurrency: usize,
     pub(crate) claim_ahead: usize,
     /// The caller's stop, passed on to the run's own.
     pub(crate) stop: StopSignal,
@@ -81,7 +85,7 @@ impl RunCtx {
             pool: setup.pool,
             exactly_once: setup.exactly_once,
             worker: worker_name(),
-            permits: setup.permits,
+            pace: RunPace::new(Slots::new(setup.permits, setup.concurrency)),
             claim_ahead: setup.claim_ahead,
             stop: own_stop,
             stop_handle,
@@ -115,7 +119,10 @@ impl RunCtx {
         self.claim_ahead
     }
     pub(crate) fn permits(&self) -> Arc<Semaphore> {
-        self.permits.clone()
+        self.pace.slots().permits()
+    }
+    pub(crate) fn pace(&self) -> &RunPace {
+        &self.pace
     }
     pub(crate) fn stop(&self) -> &StopSignal {
         &self.stop
@@ -225,6 +232,7 @@ pub(crate) struct StepCtx {
     run: Arc<RunCtx>,
     step: Step,
     work: Work,
+    pace: StepPace,
 }
 
 impl StepCtx {
@@ -236,7 +244,13 @@ impl StepCtx {
     ) -> Result<StepCtx, String> {
         let work = Work::for_step(&step, run.pool().url(), dialect, plan_path)
             .map_err(|e| e.to_string())?;
-        Ok(StepCtx { run, step, work })
+        let pace = StepPace::new(&step.settings);
+        Ok(StepCtx {
+            run,
+            step,
+            work,
+            pace,
+        })
     }
 
     pub(crate) fn run(&self) -> &RunCtx {
@@ -245,6 +259,10 @@ impl StepCtx {
 
     pub(crate) fn work(&self) -> &Work {
         &self.work
+    }
+
+    pub(crate) fn pace(&self) -> &StepPace {
+        &self.pace
     }
 
     pub(crate) fn settings(&self) -> &Settings {

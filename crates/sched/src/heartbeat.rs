@@ -39,8 +39,9 @@ pub(crate) async fn heartbeat(ctx: Arc<RunCtx>) {
                 "running"
             }
             .to_string();
-            if let Err(e) = ctx.state().heartbeat(&beat).await {
-                tracing::debug!(error = %e, "could not record the heartbeat");
+            match ctx.state().heartbeat(&beat).await {
+                Ok(live) => ctx.pace().set_workers(live),
+                Err(e) => tracing::debug!(error = %e, "could not record the heartbeat"),
             }
         }
         let batches = ctx.tracked();

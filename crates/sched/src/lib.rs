@@ -8,8 +8,9 @@
 //! Where a batch lives, by file: `run.rs` orders the steps, `step.rs` keeps a step's batches in
 //! flight, `claim.rs` claims each (the key walk in `godwit-batch` finds its range), and
 //! `commit.rs` opens its transaction, has `godwit_batch::Work` write its rows, and commits it
-//! with its done record. `ctx.rs` holds what they share, `retry.rs` the backoff,
-//! `heartbeat.rs` keeps the leases alive, and `failure.rs` says what failed.
+//! with its done record. `pace/` decides how large each batch is, when it may start and
+//! whether anything starts (throttling). `ctx.rs` holds what they share, `retry.rs` the
+//! backoff, `heartbeat.rs` keeps the leases alive, and `failure.rs` says what failed.
 #![deny(missing_docs)]
 
 mod claim;
@@ -18,6 +19,7 @@ mod ctx;
 mod events;
 mod failure;
 mod heartbeat;
+mod pace;
 mod retry;
 mod run;
 mod spec;

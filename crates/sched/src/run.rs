@@ -168,6 +168,7 @@ pub async fn run(
             .permits
             .clone()
             .unwrap_or_else(|| Arc::new(Semaphore::new(concurrency))),
+        concurrency,
         // One claim for as many batches as run at once here: claims, commits and races for
         // the step's cursor row divide by that, while a process never holds more than one
         // round of batches it has not started.
@@ -299,18 +300,27 @@ async fn schedule(
     }
 }
 
-/// Follows the run's state as other processes set it: a pause, a cancel. Breaks when another
-/// process restarted the run.
+/// Follows the run's state and settings as other processes set them: a pause, a cancel,
+/// `godwit set`. Breaks when another process restarted the run.
 async fn follow_run_state(ctx: &RunCtx) -> ControlFlow<()> {
-    match ctx.state().run_state(ctx.name()).await {
+    let control = match ctx.state().run_control(ctx.name()).await {
         Err(e) if godwit_state::is_restarted(&e) => {
             ctx.mark_restarted();
             return ControlFlow::Break(());
         }
-        Ok(Some(RunState::Paused)) => ctx.set_paused(true),
-        Ok(Some(RunState::Cancelled)) => ctx.mark_cancelled(),
-        Ok(_) => ctx.set_paused(false),
-        Err(e) => tracing::debug!(error = %e, "could not read the run's state"),
+        Err(e) => {
+            tracing::debug!(error = %e, "could not read the run's state");
+            return ControlFlow::Continue(());
+        }
+        Ok(control) => control,
+    };
+    match control.as_ref().map(|c| c.state) {
+        Some(RunState::Paused) => ctx.set_paused(true),
+        Some(RunState::Cancelled) => ctx.mark_cancelled(),
+        _ => ctx.set_paused(false),
+    }
+    if let Some(control) = control {
+        ctx.pace().apply(control.settings);
     }
     ControlFlow::Continue(())
 }

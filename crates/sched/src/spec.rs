@@ -21,7 +21,8 @@ pub(crate) fn run_spec(plan: &Plan) -> Result<RunSpec, Error> {
                 name: s.name.clone(),
                 definition: step_definition(s),
                 batch_size: match s.kind {
-                    StepKind::Once { .. } => 1,
+                    // No batch size: `status` shows none for a one-off step.
+                    StepKind::Once { .. } => 0,
                     _ => i64::try_from(s.settings.batch_size).unwrap_or(i64::MAX),
                 },
             })

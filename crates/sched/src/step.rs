@@ -51,6 +51,7 @@ pub(crate) async fn drive(ctx: Arc<StepCtx>) -> StepResult {
         Err(ended) => return ended,
     };
     announce(&ctx, &record).await;
+    let _watching = ctx.pace().watch(ctx.run().pool().url());
     let mut flight = Flight {
         ctx: ctx.clone(),
         stop: ctx.run().stop().clone(),
@@ -243,6 +244,13 @@ impl Flight {
                 self.pause().await;
                 continue;
             }
+            record_pace(&self.ctx).await;
+            if self.ctx.pace().throttled().is_some() {
+                // As paused: batches in flight finish, nothing new starts, and workers go on
+                // by themselves once the signal clears.
+                self.pause().await;
+                continue;
+            }
             // Claim before waiting for a free slot, so that the next batch's key walk and
             // claim overlap the batches in flight instead of adding to each slot's idle time.
             // A second signal must not wait for a slow walk or an unreachable state database.
@@ -279,6 +287,8 @@ impl Flight {
     }
 
     /// Starts a claimed batch once a slot is free; breaks when asked to stop meanwhile.
+    ///
+    /// Under a rate limit the batch first waits for its turn.
     async fn start(&mut self, claimed: Claimed) -> ControlFlow<()> {
         let Claimed {
             batch,
@@ -287,11 +297,18 @@ impl Flight {
         } = claimed;
         let run = self.ctx.run();
         run.track(&batch, self.ctx.settings().lease);
+        let turn = self
+            .ctx
+            .pace()
+            .book(run.pace(), u64::try_from(batch.n_rows()).unwrap_or(0));
         let permit = tokio::select! {
             // Stopping wins over a free slot: nothing new starts once asked to stop.
             biased;
             _ = self.stop.reached(StopLevel::Drain) => None,
-            permit = run.permits().acquire_owned() => permit.ok(),
+            permit = async {
+                tokio::time::sleep(turn).await;
+                run.permits().acquire_owned().await
+            } => permit.ok(),
         };
         let Some(permit) = permit else {
             run.pool().give(conn);
@@ -384,6 +401,22 @@ impl Flight {
     }
 }
 
+/// Writes the step's batch size and why it is throttled for `status`, when they changed.
+async fn record_pace(ctx: &StepCtx) {
+    let run = ctx.run();
+    let Some((size, reason)) = ctx.pace().to_record(run.pace()) else {
+        return;
+    };
+    let recorded = run
+        .state()
+        .set_step_pace(run.name(), ctx.name(), size, reason.as_deref())
+        .await;
+    if let Err(e) = recorded {
+        ctx.pace().forget_recorded();
+        tracing::debug!(step = ctx.name(), error = %e, "could not record the step's pace");
+    }
+}
+
 /// Reports how the step ended, and records a failure in the state store.
 async fn record_end(ctx: &StepCtx, result: &StepResult) {
     let run = ctx.run();
@@ -434,6 +467,8 @@ async fn run_batch(
     match executed {
         Ok(Executed::Committed(outcome)) => {
             run.pool().give(conn);
+            ctx.pace()
+                .observe(u64::try_from(batch.n_rows()).unwrap_or(0), outcome.duration);
             run.events().send(Event::BatchDone {
                 step: ctx.name().to_string(),
                 batch: batch.number(),

@@ -2,11 +2,13 @@
 
 use godwit_driver::{number_placeholders, Result, Value};
 
-use crate::{schema, text, StateStore, WorkerBeat};
+use crate::{schema, text, StateStore, WorkerBeat, LIVE_WINDOW_MS};
 
 impl StateStore {
     /// Records that `beat.worker` is alive and what it holds; called every second or so.
-    pub async fn heartbeat(&self, beat: &WorkerBeat) -> Result<()> {
+    /// Returns how many workers of its run are alive (it included), which share the run's rate
+    /// limit.
+    pub async fn heartbeat(&self, beat: &WorkerBeat) -> Result<u64> {
         let beat = beat.clone();
         self.with_conn(move |conn| {
             Box::pin(async move {
@@ -42,18 +44,34 @@ impl StateStore {
                                  heartbeat_ms, batches, state) VALUES (?, ?, ?, ?, ?, {now}, {now}, ?, ?)"
                             ), d),
                         &[
-                            text(beat.worker),
-                            text(beat.run),
+                            text(beat.worker.clone()),
+                            text(beat.run.clone()),
                             text(beat.host),
                             Value::Int(beat.pid),
                             text(beat.version),
                             Value::Int(beat.batches),
-                            text(beat.state),
+                            text(beat.state.clone()),
                         ],
                     )
                     .await?;
                 }
-                Ok(())
+                let live = conn
+                    .query(
+                        &number_placeholders(
+                            &format!(
+                                "SELECT COUNT(*) FROM godwit_workers \
+                                 WHERE run = ? AND heartbeat_ms >= {now} - {LIVE_WINDOW_MS}"
+                            ),
+                            d,
+                        ),
+                        &[text(beat.run)],
+                    )
+                    .await?;
+                let n = live
+                    .first()
+                    .and_then(|r| r.get(0).as_i64())
+                    .unwrap_or(1);
+                Ok(u64::try_from(n).unwrap_or(1).max(1))
             })
         })
         .await

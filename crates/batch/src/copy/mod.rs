@@ -167,7 +167,10 @@ impl CopyStep {
             transform,
             on_row_error: step.settings.on_row_error,
             convert: step.convert.clone(),
-            slicer: Slicer::new(step.settings.max_batch_bytes, step.settings.batch_size),
+            slicer: Slicer::new(
+                step.settings.max_batch_bytes,
+                step.settings.batch_size_bounds().1,
+            ),
             read: OnceCell::new(),
             write: OnceCell::new(),
             same_database: source.is_none(),

@@ -47,7 +47,7 @@ pub fn restart_plan(db: &TestDb, table: &str, state: Option<&str>, letter: &str)
         .map(|url| format!("[state]\ndatabase = \"{url}\"\n\n"))
         .unwrap_or_default();
     format!(
-        "name = \"{table}\"\ndatabase = \"{url}\"\n\n{state}[defaults]\nbatch_size = 10\n\n\
+        "name = \"{table}\"\ndatabase = \"{url}\"\n\n{state}[defaults]\nbatch_size = 10\nadaptive = false\n\n\
          [[steps]]\nname = \"mark\"\ntable = \"{table}\"\nkey = \"id\"\n\
          sql = \"UPDATE {table} SET v = {append}{stamp} WHERE id BETWEEN :start AND :end AND {slow}\"\n",
         url = plan_url(&db.url)

@@ -12,12 +12,6 @@ use super::keys_in_file_order;
 /// `max_rows_per_second = 500` believes the database is protected. Each leaves this list in the
 /// version that makes it work.
 pub(super) const NOT_SUPPORTED_YET: &[&str] = &[
-    "target_batch_time",
-    "adaptive",
-    "min_batch_size",
-    "max_batch_size",
-    "max_rows_per_second",
-    "throttle_query",
     "replicas",
     "max_replica_lag",
     "max_latency_increase",
@@ -57,9 +51,7 @@ mod tests {
             "{HEAD}replicas = [\"postgres://r/d\"]\nmax_replica_lag = \"10s\"\n\
              max_latency_increase = \"2x\"\nprobe_query = \"SELECT 1\"\n\
              [expect]\nmax_duration = \"2h\"\n\
-             [defaults]\ntarget_batch_time = \"500ms\"\nadaptive = false\nmin_batch_size = 10\n\
-             [[steps]]\nname = \"a\"\nsql = \"SELECT 1\"\nmax_batch_size = 100\n\
-             max_rows_per_second = 50\nthrottle_query = \"SELECT false\"\n"
+             [[steps]]\nname = \"a\"\nsql = \"SELECT 1\"\n"
         );
         let errors = crate::parse::parse(&text, Path::new("p.toml"), &env)
             .expect_err("keys not acted on are refused")
@@ -76,12 +68,6 @@ mod tests {
                 "p.toml:5:1: `max_latency_increase` in the plan",
                 "p.toml:6:1: `probe_query` in the plan",
                 "p.toml:8:1: `max_duration` in [expect]",
-                "p.toml:10:1: `target_batch_time` in [defaults]",
-                "p.toml:11:1: `adaptive` in [defaults]",
-                "p.toml:12:1: `min_batch_size` in [defaults]",
-                "p.toml:16:1: `max_batch_size` in step \"a\"",
-                "p.toml:17:1: `max_rows_per_second` in step \"a\"",
-                "p.toml:18:1: `throttle_query` in step \"a\"",
             ],
             "{errors}"
         );

@@ -122,6 +122,20 @@ impl Ctx<'_> {
         if let Some(n) = self.byte_size(table, "max_batch_bytes") {
             s.max_batch_bytes = n;
         }
+        // Sizing keys beside `adaptive = false` in one table would be read and then ignored.
+        if table.get("adaptive").is_some() && !s.adaptive {
+            for key in ["target_batch_time", "min_batch_size", "max_batch_size"] {
+                if let Some(value) = table.get(key) {
+                    self.error(
+                        &value.span(),
+                        format!(
+                            "`{key}` sizes adaptive batches, but this table sets `adaptive = false`: \
+                             remove one of them"
+                        ),
+                    );
+                }
+            }
+        }
         // Only the table that writes one of the bounds is told, so a step does not repeat a
         // problem of [defaults].
         if let (Some(lo), Some(hi)) = (s.min_batch_size, s.max_batch_size) {
@@ -209,7 +223,7 @@ impl Ctx<'_> {
 
 #[cfg(test)]
 mod tests {
-    use super::super::test_support::{check_steps, parse_ok, HEAD};
+    use super::super::test_support::{check_steps, env, parse_ok, HEAD};
     use super::*;
 
     /// Issue 11: "9999999999h" passed `check`, then `run` failed on PostgreSQL's "invalid value".
@@ -235,7 +249,7 @@ mod tests {
     #[test]
     fn steps_override_defaults_key_by_key() {
         let plan = parse_ok(&format!(
-            "{HEAD}[defaults]\nbatch_size = 10\nlease = \"1m\"\nbatch_timeout = \"1h30m\"\nadaptive = false\nmax_rows_per_second = 500\nthrottle_query = \"SELECT busy()\"\nmin_batch_size = 5\n\
+            "{HEAD}[defaults]\nbatch_size = 10\nlease = \"1m\"\nbatch_timeout = \"1h30m\"\nmax_rows_per_second = 500\nthrottle_query = \"SELECT busy()\"\nmin_batch_size = 5\n\
              [[steps]]\nname = \"a\"\nsql = \"SELECT 1\"\n\
              [[steps]]\nname = \"b\"\nsql = \"SELECT 2\"\nlease = \"5s\"\nmax_batch_size = 50\nmax_attempts = 9\nmax_rows_per_second = 2.5\n"
         ));
@@ -243,7 +257,6 @@ mod tests {
             batch_size: 10,
             lease: Duration::from_secs(60),
             batch_timeout: Duration::from_secs(5400),
-            adaptive: false,
             max_rows_per_second: Some(500.0),
             throttle_query: Some("SELECT busy()".into()),
             min_batch_size: Some(5),
@@ -260,6 +273,28 @@ mod tests {
                 max_rows_per_second: Some(2.5),
                 ..defaults
             }
+        );
+    }
+
+    /// Sizing keys written beside `adaptive = false` would do nothing: refused where written.
+    /// A step that turns sizing off under sizing [defaults] is what a user means, and passes.
+    #[test]
+    fn sizing_keys_beside_adaptive_false_are_refused() {
+        let errors = crate::parse::parse(
+            &format!(
+                "{HEAD}[defaults]\ntarget_batch_time = \"1s\"\n\
+                 [[steps]]\nname = \"a\"\nsql = \"SELECT 1\"\nadaptive = false\n\
+                 [[steps]]\nname = \"b\"\nsql = \"SELECT 1\"\nadaptive = false\nmax_batch_size = 5\n"
+            ),
+            std::path::Path::new("p.toml"),
+            &env,
+        )
+        .expect_err("refused")
+        .to_string();
+        assert_eq!(
+            errors,
+            "p.toml:13:18: step \"b\": `max_batch_size` sizes adaptive batches, but this table \
+             sets `adaptive = false`: remove one of them"
         );
     }
 

@@ -1,0 +1,223 @@
+//! How fast a run goes, decided before each batch starts: how many keys it takes (`size.rs`:
+//! sized by time), when it may start (`rate.rs`: `max_rows_per_second`), whether anything
+//! starts at all (`health.rs`: throttling), and how many run at once (`slots.rs`). What a user
+//! changes on a running run with `godwit set` arrives in [`RunPace`].
+
+mod health;
+mod rate;
+mod size;
+mod slots;
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use godwit_driver::DbUrl;
+use godwit_plan::Settings;
+use godwit_state::RunSettings;
+use tokio::task::JoinHandle;
+
+use crate::pace::health::{watch_throttle_query, Health};
+use crate::pace::rate::Rate;
+use crate::pace::size::Sizer;
+pub(crate) use crate::pace::slots::Slots;
+
+/// How often a step's pace (its batch size, why it is throttled) is written for `status` at
+/// most, while it changes.
+const RECORD_EVERY: Duration = Duration::from_secs(1);
+
+/// The most of its rate budget one batch takes: with `max_rows_per_second`, batches hold at
+/// most a quarter of a second's rows, so the rate holds over short spans too.
+const RATE_SLICES_PER_SECOND: f64 = 4.0;
+
+/// What a run's steps share of their pace in this process: what `godwit set` changed, and how
+/// many workers share the run's rate.
+pub(crate) struct RunPace {
+    /// A batch size set with `godwit set`, pinning every step's; 0 when none.
+    batch_size: AtomicU64,
+    /// A rate set with `godwit set`, over the whole run, instead of the steps' own.
+    max_rows_per_second: Mutex<Option<f64>>,
+    /// The run-wide rate's bookings.
+    rate: Rate,
+    /// Live workers of the run, this one included: each takes its share of a rate.
+    workers: AtomicU64,
+    slots: Slots,
+    /// The settings applied last, so that only a change acts.
+    applied: Mutex<RunSettings>,
+}
+
+impl RunPace {
+    pub(crate) fn new(slots: Slots) -> RunPace {
+        RunPace {
+            batch_size: AtomicU64::new(0),
+            max_rows_per_second: Mutex::new(None),
+            rate: Rate::default(),
+            workers: AtomicU64::new(1),
+            slots,
+            applied: Mutex::new(RunSettings::default()),
+        }
+    }
+
+    pub(crate) fn slots(&self) -> &Slots {
+        &self.slots
+    }
+
+    /// Notes how many workers of the run are alive.
+    pub(crate) fn set_workers(&self, n: u64) {
+        self.workers.store(n.max(1), Ordering::Relaxed);
+    }
+
+    /// Applies what `godwit set` stored; a setting not given leaves the plan's own.
+    pub(crate) fn apply(&self, settings: RunSettings) {
+        let mut applied = self.applied.lock().unwrap_or_else(|e| e.into_inner());
+        if *applied == settings {
+            return;
+        }
+        if settings.concurrency != applied.concurrency {
+            if let Some(n) = settings.concurrency {
+                self.slots.resize(usize::try_from(n).unwrap_or(usize::MAX));
+            }
+        }
+        self.batch_size
+            .store(settings.batch_size.unwrap_or(0), Ordering::Relaxed);
+        if let Ok(mut rate) = self.max_rows_per_second.lock() {
+            *rate = settings.max_rows_per_second;
+        }
+        tracing::info!(?settings, "settings changed with `godwit set`");
+        *applied = settings;
+    }
+
+    fn pinned_batch_size(&self) -> Option<u64> {
+        match self.batch_size.load(Ordering::Relaxed) {
+            0 => None,
+            n => Some(n),
+        }
+    }
+
+    fn run_rate(&self) -> Option<f64> {
+        self.max_rows_per_second.lock().ok().and_then(|r| *r)
+    }
+
+    /// `per_second` shared among the run's live workers.
+    fn share(&self, per_second: f64) -> f64 {
+        per_second / self.workers.load(Ordering::Relaxed).max(1) as f64
+    }
+}
+
+/// One step's pace in this process.
+pub(crate) struct StepPace {
+    sizer: Sizer,
+    rate: Rate,
+    max_rows_per_second: Option<f64>,
+    throttle_query: Option<String>,
+    health: Arc<Health>,
+    recorded: Mutex<Recorded>,
+}
+
+/// What was last written of a step's pace, and when.
+#[derive(Default)]
+struct Recorded {
+    size: u64,
+    reason: Option<String>,
+    at: Option<Instant>,
+}
+
+/// Stops a step's health watchers when dropped.
+pub(crate) struct Watching(Option<JoinHandle<()>>);
+
+impl Drop for Watching {
+    fn drop(&mut self) {
+        if let Some(task) = self.0.take() {
+            task.abort();
+        }
+    }
+}
+
+impl StepPace {
+    pub(crate) fn new(settings: &Settings) -> StepPace {
+        StepPace {
+            sizer: Sizer::new(settings),
+            rate: Rate::default(),
+            max_rows_per_second: settings.max_rows_per_second,
+            throttle_query: settings.throttle_query.clone(),
+            health: Arc::new(Health::default()),
+            recorded: Mutex::new(Recorded::default()),
+        }
+    }
+
+    /// Starts watching what throttles the step, on `url`, until the guard is dropped.
+    pub(crate) fn watch(&self, url: &DbUrl) -> Watching {
+        Watching(
+            self.throttle_query
+                .clone()
+                .map(|q| watch_throttle_query(url.clone(), q, self.health.clone())),
+        )
+    }
+
+    /// Why no batch of the step may start now; `None` when they may.
+    pub(crate) fn throttled(&self) -> Option<String> {
+        self.health.reason()
+    }
+
+    /// The rate the step's batches start at, per worker, and whether it is the run's.
+    fn rate<'a>(&'a self, run: &'a RunPace) -> Option<(f64, &'a Rate)> {
+        match (run.run_rate(), self.max_rows_per_second) {
+            (Some(r), _) => Some((run.share(r), &run.rate)),
+            (None, Some(r)) => Some((run.share(r), &self.rate)),
+            (None, None) => None,
+        }
+    }
+
+    /// How many keys the step's next batch takes.
+    pub(crate) fn batch_size(&self, run: &RunPace) -> u64 {
+        let size = run.pinned_batch_size().unwrap_or_else(|| self.sizer.size());
+        match self.rate(run) {
+            Some((per_second, _)) => {
+                let slice = (per_second / RATE_SLICES_PER_SECOND).floor().max(1.0) as u64;
+                size.min(slice)
+            }
+            None => size,
+        }
+    }
+
+    /// Learns from a committed batch of `keys` keys whose transaction took `took`.
+    pub(crate) fn observe(&self, keys: u64, took: Duration) {
+        self.sizer.observe(keys, took);
+    }
+
+    /// How long a batch of `rows` rows waits for its turn under the rate; zero without one.
+    pub(crate) fn book(&self, run: &RunPace, rows: u64) -> Duration {
+        match self.rate(run) {
+            Some((per_second, rate)) => rate.book(Instant::now(), rows, per_second),
+            None => Duration::ZERO,
+        }
+    }
+
+    /// Forgets what was last written, so that the next [`StepPace::to_record`] writes again
+    /// (the write failed).
+    pub(crate) fn forget_recorded(&self) {
+        if let Ok(mut recorded) = self.recorded.lock() {
+            *recorded = Recorded::default();
+        }
+    }
+
+    /// What to write of the step's pace for `status`, when it changed: its batch size and why
+    /// it is throttled. A new reason is written at once, a new size at most every
+    /// [`RECORD_EVERY`].
+    pub(crate) fn to_record(&self, run: &RunPace) -> Option<(u64, Option<String>)> {
+        let size = self.batch_size(run);
+        let reason = self.throttled();
+        let mut recorded = self.recorded.lock().ok()?;
+        let due = recorded.at.is_none_or(|t| t.elapsed() >= RECORD_EVERY);
+        let changed = reason != recorded.reason || (size != recorded.size && due);
+        if !changed {
+            return None;
+        }
+        *recorded = Recorded {
+            size,
+            reason: reason.clone(),
+            at: Some(Instant::now()),
+        };
+        Some((size, reason))
+    }
+}
