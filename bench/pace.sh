@@ -104,7 +104,7 @@ measure() {
   [ "$left" = 0 ] || { echo "$label left $left rows" >&2; exit 1; }
   secs[$label]+="$(echo "$t1 - $t0" | bc -l) "
   local long=""
-  if [[ $label == godwit* ]]; then
+  if [[ $label == *godwit* ]]; then
     long=$(query "$db" "SELECT max(duration_ms) FROM godwit_batches WHERE run = 'bench-pace'")
     longest[$label]+="$long "
     long=", longest batch ${long} ms"

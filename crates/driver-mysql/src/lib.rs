@@ -37,6 +37,8 @@ pub struct MySqlConn {
     mariadb: bool,
     /// The statement time limit last set on the session, to avoid setting it per batch.
     statement_timeout: Option<Duration>,
+    /// The lock wait limit last set on the session (None: the server's own).
+    lock_timeout: Option<Duration>,
     /// The server's connection id.
     id: Option<i64>,
 }
@@ -60,6 +62,7 @@ pub async fn connect(url: &DbUrl, _options: &ConnectOptions) -> Result<MySqlConn
         conn,
         mariadb: false,
         statement_timeout: None,
+        lock_timeout: None,
         id: None,
     };
     let rows = conn
@@ -348,6 +351,16 @@ godwit_driver::impl_sqlx_conn! {
             };
             self.execute_unprepared(&set).await?;
             self.statement_timeout = options.statement_timeout;
+        }
+        if options.lock_timeout != self.lock_timeout {
+            // Whole seconds, rounded up to at least one.
+            let seconds = match options.lock_timeout {
+                Some(wait) => wait.as_nanos().div_ceil(1_000_000_000).max(1).to_string(),
+                None => "DEFAULT".to_string(),
+            };
+            self.execute_unprepared(&format!("SET SESSION innodb_lock_wait_timeout = {seconds}"))
+                .await?;
+            self.lock_timeout = options.lock_timeout;
         }
         self.conn.begin("START TRANSACTION").await
     }

@@ -396,6 +396,12 @@ godwit_driver::impl_sqlx_conn! {
                 timeout.as_nanos().div_ceil(1_000_000).max(1)
             ));
         }
+        if let Some(timeout) = options.lock_timeout {
+            sql.push_str(&format!(
+                "; SET LOCAL lock_timeout = {}",
+                timeout.as_nanos().div_ceil(1_000_000).max(1)
+            ));
+        }
         if options.async_commit {
             sql.push_str("; SET LOCAL synchronous_commit = off");
         }

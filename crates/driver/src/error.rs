@@ -121,6 +121,13 @@ impl Error {
         self.code.as_deref()
     }
 
+    /// Whether a statement gave up waiting for a lock someone else holds (PostgreSQL's
+    /// `lock_not_available`, MySQL's and MariaDB's lock wait timeout and `NOWAIT`), rather than
+    /// failing on its own: the same work succeeds once the holder is done.
+    pub fn is_lock_timeout(&self) -> bool {
+        matches!(self.code.as_deref(), Some("55P03" | "1205" | "3572"))
+    }
+
     /// The database's message, without the code.
     pub fn message(&self) -> &str {
         &self.message

@@ -77,6 +77,10 @@ pub struct TxOptions {
     /// loses their progress records too, which is the case when a batch and its record commit
     /// together.
     pub async_commit: bool,
+    /// The longest a statement waits for a row lock someone else holds before it fails with a
+    /// lock timeout (PostgreSQL's `lock_timeout`; on MySQL and MariaDB
+    /// `innodb_lock_wait_timeout`, whole seconds, at least one). SQLite has no row locks.
+    pub lock_timeout: Option<Duration>,
 }
 
 /// A column of a table, as the database reports it.

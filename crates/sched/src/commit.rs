@@ -2,7 +2,7 @@
 //! writes in it, and the batch's done record and dead letters are recorded with it (or just
 //! after it, with a separate state database) before it commits.
 
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use godwit_batch::BatchError;
 use godwit_driver::{Conn, TxOptions};
@@ -10,6 +10,12 @@ use godwit_state::{BatchOutcome, ClaimedBatch, DeadLetter, StateStore};
 
 use crate::ctx::StepCtx;
 use crate::retry::with_retries;
+
+/// How long a batch waits for a row lock held by someone else before it yields: well under
+/// PostgreSQL's `deadlock_timeout` (1 s), so a batch in a lock cycle with an application gives
+/// up before the application could be chosen as the deadlock's victim. MySQL and MariaDB
+/// count whole seconds: one.
+pub(crate) const LOCK_TIMEOUT: Duration = Duration::from_millis(100);
 
 /// How a batch ended when it did not fail.
 pub(crate) enum Executed {
@@ -31,6 +37,10 @@ pub(crate) async fn execute(
     let run = ctx.run();
     let tx = TxOptions {
         statement_timeout: Some(ctx.settings().batch_timeout),
+        // Yield to the application: a batch that meets a row lock gives up soon, rolls back
+        // (freeing the rows it holds for whoever waits on them) and tries again later, so it
+        // never sits in a lock queue, or a deadlock, with an application's transaction.
+        lock_timeout: Some(LOCK_TIMEOUT),
         // Safe only when the done record shares the batch's transaction: a crash then loses
         // the batch and its record together. The step's final record commits synchronously,
         // which flushes every earlier commit.

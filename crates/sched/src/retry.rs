@@ -33,6 +33,13 @@ pub(crate) fn backoff(failed_attempts: i64) -> Duration {
     ceiling.mul_f64(fraction)
 }
 
+/// How long a batch that yielded to a lock waits before it is tried again: between a quarter
+/// of a second and a second, without growing, since a lock usually goes with the transaction
+/// holding it and nothing is lost by looking again soon.
+pub(crate) fn yield_backoff() -> Duration {
+    Duration::from_millis(250).mul_f64(1.0 + rand::random::<f64>() * 3.0)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

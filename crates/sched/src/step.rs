@@ -15,7 +15,7 @@ use crate::claim::{claim_next, release, release_queued, still_ours, ClaimCache, 
 use crate::commit::{execute, Executed};
 use crate::ctx::{RunCtx, StepCtx, POLL};
 use crate::failure::{Failure, FailureKind};
-use crate::retry::{backoff, with_retries};
+use crate::retry::{backoff, with_retries, yield_backoff};
 use crate::stop::{StopLevel, StopSignal};
 use crate::Event;
 
@@ -516,6 +516,12 @@ async fn aborted(ctx: &StepCtx, conn: Box<dyn Conn>, batch: &ClaimedBatch) {
 /// and attempts are left, otherwise recorded as failed and returned as the step's failure.
 async fn failed(ctx: &StepCtx, batch: &ClaimedBatch, e: BatchError) -> Result<(), Failure> {
     let run = ctx.run();
+    if let BatchError::Database(lock) = &e {
+        if lock.is_lock_timeout() {
+            yielded(ctx, batch, lock).await;
+            return Ok(());
+        }
+    }
     let failure = batch_failure(ctx.describe(batch), &e);
     let recorded_error = e.to_driver_error();
     let retry = e.is_retryable() && batch.attempts() + 1 < i64::from(ctx.settings().max_attempts);
@@ -545,6 +551,28 @@ async fn failed(ctx: &StepCtx, batch: &ClaimedBatch, e: BatchError) -> Result<()
         tracing::warn!(step = ctx.name(), error = %e, "could not record a retry; the batch returns when its lease ends");
     }
     Ok(())
+}
+
+/// A batch that met a lock someone else holds and gave up (see `commit::LOCK_TIMEOUT`): it
+/// goes back for a retry after a short backoff, without counting an attempt, however long the
+/// application holds its lock.
+async fn yielded(ctx: &StepCtx, batch: &ClaimedBatch, lock: &godwit_driver::Error) {
+    let run = ctx.run();
+    let delay = yield_backoff();
+    tracing::info!(step = ctx.name(), batch = batch.number(), error = %lock, ?delay, "yielded to a lock held elsewhere");
+    run.events().send(Event::BatchRetry {
+        step: ctx.name().to_string(),
+        batch: batch.number(),
+        attempt: batch.attempts() + 1,
+        error: format!(
+            "{}: yielded to a lock held elsewhere: {lock}",
+            ctx.describe(batch)
+        ),
+        delay,
+    });
+    if let Err(e) = with_retries(|| run.state().record_yield(batch, lock, delay)).await {
+        tracing::warn!(step = ctx.name(), error = %e, "could not record a yield; the batch returns when its lease ends");
+    }
 }
 
 /// A batch's error as the step's failure: which part failed, after `context` (the batch).

@@ -58,6 +58,29 @@ impl StateStore {
         error: &Error,
         retry_after: Option<Duration>,
     ) -> Result<()> {
+        self.record_setback(batch, error, retry_after, true).await
+    }
+
+    /// Records a batch that yielded to a lock someone else holds: released for anyone to claim
+    /// after `retry_after`, with the error kept for `status`, and no attempt counted, since the
+    /// batch did nothing wrong and a long-held lock must not fail the run.
+    pub async fn record_yield(
+        &self,
+        batch: &ClaimedBatch,
+        error: &Error,
+        retry_after: Duration,
+    ) -> Result<()> {
+        self.record_setback(batch, error, Some(retry_after), false)
+            .await
+    }
+
+    async fn record_setback(
+        &self,
+        batch: &ClaimedBatch,
+        error: &Error,
+        retry_after: Option<Duration>,
+        count_attempt: bool,
+    ) -> Result<()> {
         let batch = batch.clone();
         let (code, message) = (
             error.code().map(str::to_string),
@@ -70,9 +93,14 @@ impl StateStore {
                     Some(delay) => ("pending", lease_ms(delay)),
                     None => ("failed", Value::Int(0)),
                 };
+                let attempts = if count_attempt {
+                    "attempts + 1"
+                } else {
+                    "attempts"
+                };
                 let set = format!(
                     "state = ?, token = NULL, lease_until_ms = {now} + ?, \
-                     attempts = attempts + 1, error_code = ?, error = ?, finished_ms = {now}"
+                     attempts = {attempts}, error_code = ?, error = ?, finished_ms = {now}"
                 );
                 let params = vec![
                     text(state),
