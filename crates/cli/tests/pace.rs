@@ -8,7 +8,8 @@ use std::path::Path;
 use std::time::Duration;
 
 use common::{
-    path_str, poll_until, run_cmd, spawn_watched, status_json, text, Backend, KillOnDrop, TestDb,
+    assert_finishes_each_row_once, path_str, poll_until, run_cmd, spawn_watched, status_json, text,
+    Backend, KillOnDrop, TestDb,
 };
 use serde_json::Value as Json;
 
@@ -243,18 +244,7 @@ async fn throttle_query_pauses_claims_until_it_clears(backend: Backend) {
     assert!(run.alive(), "the run waits while throttled");
     db.exec(&format!("UPDATE {switch} SET paused = false"))
         .await;
-    assert_eq!(
-        run.finish(Duration::from_secs(60)),
-        Some(0),
-        "{}",
-        run.stderr_text()
-    );
-    assert_eq!(
-        db.scalar(&format!("SELECT count(*) FROM {t} WHERE hits <> 1"))
-            .await,
-        0,
-        "every row once"
-    );
+    assert_finishes_each_row_once(&mut run, &db, &t, Duration::from_secs(60)).await;
     assert_eq!(step_status(&plan)["throttled"], Json::Null);
 }
 
@@ -290,17 +280,7 @@ async fn a_failing_throttle_query_throttles() {
         "nothing ran while the throttle query failed"
     );
     throttle_switch(&db, &switch, false).await;
-    assert_eq!(
-        run.finish(Duration::from_secs(60)),
-        Some(0),
-        "{}",
-        run.stderr_text()
-    );
-    assert_eq!(
-        db.scalar(&format!("SELECT count(*) FROM {t} WHERE hits <> 1"))
-            .await,
-        0
-    );
+    assert_finishes_each_row_once(&mut run, &db, &t, Duration::from_secs(60)).await;
 }
 
 /// `godwit set` on a running run, from another process: more batches in flight within
@@ -344,17 +324,6 @@ async fn set_changes_a_running_run() {
         batches(&db, &t).await.iter().any(|b| b.0 == 40)
     })
     .await;
-    assert_eq!(
-        run.finish(Duration::from_secs(120)),
-        Some(0),
-        "{}",
-        run.stderr_text()
-    );
-    assert_eq!(
-        db.scalar(&format!("SELECT count(*) FROM {t} WHERE hits <> 1"))
-            .await,
-        0,
-        "every row once"
-    );
+    assert_finishes_each_row_once(&mut run, &db, &t, Duration::from_secs(120)).await;
     assert_eq!(step_status(&plan)["batch_size"], Json::from(40));
 }

@@ -7,7 +7,7 @@ mod common;
 
 use std::time::{Duration, Instant};
 
-use common::{path_str, spawn_watched, Backend, KillOnDrop, TestDb};
+use common::{assert_finishes_each_row_once, path_str, spawn_watched, Backend, KillOnDrop, TestDb};
 
 /// An application transaction holds row 150 for longer than five of godwit's attempts would
 /// last. Meanwhile a second application session updates row 120, in the same batch as 150 and
@@ -62,18 +62,7 @@ async fn a_batch_yields_to_a_lock_the_application_holds(backend: Backend) {
     );
     assert!(run.alive(), "the run ended: {}", run.output_so_far());
     holder.commit().await.expect("the application commits");
-    assert_eq!(
-        run.finish(Duration::from_secs(60)),
-        Some(0),
-        "{}",
-        run.stderr_text()
-    );
-    assert_eq!(
-        db.scalar(&format!("SELECT count(*) FROM {t} WHERE hits <> 1"))
-            .await,
-        0,
-        "every row once"
-    );
+    assert_finishes_each_row_once(&mut run, &db, &t, Duration::from_secs(60)).await;
     assert_eq!(
         db.scalar(&format!(
             "SELECT count(*) FROM {t} WHERE grp >= 10 AND id IN (120, 150)"

@@ -694,3 +694,18 @@ pub async fn slow_writes(db: &TestDb, table: &str, cost: RowCost) {
         }
     }
 }
+
+/// Waits up to `limit` for `run` to exit 0, then checks that every row of `table` (a
+/// [`TestDb::counter_table`]) was counted exactly once.
+pub async fn assert_finishes_each_row_once(
+    run: &mut Watched,
+    db: &TestDb,
+    table: &str,
+    limit: std::time::Duration,
+) {
+    assert_eq!(run.finish(limit), Some(0), "{}", run.stderr_text());
+    let wrong = db
+        .scalar(&format!("SELECT count(*) FROM {table} WHERE hits <> 1"))
+        .await;
+    assert_eq!(wrong, 0, "{wrong} rows of {table} not counted exactly once");
+}
