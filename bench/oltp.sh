@@ -1,0 +1,89 @@
+#!/usr/bin/env bash
+# An application beside a migration of its own table (issue 13): pgbench's TPC-B-like load at a
+# fixed rate (`-R`, default 200 transactions/s) on its own tables, alone and then beside a
+# backfill of `pgbench_accounts` (every row rewritten): one monolithic UPDATE, godwit at the
+# defaults (batches of about 100 ms), and godwit with `target_batch_time` 500 ms and 20 ms. For each: the client's p50/p99
+# latency, its failed transactions (deadlocks, lock timeouts: pgbench's own count), how long
+# the backfill took, and whether pgbench's balances still add up afterwards.
+#
+#   bench/oltp.sh [SCALE] [RATE] [SECONDS]     (defaults 10 = 1M accounts, 200/s, 30 s)
+set -euo pipefail
+cd "$(dirname "$0")/.."
+scale=${1:-10}
+rate=${2:-200}
+secs=${3:-30}
+. bench/lib.sh
+
+pgbench_() { pgbench "$url" "$@"; }
+
+fresh() {
+  forget_run bench-oltp
+  pgbench_ -i -q -s "$scale" --foreign-keys >/dev/null 2>&1
+  psql_ -c "VACUUM ANALYZE" >/dev/null
+}
+
+# load: runs pgbench for $secs at $rate in the background, logging each transaction; sets
+# `load_pid`.
+load() {
+  rm -f "$out"/load.*
+  pgbench_ -n -R "$rate" -T "$secs" -c 4 -j 2 --max-tries=1 --failures-detailed \
+    -l --log-prefix="$out/load" > "$out/load.out" 2>&1 &
+  load_pid=$!
+}
+
+# report LABEL SECONDS_OF_BACKFILL: what the last load saw.
+report() {
+  local label=$1 took=$2 p50 p99 failed
+  read -r p50 p99 < <(cat "$out"/load.[0-9]* | awk '{print $3}' | sort -n |
+    awk '{a[NR]=$1} END {printf "%.1f %.1f\n", a[int(NR*0.5)]/1000, a[int(NR*0.99)]/1000}')
+  failed=$(grep -E "number of failed transactions" "$out/load.out" | sed 's/.*: //')
+  local sums
+  sums=$(psql_ -c "SELECT (SELECT sum(abalance) FROM pgbench_accounts) = (SELECT sum(bbalance) FROM pgbench_branches)
+                   AND (SELECT sum(abalance) FROM pgbench_accounts) = (SELECT sum(tbalance) FROM pgbench_tellers)
+                   AND (SELECT sum(abalance) FROM pgbench_accounts) = (SELECT coalesce(sum(delta), 0) FROM pgbench_history)")
+  printf '%-34s p50 %6s ms  p99 %7s ms  failed: %-28s backfill %6s  balances add up: %s\n' \
+    "$label" "$p50" "$p99" "$failed" "$took" "$sums"
+}
+
+backfill_sql="UPDATE pgbench_accounts SET filler = md5(aid::text)"
+plan() {
+  cat > "$out/plan.toml" <<TOML
+name = "bench-oltp"
+database = "$url"
+[defaults]
+$1
+[[steps]]
+name = "accounts"
+table = "pgbench_accounts"
+key = "aid"
+sql = "UPDATE pgbench_accounts SET filler = md5(aid::text) WHERE aid BETWEEN :start AND :end"
+TOML
+}
+
+now() { date +%s.%N; }
+# beside LABEL COMMAND...: the load, and the command started a second into it.
+beside() {
+  local label=$1 t0 t1
+  shift
+  fresh
+  load
+  sleep 1
+  t0=$(now)
+  "$@" >/dev/null
+  t1=$(now)
+  wait "$load_pid" || true
+  report "$label" "$(printf '%.1fs' "$(echo "$t1 - $t0" | bc -l)")"
+}
+
+fresh
+load
+wait "$load_pid" || true
+report "idle (no migration)" "-"
+beside "one UPDATE" psql_ -c "$backfill_sql"
+plan ""
+beside "godwit, defaults" "$bin" run "$out/plan.toml" --quiet
+plan 'target_batch_time = "500ms"'
+beside "godwit, target_batch_time 500ms" "$bin" run "$out/plan.toml" --quiet
+plan 'target_batch_time = "20ms"'
+beside "godwit, target_batch_time 20ms" "$bin" run "$out/plan.toml" --quiet
+echo "pgbench -R $rate -c 4 for ${secs}s, scale $scale; machine: $(nproc) cores, $(free -g | awk '/Mem/ {print $2}') GiB, $(psql_ -c 'SHOW server_version'), $(uname -r)"
