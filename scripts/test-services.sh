@@ -55,6 +55,15 @@ fi
 if ! pg -c "SELECT 1 FROM pg_database WHERE datname = 'godwit_test'" | grep -q 1; then
   pg -c "CREATE DATABASE godwit_test OWNER godwit" >&2
 fi
+# The replica tests start a streaming replica with pg_basebackup, which connects for
+# replication as godwit over 127.0.0.1; `all` in pg_hba.conf does not cover replication. A
+# line is added only when no rule names replication at all; nothing else changes.
+if ! pg -c "SELECT 1 FROM pg_hba_file_rules WHERE 'replication' = ANY(database)" | grep -q 1; then
+  hba=$(pg -c "SHOW hba_file")
+  log "allowing replication connections from 127.0.0.1 for godwit in $hba"
+  echo "host replication godwit 127.0.0.1/32 scram-sha-256" | as_root tee -a "$hba" >/dev/null
+  pg -c "SELECT pg_reload_conf()" >/dev/null
+fi
 
 # --- MariaDB ----------------------------------------------------------------------------
 if ! port_open 3306; then

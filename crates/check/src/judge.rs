@@ -6,11 +6,13 @@ use godwit_plan::{CopySpec, Plan, StepKind};
 
 use crate::judgement::{Depth, Judgement, StepJudgement};
 use crate::probes::{key_ok, rows_ok, try_batch, Walked};
+use crate::replicas::replicas_ok;
 use crate::script::script_ok;
 
-/// Judges `plan` against its databases (the plan's, the state's, each copy's source): they
-/// answer, every table and key column exists, each key has a unique index, chunked SQL uses
-/// `:start` and `:end` and runs, transforms load. Changes nothing.
+/// Judges `plan` against its databases (the plan's, the state's, each copy's source, each
+/// replica): they answer, every table and key column exists, each key has a unique index,
+/// chunked SQL uses `:start` and `:end` and runs, transforms load, each replica tells its lag.
+/// Changes nothing.
 pub async fn judge(plan: &Plan) -> Judgement {
     let mut judgement = Judgement::new(&plan.name);
     let url = DbUrl::new(plan.database.clone());
@@ -43,6 +45,7 @@ pub async fn judge_before_run(plan: &Plan, conn: &mut dyn Conn) -> Judgement {
 }
 
 async fn judge_into(judgement: &mut Judgement, plan: &Plan, conn: &mut dyn Conn, depth: Depth) {
+    replicas_ok(judgement, plan, conn, depth).await;
     for step in &plan.steps {
         let mut judged = StepJudgement {
             plan,

@@ -131,6 +131,58 @@ impl Judgement {
         });
     }
 
+    /// Where a top-level key of `plan` was written, or the plan file when it was not.
+    fn about(plan: &Plan, plan_key: &str, what: &str) -> String {
+        match plan.place(plan_key) {
+            Some(place) => format!("{place}: {what}"),
+            None => format!("{}: {what}", plan.path.display()),
+        }
+    }
+
+    /// A mistake in the plan, about its top-level key `plan_key` (or at `place`, when given:
+    /// one of the key's values).
+    pub(crate) fn plan_problem(
+        &mut self,
+        plan: &Plan,
+        code: &str,
+        (plan_key, place): (&str, Option<Place<'_>>),
+        what: &str,
+    ) {
+        let message = match place {
+            Some(place) => format!("{place}: {what}"),
+            None => Judgement::about(plan, plan_key, what),
+        };
+        self.push(Problem {
+            step: None,
+            code: Some(code.to_string()),
+            message,
+            fix: None,
+            cause: Cause::Plan,
+        });
+    }
+
+    /// A database named by the plan's top-level key `plan_key` (at `place`, when given) that
+    /// could not answer `what`.
+    pub(crate) fn plan_database_problem(
+        &mut self,
+        plan: &Plan,
+        (plan_key, place): (&str, Option<Place<'_>>),
+        what: &str,
+        error: godwit_driver::Error,
+    ) {
+        let context = match place {
+            Some(place) => format!("{place}: {what}"),
+            None => Judgement::about(plan, plan_key, what),
+        };
+        self.push(Problem {
+            step: None,
+            code: Some("unreachable-database".into()),
+            message: format!("{context}: {error}"),
+            fix: None,
+            cause: Cause::Database { context, error },
+        });
+    }
+
     /// What stops `run` and `submit`, if anything: every problem, one line each, when the plan
     /// is at fault; the first database's error when only databases are.
     pub fn refusal(&self) -> Option<Refusal> {

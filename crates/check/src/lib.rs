@@ -19,6 +19,7 @@
 mod judge;
 mod judgement;
 mod probes;
+mod replicas;
 mod script;
 
 pub use crate::judge::{judge, judge_before_run};

@@ -14,7 +14,9 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
-use common::fleet::{rows_done, running_as_root, status, try_status, worker_entry, Fleet};
+use common::fleet::{
+    pg_bin_dir, rows_done, running_as_root, status, try_status, worker_entry, Fleet,
+};
 use common::{path_str, poll_until, run_cmd, send_signal, text, uuid_like};
 use godwit_driver::{Conn, DbUrl};
 use rand::rngs::StdRng;
@@ -182,24 +184,6 @@ impl Drop for Schema {
             eprintln!("could not drop the schema {}: {dropped:?}", self.name);
         }
     }
-}
-
-/// The newest PostgreSQL server binaries installed (Debian's layout).
-fn pg_bin_dir() -> PathBuf {
-    let mut found: Vec<(u32, PathBuf)> = std::fs::read_dir("/usr/lib/postgresql")
-        .expect("no PostgreSQL server in /usr/lib/postgresql: run scripts/test-services.sh, which installs it")
-        .filter_map(Result::ok)
-        .filter_map(|e| {
-            let version = e.file_name().to_str()?.parse::<u32>().ok()?;
-            let bin = e.path().join("bin");
-            bin.join("initdb").exists().then_some((version, bin))
-        })
-        .collect();
-    found.sort();
-    found
-        .pop()
-        .expect("no initdb under /usr/lib/postgresql/*/bin")
-        .1
 }
 
 /// A PostgreSQL cluster of this test's own, on a free port, which it may restart at will.

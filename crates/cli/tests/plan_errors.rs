@@ -151,7 +151,8 @@ fn unknown_key_suggests_the_right_one() {
 
 /// Issue 12: a plan key this version would read and then ignore (a throttle, a guard, a
 /// threshold) is refused by every command that reads a plan, `submit` included, naming the key
-/// where it is written; nothing is created.
+/// where it is written; nothing is created. Issue 13: `replicas` and `max_replica_lag` act now
+/// and leave the list.
 #[test]
 fn keys_not_supported_yet_are_refused() {
     let dir = Dir::new();
@@ -171,14 +172,18 @@ fn keys_not_supported_yet_are_refused() {
         )
     };
     let expected = [
-        says("3:1", "replicas", "the plan"),
-        says("4:1", "max_replica_lag", "the plan"),
         says("5:1", "max_latency_increase", "the plan"),
         says("6:1", "probe_query", "the plan"),
         says("8:1", "max_duration", "[expect]"),
     ];
     let expected: Vec<&str> = expected.iter().map(String::as_str).collect();
     assert_refused(&dir, &plan, &expected);
+    let checked = godwit_ran(&["check", path_str(&plan)]);
+    assert!(
+        !checked.all().contains("replica"),
+        "`replicas` and `max_replica_lag` are refused no more: {}",
+        checked.all()
+    );
     let submitted = godwit_ran(&["submit", path_str(&plan)]);
     assert_eq!(submitted.code, Some(2), "submit: {}", submitted.all());
     assert!(

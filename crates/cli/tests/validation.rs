@@ -344,8 +344,9 @@ impl OwnDb {
 }
 
 /// Issue 11: a URL that does not parse never shows its password, and a plan refused for any
-/// reason stores nothing. (`replicas`, the one key whose URLs `run` would store without
-/// connecting to them, is refused until it works: issue 12.)
+/// reason stores nothing: here `replicas` on SQLite, which has none (issue 13). A run that
+/// goes on with such replica URLs, storing its plan and showing them in `status`, is
+/// `replicas.rs`'s `a_replica_that_cannot_answer_throttles_every_step`.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn r11_unparsable_urls_are_never_shown_or_stored() {
     let db = TestDb::new(Backend::Sqlite).await;
@@ -362,7 +363,7 @@ async fn r11_unparsable_urls_are_never_shown_or_stored() {
     let all = format!("{}{}", text(&out.stdout), text(&out.stderr));
     assert_eq!(out.status.code(), Some(2), "{all}");
     assert!(
-        all.contains("`replicas` in the plan is not supported yet"),
+        all.contains("plan.toml:3:1: `replicas` cannot work on SQLite, which has no replicas"),
         "{all}"
     );
     assert!(!all.contains("S3cr3t"), "{all}");

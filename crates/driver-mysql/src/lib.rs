@@ -10,6 +10,7 @@
 #![deny(missing_docs)]
 
 mod forms;
+mod replication;
 
 use std::str::FromStr;
 use std::sync::Arc;
@@ -17,8 +18,8 @@ use std::time::Duration;
 
 use godwit_driver::sqlx_conn::{self, database_error, Backend, Location, SqlxConn};
 use godwit_driver::{
-    ColumnInfo, Conn, ConnectOptions, DbUrl, Dialect, Error, ErrorKind, IndexInfo, Result, Row,
-    SqlForms, TableInfo, TxOptions, Value,
+    ColumnInfo, Conn, ConnectOptions, DbUrl, Dialect, Error, ErrorKind, IndexInfo, Replication,
+    Result, Row, SqlForms, TableInfo, TxOptions, Value,
 };
 use sqlx::error::DatabaseError;
 use sqlx::mysql::{MySqlConnectOptions, MySqlDatabaseError, MySqlQueryResult, MySqlRow};
@@ -327,6 +328,17 @@ godwit_driver::impl_sqlx_conn! {
 
     async fn prepare(&mut self, sql: &str) -> Result<()> {
         self.conn.prepare(sql).await
+    }
+
+    async fn replica_lag(&mut self) -> Result<Replication> {
+        let [current, older] = replication::SHOW_STATUS;
+        let rows = match self.conn.query(current, &[]).await {
+            Err(e) if e.code() == Some(replication::PARSE_ERROR) => {
+                self.conn.query(older, &[]).await?
+            }
+            rows => rows?,
+        };
+        Ok(replication::replica_lag(&rows))
     }
 
     async fn begin(&mut self, options: TxOptions) -> Result<()> {

@@ -7,6 +7,7 @@
 
 mod forms;
 mod pg_text;
+mod replication;
 
 use std::fmt::Write as _;
 use std::str::FromStr;
@@ -17,7 +18,7 @@ use godwit_driver::sqlx_conn::{
 };
 use godwit_driver::{
     quote_ident, ColumnInfo, Conn, ConnectOptions, DbUrl, Dialect, Error, ErrorKind, IndexInfo,
-    RawRows, Result, Row, SqlForms, TableInfo, TxOptions, Value,
+    RawRows, Replication, Result, Row, SqlForms, TableInfo, TxOptions, Value,
 };
 use sqlx::error::DatabaseError;
 use sqlx::postgres::{PgConnectOptions, PgQueryResult, PgRow, PgValueRef};
@@ -362,6 +363,16 @@ godwit_driver::impl_sqlx_conn! {
 
     fn session_id(&self) -> Option<i64> {
         self.pid
+    }
+
+    async fn replica_lag(&mut self) -> Result<Replication> {
+        let rows = self.conn.query(replication::REPLICA_LAG, &[]).await?;
+        Ok(replication::replica_lag(rows.first()))
+    }
+
+    async fn primary_lag(&mut self) -> Result<Replication> {
+        let rows = self.conn.query(replication::PRIMARY_LAG, &[]).await?;
+        Ok(replication::primary_lag(rows.first()))
     }
 
     async fn end_session(&mut self, session: i64) -> Result<()> {

@@ -15,6 +15,7 @@ mod error;
 pub mod forms;
 mod ident;
 mod placeholders;
+mod replication;
 #[cfg(feature = "sqlx")]
 pub mod sqlx_conn;
 mod types;
@@ -31,6 +32,7 @@ pub use crate::error::{cap_message, Error, ErrorKind, Result, MAX_MESSAGE};
 pub use crate::forms::{Conflict, SqlForms, UpdateFromRows};
 pub use crate::ident::quote_ident;
 pub use crate::placeholders::{number_placeholders, references_param, rewrite_params, Rewritten};
+pub use crate::replication::Replication;
 pub use crate::types::{exact_float, normalize_decimal, SqlType};
 pub use crate::url::{has_password, redact_url, DbUrl};
 pub use crate::value::{KeyKind, Row, Value};
@@ -292,6 +294,25 @@ pub trait Conn: Send {
     /// alone leaves a running statement going until it finishes.
     async fn end_session(&mut self, _session: i64) -> Result<()> {
         Ok(())
+    }
+
+    /// As a replica: how far this server lags behind its primary. [`Replication::Unknown`]
+    /// when it is no replica, or its replication does not run.
+    async fn replica_lag(&mut self) -> Result<Replication> {
+        Ok(Replication::Unknown(format!(
+            "is not a replica: {} has no replication",
+            self.dialect().name()
+        )))
+    }
+
+    /// As a primary: how far the replicas connected to it lag behind it, the most lagging
+    /// one's lag. [`Replication::Unknown`] when none is connected, or the database does not
+    /// tell.
+    async fn primary_lag(&mut self) -> Result<Replication> {
+        Ok(Replication::Unknown(format!(
+            "does not tell how far its replicas lag: ask each replica ({} tells a replica's lag only on the replica)",
+            self.dialect().name()
+        )))
     }
 }
 

@@ -32,7 +32,8 @@ use std::time::Duration;
 
 pub use crate::model::{
     Convert, CopySpec, OnConflict, OnRowError, Plan, Script, Settings, Step, StepKind, Walked,
-    WrittenUrl, DEFAULT_MAX_BATCH_SIZE, DEFAULT_MIN_BATCH_SIZE, DEFAULT_TARGET_BATCH_TIME,
+    WrittenUrl, DEFAULT_MAX_BATCH_SIZE, DEFAULT_MAX_REPLICA_LAG, DEFAULT_MIN_BATCH_SIZE,
+    DEFAULT_TARGET_BATCH_TIME,
 };
 
 /// A byte range in the plan text.

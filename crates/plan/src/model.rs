@@ -24,7 +24,7 @@ pub struct Plan {
     pub expect_max_duration: Option<Duration>,
     /// Read replicas to watch for lag.
     pub replicas: Vec<String>,
-    /// The replica lag that pauses claiming.
+    /// The replica lag that pauses claiming, as written; see [`Plan::replica_lag_limit`].
     pub max_replica_lag: Option<Duration>,
     /// The latency guard: pause claiming when the probe's latency grows by this factor
     /// (`max_latency_increase = "2x"` is `2.0`; always greater than 1).
@@ -38,7 +38,13 @@ pub struct Plan {
     /// Every database URL as written in `text`, before `${VAR}` is expanded, so that a
     /// password written literally can be found and kept out of what is stored.
     pub written_urls: Vec<WrittenUrl>,
+    /// Where each top-level key (`replicas`, `max_replica_lag`, …) was written, for later
+    /// errors about it.
+    pub key_locations: BTreeMap<String, Location>,
 }
+
+/// The replica lag that throttles a run whose plan lists `replicas` without `max_replica_lag`.
+pub const DEFAULT_MAX_REPLICA_LAG: Duration = Duration::from_secs(10);
 
 /// A database URL as written in the plan file (`database`, `[state] database`, `replicas`, a
 /// step's `source`), `${VAR}` not expanded. Has no `Debug`: the text may hold a password.
@@ -107,6 +113,26 @@ impl Plan {
     /// Where progress is kept: the `[state]` database, or else the plan's own.
     pub fn state_url(&self) -> &str {
         self.state_database.as_deref().unwrap_or(&self.database)
+    }
+
+    /// The replica lag above which the run is throttled, when it watches replicas at all:
+    /// `max_replica_lag`, or [`DEFAULT_MAX_REPLICA_LAG`] when only `replicas` is written.
+    /// Without `replicas` the replicas watched are those connected to the plan's database.
+    pub fn replica_lag_limit(&self) -> Option<Duration> {
+        match (&self.max_replica_lag, self.replicas.is_empty()) {
+            (Some(limit), _) => Some(*limit),
+            (None, false) => Some(DEFAULT_MAX_REPLICA_LAG),
+            (None, true) => None,
+        }
+    }
+
+    /// Where the top-level key `plan_key` was written in the plan file, if it was.
+    pub fn place(&self, plan_key: &str) -> Option<Place<'_>> {
+        let location = *self.key_locations.get(plan_key)?;
+        Some(Place {
+            file: &self.path,
+            location,
+        })
     }
 }
 

@@ -184,6 +184,7 @@ pub async fn run(
     if join(&ctx, plan, &options).await? == RunStart::AlreadyDone {
         return Ok(RunOutcome::AlreadyDone);
     }
+    let _replicas = ctx.pace().watch_replicas(plan);
     let heartbeat = tokio::spawn(heartbeat(ctx.clone()));
     let mut outcome = schedule(&ctx, plan, &steps).await;
     if ctx.is_restarted() {

@@ -245,7 +245,7 @@ impl Flight {
                 continue;
             }
             record_pace(&self.ctx).await;
-            if self.ctx.pace().throttled().is_some() {
+            if self.ctx.pace().throttled(run.pace()).is_some() {
                 // As paused: batches in flight finish, nothing new starts, and workers go on
                 // by themselves once the signal clears.
                 self.pause().await;

@@ -5,6 +5,7 @@
 #![allow(dead_code)]
 
 pub mod fleet;
+pub mod replica;
 pub mod restart;
 
 use std::path::{Path, PathBuf};

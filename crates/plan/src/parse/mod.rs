@@ -118,6 +118,10 @@ fn parse_as(
         None => None,
     };
     let guards = read_guards(&mut cx, &root);
+    let key_locations = root
+        .keys()
+        .map(|k| (k.get_ref().to_string(), cx.loc(&k.span())))
+        .collect();
     let (named, steps) = read_steps(&mut cx, &root, &defaults);
     for (span, message) in order::check(&cx.lines, &named) {
         cx.push(&span, message);
@@ -150,6 +154,7 @@ fn parse_as(
         path: path.to_path_buf(),
         text: text.to_string(),
         written_urls: cx.urls,
+        key_locations,
     })
 }
 
@@ -175,13 +180,9 @@ struct Guards {
 
 fn read_guards(cx: &mut Ctx<'_>, root: &DeTable<'_>) -> Guards {
     let replicas = read_replicas(cx, root);
+    // Without `replicas`, `max_replica_lag` watches the replicas the plan's database lists
+    // itself, which only PostgreSQL does: the judge refuses it on the others.
     let max_replica_lag = cx.duration(root, "max_replica_lag");
-    if let (Some(at), false) = (
-        key_span(root, "max_replica_lag"),
-        root.contains_key("replicas"),
-    ) {
-        cx.error(&at, "`max_replica_lag` does nothing without `replicas`");
-    }
     let max_latency_increase = read_factor(cx, root, "max_latency_increase");
     let probe_query = cx.text(root, "probe_query").map(|(q, _)| q);
     if let (Some(at), false) = (
@@ -634,6 +635,10 @@ lua = '''function transform(row) return row end'''
         ));
         assert_eq!(plan.replicas, ["postgres://r1/d"]);
         assert_eq!(plan.max_replica_lag, Some(Duration::from_secs(10)));
+        assert_eq!(
+            plan.place("max_replica_lag").map(|p| p.to_string()),
+            Some("p.toml:4:1".to_string())
+        );
         assert_eq!(plan.max_latency_increase, Some(2.0));
         assert_eq!(plan.probe_query.as_deref(), Some("SELECT 1"));
         assert_eq!(
@@ -650,10 +655,30 @@ lua = '''function transform(row) return row end'''
              p.toml:6:12: `replicas` must be an array of strings, such as [\"a\", \"b\"], not a string",
         );
         check_steps(
-            "max_replica_lag = \"10s\"\nprobe_query = \"SELECT 1\"\n[[steps]]\nname = \"a\"\nsql = \"SELECT 1\"\n",
-            "p.toml:3:1: `max_replica_lag` does nothing without `replicas`\n\
-             p.toml:4:1: `probe_query` does nothing without `max_latency_increase`",
+            "probe_query = \"SELECT 1\"\n[[steps]]\nname = \"a\"\nsql = \"SELECT 1\"\n",
+            "p.toml:3:1: `probe_query` does nothing without `max_latency_increase`",
         );
+    }
+
+    /// Issue 13: `replicas` alone throttles at the default lag; `max_replica_lag` alone
+    /// watches the plan database's own replicas; neither watches nothing.
+    #[test]
+    fn replica_lag_limit_defaults_to_ten_seconds() {
+        let limit = |keys: &str| {
+            parse_ok(&format!(
+                "{HEAD}{keys}[[steps]]\nname = \"a\"\nsql = \"SELECT 1\"\n"
+            ))
+            .replica_lag_limit()
+        };
+        assert_eq!(
+            limit("replicas = [\"postgres://r/d\"]\n"),
+            Some(Duration::from_secs(10))
+        );
+        assert_eq!(
+            limit("max_replica_lag = \"1.5s\"\n"),
+            Some(Duration::from_millis(1500))
+        );
+        assert_eq!(limit(""), None);
     }
 
     #[test]

@@ -1,7 +1,8 @@
 //! How fast a run goes, decided before each batch starts: how many keys it takes (`size.rs`:
 //! sized by time), when it may start (`rate.rs`: `max_rows_per_second`), whether anything
-//! starts at all (`health.rs`: throttling), and how many run at once (`slots.rs`). What a user
-//! changes on a running run with `godwit set` arrives in [`RunPace`].
+//! starts at all (`health.rs`: throttling on a step's `throttle_query` and on the run's
+//! replicas' lag), and how many run at once (`slots.rs`). What a user changes on a running run
+//! with `godwit set` arrives in [`RunPace`].
 
 mod health;
 mod rate;
@@ -13,11 +14,11 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use godwit_driver::DbUrl;
-use godwit_plan::Settings;
+use godwit_plan::{Plan, Settings};
 use godwit_state::RunSettings;
 use tokio::task::JoinHandle;
 
-use crate::pace::health::{watch_throttle_query, Health};
+use crate::pace::health::{watch, Health, Signal};
 use crate::pace::rate::Rate;
 use crate::pace::size::Sizer;
 pub(crate) use crate::pace::slots::Slots;
@@ -30,8 +31,8 @@ const RECORD_EVERY: Duration = Duration::from_secs(1);
 /// most a quarter of a second's rows, so the rate holds over short spans too.
 const RATE_SLICES_PER_SECOND: f64 = 4.0;
 
-/// What a run's steps share of their pace in this process: what `godwit set` changed, and how
-/// many workers share the run's rate.
+/// What a run's steps share of their pace in this process: what `godwit set` changed, how
+/// many workers share the run's rate, and the run's replicas' lag.
 pub(crate) struct RunPace {
     /// A batch size set with `godwit set`, pinning every step's; 0 when none.
     batch_size: AtomicU64,
@@ -44,6 +45,8 @@ pub(crate) struct RunPace {
     slots: Slots,
     /// The settings applied last, so that only a change acts.
     applied: Mutex<RunSettings>,
+    /// Why every step of the run is throttled: its replicas lag, or cannot tell.
+    health: Arc<Health>,
 }
 
 impl RunPace {
@@ -55,7 +58,35 @@ impl RunPace {
             workers: AtomicU64::new(1),
             slots,
             applied: Mutex::new(RunSettings::default()),
+            health: Arc::new(Health::default()),
         }
+    }
+
+    /// Starts watching the replicas of `plan` (its `replicas`, or else those its database
+    /// lists as a primary), when it sets a lag limit, until the guard is dropped. Until each
+    /// has answered once, every step is throttled.
+    pub(crate) fn watch_replicas(&self, plan: &Plan) -> Watching {
+        let Some(limit) = plan.replica_lag_limit() else {
+            return Watching(Vec::new());
+        };
+        let signals: Vec<Signal> = if plan.replicas.is_empty() {
+            let url = DbUrl::new(plan.database.clone());
+            vec![Signal::Primary { url, limit }]
+        } else {
+            plan.replicas
+                .iter()
+                .map(|url| Signal::Replica {
+                    url: DbUrl::new(url.clone()),
+                    limit,
+                })
+                .collect()
+        };
+        Watching(
+            signals
+                .into_iter()
+                .map(|signal| watch(signal, self.health.clone()))
+                .collect(),
+        )
     }
 
     pub(crate) fn slots(&self) -> &Slots {
@@ -122,12 +153,12 @@ struct Recorded {
     at: Option<Instant>,
 }
 
-/// Stops a step's health watchers when dropped.
-pub(crate) struct Watching(Option<JoinHandle<()>>);
+/// Stops health watchers when dropped.
+pub(crate) struct Watching(Vec<JoinHandle<()>>);
 
 impl Drop for Watching {
     fn drop(&mut self) {
-        if let Some(task) = self.0.take() {
+        for task in self.0.drain(..) {
             task.abort();
         }
     }
@@ -145,18 +176,30 @@ impl StepPace {
         }
     }
 
-    /// Starts watching what throttles the step, on `url`, until the guard is dropped.
+    /// Starts watching what throttles the step alone (its `throttle_query`, on `url`), until
+    /// the guard is dropped.
     pub(crate) fn watch(&self, url: &DbUrl) -> Watching {
+        let signal = self
+            .throttle_query
+            .clone()
+            .map(|query| Signal::ThrottleQuery {
+                url: url.clone(),
+                query,
+            });
         Watching(
-            self.throttle_query
-                .clone()
-                .map(|q| watch_throttle_query(url.clone(), q, self.health.clone())),
+            signal
+                .map(|s| watch(s, self.health.clone()))
+                .into_iter()
+                .collect(),
         )
     }
 
-    /// Why no batch of the step may start now; `None` when they may.
-    pub(crate) fn throttled(&self) -> Option<String> {
-        self.health.reason()
+    /// Why no batch of the step may start now, every signal that says so (the step's own,
+    /// then the run's) joined by `; `; `None` when they may.
+    pub(crate) fn throttled(&self, run: &RunPace) -> Option<String> {
+        let mut reasons = self.health.reasons();
+        reasons.extend(run.health.reasons());
+        (!reasons.is_empty()).then(|| reasons.join("; "))
     }
 
     /// The rate the step's batches start at, per worker, and whether it is the run's.
@@ -206,7 +249,7 @@ impl StepPace {
     /// [`RECORD_EVERY`].
     pub(crate) fn to_record(&self, run: &RunPace) -> Option<(u64, Option<String>)> {
         let size = self.batch_size(run);
-        let reason = self.throttled();
+        let reason = self.throttled(run);
         let mut recorded = self.recorded.lock().ok()?;
         let due = recorded.at.is_none_or(|t| t.elapsed() >= RECORD_EVERY);
         let changed = reason != recorded.reason || (size != recorded.size && due);
