@@ -2,9 +2,11 @@
 # An application beside a migration of its own table (issue 13): pgbench's TPC-B-like load at a
 # fixed rate (`-R`, default 200 transactions/s) on its own tables, alone and then beside a
 # backfill of `pgbench_accounts` (every row rewritten): one monolithic UPDATE, godwit at the
-# defaults (batches of about 500 ms), and godwit with `target_batch_time` 100 ms and 20 ms. For each: the client's p50/p99
+# defaults, with `target_batch_time` 100 ms and 20 ms, with the latency guard at 2x, and the
+# same rewrite as a Lua transform, without and with the guard. For each: the client's p50/p99
 # latency, its failed transactions (deadlocks, lock timeouts: pgbench's own count), how long
-# the backfill took, and whether pgbench's balances still add up afterwards.
+# the backfill took, the rows it had rewritten when the load ended (the throughput it kept
+# beside it), and whether pgbench's balances still add up afterwards.
 #
 #   bench/oltp.sh [SCALE] [RATE] [SECONDS]     (defaults 10 = 1M accounts, 200/s, 30 s)
 set -euo pipefail
@@ -31,9 +33,9 @@ load() {
   load_pid=$!
 }
 
-# report LABEL SECONDS_OF_BACKFILL: what the last load saw.
+# report LABEL SECONDS_OF_BACKFILL ROWS_DONE_WHEN_THE_LOAD_ENDED: what the last load saw.
 report() {
-  local label=$1 took=$2 p50 p99 failed
+  local label=$1 took=$2 done_rows=$3 p50 p99 failed
   read -r p50 p99 < <(cat "$out"/load.[0-9]* | awk '{print $3}' | sort -n |
     awk '{a[NR]=$1} END {printf "%.1f %.1f\n", a[int(NR*0.5)]/1000, a[int(NR*0.99)]/1000}')
   failed=$(grep -E "number of failed transactions" "$out/load.out" | sed 's/.*: //')
@@ -41,15 +43,17 @@ report() {
   sums=$(psql_ -c "SELECT (SELECT sum(abalance) FROM pgbench_accounts) = (SELECT sum(bbalance) FROM pgbench_branches)
                    AND (SELECT sum(abalance) FROM pgbench_accounts) = (SELECT sum(tbalance) FROM pgbench_tellers)
                    AND (SELECT sum(abalance) FROM pgbench_accounts) = (SELECT coalesce(sum(delta), 0) FROM pgbench_history)")
-  printf '%-34s p50 %6s ms  p99 %7s ms  failed: %-28s backfill %6s  balances add up: %s\n' \
-    "$label" "$p50" "$p99" "$failed" "$took" "$sums"
+  printf '%-34s p50 %6s ms  p99 %7s ms  failed: %-28s backfill %7s  rows by the load'"'"'s end %8s  balances add up: %s\n' \
+    "$label" "$p50" "$p99" "$failed" "$took" "$done_rows" "$sums"
 }
 
 backfill_sql="UPDATE pgbench_accounts SET filler = md5(aid::text)"
+# plan DEFAULTS [TOP]: the SQL backfill with DEFAULTS in [defaults] and TOP at the top.
 plan() {
   cat > "$out/plan.toml" <<TOML
 name = "bench-oltp"
 database = "$url"
+${2:-}
 [defaults]
 $1
 [[steps]]
@@ -59,26 +63,50 @@ key = "aid"
 sql = "UPDATE pgbench_accounts SET filler = md5(aid::text) WHERE aid BETWEEN :start AND :end"
 TOML
 }
+# lua_plan [TOP]: the same rewrite as a Lua transform (rows locked while the script runs).
+lua_plan() {
+  cat > "$out/plan.toml" <<TOML
+name = "bench-oltp"
+database = "$url"
+${1:-}
+[[steps]]
+name = "accounts"
+table = "pgbench_accounts"
+key = "aid"
+columns = ["filler"]
+lua = "function transform(row) return { filler = 'lua ' .. row.aid } end"
+TOML
+}
+rewritten() {
+  psql_ -c "SELECT count(*) FROM pgbench_accounts WHERE filler = md5(aid::text) OR filler LIKE 'lua %'"
+}
 
 now() { date +%s.%N; }
 # beside LABEL COMMAND...: the load, and the command started a second into it.
 beside() {
-  local label=$1 t0 t1
+  local label=$1 t0 t1 cmd done_rows=""
   shift
   fresh
   load
   sleep 1
   t0=$(now)
-  "$@" >/dev/null
+  "$@" >/dev/null &
+  cmd=$!
+  # Whichever ends first: the rows rewritten when the load ends are what the backfill kept
+  # beside it.
+  while kill -0 "$load_pid" 2>/dev/null && kill -0 "$cmd" 2>/dev/null; do sleep 0.2; done
+  if ! kill -0 "$load_pid" 2>/dev/null; then done_rows=$(rewritten); fi
+  wait "$cmd"
   t1=$(now)
   wait "$load_pid" || true
-  report "$label" "$(printf '%.1fs' "$(echo "$t1 - $t0" | bc -l)")"
+  [ -n "$done_rows" ] || done_rows="all"
+  report "$label" "$(printf '%.1fs' "$(echo "$t1 - $t0" | bc -l)")" "$done_rows"
 }
 
 fresh
 load
 wait "$load_pid" || true
-report "idle (no migration)" "-"
+report "idle (no migration)" "-" "-"
 beside "one UPDATE" psql_ -c "$backfill_sql"
 plan ""
 beside "godwit, defaults" "$bin" run "$out/plan.toml" --quiet
@@ -86,4 +114,10 @@ plan 'target_batch_time = "100ms"'
 beside "godwit, target_batch_time 100ms" "$bin" run "$out/plan.toml" --quiet
 plan 'target_batch_time = "20ms"'
 beside "godwit, target_batch_time 20ms" "$bin" run "$out/plan.toml" --quiet
+plan "" 'max_latency_increase = "2x"'
+beside "godwit, latency guard 2x" "$bin" run "$out/plan.toml" --quiet
+lua_plan
+beside "godwit Lua, defaults" "$bin" run "$out/plan.toml" --quiet
+lua_plan 'max_latency_increase = "2x"'
+beside "godwit Lua, latency guard 2x" "$bin" run "$out/plan.toml" --quiet
 echo "pgbench -R $rate -c 4 for ${secs}s, scale $scale; machine: $(nproc) cores, $(free -g | awk '/Mem/ {print $2}') GiB, $(psql_ -c 'SHOW server_version'), $(uname -r)"

@@ -5,14 +5,15 @@ use godwit_driver::{references_param, Conn, ConnectOptions, DbUrl, Dialect};
 use godwit_plan::{CopySpec, Plan, StepKind};
 
 use crate::judgement::{Depth, Judgement, StepJudgement};
+use crate::latency::guard_ok;
 use crate::probes::{key_ok, rows_ok, try_batch, Walked};
 use crate::replicas::replicas_ok;
 use crate::script::script_ok;
 
 /// Judges `plan` against its databases (the plan's, the state's, each copy's source, each
 /// replica): they answer, every table and key column exists, each key has a unique index,
-/// chunked SQL uses `:start` and `:end` and runs, transforms load, each replica tells its lag.
-/// Changes nothing.
+/// chunked SQL uses `:start` and `:end` and runs, transforms load, each replica tells its lag,
+/// the latency guard's probe query runs. Changes nothing.
 pub async fn judge(plan: &Plan) -> Judgement {
     let mut judgement = Judgement::new(&plan.name);
     let url = DbUrl::new(plan.database.clone());
@@ -46,6 +47,7 @@ pub async fn judge_before_run(plan: &Plan, conn: &mut dyn Conn) -> Judgement {
 
 async fn judge_into(judgement: &mut Judgement, plan: &Plan, conn: &mut dyn Conn, depth: Depth) {
     replicas_ok(judgement, plan, conn, depth).await;
+    guard_ok(judgement, plan, conn, depth).await;
     for step in &plan.steps {
         let mut judged = StepJudgement {
             plan,

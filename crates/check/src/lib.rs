@@ -18,6 +18,7 @@
 
 mod judge;
 mod judgement;
+mod latency;
 mod probes;
 mod replicas;
 mod script;

@@ -85,7 +85,10 @@ impl RunCtx {
             pool: setup.pool,
             exactly_once: setup.exactly_once,
             worker: worker_name(),
-            pace: RunPace::new(Slots::new(setup.permits, setup.concurrency)),
+            pace: RunPace::new(
+                Slots::new(setup.permits, setup.concurrency),
+                setup.concurrency,
+            ),
             claim_ahead: setup.claim_ahead,
             stop: own_stop,
             stop_handle,

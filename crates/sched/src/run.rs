@@ -185,6 +185,11 @@ pub async fn run(
         return Ok(RunOutcome::AlreadyDone);
     }
     let _replicas = ctx.pace().watch_replicas(plan);
+    let _guard = ctx
+        .pace()
+        .guard(plan, ctx.state())
+        .await
+        .map_err(Error::invalid)?;
     let heartbeat = tokio::spawn(heartbeat(ctx.clone()));
     let mut outcome = schedule(&ctx, plan, &steps).await;
     if ctx.is_restarted() {

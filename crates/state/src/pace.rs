@@ -6,7 +6,7 @@ use godwit_driver::{number_placeholders, Result, Row, Value};
 use serde::Serialize;
 
 use crate::fence::{fence, fence_params, read_run, restarted, RunRead};
-use crate::{opt_text, schema, text, RunState, StateStore};
+use crate::{get_text, opt_text, schema, text, RunState, StateStore};
 
 /// Settings changed on a running run with `godwit set`; `None` leaves the plan's own.
 ///
@@ -140,6 +140,69 @@ impl StateStore {
             })
         })
         .await
+    }
+
+    /// Keeps `baseline` as the run's latency-guard baseline, unless another process kept one
+    /// first, and returns the one kept. `replacing` is the baseline read before, which this one
+    /// replaces (one learned for another probe); `None` keeps it only where none is kept. The
+    /// first process to learn a baseline sets it for every worker of the run, so that one
+    /// joining later does not take the run's own load for idle. A restart forgets it with the
+    /// run.
+    pub async fn keep_probe_baseline(
+        &self,
+        run: &str,
+        baseline: &str,
+        replacing: Option<&str>,
+    ) -> Result<Option<String>> {
+        let (run, baseline) = (run.to_string(), baseline.to_string());
+        let replacing = replacing.map(str::to_string);
+        self.with_conn(move |conn| {
+            Box::pin(async move {
+                let d = conn.dialect();
+                let (held, mut params) = match replacing {
+                    Some(old) => ("probe_baseline = ?", vec![text(old)]),
+                    None => ("probe_baseline IS NULL", Vec::new()),
+                };
+                params.splice(0..0, [text(baseline), text(run.clone())]);
+                conn.execute(
+                    &number_placeholders(
+                        &format!(
+                            "UPDATE godwit_runs SET probe_baseline = ? WHERE run = ? AND {held}"
+                        ),
+                        d,
+                    ),
+                    &params,
+                )
+                .await?;
+                Self::read_probe_baseline(conn, &run).await
+            })
+        })
+        .await
+    }
+
+    /// The run's latency-guard baseline, as [`StateStore::keep_probe_baseline`] kept it.
+    pub async fn probe_baseline(&self, run: &str) -> Result<Option<String>> {
+        let run = run.to_string();
+        self.with_conn(move |conn| {
+            Box::pin(async move { Self::read_probe_baseline(conn, &run).await })
+        })
+        .await
+    }
+
+    async fn read_probe_baseline(
+        conn: &mut dyn godwit_driver::Conn,
+        run: &str,
+    ) -> Result<Option<String>> {
+        let rows = conn
+            .query(
+                &number_placeholders(
+                    "SELECT probe_baseline FROM godwit_runs WHERE run = ?",
+                    conn.dialect(),
+                ),
+                &[text(run)],
+            )
+            .await?;
+        Ok(rows.first().and_then(|r| get_text(r.get(0))))
     }
 
     /// Records a step's current batch size and why it is throttled now (`None`: it is not),

@@ -7,7 +7,7 @@ use godwit_driver::{number_placeholders, Conn, Dialect, Error, Result, Value};
 
 /// The version of the state tables this build writes. A later release that changes them
 /// migrates from this number; an older release refuses newer tables.
-pub const SCHEMA_VERSION: i64 = 5;
+pub const SCHEMA_VERSION: i64 = 6;
 
 /// SQL for "now" in milliseconds on the state database's clock.
 pub(crate) fn now_ms(dialect: Dialect) -> &'static str {
@@ -98,7 +98,8 @@ fn runs_table(forms: &TableForms) -> String {
   generation VARCHAR(64),
   set_concurrency BIGINT,
   set_batch_size BIGINT,
-  set_max_rows_per_second DOUBLE PRECISION
+  set_max_rows_per_second DOUBLE PRECISION,
+  probe_baseline {long_text}
 ){engine}"
     )
 }
@@ -328,7 +329,17 @@ async fn migrate(conn: &mut dyn Conn) -> Result<()> {
         )
         .await?;
     }
-    migrate_pace(conn).await
+    migrate_pace(conn).await?;
+    // Version 6: the latency guard's idle timings, learned once per run.
+    let runs = conn.table_info("godwit_runs").await?;
+    if runs.is_some_and(|t| t.column("probe_baseline").is_none()) {
+        let long_text = TableForms::of(conn.dialect()).long_text;
+        conn.execute_unprepared(&format!(
+            "ALTER TABLE godwit_runs ADD COLUMN probe_baseline {long_text}"
+        ))
+        .await?;
+    }
+    Ok(())
 }
 
 /// Version 5: the settings `godwit set` changes on a running run (NULL: as the plan says) and

@@ -33,7 +33,7 @@ impl Health {
             .unwrap_or_default()
     }
 
-    fn set(&self, signal: &str, reason: Option<String>) {
+    pub(crate) fn set(&self, signal: &str, reason: Option<String>) {
         let Ok(mut signals) = self.signals.lock() else {
             return;
         };

@@ -1,23 +1,26 @@
 //! How fast a run goes, decided before each batch starts: how many keys it takes (`size.rs`:
 //! sized by time), when it may start (`rate.rs`: `max_rows_per_second`), whether anything
 //! starts at all (`health.rs`: throttling on a step's `throttle_query` and on the run's
-//! replicas' lag), and how many run at once (`slots.rs`). What a user changes on a running run
-//! with `godwit set` arrives in [`RunPace`].
+//! replicas' lag), how many run at once (`slots.rs`), and how far all of it is lowered while
+//! the application's latency suffers (`guard.rs`: `max_latency_increase`). What a user changes
+//! on a running run with `godwit set` arrives in [`RunPace`].
 
+mod guard;
 mod health;
 mod rate;
 mod size;
 mod slots;
 
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use godwit_driver::DbUrl;
-use godwit_plan::{Plan, Settings};
-use godwit_state::RunSettings;
+use godwit_plan::{Plan, Settings, StepKind};
+use godwit_state::{RunSettings, StateStore};
 use tokio::task::JoinHandle;
 
+use crate::pace::guard::{Guarding, Lowered, Probe};
 use crate::pace::health::{watch, Health, Signal};
 use crate::pace::rate::Rate;
 use crate::pace::size::Sizer;
@@ -45,13 +48,23 @@ pub(crate) struct RunPace {
     slots: Slots,
     /// The settings applied last, so that only a change acts.
     applied: Mutex<RunSettings>,
-    /// Why every step of the run is throttled: its replicas lag, or cannot tell.
+    /// Why every step of the run is throttled: its replicas lag, or cannot tell, or the
+    /// latency guard paused it.
     health: Arc<Health>,
+    /// The run's concurrency in this process as the plan or the command line says.
+    concurrency: usize,
+    /// The slots there are now, once the latency guard has lowered them.
+    slots_now: AtomicUsize,
+    /// How far the latency guard lowers concurrency and batch sizes now.
+    lowered: Arc<Lowered>,
 }
 
 impl RunPace {
-    pub(crate) fn new(slots: Slots) -> RunPace {
+    pub(crate) fn new(slots: Slots, concurrency: usize) -> RunPace {
         RunPace {
+            concurrency,
+            slots_now: AtomicUsize::new(concurrency),
+            lowered: Arc::new(Lowered::default()),
             batch_size: AtomicU64::new(0),
             max_rows_per_second: Mutex::new(None),
             rate: Rate::default(),
@@ -89,6 +102,76 @@ impl RunPace {
         )
     }
 
+    /// Starts the latency guard of `plan`, when it sets `max_latency_increase`, until the
+    /// returned guard is dropped: learns the probe's idle p99 first (or takes the one the run
+    /// kept, learned by the process that started it), so this waits a few seconds. `None`
+    /// when there is nothing to guard.
+    pub(crate) async fn guard(
+        &self,
+        plan: &Plan,
+        state: &StateStore,
+    ) -> Result<Option<Guarding>, String> {
+        let Some(factor) = plan.max_latency_increase else {
+            return Ok(None);
+        };
+        let url = DbUrl::new(plan.database.clone());
+        let probes = match &plan.probe_query {
+            Some(sql) => vec![Probe::Query(sql.clone())],
+            None => {
+                let mut conn = godwit_db::connect(&url, &Default::default())
+                    .await
+                    .map_err(|e| format!("the latency guard cannot connect: {e}"))?;
+                guard::row_probes(conn.as_mut(), &changed_tables(plan)).await?
+            }
+        };
+        if probes.is_empty() {
+            tracing::info!("the latency guard has no row to probe: the tables are empty");
+            return Ok(None);
+        }
+        let name = Probe::describe(&probes);
+        let kept = state
+            .probe_baseline(&plan.name)
+            .await
+            .map_err(|e| format!("cannot read the latency guard's baseline: {e}"))?;
+        let stored = kept.as_deref().and_then(|k| guard::read_baseline(k, &name));
+        let settings = *self.applied.lock().unwrap_or_else(|e| e.into_inner());
+        // Notes the run's concurrency, which the guard starts below.
+        self.steer(&settings);
+        let (guarding, learned) = guard::start(
+            url,
+            probes,
+            stored,
+            factor,
+            self.lowered.clone(),
+            self.health.clone(),
+        );
+        let mut idle = learned
+            .await
+            .map_err(|_| "the latency guard stopped before it began".to_string())??;
+        if stored.is_none() {
+            let text = guard::write_baseline(&name, idle);
+            let now = state
+                .keep_probe_baseline(&plan.name, &text, kept.as_deref())
+                .await
+                .map_err(|e| format!("cannot keep the latency guard's baseline: {e}"))?;
+            // Another process kept its own first: every worker holds the run to one.
+            if let Some(theirs) = now.as_deref().and_then(|k| guard::read_baseline(k, &name)) {
+                idle = theirs;
+            }
+        }
+        let limit = idle.mul_f64(factor);
+        tracing::info!(
+            probe = %name,
+            idle_p99_ms = idle.as_secs_f64() * 1e3,
+            limit_ms = limit.as_secs_f64() * 1e3,
+            "the latency guard is on"
+        );
+        guarding.set_limit(limit);
+        // The guard's first level, before any batch starts.
+        self.steer(&settings);
+        Ok(Some(guarding))
+    }
+
     pub(crate) fn slots(&self) -> &Slots {
         &self.slots
     }
@@ -98,16 +181,19 @@ impl RunPace {
         self.workers.store(n.max(1), Ordering::Relaxed);
     }
 
-    /// Applies what `godwit set` stored; a setting not given leaves the plan's own.
+    /// Applies what `godwit set` stored (a setting not given leaves the plan's own) and what
+    /// the latency guard lowered; called every time the run's record is read.
     pub(crate) fn apply(&self, settings: RunSettings) {
+        let base = settings.concurrency.map_or(self.concurrency, |n| {
+            usize::try_from(n).unwrap_or(usize::MAX)
+        });
+        let n = self.lowered.concurrency(base);
+        if self.slots_now.swap(n, Ordering::Relaxed) != n {
+            self.slots.resize(n);
+        }
         let mut applied = self.applied.lock().unwrap_or_else(|e| e.into_inner());
         if *applied == settings {
             return;
-        }
-        if settings.concurrency != applied.concurrency {
-            if let Some(n) = settings.concurrency {
-                self.slots.resize(usize::try_from(n).unwrap_or(usize::MAX));
-            }
         }
         self.batch_size
             .store(settings.batch_size.unwrap_or(0), Ordering::Relaxed);
@@ -116,6 +202,17 @@ impl RunPace {
         }
         tracing::info!(?settings, "settings changed with `godwit set`");
         *applied = settings;
+    }
+
+    /// Sizes the batch slots as `settings` and the latency guard say.
+    fn steer(&self, settings: &RunSettings) {
+        let base = settings.concurrency.map_or(self.concurrency, |n| {
+            usize::try_from(n).unwrap_or(usize::MAX)
+        });
+        let n = self.lowered.concurrency(base);
+        if self.slots_now.swap(n, Ordering::Relaxed) != n {
+            self.slots.resize(n);
+        }
     }
 
     fn pinned_batch_size(&self) -> Option<u64> {
@@ -133,6 +230,23 @@ impl RunPace {
     fn share(&self, per_second: f64) -> f64 {
         per_second / self.workers.load(Ordering::Relaxed).max(1) as f64
     }
+}
+
+/// The tables the steps of `plan` change in place, with their keys, once each: what the
+/// latency guard's default probe reads.
+fn changed_tables(plan: &Plan) -> Vec<(String, String)> {
+    let mut tables: Vec<(String, String)> = Vec::new();
+    for step in &plan.steps {
+        if let StepKind::Chunked { table, key, .. } | StepKind::Transform { table, key, .. } =
+            &step.kind
+        {
+            let pair = (table.clone(), key.clone());
+            if !tables.contains(&pair) {
+                tables.push(pair);
+            }
+        }
+    }
+    tables
 }
 
 /// One step's pace in this process.
@@ -213,7 +327,10 @@ impl StepPace {
 
     /// How many keys the step's next batch takes.
     pub(crate) fn batch_size(&self, run: &RunPace) -> u64 {
-        let size = run.pinned_batch_size().unwrap_or_else(|| self.sizer.size());
+        let size = run.pinned_batch_size().unwrap_or_else(|| {
+            run.lowered
+                .batch_size(self.sizer.size(), self.sizer.smallest())
+        });
         match self.rate(run) {
             Some((per_second, _)) => {
                 let slice = (per_second / RATE_SLICES_PER_SECOND).floor().max(1.0) as u64;

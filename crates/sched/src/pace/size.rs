@@ -53,6 +53,16 @@ impl Sizer {
         }
     }
 
+    /// The smallest size the latency guard lowers a batch to: the sizer's own, or with a
+    /// fixed size, the smallest an adaptive one takes by default.
+    pub(crate) fn smallest(&self) -> u64 {
+        if self.adaptive {
+            self.min
+        } else {
+            self.min.min(godwit_plan::DEFAULT_MIN_BATCH_SIZE)
+        }
+    }
+
     /// The size of the next batch.
     pub(crate) fn size(&self) -> u64 {
         self.inner.lock().map_or(self.min, |inner| inner.size)
