@@ -367,6 +367,8 @@ async fn chaos_tables(data: &Db) {
 
 /// Two steps over `t`: a non-idempotent update, then a copy of the ids into `hist`; each
 /// batch sleeps `sleep` seconds once, so that the run lasts and chaos finds batches in flight.
+/// The sleep is a fixed cost per batch, which the sizer answers with larger batches (keys as
+/// cheap as these would get as long): `max_batch_size` keeps them at `BATCH`.
 fn chaos_plan(name: &str, data_url: &str, state_url: Option<&str>, sleep: f64) -> String {
     // Through `${VAR}`: `submit` refuses a password written in the plan.
     let data_url = common::plan_url(data_url);
@@ -379,6 +381,7 @@ database = "{data_url}"
 
 {state}[defaults]
 batch_size = {BATCH}
+max_batch_size = {BATCH}
 lease = "{lease}s"
 
 [[steps]]
@@ -765,6 +768,8 @@ async fn a_killed_workers_batches_are_taken_over_when_its_lease_ends() {
     .await;
     let dir = tempfile::tempdir().expect("temp dir");
     let plan = dir.path().join("plan.toml");
+    // `max_batch_size`: the sleep is a fixed cost the sizer would grow batches past (see
+    // `chaos_plan`), and the step must outlast the takeover.
     std::fs::write(
         &plan,
         format!(
@@ -773,6 +778,7 @@ database = "{url}"
 
 [defaults]
 batch_size = {BATCH}
+max_batch_size = {BATCH}
 lease = "{lease}s"
 
 [[steps]]

@@ -386,7 +386,9 @@ async fn every_worker_beating(plan: &Path, pids: &[u32], after: &str, since: Ins
 
 /// Two steps over `t`: a non-idempotent update, then a copy of the ids into `hist`, which has
 /// no unique key so that a batch inserted twice shows. Each batch sleeps once on the server (a
-/// derived table is evaluated once per statement; `AND SLEEP(x) = 0` would sleep per row).
+/// derived table is evaluated once per statement; `AND SLEEP(x) = 0` would sleep per row). The
+/// sleep is a fixed cost per batch, which the sizer answers with larger batches: the largest
+/// is `BATCH`, so that the run lasts.
 fn plan_text(url: &str) -> String {
     format!(
         r#"name = "fleet-mariadb"
@@ -394,6 +396,7 @@ database = "{url}"
 
 [defaults]
 batch_size = {BATCH}
+max_batch_size = {BATCH}
 lease = "3s"
 
 [[steps]]

@@ -1,12 +1,31 @@
 //! Batches sized by time: a step's batch size grows and shrinks so that a batch's transaction
 //! lasts about `target_batch_time`, between `min_batch_size` and `max_batch_size`.
 //!
-//! The cost of a key is the median of the last few batches' duration per key, or the latest
+//! A batch's time is modelled as a fixed part, paid whatever its size (a subquery over another
+//! table, planning, a round trip), plus a part per key. Dividing a batch's time by its keys
+//! alone would count the fixed part as keys: the smaller the batches, the dearer each key would
+//! look, and a fixed part above the target would shrink them to `min_batch_size`, where nearly
+//! all of the run's time goes on fixed parts.
+//!
+//! The fixed part is the intercept of a least-squares line through the last few dozen batches'
+//! keys and times, fitted when their sizes differ enough to tell the two parts apart (the
+//! smallest at most two thirds of the largest) and the line rises with the keys; otherwise the
+//! last fit stands. It is never more than the fastest of those batches took. The cost of a key
+//! is the median of the last five batches' time beyond the fixed part per key, or the latest
 //! batch's when that is higher: one fast batch does not grow the size, and a slow one keeps it
-//! from growing. A batch that lasted more than twice the target starts the median afresh, so
-//! rows that got slower halfway are followed at once rather than after a few more long batches,
-//! which hold an application's rows that long. The size grows at most twofold per batch: a wrong
-//! guess upwards holds locks too long, one downwards only costs a few more commits.
+//! from growing.
+//!
+//! The keys get the target less the fixed part, but never less than the fixed part itself:
+//! where the fixed part is under half the target a batch lasts the target, and where it is more
+//! a batch lasts twice the fixed part, so that a run still gets at least half the throughput of
+//! the largest batches rather than crawl (no size that does meets the target anyway).
+//!
+//! A batch that lasted more than twice the target, and more than twice as long as the recent
+//! batches say one of its size takes, starts afresh: its rows got slower, and are followed at
+//! once rather than after a few more long batches, which hold an application's rows that long.
+//! (A smaller batch that took about as long as a larger one is a fixed part, not slower rows.)
+//! The size grows at most twofold per batch: a wrong guess upwards holds locks too long, one
+//! downwards only costs a few more commits.
 
 use std::collections::VecDeque;
 use std::sync::Mutex;
@@ -16,6 +35,14 @@ use godwit_plan::Settings;
 
 /// How many recent batches the cost of a key is the median of.
 const WINDOW: usize = 5;
+
+/// How many recent batches the fixed part is fitted to: more than the median looks at, since
+/// a statement's fixed part changes more rarely than its rows, and a fit to few noisy batches
+/// strays far.
+const HISTORY: usize = 32;
+
+/// How many times the largest of the recent batches must be the smallest for a fit.
+const SPREAD: f64 = 1.5;
 
 /// The most a size grows from one batch to the next.
 const MAX_GROWTH: f64 = 2.0;
@@ -34,8 +61,17 @@ pub(crate) struct Sizer {
 
 struct Inner {
     size: u64,
-    /// Seconds per key of the last [`WINDOW`] batches, oldest first.
-    costs: VecDeque<f64>,
+    /// The last [`HISTORY`] batches, oldest first.
+    recent: VecDeque<Observed>,
+    /// Seconds a batch takes whatever its size, as last fitted.
+    fixed: f64,
+}
+
+/// What one committed batch took.
+#[derive(Clone, Copy)]
+struct Observed {
+    keys: f64,
+    secs: f64,
 }
 
 impl Sizer {
@@ -48,7 +84,8 @@ impl Sizer {
             adaptive: settings.adaptive,
             inner: Mutex::new(Inner {
                 size: settings.first_batch_size(),
-                costs: VecDeque::with_capacity(WINDOW),
+                recent: VecDeque::with_capacity(HISTORY),
+                fixed: 0.0,
             }),
         }
     }
@@ -76,24 +113,82 @@ impl Sizer {
         let Ok(mut inner) = self.inner.lock() else {
             return;
         };
-        if took.as_secs_f64() > self.target.as_secs_f64() * TOO_LONG {
-            inner.costs.clear();
+        let target = self.target.as_secs_f64();
+        let latest = Observed {
+            keys: keys as f64,
+            secs: took.as_secs_f64(),
+        };
+        // The longest a recent batch says a batch of these keys takes: its time beyond the
+        // fixed part grown to as many keys, and never less than it took.
+        let fitted = inner.fixed;
+        let explained = inner
+            .recent
+            .iter()
+            .map(|b| fitted + (b.secs - fitted).max(0.0) * (latest.keys / b.keys).max(1.0))
+            .fold(0.0, f64::max);
+        let too_long = latest.secs > target * TOO_LONG;
+        let rows_slower = latest.secs > explained * TOO_LONG;
+        if too_long && rows_slower {
+            inner.recent.clear();
         }
-        if inner.costs.len() == WINDOW {
-            inner.costs.pop_front();
+        if inner.recent.len() == HISTORY {
+            inner.recent.pop_front();
         }
-        inner.costs.push_back(took.as_secs_f64() / keys as f64);
-        let latest = took.as_secs_f64() / keys as f64;
-        let mut costs: Vec<f64> = inner.costs.iter().copied().collect();
+        inner.recent.push_back(latest);
+        if let Some(fixed) = fit_fixed(&inner.recent) {
+            inner.fixed = fixed;
+        }
+        let fastest = inner
+            .recent
+            .iter()
+            .map(|b| b.secs)
+            .fold(f64::INFINITY, f64::min);
+        let fixed = inner.fixed.min(fastest);
+        inner.fixed = fixed;
+        let per_key = |b: &Observed| (b.secs - fixed).max(0.0) / b.keys;
+        let mut costs: Vec<f64> = inner
+            .recent
+            .iter()
+            .rev()
+            .take(WINDOW)
+            .map(per_key)
+            .collect();
         costs.sort_by(f64::total_cmp);
         // Never larger than the latest batch says: growth waits for batches that show it.
-        let cost = costs[costs.len() / 2].max(latest).max(f64::MIN_POSITIVE);
-        let ideal = self.target.as_secs_f64() / cost;
+        let cost = costs[costs.len() / 2]
+            .max(per_key(&latest))
+            .max(f64::MIN_POSITIVE);
+        let keys_time = (target - fixed).max(fixed);
+        let ideal = keys_time / cost;
         let grown = inner.size as f64 * MAX_GROWTH;
         // Cast saturates: a cost near zero asks for more than any bound.
         let next = ideal.min(grown).round() as u64;
         inner.size = next.clamp(self.min, self.max);
     }
+}
+
+/// The fixed part of a batch's time, from a least-squares line through `recent` batches'
+/// keys and times; `None` when their sizes are too close to tell it from the keys' part, or
+/// the line does not rise with the keys (rows that changed, not a batch's cost).
+fn fit_fixed(recent: &VecDeque<Observed>) -> Option<f64> {
+    let n = recent.len() as f64;
+    let smallest = recent.iter().map(|b| b.keys).fold(f64::INFINITY, f64::min);
+    let largest = recent.iter().map(|b| b.keys).fold(0.0, f64::max);
+    if largest < smallest * SPREAD {
+        return None;
+    }
+    let mean_keys = recent.iter().map(|b| b.keys).sum::<f64>() / n;
+    let mean_secs = recent.iter().map(|b| b.secs).sum::<f64>() / n;
+    let (mut sxx, mut sxy) = (0.0, 0.0);
+    for b in recent {
+        sxx += (b.keys - mean_keys) * (b.keys - mean_keys);
+        sxy += (b.keys - mean_keys) * (b.secs - mean_secs);
+    }
+    let per_key = sxy / sxx;
+    if per_key <= 0.0 {
+        return None;
+    }
+    Some((mean_secs - per_key * mean_keys).max(0.0))
 }
 
 #[cfg(test)]
@@ -161,6 +256,100 @@ mod tests {
         });
         run(&fixed, 10, Duration::from_nanos(1));
         assert_eq!(fixed.size(), 1000);
+    }
+
+    /// Sizes a step's batches at target 100 ms, starting at 1000 keys, for `n` batches that
+    /// take `fixed` plus `per_key` a key, each off by up to `jitter` of it either way (a fixed
+    /// pseudo-random sequence); returns each batch's keys and seconds.
+    fn simulate(fixed: f64, per_key: f64, jitter: f64, n: usize) -> Vec<(u64, f64)> {
+        let sizer = Sizer::new(&Settings {
+            batch_size: 1000,
+            target_batch_time: Some(Duration::from_millis(100)),
+            ..Settings::default()
+        });
+        // xorshift64: the same noise on every run.
+        let mut state: u64 = 0x9E37_79B9_7F4A_7C15;
+        let mut noise = || {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            (state >> 11) as f64 / (1u64 << 53) as f64 * 2.0 - 1.0
+        };
+        (0..n)
+            .map(|_| {
+                let keys = sizer.size();
+                let secs = (fixed + per_key * keys as f64) * (1.0 + jitter * noise());
+                sizer.observe(keys, Duration::from_secs_f64(secs));
+                (keys, secs)
+            })
+            .collect()
+    }
+
+    /// Keys per second over `batches`.
+    fn throughput(batches: &[(u64, f64)]) -> f64 {
+        let keys: u64 = batches.iter().map(|b| b.0).sum();
+        keys as f64 / batches.iter().map(|b| b.1).sum::<f64>()
+    }
+
+    #[test]
+    fn a_fixed_cost_above_the_target_keeps_batches_where_keys_get_half_the_time() {
+        // 200 ms a batch whatever its size, and 100 µs a key: no batch can last the 100 ms
+        // target. Dividing time by keys alone shrank these batches to 10 keys (50 keys/s).
+        let batches = simulate(0.2, 100e-6, 0.0, 30);
+        let sizes: Vec<u64> = batches.iter().map(|b| b.0).collect();
+        assert!(
+            sizes.iter().all(|&n| n >= 300),
+            "the first shrink shows the fixed cost: {sizes:?}"
+        );
+        // 2000 keys take 200 ms beyond the fixed part: half the throughput of endless batches.
+        assert!(sizes[10..].iter().all(|&n| n == 2000), "{sizes:?}");
+        assert!(throughput(&batches[10..]) >= 4999.0, "{sizes:?}");
+    }
+
+    #[test]
+    fn a_fixed_cost_under_the_target_is_left_out_of_the_cost_of_a_key() {
+        // 20 ms a batch and 50 µs a key: 1600 keys last the target.
+        let batches = simulate(0.02, 50e-6, 0.0, 30);
+        let last = batches[batches.len() - 1];
+        assert_eq!(last.0, 1600, "{batches:?}");
+        assert!((last.1 - 0.1).abs() < 1e-9, "{batches:?}");
+    }
+
+    #[test]
+    fn noisy_durations_keep_sizes_steady() {
+        // Every batch 30% faster or slower than its keys and fixed part say, at random. The
+        // ideal sizes: 2000 keys (fixed part 200 ms, the keys' part as long), 1600 (fixed 20
+        // ms, lasting the target) and 2000 (no fixed part, 50 µs a key).
+        for (fixed, per_key, ideal) in
+            [(0.2, 100e-6, 2000), (0.02, 50e-6, 1600), (0.0, 50e-6, 2000)]
+        {
+            let batches = simulate(fixed, per_key, 0.3, 300);
+            let steady = &batches[20..];
+            let sizes: Vec<u64> = steady.iter().map(|b| b.0).collect();
+            let ideal_secs = fixed + per_key * ideal as f64;
+            // A noisy fixed part of half a batch makes the keys' part noisier still.
+            let (low, high) = if fixed > 0.05 {
+                (ideal / 8, ideal * 3)
+            } else {
+                (ideal / 2, ideal * 2)
+            };
+            let seen = format!("fixed {fixed}, sizes {sizes:?}");
+            assert!(
+                sizes.iter().all(|n| (low..=high).contains(n)),
+                "sizes within {low}..={high}: {seen}"
+            );
+            let ideal_throughput = ideal as f64 / ideal_secs;
+            assert!(
+                throughput(steady) >= ideal_throughput * 0.8,
+                "throughput {:.0} keys/s of an ideal {ideal_throughput:.0}: {seen}",
+                throughput(steady)
+            );
+            let longest = steady.iter().map(|b| b.1).fold(0.0, f64::max);
+            assert!(
+                longest <= ideal_secs * 2.5,
+                "longest batch {longest:.3} s against {ideal_secs} s: {seen}"
+            );
+        }
     }
 
     #[test]
