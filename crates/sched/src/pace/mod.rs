@@ -184,13 +184,7 @@ impl RunPace {
     /// Applies what `godwit set` stored (a setting not given leaves the plan's own) and what
     /// the latency guard lowered; called every time the run's record is read.
     pub(crate) fn apply(&self, settings: RunSettings) {
-        let base = settings.concurrency.map_or(self.concurrency, |n| {
-            usize::try_from(n).unwrap_or(usize::MAX)
-        });
-        let n = self.lowered.concurrency(base);
-        if self.slots_now.swap(n, Ordering::Relaxed) != n {
-            self.slots.resize(n);
-        }
+        self.steer(&settings);
         let mut applied = self.applied.lock().unwrap_or_else(|e| e.into_inner());
         if *applied == settings {
             return;
