@@ -365,8 +365,13 @@ godwit_driver::impl_sqlx_conn! {
             self.statement_timeout = options.statement_timeout;
         }
         if options.lock_timeout != self.lock_timeout {
-            // Whole seconds, rounded up to at least one.
             let seconds = match options.lock_timeout {
+                // MariaDB counts whole seconds and takes 0 for "do not wait": a wait shorter
+                // than a second asks to give way, and a statement that never waits is never
+                // in a lock cycle, where InnoDB would roll back the side that changed fewer
+                // rows, often the application.
+                Some(wait) if self.mariadb && wait < Duration::from_secs(1) => "0".to_string(),
+                // MySQL's least is one second.
                 Some(wait) => wait.as_nanos().div_ceil(1_000_000_000).max(1).to_string(),
                 None => "DEFAULT".to_string(),
             };

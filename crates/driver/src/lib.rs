@@ -81,7 +81,8 @@ pub struct TxOptions {
     pub async_commit: bool,
     /// The longest a statement waits for a row lock someone else holds before it fails with a
     /// lock timeout (PostgreSQL's `lock_timeout`; on MySQL and MariaDB
-    /// `innodb_lock_wait_timeout`, whole seconds, at least one). SQLite has no row locks.
+    /// `innodb_lock_wait_timeout`, whole seconds: on MariaDB a wait under a second is no wait
+    /// at all, on MySQL at least one second). SQLite has no row locks.
     pub lock_timeout: Option<Duration>,
 }
 

@@ -13,8 +13,9 @@ use crate::retry::with_retries;
 
 /// How long a batch waits for a row lock held by someone else before it yields: well under
 /// PostgreSQL's `deadlock_timeout` (1 s), so a batch in a lock cycle with an application gives
-/// up before the application could be chosen as the deadlock's victim. MySQL and MariaDB
-/// count whole seconds: one.
+/// up before the application could be chosen as the deadlock's victim. MariaDB counts whole
+/// seconds and detects a cycle at once: there the batch does not wait at all. MySQL: one
+/// second.
 pub(crate) const LOCK_TIMEOUT: Duration = Duration::from_millis(100);
 
 /// How a batch ended when it did not fail.
