@@ -10,13 +10,11 @@
 
 mod common;
 
-use std::path::{Path, PathBuf};
-use std::process::{Command, Output, Stdio};
+use std::path::Path;
 use std::time::{Duration, Instant};
 
-use common::fleet::{
-    pg_bin_dir, rows_done, running_as_root, status, try_status, worker_entry, Fleet,
-};
+use common::fleet::{rows_done, status, try_status, worker_entry, Fleet};
+use common::pg_cluster::PgCluster;
 use common::{path_str, poll_until, run_cmd, send_signal, text, uuid_like};
 use godwit_driver::{Conn, DbUrl};
 use rand::rngs::StdRng;
@@ -186,151 +184,11 @@ impl Drop for Schema {
     }
 }
 
-/// A PostgreSQL cluster of this test's own, on a free port, which it may restart at will.
-/// Stopped and deleted when dropped, pass or fail.
-struct PrivatePg {
-    dir: tempfile::TempDir,
-    bin: PathBuf,
-    port: u16,
-    as_root: bool,
-}
-
-impl PrivatePg {
-    fn start() -> PrivatePg {
-        let dir = tempfile::Builder::new()
-            .prefix("godwit-fleet-pg")
-            .tempdir()
-            .expect("temp dir");
-        let mut pg = PrivatePg {
-            dir,
-            bin: pg_bin_dir(),
-            port: 0,
-            as_root: running_as_root(),
-        };
-        if pg.as_root {
-            // initdb refuses to run as root: the cluster belongs to the postgres user.
-            let chown = Command::new("chown")
-                .args(["-R", "postgres:postgres"])
-                .arg(pg.dir.path())
-                .output()
-                .expect("run chown");
-            assert!(
-                chown.status.success(),
-                "chown postgres {}: {}",
-                pg.dir.path().display(),
-                text(&chown.stderr)
-            );
-        }
-        let data = pg.data();
-        let init = pg.tool(
-            "initdb",
-            &[
-                "-D",
-                path_str(&data),
-                "-A",
-                "trust",
-                "-U",
-                "postgres",
-                "-E",
-                "UTF8",
-                "--no-sync",
-            ],
-        );
-        assert!(
-            init.status.success(),
-            "initdb failed: {}{}",
-            text(&init.stdout),
-            text(&init.stderr)
-        );
-        // A free port now may be taken by the time the server binds it: try a few.
-        for _ in 0..5 {
-            pg.port = std::net::TcpListener::bind("127.0.0.1:0")
-                .and_then(|l| l.local_addr())
-                .expect("a free port")
-                .port();
-            let options = format!(
-                "-p {} -k {} -c listen_addresses=127.0.0.1 -c fsync=off -c max_connections=200",
-                pg.port,
-                path_str(pg.dir.path())
-            );
-            let started = pg.pg_ctl(&["-o", &options, "start"]);
-            if started.status.success() {
-                return pg;
-            }
-        }
-        panic!(
-            "the private PostgreSQL cluster did not start; its log:\n{}",
-            pg.log()
-        );
-    }
-
-    fn data(&self) -> PathBuf {
-        self.dir.path().join("data")
-    }
-
-    fn log_path(&self) -> PathBuf {
-        self.dir.path().join("server.log")
-    }
-
-    fn log(&self) -> String {
-        std::fs::read_to_string(self.log_path()).unwrap_or_default()
-    }
-
-    fn url(&self, database: &str) -> String {
-        format!("postgres://postgres@127.0.0.1:{}/{database}", self.port)
-    }
-
-    /// Runs a server tool as the cluster's owner.
-    fn tool(&self, name: &str, args: &[&str]) -> Output {
-        let program = self.bin.join(name);
-        let mut cmd = if self.as_root {
-            let mut cmd = Command::new("runuser");
-            cmd.args(["-u", "postgres", "--"]).arg(program);
-            cmd
-        } else {
-            Command::new(program)
-        };
-        // The server inherits pg_ctl's output streams: keep them away from pipes we wait on.
-        cmd.args(args)
-            .stdin(Stdio::null())
-            .output()
-            .unwrap_or_else(|e| panic!("cannot run {name}: {e}"))
-    }
-
-    /// pg_ctl on this cluster, waiting for the operation, the server's output in the log.
-    fn pg_ctl(&self, args: &[&str]) -> Output {
-        let data = self.data();
-        let log = self.log_path();
-        let mut all = vec![
-            "-D",
-            path_str(&data),
-            "-l",
-            path_str(&log),
-            "-w",
-            "-t",
-            "60",
-        ];
-        all.extend_from_slice(args);
-        self.tool("pg_ctl", &all)
-    }
-
-    /// Restarts the server; `immediate` is a crash (no checkpoint, unflushed WAL lost).
-    fn restart(&self, mode: &str) {
-        let out = self.pg_ctl(&["-m", mode, "restart"]);
-        assert!(
-            out.status.success(),
-            "pg_ctl restart failed: {}{}\nserver log:\n{}",
-            text(&out.stdout),
-            text(&out.stderr),
-            self.log()
-        );
-    }
-}
-
-impl Drop for PrivatePg {
-    fn drop(&mut self) {
-        let _ = self.pg_ctl(&["-m", "immediate", "stop"]);
-    }
+/// A PostgreSQL cluster of this test's own, which it may restart at will.
+fn private_pg() -> PgCluster {
+    let mut cluster = PgCluster::init("godwit-fleet-pg");
+    cluster.start(&["fsync=off", "max_connections=200"]);
+    cluster
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -417,7 +275,7 @@ struct ChaosRun<'a> {
     /// Where the `godwit_*` tables live: what workers are given.
     state: Db,
     /// Restarted by [`Chaos::Restart`].
-    cluster: Option<&'a PrivatePg>,
+    cluster: Option<&'a PgCluster>,
     workers: usize,
     concurrency: u32,
     actions: Vec<Chaos>,
@@ -636,7 +494,7 @@ async fn workers_survive_kills_freezes_and_a_database_restart() {
     let seed: u64 = rand::random();
     eprintln!("chaos seed {seed}");
     let mut rng = StdRng::seed_from_u64(seed);
-    let cluster = PrivatePg::start();
+    let cluster = private_pg();
     let url = cluster.url("postgres");
     let db = Db::new(url.clone());
     chaos_tables(&db).await;

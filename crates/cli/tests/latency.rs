@@ -253,7 +253,7 @@ async fn pgbench_beside_a_guarded_backfill_stays_consistent() {
     let name = format!("{}_pgbench", admin.tag);
     admin.exec(&format!("CREATE DATABASE {name}")).await;
     let url = format!("{}/{name}", admin.url.rsplit_once('/').expect("a URL").0);
-    let pgbench = common::fleet::pg_bin_dir().join("pgbench");
+    let pgbench = common::pg_cluster::pg_bin_dir().join("pgbench");
     let dir = admin.dir.path().to_path_buf();
     let init = std::process::Command::new(&pgbench)
         .args([&url, "-i", "-q", "-s", "2", "--foreign-keys"])

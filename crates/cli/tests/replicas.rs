@@ -11,8 +11,8 @@ use std::time::Duration;
 
 use common::replica::PgReplica;
 use common::{
-    path_str, poll_until, run_cmd, send_signal, spawn_watched, status_json, text, Backend,
-    KillOnDrop, TestDb,
+    assert_finishes_each_row_once, free_port, path_str, poll_until, run_cmd, send_signal,
+    spawn_watched, status_json, text, Backend, KillOnDrop, TestDb, Watched,
 };
 use serde_json::Value as Json;
 
@@ -87,6 +87,19 @@ async fn assert_every_row_once(db: &TestDb, table: &str) {
     );
 }
 
+/// Resumes WAL replay on `replica`, then waits up to `limit` for the throttled `run` to exit 0
+/// having changed every row of `table` once.
+async fn resume_and_finish(
+    replica: &PgReplica,
+    run: &mut Watched,
+    db: &TestDb,
+    table: &str,
+    limit: Duration,
+) {
+    replica.exec("SELECT pg_wal_replay_resume()").await;
+    assert_finishes_each_row_once(run, db, table, limit).await;
+}
+
 /// `godwit check PLAN`: its exit code and everything it printed.
 fn check(plan: &Path) -> (Option<i32>, String) {
     let out = run_cmd(&["check", path_str(plan)]);
@@ -152,14 +165,7 @@ async fn primary_view_throttles_while_replay_is_paused(db: &TestDb, replica: &Pg
         0,
         "a batch ran while throttled"
     );
-    replica.exec("SELECT pg_wal_replay_resume()").await;
-    assert_eq!(
-        run.finish(Duration::from_secs(60)),
-        Some(0),
-        "{}",
-        run.stderr_text()
-    );
-    assert_every_row_once(db, &paused).await;
+    resume_and_finish(replica, &mut run, db, &paused, Duration::from_secs(60)).await;
 }
 
 /// The replica in `replicas`: a slow run (batches of 10 keys, half a second each, one at a
@@ -208,23 +214,8 @@ async fn listed_replica_throttles_while_replay_is_paused(db: &TestDb, replica: &
     let after = (rows_changed(db, &t).await, rows_done(&plan));
     assert_eq!(after, before, "batches ran while throttled ({reason})");
     assert!(run.alive(), "the run waits while throttled");
-    replica.exec("SELECT pg_wal_replay_resume()").await;
-    assert_eq!(
-        run.finish(Duration::from_secs(120)),
-        Some(0),
-        "{}",
-        run.stderr_text()
-    );
-    assert_every_row_once(db, &t).await;
+    resume_and_finish(replica, &mut run, db, &t, Duration::from_secs(120)).await;
     assert_eq!(status_json(&plan)["steps"][0]["throttled"], Json::Null);
-}
-
-/// A port nothing listens on.
-fn closed_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .expect("a free port")
-        .port()
 }
 
 /// Replicas that cannot answer throttle every step, one-off and chunked, each naming itself:
@@ -243,7 +234,8 @@ async fn a_replica_that_cannot_answer_throttles_every_step() {
         .await;
     db.exec(&format!("INSERT INTO {switch} VALUES (true)"))
         .await;
-    let down = closed_port();
+    // Free, so nothing answers there: a replica that is down.
+    let down = free_port();
     let plan = db.plan(
         "down.toml",
         &format!(

@@ -18,24 +18,6 @@ pub fn running_as_root() -> bool {
         .unwrap_or(false)
 }
 
-/// The newest PostgreSQL server binaries installed (Debian's layout).
-pub fn pg_bin_dir() -> PathBuf {
-    let mut found: Vec<(u32, PathBuf)> = std::fs::read_dir("/usr/lib/postgresql")
-        .expect("no PostgreSQL server in /usr/lib/postgresql: run scripts/test-services.sh, which installs it")
-        .filter_map(Result::ok)
-        .filter_map(|e| {
-            let version = e.file_name().to_str()?.parse::<u32>().ok()?;
-            let bin = e.path().join("bin");
-            bin.join("initdb").exists().then_some((version, bin))
-        })
-        .collect();
-    found.sort();
-    found
-        .pop()
-        .expect("no initdb under /usr/lib/postgresql/*/bin")
-        .1
-}
-
 pub struct Worker {
     child: Child,
     log: PathBuf,

@@ -5,6 +5,7 @@
 #![allow(dead_code)]
 
 pub mod fleet;
+pub mod pg_cluster;
 pub mod replica;
 pub mod restart;
 
@@ -219,6 +220,14 @@ pub fn text(bytes: &[u8]) -> String {
 
 pub fn path_str(p: &Path) -> &str {
     p.to_str().expect("utf-8 path")
+}
+
+/// A port of 127.0.0.1 that nothing listens on now (another process may take it later).
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("a free port")
+        .port()
 }
 
 /// Declares one test per backend from an `async fn(Backend)`.
