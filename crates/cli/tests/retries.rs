@@ -492,7 +492,10 @@ async fn the_application_is_never_a_deadlock_victim_on_mariadb() {
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
     let asked = app
-        .query(&format!("SELECT id FROM {table} WHERE id = 12 FOR UPDATE"), &[])
+        .query(
+            &format!("SELECT id FROM {table} WHERE id = 12 FOR UPDATE"),
+            &[],
+        )
         .await;
     assert!(
         asked.is_ok(),
