@@ -37,6 +37,12 @@ if ! command -v python3 >/dev/null; then
   apt_install python3
 fi
 
+# --- Chromium, for the dashboard's browser test ----------------------------------------
+if [[ ! -x /usr/bin/chromium || ! -x /usr/bin/chromedriver ]]; then
+  log "installing Chromium and ChromeDriver"
+  apt_install chromium chromium-driver
+fi
+
 # --- PostgreSQL -------------------------------------------------------------------------
 if ! port_open 5432; then
   if ! ls /etc/postgresql/*/main >/dev/null 2>&1; then

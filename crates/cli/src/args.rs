@@ -56,6 +56,23 @@ pub(crate) enum Command {
     Verify(VerifyArgs),
     /// List the rows the plan's transforms skipped (`on_row_error = "skip"`), with their errors.
     DeadLetters(DeadLettersArgs),
+    /// Serve the web dashboard and its JSON API over a state database (read-only unless
+    /// given --token-file).
+    Serve(ServeArgs),
+}
+
+#[derive(Debug, clap::Args)]
+pub(crate) struct ServeArgs {
+    /// The state database holding the runs (`godwit_*` tables); also read from GODWIT_DATABASE.
+    #[arg(long, env = "GODWIT_DATABASE", hide_env_values = true)]
+    pub(crate) database: String,
+    /// The address to listen on; loopback unless told otherwise.
+    #[arg(long, default_value = "127.0.0.1:8080")]
+    pub(crate) listen: std::net::SocketAddr,
+    /// A file holding the token that pause, resume, cancel and retry must carry
+    /// (`Authorization: Bearer TOKEN`); without it the dashboard is read-only.
+    #[arg(long)]
+    pub(crate) token_file: Option<PathBuf>,
 }
 
 #[derive(Debug, clap::Args)]

@@ -5,7 +5,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::Context;
 use godwit::plan::Plan;
-use godwit::state::{Control, RunState};
+use godwit::state::Control;
 use godwit::{EventSink, RunErrorKind, RunOptions, RunOutcome, StopHandle, StopLevel};
 
 use crate::args::{
@@ -31,6 +31,7 @@ pub(crate) async fn dispatch(args: Args) -> anyhow::Result<u8> {
         Command::Wait(a) => ops::wait(a).await,
         Command::DeadLetters(a) => dead_letters(a).await,
         Command::Verify(a) => verify(a).await,
+        Command::Serve(a) => crate::serve::serve(a).await,
     }
 }
 
@@ -619,52 +620,13 @@ async fn control(args: TargetArgs, action: Control) -> anyhow::Result<u8> {
         eprintln!("error: {label}: no run of {name:?} is stored in {url}");
         return Ok(exit::FAILED);
     };
-    let name = &name;
-    let (applied, message) = match (action, before) {
-        (Control::Pause, RunState::Pending | RunState::Running) => {
-            (true, format!("paused {name:?}: no new batch is claimed; batches in flight finish"))
-        }
-        (Control::Pause, RunState::Paused) => (true, format!("{name:?} is already paused")),
-        (Control::Resume, RunState::Paused) => (true, format!("resumed {name:?}")),
-        (Control::Resume, RunState::Pending | RunState::Running) => {
-            (true, format!("{name:?} is not paused"))
-        }
-        (Control::Cancel, RunState::Cancelled) => (true, format!("{name:?} is already cancelled")),
-        (Control::Cancel, RunState::Done) => {
-            (false, format!("{name:?} is done; there is nothing to cancel"))
-        }
-        (Control::Cancel, _) => (
-            true,
-            format!("cancelled {name:?}: no new batch is claimed; batches in flight finish"),
-        ),
-        (Control::Retry, RunState::Failed) => (
-            true,
-            format!("re-queued the failed batches of {name:?}; workers on it take them up, or `godwit run` it"),
-        ),
-        (Control::Retry, RunState::Pending | RunState::Running | RunState::Paused) => (
-            true,
-            format!("re-queued any failed batches of {name:?}"),
-        ),
-        (_, state) => (
-            false,
-            format!("{name:?} is {}; cannot {}", state.as_str(), action_name(action)),
-        ),
-    };
+    let godwit::ControlReply { applied, message } = godwit::control_reply(&name, action, before);
     if applied {
         eprintln!("{message}");
         Ok(exit::DONE)
     } else {
         eprintln!("error: {label}: {message}");
         Ok(exit::FAILED)
-    }
-}
-
-fn action_name(action: Control) -> &'static str {
-    match action {
-        Control::Pause => "pause it",
-        Control::Resume => "resume it",
-        Control::Cancel => "cancel it",
-        Control::Retry => "retry it",
     }
 }
 

@@ -48,6 +48,7 @@ mod args;
 mod commands;
 mod ops;
 mod progress;
+mod serve;
 
 use std::process::ExitCode;
 

@@ -35,7 +35,9 @@ pub use godwit_sched::{
 pub use godwit_state as state;
 
 pub use crate::ops::{set_run, wait_run, SettingsChange, Waited};
-pub use crate::status::{control, control_run, dead_letters, list_runs, status, status_run};
+pub use crate::status::{
+    control, control_reply, control_run, dead_letters, list_runs, status, status_run, ControlReply,
+};
 
 /// The error type of the scheduler: an invalid plan (nothing changed) or an unreachable
 /// database.

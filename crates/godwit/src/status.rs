@@ -14,6 +14,69 @@ pub async fn control(
     control_run(&DbUrl::new(plan.state_url()), &plan.name, action).await
 }
 
+/// What a control action did to a run that was `before`: whether it applied (`applied`: the
+/// run is now as asked) and the sentence that tells the user, the same for the command line
+/// and the dashboard.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ControlReply {
+    /// Whether the run is now as the action asked (already being so counts).
+    pub applied: bool,
+    /// What happened, or why nothing could.
+    pub message: String,
+}
+
+/// The [`ControlReply`] for `action` on the run `name`, which was `before`.
+pub fn control_reply(name: &str, action: Control, before: RunState) -> ControlReply {
+    let (applied, message) = match (action, before) {
+        (Control::Pause, RunState::Pending | RunState::Running) => (
+            true,
+            format!("paused {name:?}: no new batch is claimed; batches in flight finish"),
+        ),
+        (Control::Pause, RunState::Paused) => (true, format!("{name:?} is already paused")),
+        (Control::Resume, RunState::Paused) => (true, format!("resumed {name:?}")),
+        (Control::Resume, RunState::Pending | RunState::Running) => {
+            (true, format!("{name:?} is not paused"))
+        }
+        (Control::Cancel, RunState::Cancelled) => (true, format!("{name:?} is already cancelled")),
+        (Control::Cancel, RunState::Done) => (
+            false,
+            format!("{name:?} is done; there is nothing to cancel"),
+        ),
+        (Control::Cancel, _) => (
+            true,
+            format!("cancelled {name:?}: no new batch is claimed; batches in flight finish"),
+        ),
+        (Control::Retry, RunState::Failed) => (
+            true,
+            format!(
+                "re-queued the failed batches of {name:?}; workers on it take them up, or \
+                 `godwit run` it"
+            ),
+        ),
+        (Control::Retry, RunState::Pending | RunState::Running | RunState::Paused) => {
+            (true, format!("re-queued any failed batches of {name:?}"))
+        }
+        (_, state) => (
+            false,
+            format!(
+                "{name:?} is {}; cannot {}",
+                state.as_str(),
+                action_name(action)
+            ),
+        ),
+    };
+    ControlReply { applied, message }
+}
+
+fn action_name(action: Control) -> &'static str {
+    match action {
+        Control::Pause => "pause it",
+        Control::Resume => "resume it",
+        Control::Cancel => "cancel it",
+        Control::Retry => "retry it",
+    }
+}
+
 /// [`control`] for the run named `run` in the state database at `url`, without its plan file.
 ///
 /// # Errors

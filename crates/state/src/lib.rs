@@ -27,6 +27,7 @@ mod control;
 mod dead_letters;
 mod digest;
 mod fence;
+mod history;
 mod pace;
 mod record;
 mod runs;
@@ -42,6 +43,7 @@ use godwit_driver::{
     number_placeholders, Conn, DbUrl, Dialect, Error, ErrorKind, Result, Row, Value,
 };
 
+pub use crate::history::{BatchError, Throughput, ThroughputPoint};
 pub use crate::pace::{RunControl, RunSettings};
 pub use crate::schema::SCHEMA_VERSION;
 pub use crate::status::{RunStatus, StepStatus, WorkerStatus, LIVE_WINDOW_MS};

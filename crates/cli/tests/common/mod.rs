@@ -5,6 +5,7 @@
 #![allow(dead_code)]
 
 pub mod fleet;
+pub mod http;
 pub mod pg_cluster;
 pub mod replica;
 pub mod restart;
