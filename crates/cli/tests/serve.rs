@@ -194,6 +194,14 @@ async fn the_api_shows_runs_as_status_does(backend: Backend) {
     assert_eq!(get(addr, "/style.css").status, 200);
     assert_eq!(get(addr, "/nothing-here").status, 404);
 
+    // Loopback answers loopback names only: a rebound name is refused.
+    let rebound = request(addr, "GET", "/api/runs", &[("Host", "evil.example:8080")]);
+    assert_eq!(rebound.status, 421, "{}", rebound.body);
+    assert_eq!(
+        request(addr, "GET", "/api/info", &[("Host", "localhost:1")]).status,
+        200
+    );
+
     // No password anywhere: not in what the API answers, nor in what serve printed.
     let info = get(addr, "/api/info").body;
     let everything = [runs.to_string(), info, page.body, server.output_so_far()].join("\n");

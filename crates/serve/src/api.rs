@@ -220,6 +220,44 @@ pub(crate) async fn control(
         .into_response()
 }
 
+/// On a loopback address, answers only requests addressed to a loopback name: a page of another
+/// site whose name was made to point at 127.0.0.1 (DNS rebinding) sends its own name as `Host`
+/// and is refused, so it cannot read the dashboard from the user's browser.
+pub(crate) async fn loopback_host(
+    request: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> Response {
+    let host = request
+        .headers()
+        .get(header::HOST)
+        .and_then(|h| h.to_str().ok())
+        .unwrap_or_default();
+    if is_loopback_host(host) {
+        next.run(request).await
+    } else {
+        error(
+            StatusCode::MISDIRECTED_REQUEST,
+            format!(
+                "this dashboard listens on loopback and answers only http://127.0.0.1, \
+                 http://[::1] or http://localhost, not {host:?}"
+            ),
+        )
+    }
+}
+
+/// Whether `host` (a `Host` header: a name or address, maybe with a port) names this machine's
+/// loopback.
+fn is_loopback_host(host: &str) -> bool {
+    let name = match host.strip_prefix('[') {
+        Some(v6) => v6.split(']').next().unwrap_or_default(),
+        None => host.rsplit_once(':').map_or(host, |(name, _)| name),
+    };
+    name.eq_ignore_ascii_case("localhost")
+        || name
+            .parse::<std::net::IpAddr>()
+            .is_ok_and(|ip| ip.is_loopback())
+}
+
 pub(crate) async fn not_found() -> Response {
     error(StatusCode::NOT_FOUND, "no such page")
 }
@@ -232,6 +270,15 @@ fn same(a: &[u8], b: &[u8]) -> bool {
 #[cfg(test)]
 mod tests {
     use super::same;
+
+    #[test]
+    fn only_loopback_names_are_loopback_hosts() {
+        use super::is_loopback_host as ok;
+        assert!(ok("127.0.0.1:8080") && ok("localhost:8080") && ok("LOCALHOST") && ok("[::1]:80"));
+        assert!(ok("127.0.0.2"));
+        assert!(!ok("evil.example:8080") && !ok("localhost.evil.example") && !ok(""));
+        assert!(!ok("10.0.0.1:8080") && !ok("[2001:db8::1]:80"));
+    }
 
     #[test]
     fn tokens_match_only_exactly() {

@@ -46,6 +46,7 @@ pub struct Server {
 /// When the address cannot be bound.
 pub async fn bind(options: Options) -> std::io::Result<Server> {
     let listener = tokio::net::TcpListener::bind(options.listen).await?;
+    let loopback = options.listen.ip().is_loopback();
     let shared = Arc::new(api::Shared {
         store: store::Store::new(options.database),
         token: options.token,
@@ -63,6 +64,11 @@ pub async fn bind(options: Options) -> std::io::Result<Server> {
         .route("/api/runs/{plan}/{action}", post(api::control))
         .fallback(api::not_found)
         .with_state(shared);
+    let app = if loopback {
+        app.layer(axum::middleware::from_fn(api::loopback_host))
+    } else {
+        app
+    };
     Ok(Server { listener, app })
 }
 
