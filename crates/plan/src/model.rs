@@ -31,6 +31,12 @@ pub struct Plan {
     pub max_latency_increase: Option<f64>,
     /// The statement whose latency the guard measures, when not the default probe.
     pub probe_query: Option<String>,
+    /// Where to post a message when the run is done, fails, or stays throttled (`notify`),
+    /// `${VAR}` expanded. A webhook's address often holds its secret: never printed.
+    pub notify: Vec<String>,
+    /// How long the run must stay throttled before a message says so, and again after
+    /// each such while (`notify_throttled_after`, default [`DEFAULT_NOTIFY_THROTTLED_AFTER`]).
+    pub notify_throttled_after: Duration,
     /// The plan file.
     pub path: PathBuf,
     /// The file's exact text. It may hold a password written literally: see `written_urls`.
@@ -42,6 +48,9 @@ pub struct Plan {
     /// errors about it.
     pub key_locations: BTreeMap<String, Location>,
 }
+
+/// How long a run stays throttled before `notify` says so, when the plan does not say.
+pub const DEFAULT_NOTIFY_THROTTLED_AFTER: Duration = Duration::from_secs(15 * 60);
 
 /// The replica lag that throttles a run whose plan lists `replicas` without `max_replica_lag`.
 pub const DEFAULT_MAX_REPLICA_LAG: Duration = Duration::from_secs(10);
@@ -156,6 +165,8 @@ impl fmt::Debug for Plan {
             .field("max_replica_lag", &self.max_replica_lag)
             .field("max_latency_increase", &self.max_latency_increase)
             .field("probe_query", &self.probe_query)
+            .field("notify", &format_args!("{} address(es)", self.notify.len()))
+            .field("notify_throttled_after", &self.notify_throttled_after)
             .field("path", &self.path)
             .finish_non_exhaustive()
     }

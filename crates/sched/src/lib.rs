@@ -19,6 +19,7 @@ mod ctx;
 mod events;
 mod failure;
 mod heartbeat;
+mod notify;
 mod pace;
 mod retry;
 mod run;

@@ -16,6 +16,7 @@ use tokio::task::JoinSet;
 use crate::ctx::{RunCtx, RunSetup, StepCtx, POLL};
 use crate::failure::{Failure, FailureKind};
 use crate::heartbeat::heartbeat;
+use crate::notify::{self, Notifier};
 use crate::retry::with_retries;
 use crate::spec::{literal_passwords, run_spec};
 use crate::step::{self, StepResult};
@@ -191,7 +192,23 @@ pub async fn run(
         .await
         .map_err(Error::invalid)?;
     let heartbeat = tokio::spawn(heartbeat(ctx.clone()));
-    let mut outcome = schedule(&ctx, plan, &steps).await;
+    let notifier = Notifier::new(plan);
+    let throttle_watch = notifier.as_ref().map(|n| {
+        tokio::spawn(notify::watch_throttle(
+            n.clone(),
+            ctx.clone(),
+            steps.clone(),
+            plan.notify_throttled_after,
+        ))
+    });
+    let mut outcome = schedule(&ctx, plan, &steps, notifier.as_deref()).await;
+    if let Some(watch) = throttle_watch {
+        watch.abort();
+    }
+    if let Some(notifier) = &notifier {
+        // The run has ended here: its last messages may take a moment to go out.
+        notifier.flush(notify::FLUSH).await;
+    }
     if ctx.is_restarted() {
         // Whatever the steps made of it (a refused record reads as a lost lease or a failure):
         // the run this process worked on is gone.
@@ -262,6 +279,7 @@ async fn schedule(
     ctx: &Arc<RunCtx>,
     plan: &Plan,
     steps: &[Arc<StepCtx>],
+    notifier: Option<&Notifier>,
 ) -> Result<RunOutcome, Error> {
     let mut tasks = StepTasks {
         running: JoinSet::new(),
@@ -296,7 +314,7 @@ async fn schedule(
                 continue;
             }
         };
-        if let Some(outcome) = run_ended(ctx, &stored, &tasks, &stop).await {
+        if let Some(outcome) = run_ended(ctx, &stored, &tasks, &stop, notifier).await {
             return outcome;
         }
         if !ctx.is_failed() && stop.level() == StopLevel::Run {
@@ -338,6 +356,7 @@ async fn run_ended(
     stored: &HashMap<String, String>,
     tasks: &StepTasks,
     stop: &StopSignal,
+    notifier: Option<&Notifier>,
 ) -> Option<Result<RunOutcome, Error>> {
     let idle = tasks.running.is_empty();
     if let Some(failure) = tasks.failure.clone().or_else(|| stored_failure(stored)) {
@@ -350,6 +369,9 @@ async fn run_ended(
             if recorded.as_ref().is_err_and(godwit_state::is_restarted) {
                 ctx.mark_restarted();
                 return Some(Err(Error::restarted(ctx.name())));
+            }
+            if matches!(recorded, Ok(true)) {
+                announce(ctx, notifier, "failed", Some(failure.message())).await;
             }
             return Some(Ok(RunOutcome::Failed(failure)));
         }
@@ -364,12 +386,25 @@ async fn run_ended(
             .set_run_state(ctx.name(), RunState::Done, None)
             .await
             .map_err(|e| Error::database("cannot record the run as done", &e));
-        return Some(recorded.map(|()| RunOutcome::Done));
+        if matches!(recorded, Ok(true)) {
+            announce(ctx, notifier, "done", None).await;
+        }
+        return Some(recorded.map(|_| RunOutcome::Done));
     }
     if stop.level() >= StopLevel::Drain && idle {
         return Some(Ok(RunOutcome::Stopped));
     }
     None
+}
+
+/// Tells the plan's `notify` addresses that the run ended (this process recorded it, so no
+/// other will), with its final status.
+async fn announce(ctx: &RunCtx, notifier: Option<&Notifier>, state: &str, error: Option<&str>) {
+    let Some(notifier) = notifier else {
+        return;
+    };
+    let status = ctx.state().status(ctx.name()).await.ok().flatten();
+    notifier.ended(status.as_ref(), state, error);
 }
 
 /// The steps running in this process.

@@ -234,6 +234,33 @@ impl StateStore {
         })
         .await
     }
+
+    /// Claims the right to say that `run` has stayed throttled: `true` for one caller per
+    /// `every` (on the state database's clock), whichever worker of the fleet asks first, so
+    /// that a fleet sends one notification, not one per worker.
+    pub async fn claim_throttle_notice(
+        &self,
+        run: &str,
+        every: std::time::Duration,
+    ) -> Result<bool> {
+        let run = run.to_string();
+        let every = crate::lease_ms(every);
+        self.with_conn(move |conn| {
+            Box::pin(async move {
+                let d = conn.dialect();
+                let now = schema::now_ms(d);
+                let q = format!(
+                    "UPDATE godwit_runs SET throttle_notified_ms = {now} WHERE run = ? AND \
+                     (throttle_notified_ms IS NULL OR throttle_notified_ms <= {now} - ?)"
+                );
+                let changed = conn
+                    .execute(&number_placeholders(&q, d), &[text(run), every])
+                    .await?;
+                Ok(changed > 0)
+            })
+        })
+        .await
+    }
 }
 
 #[cfg(test)]

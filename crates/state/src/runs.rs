@@ -97,13 +97,15 @@ impl StateStore {
         Ok(self.run_control(run).await?.map(|control| control.state))
     }
 
-    /// Sets a run's state; `error` is kept for `failed`.
+    /// Sets a run's state; `error` is kept for `failed`. Returns whether this call changed it:
+    /// of several processes ending a run together, one finds `true`, so that one of them
+    /// tells the world (a notification) and the first failure's error is the one kept.
     pub async fn set_run_state(
         &self,
         run: &str,
         state: RunState,
         error: Option<&str>,
-    ) -> Result<()> {
+    ) -> Result<bool> {
         let (run, error) = (run.to_string(), error.map(str::to_string));
         let mine = self.generation(&run);
         self.with_conn(move |conn| {
@@ -114,20 +116,28 @@ impl StateStore {
                     state,
                     RunState::Done | RunState::Failed | RunState::Cancelled
                 );
-                let fence = if mine.is_some() { " AND generation = ?" } else { "" };
+                let fence = if mine.is_some() {
+                    " AND generation = ?"
+                } else {
+                    ""
+                };
                 let q = format!(
-                    "UPDATE godwit_runs SET state = ?, error = ?, finished_ms = {} WHERE run = ?{fence}",
+                    "UPDATE godwit_runs SET state = ?, error = ?, finished_ms = {} \
+                     WHERE run = ? AND state <> ?{fence}",
                     if finished { now } else { "NULL" }
                 );
-                let mut params = vec![text(state.as_str()), opt_text(error.as_deref()), text(run.clone())];
+                let mut params = vec![
+                    text(state.as_str()),
+                    opt_text(error.as_deref()),
+                    text(run.clone()),
+                    text(state.as_str()),
+                ];
                 params.extend(mine.clone().map(text));
-                if conn.execute(&number_placeholders(
-                    &q,
-                    d,
-                ), &params).await? == 0 && mine.is_some() {
+                let changed = conn.execute(&number_placeholders(&q, d), &params).await? > 0;
+                if !changed && mine.is_some() {
                     ensure_generation(conn, &run, mine.as_deref()).await?;
                 }
-                Ok(())
+                Ok(changed)
             })
         })
         .await

@@ -7,7 +7,7 @@ use godwit_driver::{number_placeholders, Conn, Dialect, Error, Result, Value};
 
 /// The version of the state tables this build writes. A later release that changes them
 /// migrates from this number; an older release refuses newer tables.
-pub const SCHEMA_VERSION: i64 = 6;
+pub const SCHEMA_VERSION: i64 = 7;
 
 /// SQL for "now" in milliseconds on the state database's clock.
 pub(crate) fn now_ms(dialect: Dialect) -> &'static str {
@@ -99,7 +99,8 @@ fn runs_table(forms: &TableForms) -> String {
   set_concurrency BIGINT,
   set_batch_size BIGINT,
   set_max_rows_per_second DOUBLE PRECISION,
-  probe_baseline {long_text}
+  probe_baseline {long_text},
+  throttle_notified_ms BIGINT
 ){engine}"
     )
 }
@@ -338,6 +339,13 @@ async fn migrate(conn: &mut dyn Conn) -> Result<()> {
             "ALTER TABLE godwit_runs ADD COLUMN probe_baseline {long_text}"
         ))
         .await?;
+    }
+    // Version 7: when a process last sent the run's "throttled too long" notification, so
+    // that a fleet sends one, not one per worker.
+    let runs = conn.table_info("godwit_runs").await?;
+    if runs.is_some_and(|t| t.column("throttle_notified_ms").is_none()) {
+        conn.execute_unprepared("ALTER TABLE godwit_runs ADD COLUMN throttle_notified_ms BIGINT")
+            .await?;
     }
     Ok(())
 }

@@ -504,6 +504,7 @@ async fn version_2_tables_are_migrated(backend: &str) {
         "DROP TABLE godwit_dead_letters",
         "ALTER TABLE godwit_batches DROP COLUMN rows_skipped",
         "ALTER TABLE godwit_runs DROP COLUMN probe_baseline",
+        "ALTER TABLE godwit_runs DROP COLUMN throttle_notified_ms",
         "UPDATE godwit_meta SET value = '2' WHERE name = 'schema_version'",
     ] {
         conn.execute_unprepared(statement).await.unwrap();
@@ -544,13 +545,17 @@ async fn version_2_tables_are_migrated(backend: &str) {
         other => other.as_str().expect("text").to_string(),
     };
     assert_eq!(version, SCHEMA_VERSION.to_string());
-    assert_eq!(SCHEMA_VERSION, 6);
+    assert_eq!(SCHEMA_VERSION, 7);
     let batches = conn.table_info("godwit_batches").await.unwrap().unwrap();
     assert!(batches.column("rows_skipped").is_some());
     let runs = conn.table_info("godwit_runs").await.unwrap().unwrap();
     assert!(
         runs.column("probe_baseline").is_some(),
         "version 6: the latency guard's baseline"
+    );
+    assert!(
+        runs.column("throttle_notified_ms").is_some(),
+        "version 7: when the run's throttle was last announced"
     );
     // Migrating again (another process, a restart) changes nothing.
     drop(store(db).await);

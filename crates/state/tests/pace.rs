@@ -280,7 +280,31 @@ fn text_of(v: &Value) -> String {
     }
 }
 
+/// Of processes ending a run together, one changes its state (and so announces it); of
+/// processes seeing it throttled, one per window may say so.
+async fn one_process_announces(backend: &str) {
+    let db = db(backend).await;
+    let (a, b) = (store(&db).await, store(&db).await);
+    let (run, _) = started_step(&a, "100").await;
+    assert!(a.set_run_state(&run, RunState::Done, None).await.unwrap());
+    assert!(!b.set_run_state(&run, RunState::Done, None).await.unwrap());
+    let window = std::time::Duration::from_secs(3600);
+    assert!(a.claim_throttle_notice(&run, window).await.unwrap());
+    assert!(!b.claim_throttle_notice(&run, window).await.unwrap());
+    assert!(!a.claim_throttle_notice(&run, window).await.unwrap());
+    // Once the window has passed, the next one may.
+    assert!(b
+        .claim_throttle_notice(&run, std::time::Duration::ZERO)
+        .await
+        .unwrap());
+    assert!(!a
+        .claim_throttle_notice("no-such-run", window)
+        .await
+        .unwrap());
+}
+
 per_backend!(
+    one_process_announces,
     settings_are_stored_and_read_with_the_state,
     step_pace_shows_in_status,
     a_restarted_run_fences_pace,

@@ -17,6 +17,8 @@ const TOP_KEYS: &[&str] = &[
     "max_replica_lag",
     "max_latency_increase",
     "probe_query",
+    "notify",
+    "notify_throttled_after",
 ];
 const STATE_KEYS: &[&str] = &["database"];
 const EXPECT_KEYS: &[&str] = &["max_duration"];

@@ -24,7 +24,7 @@ use std::time::Duration;
 
 use toml::de::{DeTable, DeValue};
 
-use crate::model::{Plan, Settings, Step};
+use crate::model::{Plan, Settings, Step, DEFAULT_NOTIFY_THROTTLED_AFTER};
 use crate::order::{self, NamedStep};
 use crate::{LineIndex, Location, PlanError, PlanErrors};
 
@@ -33,7 +33,7 @@ use self::context::{type_name, Ctx};
 use self::keys::Section;
 use self::settings::read_factor;
 use self::step::read_step;
-use self::urls::read_replicas;
+use self::urls::{read_notify, read_replicas};
 
 pub(crate) use crate::Span;
 
@@ -151,6 +151,8 @@ fn parse_as(
         max_replica_lag: guards.max_replica_lag,
         max_latency_increase: guards.max_latency_increase,
         probe_query: guards.probe_query,
+        notify: guards.notify,
+        notify_throttled_after: guards.notify_throttled_after,
         path: path.to_path_buf(),
         text: text.to_string(),
         written_urls: cx.urls,
@@ -176,6 +178,8 @@ struct Guards {
     max_replica_lag: Option<Duration>,
     max_latency_increase: Option<f64>,
     probe_query: Option<String>,
+    notify: Vec<String>,
+    notify_throttled_after: Duration,
 }
 
 fn read_guards(cx: &mut Ctx<'_>, root: &DeTable<'_>) -> Guards {
@@ -194,11 +198,24 @@ fn read_guards(cx: &mut Ctx<'_>, root: &DeTable<'_>) -> Guards {
             "`probe_query` does nothing without `max_latency_increase`",
         );
     }
+    let notify = read_notify(cx, root);
+    let notify_throttled_after = cx.duration(root, "notify_throttled_after");
+    if let (Some(at), false) = (
+        key_span(root, "notify_throttled_after"),
+        root.contains_key("notify"),
+    ) {
+        cx.error(
+            &at,
+            "`notify_throttled_after` does nothing without `notify`",
+        );
+    }
     Guards {
         replicas,
         max_replica_lag,
         max_latency_increase,
         probe_query,
+        notify,
+        notify_throttled_after: notify_throttled_after.unwrap_or(DEFAULT_NOTIFY_THROTTLED_AFTER),
     }
 }
 

@@ -55,6 +55,29 @@ pub(super) fn read_replicas(cx: &mut Ctx<'_>, root: &DeTable<'_>) -> Vec<String>
         .collect()
 }
 
+/// `notify`: the HTTP(S) addresses that get a message when the run ends or stays throttled.
+pub(super) fn read_notify(cx: &mut Ctx<'_>, root: &DeTable<'_>) -> Vec<String> {
+    let Some(entries) = cx.strings(root, "notify") else {
+        return Vec::new();
+    };
+    let mut out = Vec::with_capacity(entries.len());
+    for (text, span) in entries {
+        let Some(url) = cx.expand("notify", &text, &span) else {
+            continue;
+        };
+        let scheme = url.split_once("://").map(|(s, _)| s.to_ascii_lowercase());
+        if !matches!(scheme.as_deref(), Some("http" | "https")) {
+            cx.error(
+                &span,
+                "`notify` takes http:// or https:// addresses (a webhook, such as Slack's)",
+            );
+            continue;
+        }
+        out.push(url);
+    }
+    out
+}
+
 impl Ctx<'_> {
     /// Expands `${VAR}` in a URL written at `span`, reporting problems at `at`.
     pub(super) fn expand(&mut self, key: &str, text: &str, at: &Span) -> Option<String> {
