@@ -865,3 +865,90 @@ async fn json_logs_are_one_object_per_line_without_passwords() {
         "{lines:?}"
     );
 }
+
+// ---------------------------------------------------------------------------------------
+// The Grafana dashboard
+
+/// The metric names in a PromQL expression.
+fn metric_names(expr: &str) -> Vec<String> {
+    let mut names = Vec::new();
+    let mut rest = expr;
+    while let Some(at) = rest.find("godwit_") {
+        let tail = &rest[at..];
+        let end = tail
+            .find(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))
+            .unwrap_or(tail.len());
+        names.push(tail[..end].to_string());
+        rest = &tail[end..];
+    }
+    names
+}
+
+/// `deploy/grafana/godwit.json` is a dashboard Grafana imports (a title, a uid, a schema
+/// version, panels placed on the grid, a Prometheus datasource variable that every panel and
+/// query uses) and it charts exactly the families a real `--metrics` endpoint serves, each of
+/// them: rows per second, outcomes, p50 and p99 from the histogram, in flight, the throttled
+/// fraction.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_grafana_dashboard_charts_exactly_the_served_metrics() {
+    let db = TestDb::new(Backend::Sqlite).await;
+    let addr = format!("127.0.0.1:{}", free_port());
+    let mut worker = KillOnDrop(spawn_watched(&[
+        "worker",
+        "--database",
+        &db.url,
+        "--json",
+        "--metrics",
+        &addr,
+    ]));
+    let served = first_scrape(&addr, &mut worker).await;
+    let families: std::collections::BTreeSet<String> = served.types.keys().cloned().collect();
+    assert_eq!(families.len(), 5, "{families:?}");
+
+    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../deploy/grafana/godwit.json");
+    let text = std::fs::read_to_string(&path).expect("the dashboard");
+    let dashboard: Json = serde_json::from_str(&text).expect("the dashboard is JSON");
+    for key in ["title", "uid"] {
+        assert!(dashboard[key].is_string(), "{key}");
+    }
+    assert!(dashboard["schemaVersion"].as_i64().unwrap_or(0) >= 30);
+    let variables = dashboard["templating"]["list"]
+        .as_array()
+        .expect("variables");
+    assert!(
+        variables.iter().any(|v| v["name"] == "datasource"
+            && v["type"] == "datasource"
+            && v["query"] == "prometheus"),
+        "a Prometheus datasource variable: {variables:?}"
+    );
+    let on_variable = |d: &Json| d["type"] == "prometheus" && d["uid"] == "${datasource}";
+    let mut exprs = Vec::new();
+    for panel in dashboard["panels"].as_array().expect("panels") {
+        let title = panel["title"].as_str().expect("a title");
+        assert!(on_variable(&panel["datasource"]), "{title}");
+        for key in ["x", "y", "w", "h"] {
+            assert!(panel["gridPos"][key].is_u64(), "{title}: gridPos.{key}");
+        }
+        let targets = panel["targets"].as_array().expect("targets");
+        assert!(!targets.is_empty(), "{title}");
+        for target in targets {
+            assert!(on_variable(&target["datasource"]), "{title}");
+            exprs.push(target["expr"].as_str().expect("an expr").to_string());
+        }
+    }
+    let used: std::collections::BTreeSet<String> = exprs
+        .iter()
+        .flat_map(|e| metric_names(e))
+        .map(|name| family_of(&name, &served.types))
+        .collect();
+    assert_eq!(
+        used, families,
+        "what the dashboard charts and what is served"
+    );
+    let charted = |part: &str| exprs.iter().any(|e| e.contains(part));
+    assert!(charted("rate(godwit_rows_total"), "{exprs:?}");
+    assert!(charted("rate(godwit_batches_total"), "{exprs:?}");
+    assert!(charted("histogram_quantile(0.5,") && charted("histogram_quantile(0.99,"));
+    assert!(charted("rate(godwit_throttled_seconds_total"), "{exprs:?}");
+    assert!(charted("godwit_batches_in_flight"), "{exprs:?}");
+}
