@@ -77,9 +77,9 @@ impl Metrics {
     }
 
     fn observe_at(&self, plan: &str, event: &Event, now: Instant) {
-        let Ok(mut registry) = self.0.lock() else {
-            return;
-        };
+        // Counting goes on after a panic elsewhere held the lock: a few numbers cannot be
+        // left half-written.
+        let mut registry = self.0.lock().unwrap_or_else(|e| e.into_inner());
         // A step is made present at its start, so that each of its series reads 0 until it
         // counts something (a rate over a series that appears later misses its first value).
         let step = match event {
@@ -133,10 +133,7 @@ impl Metrics {
 
     fn render_at(&self, now: Instant) -> String {
         // A copy, so that the lock is not held while the text is written.
-        let registry = match self.0.lock() {
-            Ok(registry) => registry.clone(),
-            Err(poisoned) => poisoned.into_inner().clone(),
-        };
+        let registry = self.0.lock().unwrap_or_else(|e| e.into_inner()).clone();
         let mut out = String::new();
         let steps: Vec<([(&str, &str); 2], &StepMetrics)> = registry
             .steps
