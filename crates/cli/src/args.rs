@@ -11,6 +11,19 @@ use clap::{Parser, Subcommand};
 pub(crate) struct Args {
     #[command(subcommand)]
     pub(crate) command: Command,
+    /// How lines on stderr are written: `text` for people, or `json`, one JSON object per
+    /// line (with `level` and `message`) for a log collector.
+    #[arg(long, global = true, value_enum, default_value_t = LogFormat::Text)]
+    pub(crate) log_format: LogFormat,
+}
+
+/// How lines on stderr are written.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub(crate) enum LogFormat {
+    /// Lines for people.
+    Text,
+    /// One JSON object per line.
+    Json,
 }
 
 impl Args {
@@ -202,6 +215,10 @@ pub(crate) struct WorkArgs {
     /// Print only errors.
     #[arg(long)]
     pub(crate) quiet: bool,
+    /// Serve Prometheus metrics of this process at http://ADDR/metrics while it works
+    /// (ADDR: HOST:PORT, such as 127.0.0.1:9478 or 0.0.0.0:9478).
+    #[arg(long, value_name = "ADDR")]
+    pub(crate) metrics: Option<String>,
 }
 
 #[derive(Debug, clap::Args)]

@@ -7,6 +7,7 @@ use anyhow::Context;
 use godwit::plan::Plan;
 use godwit::state::Control;
 use godwit::{EventSink, RunErrorKind, RunOptions, RunOutcome, StopHandle, StopLevel};
+use godwit_observe::Metrics;
 
 use crate::args::{
     Args, CheckArgs, Command, DeadLettersArgs, DemoArgs, PlanArgs, RunArgs, StatusArgs, TargetArgs,
@@ -163,17 +164,58 @@ async fn run(args: RunArgs) -> anyhow::Result<u8> {
             url.key
         );
     }
-    execute(&plan, options, args.max_duration, args.work.grace, mode).await
+    let metrics = match serve_metrics(args.work.metrics.as_deref(), mode).await {
+        Ok(metrics) => metrics,
+        Err(code) => return Ok(code),
+    };
+    let limits = Limits {
+        max_duration: args.max_duration,
+        grace: args.work.grace,
+    };
+    execute(&plan, options, limits, mode, metrics).await
 }
 
-/// Runs a loaded plan with progress output and turns the outcome into an exit code.
+/// Serves Prometheus metrics at `http://ADDR/metrics` when `--metrics ADDR` asks for them.
+/// Listens before any work starts: an address that cannot be had is an invalid command line
+/// (exit 2), not a run that fails later.
+async fn serve_metrics(addr: Option<&str>, mode: Mode) -> Result<Option<Metrics>, u8> {
+    let Some(addr) = addr else {
+        return Ok(None);
+    };
+    let listener = match godwit_observe::listen(addr).await {
+        Ok(listener) => listener,
+        Err(e) => {
+            eprintln!("error: --metrics: {e}");
+            return Err(exit::INVALID);
+        }
+    };
+    if let (Ok(bound), Mode::Human | Mode::Plain) = (listener.local_addr(), mode) {
+        eprintln!("metrics at http://{bound}/metrics");
+    }
+    let metrics = Metrics::new();
+    godwit_observe::serve(listener, metrics.clone());
+    Ok(Some(metrics))
+}
+
+/// How long a run may take, and its batches after a signal.
+struct Limits {
+    max_duration: Option<Duration>,
+    grace: Duration,
+}
+
+/// Runs a loaded plan with progress output (and metrics, when served) and turns the outcome
+/// into an exit code.
 async fn execute(
     plan: &Plan,
     options: RunOptions,
-    max_duration: Option<Duration>,
-    grace: Duration,
+    limits: Limits,
     mode: Mode,
+    metrics: Option<Metrics>,
 ) -> anyhow::Result<u8> {
+    let Limits {
+        max_duration,
+        grace,
+    } = limits;
     let (stop, signal) = godwit::stop_pair();
     watch_signals(stop.clone(), mode == Mode::Quiet, grace);
     if let Some(budget) = max_duration {
@@ -185,8 +227,17 @@ async fn execute(
     }
     let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
     let renderer = progress::Renderer::spawn(mode, rx);
+    // The metrics count each event as the scheduler sends it, before the progress output
+    // sees it: what `--json` has printed, the metrics have counted.
+    let name = plan.name.clone();
+    let events = EventSink::from_fn(move |event| {
+        if let Some(metrics) = &metrics {
+            metrics.observe(&name, &event);
+        }
+        let _ = tx.send(event);
+    });
     let started = Instant::now();
-    let outcome = godwit::run(plan, options, signal, EventSink::new(tx)).await;
+    let outcome = godwit::run(plan, options, signal, events).await;
     renderer.finish(&outcome).await;
     let elapsed = started.elapsed();
     match outcome {
@@ -373,7 +424,11 @@ async fn demo(args: DemoArgs) -> anyhow::Result<u8> {
         concurrency: args.concurrency.map(|n| n as usize),
         ..RunOptions::default()
     };
-    let code = execute(&demo.plan, options, None, Duration::from_secs(25), mode).await?;
+    let limits = Limits {
+        max_duration: None,
+        grace: Duration::from_secs(25),
+    };
+    let code = execute(&demo.plan, options, limits, mode, None).await?;
     if code != exit::DONE {
         return Ok(code);
     }
@@ -633,11 +688,21 @@ async fn control(args: TargetArgs, action: Control) -> anyhow::Result<u8> {
 async fn worker(args: WorkerArgs) -> anyhow::Result<u8> {
     let url = godwit::driver::DbUrl::new(args.database.clone());
     let mode = Mode::pick(args.work.json, args.work.quiet);
+    let metrics = match serve_metrics(args.work.metrics.as_deref(), mode).await {
+        Ok(metrics) => metrics,
+        Err(code) => return Ok(code),
+    };
     let (stop, signal) = godwit::stop_pair();
     watch_signals(stop.clone(), mode == Mode::Quiet, args.work.grace);
     let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
     let printer = tokio::spawn(async move {
         while let Some(event) = rx.recv().await {
+            // In order, so a run's batches are counted before its `run_left` is printed.
+            if let (Some(metrics), godwit::WorkerEvent::Progress { plan, event }) =
+                (&metrics, &event)
+            {
+                metrics.observe(plan, event);
+            }
             print_worker_event(mode, &event);
         }
     });
@@ -687,6 +752,8 @@ fn print_worker_event(mode: Mode, event: &godwit::WorkerEvent) {
             WorkerEvent::Refused { plan, error } => {
                 serde_json::json!({"event": "run_refused", "plan": plan, "error": error})
             }
+            // A worker's output stays one line per run it joins or leaves.
+            WorkerEvent::Progress { .. } => return,
         };
         outln!("{json}");
         return;
@@ -701,6 +768,7 @@ fn print_worker_event(mode: Mode, event: &godwit::WorkerEvent) {
             ..
         } => eprintln!("error: run {plan:?} failed: {error}"),
         _ if mode == Mode::Quiet => {}
+        WorkerEvent::Progress { .. } => {}
         WorkerEvent::Joined { plan } => eprintln!("worker: working on {plan:?}"),
         WorkerEvent::Left { plan, outcome, .. } => eprintln!("worker: {plan:?} {outcome}"),
     }

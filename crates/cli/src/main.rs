@@ -11,16 +11,15 @@ macro_rules! outln {
 // names, errors): a control character in it (an ANSI escape sequence, a NUL) would reach the
 // terminal raw and could rewrite what the user sees. These shadow the standard macros in every
 // module below, so that no line is printed unescaped, including ones added later.
-/// `eprintln!` with control characters escaped; see [`escape_controls`].
+/// `eprintln!` with control characters escaped, or a JSON log line with `--log-format json`;
+/// see [`err_line`].
 macro_rules! eprintln {
     () => {
         eprintln!("")
     };
-    ($($arg:tt)*) => {{
-        use std::io::Write;
-        let line = $crate::escape_controls(&format!($($arg)*)).into_owned();
-        let _ = writeln!(std::io::stderr().lock(), "{line}");
-    }};
+    ($($arg:tt)*) => {
+        $crate::err_line(&format!($($arg)*))
+    };
 }
 
 /// `println!` with control characters escaped; see [`escape_controls`].
@@ -51,6 +50,7 @@ mod progress;
 mod serve;
 
 use std::process::ExitCode;
+use std::sync::atomic::{AtomicBool, Ordering};
 
 use clap::Parser;
 
@@ -73,6 +73,34 @@ pub(crate) fn out(line: impl std::fmt::Display) {
     use std::io::Write;
     let line = escape_controls(&line.to_string()).into_owned();
     let _ = writeln!(std::io::stdout().lock(), "{line}");
+}
+
+/// Whether stderr takes JSON lines (`--log-format json`), set once at start.
+static LOGS_AS_JSON: AtomicBool = AtomicBool::new(false);
+
+/// Whether every line on stderr is a JSON object (`--log-format json`): no progress bars then.
+pub(crate) fn logs_as_json() -> bool {
+    LOGS_AS_JSON.load(Ordering::Relaxed)
+}
+
+/// Prints a line on stderr: escaped, or with `--log-format json` as a log event of its own
+/// (level from its `error: `/`warning: ` prefix, else info), so that a log collector reads
+/// every line the same way. Under the target `godwit::output`, which the log filter always
+/// lets through: these lines are the command's output, which its flags already chose.
+pub(crate) fn err_line(line: &str) {
+    use std::io::Write;
+    if !logs_as_json() {
+        let line = escape_controls(line);
+        let _ = writeln!(std::io::stderr().lock(), "{line}");
+        return;
+    }
+    if let Some(message) = line.strip_prefix("error: ") {
+        tracing::error!(target: "godwit::output", message);
+    } else if let Some(message) = line.strip_prefix("warning: ") {
+        tracing::warn!(target: "godwit::output", message);
+    } else {
+        tracing::info!(target: "godwit::output", message = line);
+    }
 }
 
 /// `text` with every control character but line feed and tab written as Rust writes it in a
@@ -98,6 +126,17 @@ fn main() -> ExitCode {
     let args = match args::Args::try_parse() {
         Ok(args) => args,
         Err(e) => {
+            let asked_help = matches!(
+                e.kind(),
+                clap::error::ErrorKind::DisplayHelp | clap::error::ErrorKind::DisplayVersion
+            );
+            // The arguments did not parse, but a log collector that asked for JSON still
+            // gets JSON.
+            if !asked_help && json_logs_asked(std::env::args_os()) {
+                init_logging(args::LogFormat::Json, false);
+                err_line(e.render().to_string().trim_end());
+                return ExitCode::from(exit::INVALID);
+            }
             let _ = e.print();
             return match e.kind() {
                 clap::error::ErrorKind::DisplayHelp | clap::error::ErrorKind::DisplayVersion => {
@@ -107,7 +146,7 @@ fn main() -> ExitCode {
             };
         }
     };
-    init_logging(&args);
+    init_logging(args.log_format, args.quiet());
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -134,19 +173,46 @@ fn main() -> ExitCode {
 
 /// Logs go to stderr, warnings and errors only unless `RUST_LOG` says otherwise. Nothing logged
 /// carries a password: URLs are `DbUrl`s, which redact themselves.
-fn init_logging(args: &args::Args) {
+fn init_logging(format: args::LogFormat, quiet: bool) {
     // A Lua transform's `print` is logged at info under `godwit::lua`: shown unless quiet.
-    let default = if args.quiet() {
+    let default = if quiet {
         "error"
     } else {
         "warn,godwit::lua=info"
     };
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
+    if format == args::LogFormat::Text {
+        let _ = tracing_subscriber::fmt()
+            .with_env_filter(filter)
+            .with_writer(std::io::stderr)
+            // Colours are escape sequences: only for a terminal, never into a log file or pipe.
+            .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+            .try_init();
+        return;
+    }
+    let filter = match "godwit::output=info".parse() {
+        Ok(output) => filter.add_directive(output),
+        Err(_) => filter,
+    };
+    LOGS_AS_JSON.store(true, Ordering::Relaxed);
     let _ = tracing_subscriber::fmt()
+        .json()
+        // `message` and the event's fields at the top of each object, where collectors look.
+        .flatten_event(true)
+        .with_current_span(false)
+        .with_span_list(false)
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
-        // Colours are escape sequences: only for a terminal, never into a log file or pipe.
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .try_init();
+}
+
+/// Whether the command line asks for `--log-format json` (read before it parses, for its own
+/// errors).
+fn json_logs_asked(args: impl Iterator<Item = std::ffi::OsString>) -> bool {
+    let args: Vec<std::ffi::OsString> = args.collect();
+    args.iter().enumerate().any(|(i, arg)| {
+        arg == "--log-format=json"
+            || (arg == "--log-format" && args.get(i + 1).is_some_and(|next| next == "json"))
+    })
 }

@@ -30,7 +30,8 @@ impl Mode {
             Mode::Json
         } else if quiet {
             Mode::Quiet
-        } else if std::io::stderr().is_terminal() {
+        } else if std::io::stderr().is_terminal() && !crate::logs_as_json() {
+            // Bars are no JSON: with `--log-format json` a terminal gets the plain lines.
             Mode::Human
         } else {
             Mode::Plain
@@ -249,14 +250,23 @@ fn handle(
         }
         Event::BatchRetry { error, delay, .. } => {
             let line = format!("retrying in {:.1}s: {error}", delay.as_secs_f64());
-            match mode {
-                Mode::Human => {
-                    let _ = multi.println(crate::escape_controls(&line));
-                }
-                Mode::Plain => eprintln!("{line}"),
-                Mode::Json | Mode::Quiet => {}
-            }
+            say(mode, multi, &line);
         }
+        Event::StepThrottled { step, reason } => {
+            say(mode, multi, &format!("{step}: throttled: {reason}"));
+        }
+        Event::StepUnthrottled {
+            step,
+            throttled_for,
+        } => {
+            let line = format!(
+                "{step}: no longer throttled, after {:.1}s",
+                throttled_for.as_secs_f64()
+            );
+            say(mode, multi, &line);
+        }
+        // Counted by the metrics; the step's failure says the rest.
+        Event::BatchStarted { .. } | Event::BatchEnded { .. } | Event::BatchFailed { .. } => {}
         Event::StepDone { step } => {
             if let Some(p) = steps.get_mut(&step) {
                 p.done = true;
@@ -279,6 +289,17 @@ fn handle(
                 }
             }
         }
+    }
+}
+
+/// Prints a line between the bars, or as a plain line.
+fn say(mode: Mode, multi: &MultiProgress, line: &str) {
+    match mode {
+        Mode::Human => {
+            let _ = multi.println(crate::escape_controls(line));
+        }
+        Mode::Plain => eprintln!("{line}"),
+        Mode::Json | Mode::Quiet => {}
     }
 }
 
@@ -348,6 +369,21 @@ fn json_event(steps: &mut HashMap<String, StepProgress>, event: &Event) {
             "event": "batch_retry", "step": step, "batch": batch, "attempt": attempt,
             "error": error, "delay_seconds": delay.as_secs_f64(),
         }),
+        Event::BatchFailed { step, batch, error } => json!({
+            "event": "batch_failed", "step": step, "batch": batch, "error": error,
+        }),
+        Event::StepThrottled { step, reason } => {
+            json!({"event": "step_throttled", "step": step, "reason": reason})
+        }
+        Event::StepUnthrottled {
+            step,
+            throttled_for,
+        } => json!({
+            "event": "step_unthrottled", "step": step,
+            "throttled_seconds": throttled_for.as_secs_f64(),
+        }),
+        // One per batch, for the metrics: too many for the event stream.
+        Event::BatchStarted { .. } | Event::BatchEnded { .. } => return,
         Event::StepDone { step } => {
             let rows = steps.get(step).map_or(0, |p| p.rows_done);
             json!({"event": "step_done", "step": step, "rows_done": rows})

@@ -1,6 +1,7 @@
 //! What a run reports while it goes: the front end turns these into progress bars, plain lines
 //! or JSON.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 /// One thing that happened in a run.
@@ -45,6 +46,21 @@ pub enum Event {
         /// Time in the batch's transaction.
         duration: Duration,
     },
+    /// A batch began its work in this process (it holds a slot until [`Event::BatchEnded`]).
+    BatchStarted {
+        /// The step's name.
+        step: String,
+        /// The batch's number.
+        batch: i64,
+    },
+    /// A batch that began here stopped running, however it ended: committed, retried, failed,
+    /// given back or rolled back. Sent after the event that says which.
+    BatchEnded {
+        /// The step's name.
+        step: String,
+        /// The batch's number.
+        batch: i64,
+    },
     /// A batch hit a transient error and will be tried again.
     BatchRetry {
         /// The step's name.
@@ -57,6 +73,31 @@ pub enum Event {
         error: String,
         /// How long before the batch may be claimed again.
         delay: Duration,
+    },
+    /// A batch failed for good: a permanent error, or its last attempt (the step fails).
+    BatchFailed {
+        /// The step's name.
+        step: String,
+        /// The batch's number.
+        batch: i64,
+        /// The error, with the key range, the attempt and the database's code.
+        error: String,
+    },
+    /// No new batch of the step starts here now: a throttle signal says so (its
+    /// `throttle_query`, the replicas' lag, the latency guard's pause).
+    StepThrottled {
+        /// The step's name.
+        step: String,
+        /// Why, every signal that says so (as `status` shows it).
+        reason: String,
+    },
+    /// The step's batches start again after [`Event::StepThrottled`], or the step stopped
+    /// here (or the run was paused) while throttled.
+    StepUnthrottled {
+        /// The step's name.
+        step: String,
+        /// How long the step was throttled.
+        throttled_for: Duration,
     },
     /// Every batch of a step is done.
     StepDone {
@@ -74,12 +115,21 @@ pub enum Event {
 
 /// Where events go. Sending never blocks the run; a front end that went away is ignored.
 #[derive(Clone)]
-pub struct EventSink(Option<tokio::sync::mpsc::UnboundedSender<Event>>);
+pub struct EventSink(Option<Arc<dyn Fn(Event) + Send + Sync>>);
 
 impl EventSink {
     /// A sink feeding `sender`.
     pub fn new(sender: tokio::sync::mpsc::UnboundedSender<Event>) -> EventSink {
-        EventSink(Some(sender))
+        EventSink::from_fn(move |event| {
+            let _ = sender.send(event);
+        })
+    }
+
+    /// A sink that calls `receive` with each event, on the scheduler's task that sent it; so
+    /// `receive` must be quick and must not block (count, or pass it on through a channel).
+    /// What it has seen of a batch is then seen before the run goes on, in order.
+    pub fn from_fn(receive: impl Fn(Event) + Send + Sync + 'static) -> EventSink {
+        EventSink(Some(Arc::new(receive)))
     }
 
     /// A sink that drops everything.
@@ -88,8 +138,8 @@ impl EventSink {
     }
 
     pub(crate) fn send(&self, event: Event) {
-        if let Some(sender) = &self.0 {
-            let _ = sender.send(event);
+        if let Some(receive) = &self.0 {
+            receive(event);
         }
     }
 }

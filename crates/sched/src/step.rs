@@ -3,7 +3,7 @@
 
 use std::ops::ControlFlow;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use godwit_batch::{open_walker, BatchError};
 use godwit_driver::{Conn, KeyKind, Value};
@@ -60,6 +60,7 @@ pub(crate) async fn drive(ctx: Arc<StepCtx>) -> StepResult {
         tasks: JoinSet::new(),
         result: None,
         consecutive_errors: 0,
+        throttled_since: None,
     };
     flight.fly().await;
     let result = flight.land().await;
@@ -227,6 +228,8 @@ struct Flight {
     result: Option<StepResult>,
     /// Claims that failed in a row.
     consecutive_errors: u32,
+    /// Since when the step is throttled here, as last reported.
+    throttled_since: Option<Instant>,
 }
 
 impl Flight {
@@ -241,11 +244,16 @@ impl Flight {
                 return;
             }
             if run.is_paused() {
+                // A paused run is not throttled, as `status` says.
+                self.note_throttle(None);
                 self.pause().await;
                 continue;
             }
             record_pace(&self.ctx).await;
-            if self.ctx.pace().throttled(run.pace()).is_some() {
+            let throttled = self.ctx.pace().throttled(run.pace());
+            let is_throttled = throttled.is_some();
+            self.note_throttle(throttled);
+            if is_throttled {
                 // As paused: batches in flight finish, nothing new starts, and workers go on
                 // by themselves once the signal clears.
                 self.pause().await;
@@ -377,6 +385,30 @@ impl Flight {
         ControlFlow::Continue(())
     }
 
+    /// Reports when the step becomes throttled here and when it goes on (`reason` is `None`
+    /// when it may start batches, or stops looking).
+    fn note_throttle(&mut self, reason: Option<String>) {
+        let step = self.ctx.name().to_string();
+        match (reason, self.throttled_since) {
+            (Some(reason), None) => {
+                self.throttled_since = Some(Instant::now());
+                self.ctx
+                    .run()
+                    .events()
+                    .send(Event::StepThrottled { step, reason });
+            }
+            (None, Some(since)) => {
+                self.throttled_since = None;
+                let throttled_for = since.elapsed();
+                self.ctx.run().events().send(Event::StepUnthrottled {
+                    step,
+                    throttled_for,
+                });
+            }
+            _ => {}
+        }
+    }
+
     /// Notes a batch task that ended: its failure, if the step has none yet.
     fn note(&mut self, joined: Result<Result<(), Failure>, tokio::task::JoinError>) {
         let failure = match joined {
@@ -393,6 +425,7 @@ impl Flight {
     /// Gives back the batches claimed ahead that will not run here now, waits for the
     /// batches in flight, and says how the step ended.
     async fn land(mut self) -> StepResult {
+        self.note_throttle(None);
         release_queued(&self.ctx, &mut self.cache).await;
         while let Some(joined) = self.tasks.join_next().await {
             self.note(joined);
@@ -451,6 +484,7 @@ async fn run_batch(
 ) -> Result<(), Failure> {
     let run = ctx.run();
     run.track(&batch, ctx.settings().lease);
+    let _in_flight = InFlight::start(&ctx, &batch);
     let mut stop = run.stop().clone();
     let executed = {
         let _running = run.running();
@@ -496,6 +530,35 @@ async fn run_batch(
     }
 }
 
+/// Reports a batch as running here from [`InFlight::start`] until dropped, however the batch
+/// ends (even by a panic), so that a count of batches in flight never drifts.
+struct InFlight<'a> {
+    ctx: &'a StepCtx,
+    batch: i64,
+}
+
+impl InFlight<'_> {
+    fn start<'a>(ctx: &'a StepCtx, batch: &ClaimedBatch) -> InFlight<'a> {
+        ctx.run().events().send(Event::BatchStarted {
+            step: ctx.name().to_string(),
+            batch: batch.number(),
+        });
+        InFlight {
+            ctx,
+            batch: batch.number(),
+        }
+    }
+}
+
+impl Drop for InFlight<'_> {
+    fn drop(&mut self) {
+        self.ctx.run().events().send(Event::BatchEnded {
+            step: self.ctx.name().to_string(),
+            batch: self.batch,
+        });
+    }
+}
+
 /// A batch stopped by a second signal: rolled back, and given back at once.
 async fn aborted(ctx: &StepCtx, conn: Box<dyn Conn>, batch: &ClaimedBatch) {
     // Dropping the connection makes the server roll the batch back, but only once its
@@ -531,6 +594,11 @@ async fn failed(ctx: &StepCtx, batch: &ClaimedBatch, e: BatchError) -> Result<()
         if let Err(record_err) = recorded {
             tracing::error!(step = ctx.name(), error = %record_err, "could not record a failed batch");
         }
+        run.events().send(Event::BatchFailed {
+            step: ctx.name().to_string(),
+            batch: batch.number(),
+            error: failure.to_string(),
+        });
         return Err(failure);
     }
     let delay = backoff(batch.attempts());

@@ -18,7 +18,7 @@ use tokio::task::JoinSet;
 
 use crate::retry::backoff;
 use crate::stop::{StopLevel, StopSignal};
-use crate::{run, Error, EventSink, RunOptions, RunOutcome};
+use crate::{run, Error, Event, EventSink, RunOptions, RunOutcome};
 
 /// How often a worker looks for new or resumed runs.
 const LOOK_EVERY: Duration = Duration::from_secs(1);
@@ -64,6 +64,14 @@ pub enum WorkerEvent {
         outcome: &'static str,
         /// Why, when the run failed.
         error: Option<String>,
+    },
+    /// What happened in a run it works on, as `godwit run` reports it (batches, steps,
+    /// throttling), sent before the run's [`WorkerEvent::Left`].
+    Progress {
+        /// The plan's name.
+        plan: String,
+        /// What happened.
+        event: Event,
     },
     /// It could not work on a run, and leaves it alone for a while.
     Refused {
@@ -161,8 +169,9 @@ pub async fn work(
                 ..RunOptions::default()
             };
             let stop = stop.clone();
+            let sink = progress_sink(&events, &stored.name);
             active.spawn(async move {
-                let outcome = run::run(&plan, options, stop, EventSink::none()).await;
+                let outcome = run::run(&plan, options, stop, sink).await;
                 (plan.name, outcome)
             });
         }
@@ -177,6 +186,21 @@ pub async fn work(
             _ = stop_wait.reached(StopLevel::Drain) => {}
         }
     }
+}
+
+/// Where the events of the run `plan` go: to the worker's events, each as a
+/// [`WorkerEvent::Progress`] naming the run.
+fn progress_sink(events: &Option<mpsc::UnboundedSender<WorkerEvent>>, plan: &str) -> EventSink {
+    let Some(tx) = events.clone() else {
+        return EventSink::none();
+    };
+    let plan = plan.to_string();
+    EventSink::from_fn(move |event| {
+        let _ = tx.send(WorkerEvent::Progress {
+            plan: plan.clone(),
+            event,
+        });
+    })
 }
 
 /// The plan of the stored run `name`, parsed from its stored text with this worker's
