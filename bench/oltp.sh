@@ -3,7 +3,9 @@
 # fixed rate (`-R`, default 200 transactions/s) on its own tables, alone and then beside a
 # backfill of `pgbench_accounts` (every row rewritten): one monolithic UPDATE, godwit at the
 # defaults (100 ms batches), with `target_batch_time` 500 ms and 20 ms, with the latency guard at 2x, and the
-# same rewrite as a Lua transform, without and with the guard. For each: the client's p50/p99
+# same rewrite as a Lua transform in both `locking` modes (optimistic, the default: rows read
+# and transformed before the batch's transaction and written only where unchanged; rows: rows
+# locked while the script runs), then optimistic with the guard. For each: the client's p50/p99
 # latency, its failed transactions (deadlocks, lock timeouts: pgbench's own count), how long
 # the backfill took, the rows it had rewritten when the load ended (the throughput it kept
 # beside it), and whether pgbench's balances still add up afterwards.
@@ -63,12 +65,16 @@ key = "aid"
 sql = "UPDATE pgbench_accounts SET filler = md5(aid::text) WHERE aid BETWEEN :start AND :end"
 TOML
 }
-# lua_plan [TOP]: the same rewrite as a Lua transform (rows locked while the script runs).
+# lua_plan LOCKING [TOP]: the same rewrite as a Lua transform with `locking = LOCKING`
+# ("optimistic": the script runs before each batch's transaction; "rows": rows locked while it
+# runs).
 lua_plan() {
   cat > "$out/plan.toml" <<TOML
 name = "bench-oltp"
 database = "$url"
-${1:-}
+${2:-}
+[defaults]
+locking = "$1"
 [[steps]]
 name = "accounts"
 table = "pgbench_accounts"
@@ -116,8 +122,10 @@ plan 'target_batch_time = "20ms"'
 beside "godwit, target_batch_time 20ms" "$bin" run "$out/plan.toml" --quiet
 plan "" 'max_latency_increase = "2x"'
 beside "godwit, latency guard 2x" "$bin" run "$out/plan.toml" --quiet
-lua_plan
-beside "godwit Lua, defaults (100 ms)" "$bin" run "$out/plan.toml" --quiet
-lua_plan 'max_latency_increase = "2x"'
-beside "godwit Lua, latency guard 2x" "$bin" run "$out/plan.toml" --quiet
+lua_plan optimistic
+beside "godwit Lua, optimistic (default)" "$bin" run "$out/plan.toml" --quiet
+lua_plan rows
+beside "godwit Lua, locking rows" "$bin" run "$out/plan.toml" --quiet
+lua_plan optimistic 'max_latency_increase = "2x"'
+beside "godwit Lua, optimistic, guard 2x" "$bin" run "$out/plan.toml" --quiet
 echo "pgbench -R $rate -c 4 for ${secs}s, scale $scale; machine: $(nproc) cores, $(free -g | awk '/Mem/ {print $2}') GiB, $(psql_ -c 'SHOW server_version'), $(uname -r)"

@@ -5,7 +5,9 @@
 #   eval "$(scripts/test-services.sh)"
 #
 # On a fresh Debian or Ubuntu machine this installs the servers from Debian's packages (as
-# root, or through sudo). It never removes or changes anything else.
+# root, or through sudo). It never removes or changes anything else. GODWIT_TEST_DB names the
+# database instead of `godwit_test`: suites of different godwit versions sharing the servers
+# then keep their state tables (whose schema version each checks) apart.
 set -euo pipefail
 
 log() { echo "test-services: $*" >&2; }
@@ -54,12 +56,17 @@ if ! port_open 5432; then
   as_root pg_ctlcluster --skip-systemctl-redirect "$version" main start >&2 || as_root pg_ctlcluster "$version" main start >&2
 fi
 wait_port 5432
+db=${GODWIT_TEST_DB:-godwit_test}
+if [[ ! $db =~ ^[a-z_][a-z0-9_]*$ ]]; then
+  log "GODWIT_TEST_DB must be a plain lower-case name, not $db"
+  exit 1
+fi
 pg() { as_root runuser -u postgres -- psql -v ON_ERROR_STOP=1 -qAt "$@"; }
 if ! pg -c "SELECT 1 FROM pg_roles WHERE rolname = 'godwit'" | grep -q 1; then
   pg -c "CREATE ROLE godwit LOGIN SUPERUSER PASSWORD 'godwit'" >&2
 fi
-if ! pg -c "SELECT 1 FROM pg_database WHERE datname = 'godwit_test'" | grep -q 1; then
-  pg -c "CREATE DATABASE godwit_test OWNER godwit" >&2
+if ! pg -c "SELECT 1 FROM pg_database WHERE datname = '$db'" | grep -q 1; then
+  pg -c "CREATE DATABASE $db OWNER godwit" >&2
 fi
 # The replica tests start a streaming replica with pg_basebackup, which connects for
 # replication as godwit over 127.0.0.1; `all` in pg_hba.conf does not cover replication. A
@@ -87,12 +94,12 @@ mysql_root() {
   if command -v mariadb >/dev/null; then as_root mariadb -uroot "$@"; else as_root mysql -uroot "$@"; fi
 }
 for _ in $(seq 1 30); do mysql_root -e "SELECT 1" >/dev/null 2>&1 && break; sleep 0.5; done
-mysql_root -e "CREATE DATABASE IF NOT EXISTS godwit_test CHARACTER SET utf8mb4;
+mysql_root -e "CREATE DATABASE IF NOT EXISTS $db CHARACTER SET utf8mb4;
   CREATE USER IF NOT EXISTS 'godwit'@'127.0.0.1' IDENTIFIED BY 'godwit';
   CREATE USER IF NOT EXISTS 'godwit'@'localhost' IDENTIFIED BY 'godwit';
   GRANT ALL PRIVILEGES ON *.* TO 'godwit'@'127.0.0.1';
   GRANT ALL PRIVILEGES ON *.* TO 'godwit'@'localhost';
   FLUSH PRIVILEGES;" >&2
 
-echo "export GODWIT_TEST_PG=postgres://godwit:godwit@127.0.0.1:5432/godwit_test"
-echo "export GODWIT_TEST_MYSQL=mysql://godwit:godwit@127.0.0.1:3306/godwit_test"
+echo "export GODWIT_TEST_PG=postgres://godwit:godwit@127.0.0.1:5432/$db"
+echo "export GODWIT_TEST_MYSQL=mysql://godwit:godwit@127.0.0.1:3306/$db"

@@ -3,7 +3,8 @@
 //! The scheduler (`godwit-sched`) claims a key range, opens the transaction and commits it;
 //! this crate does the rest, for every kind of step through one interface ([`Work`]): a SQL
 //! step's statement (`work.rs`), a transform step's read–transform–fit–write
-//! (`transform.rs`), a copy's read–fit–write (`copy/`). Beside them: the key walk that finds
+//! (`transform.rs`; optimistic, its read and transform before the transaction and its checked
+//! writes in it, `transform/optimistic.rs`), a copy's read–fit–write (`copy/`). Beside them: the key walk that finds
 //! batch ranges (`walk.rs`), slices of wide batches (`slices.rs`), savepoints that set refused
 //! rows aside (`savepoint.rs`, `refused.rs`), fitting values to their columns (`fit.rs`),
 //! the key and column checks a plan must pass (`key.rs`), compiling a step's transform

@@ -1,7 +1,8 @@
 //! Savepoints inside a batch's transaction, so that a write the database refuses because of
 //! one row (`Error::refuses_row`) can be undone alone and its rows written one at a time:
 //! with `on_row_error = "skip"` the rows it still refuses become dead letters and the others
-//! are written.
+//! are written. An optimistic write (`transform/optimistic.rs`) runs in one too, undone when
+//! it finds a row changed since it was read.
 
 use godwit_driver::{Conn, Error};
 
@@ -11,6 +12,8 @@ use crate::error::BatchError;
 pub(crate) const ROWS: &str = "godwit_rows";
 /// Around one row's statement.
 pub(crate) const ROW: &str = "godwit_row";
+/// Around an optimistic write, undone when it finds a row changed since it was read.
+pub(crate) const CHECKED: &str = "godwit_checked";
 
 /// Opens savepoint `name`.
 pub(crate) async fn open(conn: &mut dyn Conn, name: &str) -> Result<(), Error> {

@@ -40,6 +40,11 @@ impl Slicer {
         i64::try_from(rows).unwrap_or(i64::MAX)
     }
 
+    /// About the most row data a batch holds at once (`max_batch_bytes`).
+    pub(crate) fn max_bytes(&self) -> u64 {
+        self.max_bytes
+    }
+
     /// Whether a whole batch fits in one slice (the rows' width is known and small).
     pub(crate) fn whole_batch(&self) -> bool {
         self.row_bytes.load(Ordering::Relaxed) != 0 && self.rows() as u64 >= self.batch_size

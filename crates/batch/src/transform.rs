@@ -1,21 +1,25 @@
-//! A transform step's batch: read the batch's rows under lock, run the transform, write back
-//! only the rows it changed, in the batch's transaction.
+//! A transform step's batch: read the batch's rows, run the transform, write back only the
+//! rows it changed, in the batch's transaction.
 //!
-//! No application write is lost: the rows are read `FOR UPDATE` (PostgreSQL, MySQL), so a
-//! concurrent writer waits for the batch's commit and then applies its change on top; SQLite's
-//! `BEGIN IMMEDIATE` already holds the only write lock. A batch of wide rows locks its keys
-//! first and is then read in slices between them (`slices.rs`). The write is one set-based
-//! statement per group of rows changing the same columns, in the database's own form
-//! (`SqlForms::update_from_rows`), split only where a statement would pass the database's
-//! limit on bound parameters.
+//! No application write is lost, in either of two ways (`locking`). With `"rows"` the rows are
+//! read under lock in the transaction (`FOR UPDATE` on PostgreSQL and MySQL), so a concurrent
+//! writer waits for the batch's commit, transform included, and then applies its change on top;
+//! SQLite's `BEGIN IMMEDIATE` already holds the only write lock. A batch of wide rows locks its
+//! keys first and is then read in slices between them (`slices.rs`). With `"optimistic"` the
+//! rows are read and transformed before the transaction, and each write updates only rows that
+//! still hold what was read (`optimistic.rs`). The write is one set-based statement per group of
+//! rows changing the same columns, in the database's own form (`SqlForms::update_from_rows`),
+//! split only where a statement would pass the database's limit on bound parameters.
+
+mod optimistic;
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use godwit_driver::{
-    quote_ident, Conn, Error, SqlForms, SqlType, TableInfo, UpdateFromRows, Value,
+    quote_ident, ColumnInfo, Conn, Error, Row, SqlForms, SqlType, TableInfo, UpdateFromRows, Value,
 };
-use godwit_plan::{Convert, OnRowError, Step, StepKind};
+use godwit_plan::{Convert, Locking, OnRowError, Step, StepKind};
 use godwit_transform::{Outcome, Rows, Transform};
 use tokio::sync::OnceCell;
 
@@ -25,6 +29,8 @@ use crate::key::existing_table;
 use crate::refused::{key_text, refuse_row, DeadLetter};
 use crate::savepoint;
 use crate::slices::{row_bytes, Slicer};
+
+pub(crate) use self::optimistic::ReadAhead;
 
 /// Bound parameters per statement: under SQLite's 32,766 and the 65,535 of the others.
 pub(crate) const MAX_PARAMS: usize = 30_000;
@@ -39,6 +45,7 @@ pub(crate) struct RowStep {
     transform: Transform,
     on_row_error: OnRowError,
     convert: BTreeMap<String, Convert>,
+    locking: Locking,
     slicer: Slicer,
     shape: OnceCell<Shape>,
 }
@@ -51,6 +58,18 @@ struct Shape {
     lock_sql: String,
     /// The rows between two keys, already locked.
     slice_sql: String,
+    /// The rows between two keys, not locked, each with its version where the database has
+    /// one: an optimistic read of a batch or a slice.
+    free_sql: String,
+    /// The batch's keys, not locked.
+    keys_sql: String,
+    /// The rows of some keys, locked, each with its version: what an optimistic write that
+    /// found rows changed reads again. The condition on the key goes between the two parts.
+    relock_sql: (String, String),
+    /// Whether the database reads a version beside each row (see `SqlForms::row_version`).
+    versioned: bool,
+    /// The columns read besides the key, for an optimistic write's check.
+    read_infos: Vec<ColumnInfo>,
     /// Names of the columns read, the key first.
     names: Arc<[String]>,
     /// The type of each column read, for reading it in the form transforms see.
@@ -64,9 +83,12 @@ struct Shape {
 }
 
 /// What one batch did.
+#[derive(Default)]
 pub(crate) struct RowsDone {
     pub(crate) rows_written: u64,
     pub(crate) dead_letters: Vec<DeadLetter>,
+    /// Rows an optimistic write found changed since they were read, and transformed again.
+    pub(crate) rows_redone: u64,
 }
 
 impl RowStep {
@@ -90,6 +112,7 @@ impl RowStep {
             transform,
             on_row_error: step.settings.on_row_error,
             convert: step.convert.clone(),
+            locking: step.settings.locking(),
             slicer: Slicer::new(
                 step.settings.max_batch_bytes,
                 step.settings.batch_size_bounds().1,
@@ -117,19 +140,10 @@ impl RowStep {
         end: Value,
     ) -> Result<RowsDone, BatchError> {
         let shape = self.shape(conn).await?;
-        let mut done = RowsDone {
-            rows_written: 0,
-            dead_letters: Vec::new(),
-        };
-        let normalise = |read: Vec<godwit_driver::Row>| -> Vec<Vec<Value>> {
+        let mut done = RowsDone::default();
+        let normalise = |read: Vec<Row>| -> Vec<Vec<Value>> {
             read.into_iter()
-                .map(|row| {
-                    row.into_values()
-                        .into_iter()
-                        .zip(&shape.read_types)
-                        .map(|(v, t)| t.read(v))
-                        .collect()
-                })
+                .map(|row| shape.normalise(row.into_values()))
                 .collect()
         };
         if self.slicer.whole_batch() {
@@ -320,16 +334,45 @@ impl Shape {
         );
         let t = quote_ident(dialect, &step.table);
         let selected = list.join(", ");
+        // The version is read last, after the columns the transform sees.
+        let with_version = match forms.row_version() {
+            Some(version) => format!("{selected}, {version}"),
+            None => selected.clone(),
+        };
+        let read_infos = names[1..]
+            .iter()
+            .map(|n| columns.get(n).map(|c| c.info.clone()))
+            .collect::<Option<Vec<ColumnInfo>>>()
+            .ok_or_else(|| {
+                Error::permanent(format!("table {}: a column read vanished", step.table))
+            })?;
         Ok(Shape {
             read_sql: format!("SELECT {selected} FROM {t} WHERE {range} ORDER BY {k}{lock}"),
             lock_sql: format!("SELECT {k} FROM {t} WHERE {range} ORDER BY {k}{lock}"),
             slice_sql: format!("SELECT {selected} FROM {t} WHERE {range} ORDER BY {k}"),
+            free_sql: format!("SELECT {with_version} FROM {t} WHERE {range} ORDER BY {k}"),
+            keys_sql: format!("SELECT {k} FROM {t} WHERE {range} ORDER BY {k}"),
+            relock_sql: (
+                format!("SELECT {with_version} FROM {t} WHERE "),
+                format!("{filter} ORDER BY {k}{lock}"),
+            ),
+            versioned: forms.row_version().is_some(),
+            read_infos,
             names: names.into(),
             read_types,
             columns,
             key,
             forms,
         })
+    }
+
+    /// A row as the database returned it, in the form transforms see.
+    fn normalise(&self, values: Vec<Value>) -> Vec<Value> {
+        values
+            .into_iter()
+            .zip(&self.read_types)
+            .map(|(v, t)| t.read(v))
+            .collect()
     }
 
     /// The columns a row's outcome changes and their new values, fitted to the columns'
@@ -382,6 +425,41 @@ impl Shape {
         names: &[String],
         rows: &[(Value, Vec<Value>)],
     ) -> Result<(String, Vec<Value>), Error> {
+        let (key, columns) = self.written(table, names)?;
+        let update = UpdateFromRows {
+            table,
+            key,
+            columns: &columns,
+            read: None,
+        };
+        Ok(self.forms.update_from_rows(&update, rows))
+    }
+
+    /// One statement writing `rows` (key, new values in `names` order, then what the write
+    /// checks) only where a row still holds what was read of the columns `read`.
+    fn update_checked(
+        &self,
+        table: &str,
+        names: &[String],
+        read: &[&ColumnInfo],
+        rows: &[(Value, Vec<Value>)],
+    ) -> Result<(String, Vec<Value>), Error> {
+        let (key, columns) = self.written(table, names)?;
+        let update = UpdateFromRows {
+            table,
+            key,
+            columns: &columns,
+            read: Some(read),
+        };
+        Ok(self.forms.update_from_rows(&update, rows))
+    }
+
+    /// What the database reported of the key and of the columns `names` a write sets.
+    fn written(
+        &self,
+        table: &str,
+        names: &[String],
+    ) -> Result<(&ColumnInfo, Vec<&ColumnInfo>), Error> {
         let missing = |problem: String| Error::permanent(format!("table {table}: {problem}"));
         let columns = self.columns.infos(names).map_err(missing)?;
         let key = self
@@ -389,12 +467,7 @@ impl Shape {
             .get(&self.key)
             .map(|c| &c.info)
             .ok_or_else(|| missing(format!("the table has no column {}", self.key)))?;
-        let update = UpdateFromRows {
-            table,
-            key,
-            columns: &columns,
-        };
-        Ok(self.forms.update_from_rows(&update, rows))
+        Ok((key, columns))
     }
 }
 

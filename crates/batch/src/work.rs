@@ -3,8 +3,9 @@
 //!
 //! A batch runs in two parts around the transaction the scheduler opens: [`Work::start`] does
 //! what must come before it (a statement that refuses transactions, a copy's first read from
-//! its source), then [`Work::write`] writes in the open transaction and says what was written
-//! and what was set aside. The scheduler then records the batch and commits.
+//! its source, an optimistic transform's read and transform), then [`Work::write`] writes in
+//! the open transaction and says what was written and what was set aside. The scheduler then
+//! records the batch and commits.
 
 use std::path::Path;
 use std::sync::OnceLock;
@@ -16,7 +17,7 @@ use crate::copy::{CopyStart, CopyStep};
 use crate::error::BatchError;
 use crate::refused::DeadLetter;
 use crate::script::build_transform;
-use crate::transform::RowStep;
+use crate::transform::{ReadAhead, RowStep};
 use crate::walk::KeyWalk;
 
 /// A step's batches, prepared once per process.
@@ -53,6 +54,8 @@ enum Begun {
     Range(Option<(Value, Value)>),
     /// A copy read its first slice.
     Copy(CopyStart, Value),
+    /// A transform step read its rows without locks and transformed them.
+    Ahead(Box<ReadAhead>),
 }
 
 /// What a batch wrote.
@@ -62,6 +65,9 @@ pub struct Written {
     pub rows: u64,
     /// Rows set aside (`on_row_error = "skip"`), one per key.
     pub refused: Vec<DeadLetter>,
+    /// Rows an optimistic transform found changed since it read them, and transformed again
+    /// under lock.
+    pub rows_redone: u64,
 }
 
 impl Work {
@@ -136,13 +142,14 @@ impl Work {
         let _ = self.key_kind.set(kind);
     }
 
-    /// Does what comes before the batch's transaction: runs a statement that refuses one, or
-    /// reads a copy's first slice. `start` and `end` are the batch's keys as the state tables
-    /// hold them (`None` for a one-off step).
+    /// Does what comes before the batch's transaction: runs a statement that refuses one,
+    /// reads a copy's first slice, or reads an optimistic transform step's rows without locks
+    /// and transforms them. `start` and `end` are the batch's keys as the state tables hold
+    /// them (`None` for a one-off step).
     ///
     /// # Errors
     /// Which part failed: the database, the transform (a copy's transform runs here on the
-    /// first slice), or a row the step cannot write.
+    /// first slice, an optimistic transform on the batch), or a row the step cannot write.
     pub async fn start(
         &self,
         conn: &mut dyn Conn,
@@ -167,6 +174,12 @@ impl Work {
             (What::Copy(copy), Some((start, end))) => {
                 Begun::Copy(copy.start(conn, start, &end).await?, end)
             }
+            (What::Rows(step), Some((start, end))) => {
+                match step.read_ahead(conn, &start, &end).await? {
+                    Some(ahead) => Begun::Ahead(Box::new(ahead)),
+                    None => Begun::Range(Some((start, end))),
+                }
+            }
             (_, range) => Begun::Range(range),
         };
         Ok(Started(begun))
@@ -182,6 +195,7 @@ impl Work {
         started: Started,
     ) -> Result<Written, BatchError> {
         let missing = || Error::permanent("a chunked batch has no key range in the state tables");
+        let mut rows_redone = 0;
         let (rows, mut refused) = match (&self.what, started.0) {
             (_, Begun::Ran(rows)) => (rows, Vec::new()),
             (What::Once { sql, .. }, Begun::Range(_)) => {
@@ -200,6 +214,11 @@ impl Work {
                 let done = step.run(conn, start, end).await?;
                 (done.rows_written, done.dead_letters)
             }
+            (What::Rows(step), Begun::Ahead(ahead)) => {
+                let done = step.write_ahead(conn, *ahead).await?;
+                rows_redone = done.rows_redone;
+                (done.rows_written, done.dead_letters)
+            }
             (What::Copy(copy), Begun::Copy(first, end)) => {
                 copy.write_batch(conn, first, end).await?
             }
@@ -207,11 +226,18 @@ impl Work {
             (_, Begun::Copy(..)) => {
                 return Err(Error::permanent("a copy's read reached another step").into())
             }
+            (_, Begun::Ahead(_)) => {
+                return Err(Error::permanent("a transform's read reached another step").into())
+            }
         };
         // One letter per key: the rows a fan-out made of one source row are refused together.
         let mut seen = std::collections::HashSet::new();
         refused.retain(|l| seen.insert(l.key.clone()));
-        Ok(Written { rows, refused })
+        Ok(Written {
+            rows,
+            refused,
+            rows_redone,
+        })
     }
 }
 

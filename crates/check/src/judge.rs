@@ -2,7 +2,7 @@
 //! refuse.
 
 use godwit_driver::{references_param, Conn, ConnectOptions, DbUrl, Dialect};
-use godwit_plan::{CopySpec, Plan, StepKind};
+use godwit_plan::{CopySpec, Locking, Plan, Step, StepKind};
 
 use crate::judgement::{Depth, Judgement, StepJudgement};
 use crate::latency::guard_ok;
@@ -48,6 +48,7 @@ pub async fn judge_before_run(plan: &Plan, conn: &mut dyn Conn) -> Judgement {
 async fn judge_into(judgement: &mut Judgement, plan: &Plan, conn: &mut dyn Conn, depth: Depth) {
     replicas_ok(judgement, plan, conn, depth).await;
     guard_ok(judgement, plan, conn, depth).await;
+    default_locking_ok(judgement, plan, conn);
     for step in &plan.steps {
         let mut judged = StepJudgement {
             plan,
@@ -99,6 +100,11 @@ async fn judge_step(judged: &mut StepJudgement<'_>, conn: &mut dyn Conn) {
             script,
         } => {
             script_ok(judged, script);
+            if judged.step.key_locations.contains_key("locking")
+                && optimistic_cannot_work(judged.step, conn)
+            {
+                judged.problem("single-writer", "locking", SINGLE_WRITER, None);
+            }
             if !deferred && key_ok(judged, conn, table, key).await {
                 let walked = Walked {
                     table,
@@ -115,6 +121,31 @@ async fn judge_step(judged: &mut StepJudgement<'_>, conn: &mut dyn Conn) {
             }
             copy_ok(judged, copy, conn, deferred).await;
         }
+    }
+}
+
+/// Why `locking = "optimistic"` is refused on SQLite.
+const SINGLE_WRITER: &str = "`locking = \"optimistic\"` cannot work on SQLite: a batch's transaction holds the database's only write lock while its transform runs, so other writers wait for it whatever `locking` says; remove the key (SQLite batches always lock, as \"rows\" does)";
+
+/// Whether `step` asks to write optimistically on a database whose batch transaction holds
+/// its only write lock (SQLite), where reading ahead would spare no writer a wait: accepting
+/// the key would promise what the run cannot keep. Unwritten, the default means "whatever the
+/// database allows".
+fn optimistic_cannot_work(step: &Step, conn: &dyn Conn) -> bool {
+    step.settings.locking == Some(Locking::Optimistic) && conn.forms().single_writer()
+}
+
+/// Reports `locking = "optimistic"` in `[defaults]` on SQLite (see `optimistic_cannot_work`),
+/// once, where it is written, when a transform step takes it from there.
+fn default_locking_ok(judgement: &mut Judgement, plan: &Plan, conn: &dyn Conn) {
+    let inherited = plan.steps.iter().any(|step| {
+        matches!(step.kind, StepKind::Transform { .. })
+            && !step.key_locations.contains_key("locking")
+            && optimistic_cannot_work(step, conn)
+    });
+    if inherited {
+        let place = plan.default_place("locking");
+        judgement.plan_problem(plan, "single-writer", ("defaults", place), SINGLE_WRITER);
     }
 }
 

@@ -50,6 +50,7 @@ struct StepProgress {
     last_json: Option<Instant>,
     unreported_batches: i64,
     unreported_rows: i64,
+    unreported_redone: u64,
     done: bool,
 }
 
@@ -337,6 +338,7 @@ fn json_event(steps: &mut HashMap<String, StepProgress>, event: &Event) {
             batch,
             rows,
             rows_affected,
+            rows_redone,
             duration,
         } => {
             let Some(p) = steps.get_mut(step) else {
@@ -344,6 +346,7 @@ fn json_event(steps: &mut HashMap<String, StepProgress>, event: &Event) {
             };
             p.unreported_batches += 1;
             p.unreported_rows += rows;
+            p.unreported_redone += rows_redone;
             let due = p.last_json.is_none_or(|t| t.elapsed() >= JSON_BATCH_EVERY);
             if !due {
                 return;
@@ -353,10 +356,11 @@ fn json_event(steps: &mut HashMap<String, StepProgress>, event: &Event) {
                 "event": "batch_done", "step": step, "batch": batch, "rows": rows,
                 "rows_affected": rows_affected, "duration_seconds": duration.as_secs_f64(),
                 "batches_since_last": p.unreported_batches, "rows_since_last": p.unreported_rows,
-                "rows_done": p.rows_done + rows,
+                "rows_redone_since_last": p.unreported_redone, "rows_done": p.rows_done + rows,
             });
             p.unreported_batches = 0;
             p.unreported_rows = 0;
+            p.unreported_redone = 0;
             line
         }
         Event::BatchRetry {

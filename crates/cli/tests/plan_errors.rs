@@ -192,6 +192,32 @@ fn keys_not_supported_yet_are_refused() {
     assert!(!dir.db_file().exists(), "submit created the database file");
 }
 
+/// `locking` chooses how a transform step keeps the application's writes; on a `sql` step or a
+/// copy it would do nothing, and a value it does not know means nothing: each is refused where
+/// it is written, by every command.
+#[test]
+fn locking_where_it_would_do_nothing_is_refused() {
+    let dir = Dir::new();
+    let plan = dir.write(
+        "locking.toml",
+        &format!(
+            "name = \"x\"\n{}\n[defaults]\nlocking = \"pessimistic\"\n\n\
+             [[steps]]\nname = \"once\"\nsql = \"SELECT 1\"\nlocking = \"rows\"\n\n\
+             [[steps]]\nname = \"copy\"\ntable = \"t\"\nkey = \"id\"\ninto = \"u\"\n  locking = \"optimistic\"\n",
+            dir.database_line()
+        ),
+    );
+    assert_refused(
+        &dir,
+        &plan,
+        &[
+            "locking.toml:5:11: `locking` must be \"optimistic\" or \"rows\", not \"pessimistic\"",
+            "locking.toml:10:1: step \"once\": `locking` applies to transform steps (`lua`, `lua_file` or `command`), not to `sql` steps: the database locks what a statement changes while it runs",
+            "locking.toml:17:3: step \"copy\": `locking` applies to transform steps, not to copies (steps with `into`): a copy reads its source without locks and only inserts into its target",
+        ],
+    );
+}
+
 #[test]
 fn unset_variable_is_named() {
     let dir = Dir::new();

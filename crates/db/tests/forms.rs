@@ -38,12 +38,101 @@ fn update(dialect: Dialect) -> (String, Vec<Value>) {
         table: "my table",
         key: &key,
         columns: &[&name, &amount],
+        read: None,
     };
     let rows = [
         (text("a"), vec![text("x"), Value::Decimal("1.50".into())]),
         (text("b"), vec![Value::Null, Value::Decimal("2".into())]),
     ];
     backend(dialect).update_from_rows(&update, &rows)
+}
+
+/// An optimistic update of one row's `Name`, read with `Name`, `amount` and a float `ratio`:
+/// each row carries after its new value its version where the database has one, else the
+/// values read.
+fn checked_update(dialect: Dialect) -> (String, Vec<Value>) {
+    let [key, name, amount] = columns(dialect);
+    let ratio = ColumnInfo {
+        name: "ratio".into(),
+        data_type: "double".into(),
+        ..amount.clone()
+    };
+    let update = UpdateFromRows {
+        table: "my table",
+        key: &key,
+        columns: &[&name],
+        read: Some(&[&name, &amount, &ratio]),
+    };
+    let read = match backend(dialect).row_version() {
+        Some(_) => vec![text("731")],
+        None => vec![text("w"), Value::Decimal("1.50".into()), Value::Float(0.5)],
+    };
+    let rows = [(text("a"), [vec![text("x")], read].concat())];
+    backend(dialect).update_from_rows(&update, &rows)
+}
+
+/// Optimistic writes: PostgreSQL compares each row's `xmin`; MySQL every column read, byte
+/// for byte and NULL-safe (text converted into the column's character set first), floats,
+/// dates and times as values parsed from exact text; SQLite (which never writes optimistically: `single_writer`) every column with `IS`.
+/// A locked re-read names its keys as one array on PostgreSQL, a list elsewhere.
+#[test]
+fn optimistic_writes_check_what_was_read() {
+    let (sql, params) = checked_update(Dialect::Postgres);
+    assert_eq!(
+        sql,
+        "UPDATE \"my table\" SET \"Name\" = godwit_v.godwit_1::pg_catalog.text FROM unnest($1::text[], $2::text[], $3::text[]) AS godwit_v(godwit_k, godwit_1, godwit_version) WHERE \"code\" = godwit_v.godwit_k::pg_catalog.varchar AND xmin = godwit_v.godwit_version::xid"
+    );
+    assert_eq!(
+        params,
+        [
+            array(&[Some("a")]),
+            array(&[Some("x")]),
+            array(&[Some("731")])
+        ]
+    );
+    assert_eq!(backend(Dialect::Postgres).row_version(), Some("xmin::text"));
+    let (sql, params) = checked_update(Dialect::MySql);
+    assert_eq!(
+        sql,
+        "UPDATE `my table` JOIN (SELECT ? AS godwit_k, ? AS godwit_1, ? AS godwit_read_1, ? AS godwit_read_2, ? AS godwit_read_3) AS godwit_v ON `my table`.`code` = CONVERT(godwit_v.godwit_k USING utf8mb4) COLLATE utf8mb4_bin \
+         AND CAST(`my table`.`Name` AS BINARY) <=> CAST(CONVERT(godwit_v.godwit_read_1 USING utf8mb4) AS BINARY) \
+         AND CAST(`my table`.`amount` AS BINARY) <=> CAST(godwit_v.godwit_read_2 AS BINARY) \
+         AND `my table`.`ratio` <=> CAST(godwit_v.godwit_read_3 AS DOUBLE) SET `Name` = godwit_v.godwit_1"
+    );
+    // Values read are bound as exact text.
+    assert_eq!(
+        params,
+        [
+            text("a"),
+            text("x"),
+            text("w"),
+            Value::Decimal("1.50".into()),
+            text("0.5")
+        ]
+    );
+    assert_eq!(backend(Dialect::MySql).row_version(), None);
+    let (sql, _) = checked_update(Dialect::Sqlite);
+    assert_eq!(
+        sql,
+        "WITH godwit_v(godwit_k, godwit_1, godwit_read_1, godwit_read_2, godwit_read_3) AS (VALUES (?, ?, ?, ?, ?)) UPDATE \"my table\" SET \"Name\" = godwit_v.godwit_1 FROM godwit_v WHERE \"code\" = godwit_v.godwit_k \
+         AND \"my table\".\"Name\" IS godwit_v.godwit_read_1 COLLATE BINARY \
+         AND \"my table\".\"amount\" IS godwit_v.godwit_read_2 COLLATE BINARY \
+         AND \"my table\".\"ratio\" IS godwit_v.godwit_read_3 COLLATE BINARY"
+    );
+    assert!(backend(Dialect::Sqlite).single_writer());
+    assert!(
+        !backend(Dialect::Postgres).single_writer() && !backend(Dialect::MySql).single_writer()
+    );
+
+    let keys = [text("a"), text("b")];
+    let [key, ..] = columns(Dialect::Postgres);
+    let (sql, params) = backend(Dialect::Postgres).key_in(&key, &keys, 1);
+    assert_eq!(sql, "\"code\" = ANY($1::text[]::pg_catalog.varchar[])");
+    assert_eq!(params, [array(&[Some("a"), Some("b")])]);
+    let [key, ..] = columns(Dialect::MySql);
+    let (sql, params) = backend(Dialect::MySql).key_in(&key, &keys, 1);
+    assert_eq!(sql, "`code` IN (?, ?)");
+    assert_eq!(params, keys);
 }
 
 /// The insert of two rows of `width` columns with `conflict`.

@@ -4,8 +4,10 @@
 
 use std::time::Duration;
 
-use godwit_driver::forms::{aliases, flat_params, leading_words, outside_key, values_source};
-use godwit_driver::{ColumnInfo, Conflict, Dialect, SqlForms, UpdateFromRows, Value};
+use godwit_driver::forms::{
+    aliases, flat_params, leading_words, outside_key, read_aliases, values_source,
+};
+use godwit_driver::{ColumnInfo, Conflict, Dialect, SqlForms, SqlType, UpdateFromRows, Value};
 
 /// MySQL's forms.
 pub(crate) struct MySqlForms;
@@ -14,17 +16,68 @@ pub(crate) struct MySqlForms;
 /// in the connection's character set compares with the column's values (a mix of collations is
 /// otherwise refused). `None` for a collation name that is not a plain word.
 fn convert_to(collation: &str, expr: &str) -> Option<String> {
+    let charset = charset(collation)?;
+    Some(format!(
+        "CONVERT({expr} USING {charset}) COLLATE {collation}"
+    ))
+}
+
+/// Whether `stored`, a value of `column`, is still `read`, the value the database returned for
+/// it (bound as [`read_param`] makes it): NULL-safe (`<=>`), and byte for byte, so that a change
+/// a collation ignores ('abc' to 'ABC', a trailing space) counts. Values are compared as the
+/// text the server makes of both sides (text converted back into the column's character set
+/// first, as it arrives in the connection's), except floats, dates and times: a float's text is
+/// rounded, and a time's carries the column's fractional digits, so those compare as values of
+/// their type, parsed from exact text, which for them is exact.
+fn unchanged(column: &ColumnInfo, stored: &str, read: &str) -> String {
+    let typed = match column.sql_type() {
+        SqlType::Float => Some("DOUBLE"),
+        SqlType::Date => Some("DATE"),
+        SqlType::Time => Some("TIME(6)"),
+        SqlType::Timestamp | SqlType::TimestampTz => Some("DATETIME(6)"),
+        _ => None,
+    };
+    if let Some(typed) = typed {
+        return format!("{stored} <=> CAST({read} AS {typed})");
+    }
+    // MariaDB's UUID and INET types arrive as their text but are stored (and cast to binary)
+    // as their bytes.
+    let stored_as_text = column.sql_type() == SqlType::Uuid || column.data_type.starts_with("inet");
+    if stored_as_text {
+        return format!("CAST(CAST({stored} AS CHAR) AS BINARY) <=> CAST({read} AS BINARY)");
+    }
+    let read = column.collation.as_deref().and_then(charset).map_or_else(
+        || read.to_string(),
+        |cs| format!("CONVERT({read} USING {cs})"),
+    );
+    format!("CAST({stored} AS BINARY) <=> CAST({read} AS BINARY)")
+}
+
+/// A value read, as an optimistic write binds it for [`unchanged`]: numbers, dates and times as
+/// exact text (every digit of a float's value, six of a second's fraction). Bound as they are,
+/// their types would decide the derived table's column types, and MariaDB gives a column that
+/// also holds a NULL a text type, into which it writes a bound time without its fraction.
+fn read_param(value: &Value) -> Value {
+    let text = match value {
+        Value::Int(n) => n.to_string(),
+        // Rust writes the shortest text that reads back as the same float.
+        Value::Float(f) => f.to_string(),
+        Value::Date(d) => d.format("%Y-%m-%d").to_string(),
+        Value::Time(t) => t.format("%H:%M:%S%.6f").to_string(),
+        Value::Timestamp(t) => t.format("%Y-%m-%d %H:%M:%S%.6f").to_string(),
+        Value::TimestampTz(t) => t.naive_utc().format("%Y-%m-%d %H:%M:%S%.6f").to_string(),
+        other => return other.clone(),
+    };
+    Value::Text(text)
+}
+
+/// The character set of a collation whose name is a plain word (`utf8mb4_general_ci`).
+fn charset(collation: &str) -> Option<&str> {
     let plain = !collation.is_empty()
         && collation
             .bytes()
             .all(|b| b.is_ascii_alphanumeric() || b == b'_');
-    if !plain {
-        return None;
-    }
-    let charset = collation.split('_').next().unwrap_or(collation);
-    Some(format!(
-        "CONVERT({expr} USING {charset}) COLLATE {collation}"
-    ))
+    plain.then(|| collation.split('_').next().unwrap_or(collation))
 }
 
 impl SqlForms for MySqlForms {
@@ -39,11 +92,14 @@ impl SqlForms for MySqlForms {
     ) -> (String, Vec<Value>) {
         // The first row names the derived table's columns.
         let n = update.columns.len();
+        let read = update.read.unwrap_or_default();
         let first: Vec<String> = std::iter::once("? AS godwit_k".to_string())
             .chain(aliases(n).iter().map(|a| format!("? AS {a}")))
+            .chain(read_aliases(read.len()).iter().map(|a| format!("? AS {a}")))
             .collect();
+        let width = first.len();
         let mut tuples = vec![first.join(", ")];
-        tuples.extend((1..rows.len()).map(|_| vec!["?"; n + 1].join(", ")));
+        tuples.extend((1..rows.len()).map(|_| vec!["?"; width].join(", ")));
         // A parameter arrives in the connection's character set; a key of another one must be
         // compared in its own, or MySQL refuses the mix of collations.
         let joined = update
@@ -53,13 +109,33 @@ impl SqlForms for MySqlForms {
             .and_then(|collation| convert_to(collation, "godwit_v.godwit_k"))
             .unwrap_or_else(|| "godwit_v.godwit_k".to_string());
         let t = self.quote(update.table);
+        let checks: String = read
+            .iter()
+            .zip(read_aliases(read.len()))
+            .map(|(column, alias)| {
+                let stored = format!("{t}.{}", self.quote(&column.name));
+                format!(
+                    " AND {}",
+                    unchanged(column, &stored, &format!("godwit_v.{alias}"))
+                )
+            })
+            .collect();
         let sql = format!(
-            "UPDATE {t} JOIN (SELECT {}) AS godwit_v ON {t}.{} = {joined} SET {}",
+            "UPDATE {t} JOIN (SELECT {}) AS godwit_v ON {t}.{} = {joined}{checks} SET {}",
             tuples.join(" UNION ALL SELECT "),
             self.quote(&update.key.name),
             update.set_list(Dialect::MySql, |_| String::new())
         );
-        (sql, flat_params(rows))
+        let mut params = flat_params(rows);
+        if !read.is_empty() {
+            let width = 1 + n + read.len();
+            for row in params.chunks_mut(width) {
+                for value in &mut row[1 + n..] {
+                    *value = read_param(value);
+                }
+            }
+        }
+        (sql, params)
     }
 
     fn insert_source(&self, _columns: &[&ColumnInfo], rows: &[Vec<Value>]) -> (String, Vec<Value>) {

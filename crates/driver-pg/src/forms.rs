@@ -4,7 +4,7 @@
 
 use std::time::Duration;
 
-use godwit_driver::forms::{aliases, leading_words, on_conflict_clause};
+use godwit_driver::forms::{aliases, leading_words, on_conflict_clause, VERSION_ALIAS};
 use godwit_driver::{ColumnInfo, Conflict, Dialect, SqlForms, UpdateFromRows, Value};
 
 use crate::pg_text::pg_text;
@@ -38,23 +38,50 @@ impl SqlForms for PgForms {
         rows: &[(Value, Vec<Value>)],
     ) -> (String, Vec<Value>) {
         let n = update.columns.len();
-        let mut columns: Vec<Vec<Option<String>>> = vec![Vec::with_capacity(rows.len()); n + 1];
+        // An optimistic write carries each row's `xmin` as read: a row any transaction changed
+        // since then has another, and is not updated.
+        let versioned = update.read.is_some();
+        let width = n + 1 + usize::from(versioned);
+        let mut columns: Vec<Vec<Option<String>>> = vec![Vec::with_capacity(rows.len()); width];
         for (key, values) in rows {
             columns[0].push(pg_text(key));
             for (column, value) in columns[1..].iter_mut().zip(values) {
                 column.push(pg_text(value));
             }
         }
+        let mut names = aliases(n);
+        let mut check = String::new();
+        if versioned {
+            names.push(VERSION_ALIAS.to_string());
+            check = format!(" AND xmin = godwit_v.{VERSION_ALIAS}::xid");
+        }
         let sql = format!(
-            "UPDATE {} SET {} FROM unnest({}) AS godwit_v(godwit_k, {}) WHERE {} = godwit_v.godwit_k{}",
+            "UPDATE {} SET {} FROM unnest({}) AS godwit_v(godwit_k, {}) WHERE {} = godwit_v.godwit_k{}{check}",
             self.quote(update.table),
             update.set_list(Dialect::Postgres, cast),
-            arrays(n + 1),
-            aliases(n).join(", "),
+            arrays(width),
+            names.join(", "),
             self.quote(&update.key.name),
             cast(update.key)
         );
         (sql, columns.into_iter().map(Value::TextArray).collect())
+    }
+
+    /// `xmin`, the transaction that wrote the row's current version: any change to the row,
+    /// even one that writes the same values, gives it another (a frozen row keeps its `xmin`).
+    fn row_version(&self) -> Option<&'static str> {
+        Some("xmin::text")
+    }
+
+    /// One `text[]` parameter, so the statement's text is the same for any number of keys.
+    fn key_in(&self, key: &ColumnInfo, keys: &[Value], first_param: usize) -> (String, Vec<Value>) {
+        let sql = format!(
+            "{} = ANY(${first_param}::text[]{}[])",
+            self.quote(&key.name),
+            cast(key)
+        );
+        let texts = keys.iter().map(pg_text).collect();
+        (sql, vec![Value::TextArray(texts)])
     }
 
     fn insert_source(&self, columns: &[&ColumnInfo], rows: &[Vec<Value>]) -> (String, Vec<Value>) {

@@ -2,7 +2,7 @@
 //! named in a `WITH`, an upsert is `ON CONFLICT`.
 
 use godwit_driver::forms::{
-    aliases, flat_params, leading_words, on_conflict_clause, values_source,
+    aliases, flat_params, leading_words, on_conflict_clause, read_aliases, values_source,
 };
 use godwit_driver::{ColumnInfo, Conflict, Dialect, SqlForms, UpdateFromRows, Value};
 
@@ -19,18 +19,37 @@ impl SqlForms for SqliteForms {
         ""
     }
 
+    fn single_writer(&self) -> bool {
+        true
+    }
+
     fn update_from_rows(
         &self,
         update: &UpdateFromRows<'_>,
         rows: &[(Value, Vec<Value>)],
     ) -> (String, Vec<Value>) {
         let n = update.columns.len();
-        let tuples = vec![vec!["?"; n + 1].join(", "); rows.len()];
+        let read = update.read.unwrap_or_default();
+        let mut names = aliases(n);
+        names.extend(read_aliases(read.len()));
+        let tuples = vec![vec!["?"; names.len() + 1].join(", "); rows.len()];
+        let t = self.quote(update.table);
+        // Batches here hold the database's only write lock (`single_writer`), so they never
+        // write optimistically; the check is written for the form's sake, byte for byte.
+        let checks: String = read
+            .iter()
+            .zip(read_aliases(read.len()))
+            .map(|(c, a)| {
+                format!(
+                    " AND {t}.{} IS godwit_v.{a} COLLATE BINARY",
+                    self.quote(&c.name)
+                )
+            })
+            .collect();
         let sql = format!(
-            "WITH godwit_v(godwit_k, {}) AS (VALUES ({})) UPDATE {} SET {} FROM godwit_v WHERE {} = godwit_v.godwit_k",
-            aliases(n).join(", "),
+            "WITH godwit_v(godwit_k, {}) AS (VALUES ({})) UPDATE {t} SET {} FROM godwit_v WHERE {} = godwit_v.godwit_k{checks}",
+            names.join(", "),
             tuples.join("), ("),
-            self.quote(update.table),
             update.set_list(Dialect::Sqlite, |_| String::new()),
             self.quote(&update.key.name),
         );

@@ -33,6 +33,13 @@ pub struct UpdateFromRows<'a> {
     pub key: &'a ColumnInfo,
     /// The columns set, in the order of each row's values.
     pub columns: &'a [&'a ColumnInfo],
+    /// For an optimistic write (of rows read without locks): the columns the rows were read
+    /// with, the key aside. A row is then updated only while it still holds what was read, and
+    /// each row's values carry, after its new values, what the database compares: the row's
+    /// version as read where it has one ([`SqlForms::row_version`]), else each of these
+    /// columns' values as the database returned them. `None`: every row is updated (the rows
+    /// were read under lock).
+    pub read: Option<&'a [&'a ColumnInfo]>,
 }
 
 impl UpdateFromRows<'_> {
@@ -84,8 +91,34 @@ pub trait SqlForms: Send + Sync {
         " FOR UPDATE"
     }
 
+    /// Whether a write transaction holds the database's only write lock (SQLite's `BEGIN
+    /// IMMEDIATE`): its rows need no locks of their own, and reading them before the
+    /// transaction would spare the application no wait.
+    fn single_writer(&self) -> bool {
+        false
+    }
+
+    /// An expression read beside each row, as text, whose value changes whenever the row does
+    /// (PostgreSQL's `xmin`): an optimistic write compares it instead of every column read.
+    /// `None`: the write compares every column read.
+    fn row_version(&self) -> Option<&'static str> {
+        None
+    }
+
+    /// A condition choosing the rows whose `key` is one of `keys`, its parameters numbered from
+    /// `first_param`, with the parameters to bind.
+    fn key_in(&self, key: &ColumnInfo, keys: &[Value], first_param: usize) -> (String, Vec<Value>) {
+        let dialect = self.dialect();
+        let params: Vec<String> = (0..keys.len())
+            .map(|i| dialect.param(first_param + i))
+            .collect();
+        let sql = format!("{} IN ({})", self.quote(&key.name), params.join(", "));
+        (sql, keys.to_vec())
+    }
+
     /// One statement that writes `rows` (each a key and the new values in `update.columns`
-    /// order), with the parameters to bind in the form the statement takes them.
+    /// order, then what an optimistic write compares: see [`UpdateFromRows::read`]), with the
+    /// parameters to bind in the form the statement takes them.
     fn update_from_rows(
         &self,
         update: &UpdateFromRows<'_>,
@@ -210,3 +243,12 @@ pub fn on_conflict_clause(
 pub fn aliases(n: usize) -> Vec<String> {
     (1..=n).map(|i| format!("godwit_{i}")).collect()
 }
+
+/// The names `godwit_read_1`, `godwit_read_2`, … under which an optimistic write's rows carry
+/// the values of `n` columns as they were read.
+pub fn read_aliases(n: usize) -> Vec<String> {
+    (1..=n).map(|i| format!("godwit_read_{i}")).collect()
+}
+
+/// The alias under which an optimistic write's rows carry each row's version as read.
+pub const VERSION_ALIAS: &str = "godwit_version";

@@ -47,6 +47,8 @@ pub struct Plan {
     /// Where each top-level key (`replicas`, `max_replica_lag`, …) was written, for later
     /// errors about it.
     pub key_locations: BTreeMap<String, Location>,
+    /// Where each key of `[defaults]` was written, for later errors about it.
+    pub default_key_locations: BTreeMap<String, Location>,
 }
 
 /// How long a run stays throttled before `notify` says so, when the plan does not say.
@@ -138,6 +140,15 @@ impl Plan {
     /// Where the top-level key `plan_key` was written in the plan file, if it was.
     pub fn place(&self, plan_key: &str) -> Option<Place<'_>> {
         let location = *self.key_locations.get(plan_key)?;
+        Some(Place {
+            file: &self.path,
+            location,
+        })
+    }
+
+    /// Where the key `plan_key` of `[defaults]` was written in the plan file, if it was.
+    pub fn default_place(&self, plan_key: &str) -> Option<Place<'_>> {
+        let location = *self.default_key_locations.get(plan_key)?;
         Some(Place {
             file: &self.path,
             location,
@@ -363,6 +374,19 @@ pub enum OnRowError {
     Skip,
 }
 
+/// How a transform step keeps an application's concurrent writes to its rows.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Locking {
+    /// Read the batch's rows without locks and run the transform before the batch's
+    /// transaction; write back only rows that still hold what was read, and transform again,
+    /// under lock, those that changed meanwhile.
+    #[default]
+    Optimistic,
+    /// Read the batch's rows under lock in its transaction (`FOR UPDATE`) and hold the locks
+    /// while the transform runs.
+    Rows,
+}
+
 /// Settings of `[defaults]`, overridable per step.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Settings {
@@ -396,6 +420,8 @@ pub struct Settings {
     /// About the most row data a transform or copy holds at once per batch: a batch of wide
     /// rows is read and written in slices of at most this many bytes.
     pub max_batch_bytes: u64,
+    /// How a transform step keeps concurrent writes, as written; see [`Settings::locking`].
+    pub locking: Option<Locking>,
 }
 
 /// The batch duration that adaptive sizing aims at when `target_batch_time` is not written:
@@ -437,6 +463,11 @@ impl Settings {
         (lo, hi)
     }
 
+    /// How a transform step keeps concurrent writes: `locking`, optimistic when not written.
+    pub fn locking(&self) -> Locking {
+        self.locking.unwrap_or_default()
+    }
+
     /// The size of a step's first batch: `batch_size`, within the bounds.
     pub fn first_batch_size(&self) -> u64 {
         let (lo, hi) = self.batch_size_bounds();
@@ -461,6 +492,7 @@ impl Default for Settings {
             row_timeout: Duration::from_secs(5),
             lua_memory: 64 << 20,
             max_batch_bytes: 16 << 20,
+            locking: None,
         }
     }
 }

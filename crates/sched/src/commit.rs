@@ -20,8 +20,8 @@ pub(crate) const LOCK_TIMEOUT: Duration = Duration::from_millis(100);
 
 /// How a batch ended when it did not fail.
 pub(crate) enum Executed {
-    /// Committed with its done record.
-    Committed(BatchOutcome),
+    /// Committed with its done record; the rows an optimistic transform transformed again.
+    Committed(BatchOutcome, u64),
     /// Another worker took the batch over after this one's lease ran out; with the default
     /// state location nothing was committed.
     Fenced,
@@ -55,6 +55,15 @@ pub(crate) async fn execute(
     conn.begin(tx).await?;
     let written = work.write(conn, begun).await?;
     let rows_affected = written.rows;
+    let rows_redone = written.rows_redone;
+    if rows_redone > 0 {
+        tracing::debug!(
+            step = batch.step(),
+            batch = batch.number(),
+            rows_redone,
+            "rows changed since the batch read them were read again under lock and transformed again"
+        );
+    }
     let dead_letters: Vec<DeadLetter> = written
         .refused
         .into_iter()
@@ -78,7 +87,7 @@ pub(crate) async fn execute(
             return Ok(Executed::Fenced);
         }
         conn.commit().await?;
-        return Ok(Executed::Committed(outcome));
+        return Ok(Executed::Committed(outcome, rows_redone));
     }
     // The batch commits before its record here, so the record cannot fence it: confirm the
     // claim just before the commit instead (a lease taken over, or a run restarted by another
@@ -108,12 +117,12 @@ pub(crate) async fn execute(
     // A failing state database is waited out rather than reported as a batch failure, which
     // would run the batch again.
     match with_retries(|| run.state().record_done_here(batch, outcome)).await {
-        Ok(true) => Ok(Executed::Committed(outcome)),
+        Ok(true) => Ok(Executed::Committed(outcome, rows_redone)),
         Ok(false) => Ok(Executed::Fenced),
         Err(e) => {
             tracing::error!(step = batch.step(), batch = batch.number(), error = %e,
                 "the batch committed but its record could not be written; it runs again when its lease ends");
-            Ok(Executed::Committed(outcome))
+            Ok(Executed::Committed(outcome, rows_redone))
         }
     }
 }

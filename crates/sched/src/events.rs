@@ -43,6 +43,9 @@ pub enum Event {
         rows: i64,
         /// Rows the statement reported as affected.
         rows_affected: u64,
+        /// Rows an optimistic transform found changed since it read them, and transformed
+        /// again under lock.
+        rows_redone: u64,
         /// Time in the batch's transaction.
         duration: Duration,
     },

@@ -499,7 +499,7 @@ async fn run_batch(
         return Ok(());
     };
     match executed {
-        Ok(Executed::Committed(outcome)) => {
+        Ok(Executed::Committed(outcome, rows_redone)) => {
             run.pool().give(conn);
             ctx.pace()
                 .observe(u64::try_from(batch.n_rows()).unwrap_or(0), outcome.duration);
@@ -508,6 +508,7 @@ async fn run_batch(
                 batch: batch.number(),
                 rows: batch.n_rows(),
                 rows_affected: outcome.rows_affected,
+                rows_redone,
                 duration: outcome.duration,
             });
             Ok(())

@@ -37,6 +37,7 @@ const SETTING_KEYS: &[&str] = &[
     "row_timeout",
     "lua_memory",
     "max_batch_bytes",
+    "locking",
 ];
 const STEP_KEYS: &[&str] = &[
     "name",

@@ -19,6 +19,7 @@ mod settings;
 mod step;
 mod urls;
 
+use std::collections::BTreeMap;
 use std::path::Path;
 use std::time::Duration;
 
@@ -101,10 +102,15 @@ fn parse_as(
         cx.error_unlocated("the plan needs a `database` URL");
     }
     let state_database = read_state(&mut cx, &root);
+    let mut default_key_locations = BTreeMap::new();
     let defaults = match cx.table(&root, "defaults") {
         Some(t) => {
             cx.unknown_keys(t, Section::Defaults, "[defaults]");
             cx.not_supported_yet(t, "[defaults]");
+            default_key_locations = t
+                .keys()
+                .map(|k| (k.get_ref().to_string(), cx.loc(&k.span())))
+                .collect();
             cx.settings(t, &Settings::default())
         }
         None => Settings::default(),
@@ -157,6 +163,7 @@ fn parse_as(
         text: text.to_string(),
         written_urls: cx.urls,
         key_locations,
+        default_key_locations,
     })
 }
 

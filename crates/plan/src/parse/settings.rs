@@ -6,7 +6,7 @@ use std::time::Duration;
 use toml::de::{DeTable, DeValue};
 
 use super::context::{type_name, Ctx};
-use crate::model::{OnRowError, Settings};
+use crate::model::{Locking, OnRowError, Settings};
 use crate::parse_duration;
 
 const DURATION_EXAMPLES: &str = "\"500ms\", \"30s\", \"10m\" or \"2h\"";
@@ -90,6 +90,16 @@ impl Ctx<'_> {
                 _ => self.error(
                     &span,
                     format!("`on_row_error` must be \"fail\" or \"skip\", not {v:?}"),
+                ),
+            }
+        }
+        if let Some((v, span)) = self.string(table, "locking") {
+            match v.as_str() {
+                "optimistic" => s.locking = Some(Locking::Optimistic),
+                "rows" => s.locking = Some(Locking::Rows),
+                _ => self.error(
+                    &span,
+                    format!("`locking` must be \"optimistic\" or \"rows\", not {v:?}"),
                 ),
             }
         }
@@ -318,6 +328,7 @@ mod tests {
             row_timeout: Duration::from_secs(5),
             lua_memory: 64 << 20,
             max_batch_bytes: 16 << 20,
+            locking: None,
         };
         assert_eq!(plan.defaults, expected);
         assert_eq!(plan.steps[0].settings, expected);

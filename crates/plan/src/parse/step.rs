@@ -213,6 +213,12 @@ fn check_shape(cx: &mut Ctx<'_>, t: &DeTable<'_>, header: &Span) {
         if has("query") && has("columns") {
             cx.error(&at("query"), "`query` replaces `columns`; give one of them");
         }
+        if has("locking") {
+            cx.error(
+                &at("locking"),
+                "`locking` applies to transform steps, not to copies (steps with `into`): a copy reads its source without locks and only inserts into its target",
+            );
+        }
         return;
     }
     for key in ["source", "query", "on_conflict", "target_key"] {
@@ -238,6 +244,12 @@ fn check_shape(cx: &mut Ctx<'_>, t: &DeTable<'_>, header: &Span) {
             cx.error(
                 &at("convert"),
                 "`convert` applies to transforms and copies, not to `sql` steps",
+            );
+        }
+        if script_key.is_none() && has("locking") {
+            cx.error(
+                &at("locking"),
+                "`locking` applies to transform steps (`lua`, `lua_file` or `command`), not to `sql` steps: the database locks what a statement changes while it runs",
             );
         }
     }
@@ -385,6 +397,7 @@ impl Ctx<'_> {
 mod tests {
     use super::super::test_support::{check_steps, env, parse, parse_ok, HEAD};
     use super::*;
+    use crate::model::Locking;
 
     #[test]
     fn recognizes_step_shapes() {
@@ -446,6 +459,44 @@ mod tests {
              p.toml:18:1: step \"d\": a step needs `sql` (run once), `table` + `key` + `sql` (run per batch), a transform (`lua`, `lua_file` or `command`) or `into` (a copy)\n\
              p.toml:22:1: step \"e\": a chunked step needs `sql`, a transform (`lua`, `lua_file` or `command`) or `into` (a copy)\n\
              p.toml:26:1: step \"f\": a transform (`lua`) needs `table` and `key`",
+        );
+    }
+
+    /// `locking` in [defaults] and on a transform step; on a `sql` step or a copy it would do
+    /// nothing, and is refused where it is written.
+    #[test]
+    fn locking_applies_to_transform_steps_only() {
+        let plan = parse_ok(&format!(
+            "{HEAD}[defaults]\nlocking = \"rows\"\n\
+             [[steps]]\nname = \"a\"\ntable = \"t\"\nkey = \"id\"\nlua = \"x\"\n\
+             [[steps]]\nname = \"b\"\ntable = \"t\"\nkey = \"id\"\nlua = \"x\"\nlocking = \"optimistic\"\n\
+             [[steps]]\nname = \"c\"\nsql = \"SELECT 1\"\n"
+        ));
+        assert_eq!(plan.defaults.locking, Some(Locking::Rows));
+        assert_eq!(plan.steps[0].settings.locking(), Locking::Rows);
+        assert_eq!(plan.steps[1].settings.locking(), Locking::Optimistic);
+        assert_eq!(
+            plan.default_place("locking")
+                .map(|p| p.to_string())
+                .as_deref(),
+            Some("p.toml:4:1")
+        );
+        let unwritten = parse_ok(&format!(
+            "{HEAD}[[steps]]\nname = \"a\"\ntable = \"t\"\nkey = \"id\"\nlua = \"x\"\n"
+        ));
+        assert_eq!(unwritten.steps[0].settings.locking, None);
+        assert_eq!(unwritten.steps[0].settings.locking(), Locking::Optimistic);
+        check_steps(
+            "[defaults]\nlocking = \"none\"\n\
+             [[steps]]\nname = \"a\"\nsql = \"SELECT 1\"\nlocking = \"rows\"\n\
+             [[steps]]\nname = \"b\"\ntable = \"t\"\nkey = \"id\"\nsql = \"UPDATE t SET a = 1 WHERE id BETWEEN :start AND :end\"\nlocking = \"optimistic\"\n\
+             [[steps]]\nname = \"c\"\ntable = \"t\"\nkey = \"id\"\ninto = \"u\"\nlua = \"x\"\nlocking = \"rows\"\n\
+             [[steps]]\nname = \"d\"\ntable = \"t\"\nkey = \"id\"\nlua = \"x\"\nlocking = true\n",
+            "p.toml:4:11: `locking` must be \"optimistic\" or \"rows\", not \"none\"\n\
+             p.toml:8:1: step \"a\": `locking` applies to transform steps (`lua`, `lua_file` or `command`), not to `sql` steps: the database locks what a statement changes while it runs\n\
+             p.toml:14:1: step \"b\": `locking` applies to transform steps (`lua`, `lua_file` or `command`), not to `sql` steps: the database locks what a statement changes while it runs\n\
+             p.toml:21:1: step \"c\": `locking` applies to transform steps, not to copies (steps with `into`): a copy reads its source without locks and only inserts into its target\n\
+             p.toml:27:11: step \"d\": `locking` must be a string, not a boolean",
         );
     }
 
