@@ -252,6 +252,7 @@ mod tests {
             batch: 0,
             rows,
             rows_affected: 1,
+            rows_redone: 0,
             duration: Duration::from_millis(millis),
         }
     }
