@@ -1,6 +1,5 @@
 //! What each command does, and the exit code it ends with.
 
-use std::path::Path;
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
@@ -14,6 +13,7 @@ use crate::args::{
     VerifyArgs, WorkerArgs,
 };
 use crate::progress::{self, Mode};
+use crate::target::{load, state_error_code, target};
 use crate::{exit, ops};
 
 pub(crate) async fn dispatch(args: Args) -> anyhow::Result<u8> {
@@ -58,26 +58,6 @@ fn run_failed_to_start(path: &std::path::Path, e: &godwit::RunError) -> u8 {
         eprintln!("error: {file}: {message}");
     }
     run_error_code(e)
-}
-
-/// The exit code when the state database cannot be read: a URL godwit cannot use is a mistake
-/// in the plan or the command, not a failed run.
-pub(crate) fn state_error_code(e: &godwit::driver::Error) -> u8 {
-    if e.kind() == godwit::driver::ErrorKind::Config {
-        exit::INVALID
-    } else {
-        exit::FAILED
-    }
-}
-
-/// Loads a plan, or prints every error in it.
-fn load(path: &Path) -> Result<Plan, u8> {
-    godwit::plan::load(path).map_err(|errors| {
-        for e in &errors.0 {
-            eprintln!("error: {e}");
-        }
-        exit::INVALID
-    })
 }
 
 /// SIGINT or SIGTERM once: stop claiming and let batches in flight commit, for at most
@@ -527,25 +507,6 @@ async fn submit(args: PlanArgs) -> anyhow::Result<u8> {
         }
         Err(e) => Ok(run_failed_to_start(&args.plan, &e)),
     }
-}
-
-/// The run a command is about: its label for messages, its state database and its name.
-pub(crate) fn target(args: &TargetArgs) -> Result<(String, godwit::driver::DbUrl, String), u8> {
-    Ok(match (&args.plan, &args.database, &args.run) {
-        (Some(path), _, _) => {
-            let plan = load(path)?;
-            (
-                path.display().to_string(),
-                godwit::driver::DbUrl::new(plan.state_url()),
-                plan.name,
-            )
-        }
-        (None, Some(url), Some(run)) => {
-            let url = godwit::driver::DbUrl::new(url.clone());
-            (url.to_string(), url, run.clone())
-        }
-        _ => unreachable!("clap requires a plan, or --database with --run"),
-    })
 }
 
 async fn verify(args: VerifyArgs) -> anyhow::Result<u8> {

@@ -48,6 +48,7 @@ mod commands;
 mod ops;
 mod progress;
 mod serve;
+mod target;
 
 use std::process::ExitCode;
 use std::sync::atomic::{AtomicBool, Ordering};

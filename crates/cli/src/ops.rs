@@ -5,9 +5,9 @@ use godwit::state::{RunSettings, RunState, RunStatus};
 use godwit::Waited;
 
 use crate::args::{SetArgs, WaitArgs};
-use crate::commands::{state_error_code, target};
 use crate::exit;
 use crate::progress::{describe_settings, thousands};
+use crate::target::{state_error_code, target};
 
 /// What `set` and `wait` say of a run that is not stored (exit 2: the command names a run
 /// that does not exist).
