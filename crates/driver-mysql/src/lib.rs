@@ -67,11 +67,28 @@ pub async fn connect(url: &DbUrl, _options: &ConnectOptions) -> Result<MySqlConn
         id: None,
     };
     let rows = conn
-        .query("SELECT VERSION(), CAST(CONNECTION_ID() AS SIGNED)", &[])
+        .query(
+            "SELECT VERSION(), CAST(CONNECTION_ID() AS SIGNED), CAST(@@log_bin AS SIGNED), \
+             @@binlog_format",
+            &[],
+        )
         .await?;
     conn.mariadb = rows
         .first()
         .is_some_and(|r| text(r.get(0)).contains("MariaDB"));
+    // READ COMMITTED, as on PostgreSQL: under REPEATABLE READ a range UPDATE also locks the
+    // first row past its range (a next-key lock), so two batches side by side collide, and
+    // with batches that never wait for a lock one of them fails and is retried. Under READ
+    // COMMITTED InnoDB releases rows that do not match and reads past a locked one that
+    // cannot. A server that logs statements (binlog_format STATEMENT) refuses writes under
+    // READ COMMITTED: there batches keep the server's level.
+    let statement_log = rows.first().is_some_and(|r| {
+        r.get(2).as_i64() == Some(1) && text(r.get(3)).eq_ignore_ascii_case("STATEMENT")
+    });
+    if !statement_log {
+        conn.execute_unprepared("SET SESSION TRANSACTION ISOLATION LEVEL READ COMMITTED")
+            .await?;
+    }
     // A server without strict mode truncates a value too long or too large with a warning:
     // godwit must never lose data without an error.
     conn.execute_unprepared(
