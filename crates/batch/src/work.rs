@@ -9,6 +9,7 @@
 
 use std::path::Path;
 use std::sync::OnceLock;
+use std::time::Duration;
 
 use godwit_driver::{rewrite_params, Conn, DbUrl, Dialect, Error, KeyKind, Result, Value};
 use godwit_plan::{Step, StepKind};
@@ -169,6 +170,7 @@ impl Work {
             // CREATE INDEX CONCURRENTLY and VACUUM refuse transactions: run, then record.
             // `check` tells users such statements must be idempotent.
             (What::Once { sql, outside_tx }, _) if *outside_tx => {
+                clear_interrupted_build(conn, sql).await?;
                 Begun::Ran(conn.execute_unprepared(sql).await?)
             }
             (What::Copy(copy), Some((start, end))) => {
@@ -238,6 +240,42 @@ impl Work {
             refused,
             rows_redone,
         })
+    }
+}
+
+/// How often a one-off build waits to see whether another session's build of its index ended.
+const BUILD_POLL: Duration = Duration::from_secs(1);
+
+/// Before a one-off statement that builds an index outside a transaction runs (again: the step
+/// is not recorded done): drops the INVALID index an interrupted earlier run of it left, which
+/// `IF NOT EXISTS` would skip (recording the step done with an index no query uses) and a
+/// statement without it would fail on. An invalid index holds nothing a query could use, so
+/// dropping it loses nothing. While another session still builds it (a process killed while
+/// its server session went on), this waits for that build to end instead: it may yet make
+/// the index valid, and then the statement finds it there.
+async fn clear_interrupted_build(conn: &mut dyn Conn, sql: &str) -> Result<()> {
+    let mut waiting = None;
+    loop {
+        let Some(index) = conn.invalid_index(sql).await? else {
+            return Ok(());
+        };
+        let Some(session) = index.building else {
+            tracing::warn!(
+                index = %format!("{}.{}", index.schema, index.name),
+                table = %index.table,
+                "an interrupted build left this index invalid: dropping it (DROP INDEX CONCURRENTLY) and building it again"
+            );
+            return conn.drop_invalid_index(&index).await;
+        };
+        if waiting != Some(session) {
+            tracing::warn!(
+                index = %format!("{}.{}", index.schema, index.name),
+                session,
+                "the index is invalid while another session still builds it; waiting for that build to end"
+            );
+            waiting = Some(session);
+        }
+        tokio::time::sleep(BUILD_POLL).await;
     }
 }
 
