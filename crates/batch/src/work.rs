@@ -18,7 +18,7 @@ use crate::copy::{CopyStart, CopyStep};
 use crate::error::BatchError;
 use crate::refused::DeadLetter;
 use crate::script::build_transform;
-use crate::transform::{ReadAhead, RowStep};
+use crate::transform::{ReadAhead, RowChange, RowStep};
 use crate::walk::KeyWalk;
 
 /// A step's batches, prepared once per process.
@@ -69,6 +69,8 @@ pub struct Written {
     /// Rows an optimistic transform found changed since it read them, and transformed again
     /// under lock.
     pub rows_redone: u64,
+    /// A transform step's first few changed rows, before and after, as examples.
+    pub examples: Vec<RowChange>,
 }
 
 impl Work {
@@ -131,6 +133,18 @@ impl Work {
     /// The database whose key is walked.
     pub fn walk_url(&self) -> &DbUrl {
         &self.walk_url
+    }
+
+    /// Whether the step is a one-off statement that runs outside a transaction (it refuses
+    /// one, or the database commits it on its own): [`Work::start`] runs it.
+    pub fn runs_outside_transaction(&self) -> bool {
+        matches!(
+            self.what,
+            What::Once {
+                outside_tx: true,
+                ..
+            }
+        )
     }
 
     /// The kind of the step's key, once its walk started.
@@ -198,6 +212,7 @@ impl Work {
     ) -> Result<Written, BatchError> {
         let missing = || Error::permanent("a chunked batch has no key range in the state tables");
         let mut rows_redone = 0;
+        let mut examples = Vec::new();
         let (rows, mut refused) = match (&self.what, started.0) {
             (_, Begun::Ran(rows)) => (rows, Vec::new()),
             (What::Once { sql, .. }, Begun::Range(_)) => {
@@ -214,11 +229,13 @@ impl Work {
             (What::Rows(step), Begun::Range(range)) => {
                 let (start, end) = range.ok_or_else(missing)?;
                 let done = step.run(conn, start, end).await?;
+                examples = done.examples;
                 (done.rows_written, done.dead_letters)
             }
             (What::Rows(step), Begun::Ahead(ahead)) => {
                 let done = step.write_ahead(conn, *ahead).await?;
                 rows_redone = done.rows_redone;
+                examples = done.examples;
                 (done.rows_written, done.dead_letters)
             }
             (What::Copy(copy), Begun::Copy(first, end)) => {
@@ -239,6 +256,7 @@ impl Work {
             rows,
             refused,
             rows_redone,
+            examples,
         })
     }
 }

@@ -645,7 +645,7 @@ async fn yielded(ctx: &StepCtx, batch: &ClaimedBatch, lock: &godwit_driver::Erro
 }
 
 /// A batch's error as the step's failure: which part failed, after `context` (the batch).
-fn batch_failure(context: String, e: &BatchError) -> Failure {
+pub(crate) fn batch_failure(context: String, e: &BatchError) -> Failure {
     match e {
         BatchError::Database(e) => Failure::from_error(FailureKind::Database, context, e),
         BatchError::Transform(e) => Failure::from_error(FailureKind::Transform, context, e),
