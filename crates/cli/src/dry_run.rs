@@ -41,7 +41,7 @@ pub(crate) async fn dry_run(plan: &Plan, args: &RunArgs, mode: Mode) -> anyhow::
     watch_signals(stop.clone(), mode == Mode::Quiet, args.work.grace);
     stop_after(&stop, args.max_duration);
     let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
-    let printer = tokio::spawn(print_events(mode, rx));
+    let printer = tokio::spawn(print_events(mode, rx, plan.clone()));
     let options = godwit::DryRunOptions {
         concurrency: args.concurrency.map(|n| n as usize),
     };
@@ -106,11 +106,15 @@ async fn stored_run(plan: &Plan) -> Option<String> {
 
 /// Prints the rehearsal's events as they come: JSON lines, or a progress line on stderr now
 /// and then.
-async fn print_events(mode: Mode, mut rx: tokio::sync::mpsc::UnboundedReceiver<DryRunEvent>) {
+async fn print_events(
+    mode: Mode,
+    mut rx: tokio::sync::mpsc::UnboundedReceiver<DryRunEvent>,
+    plan: Plan,
+) {
     let mut printed: std::collections::HashMap<String, std::time::Instant> = Default::default();
     while let Some(event) = rx.recv().await {
         if mode == Mode::Json {
-            outln!("{}", event_json(&event));
+            outln!("{}", event_json(&plan, &event));
             continue;
         }
         if mode == Mode::Quiet {
@@ -151,7 +155,7 @@ async fn print_events(mode: Mode, mut rx: tokio::sync::mpsc::UnboundedReceiver<D
     }
 }
 
-fn event_json(event: &DryRunEvent) -> Json {
+fn event_json(plan: &Plan, event: &DryRunEvent) -> Json {
     match event {
         DryRunEvent::StepStarted { step } => json!({"event": "step_started", "step": step}),
         DryRunEvent::Progress {
@@ -171,7 +175,7 @@ fn event_json(event: &DryRunEvent) -> Json {
             json!({"event": "step_throttled", "step": step, "reason": reason})
         }
         DryRunEvent::StepEnded(step) => {
-            let mut object = step_json(None, step);
+            let mut object = step_json(plan, step);
             object["event"] = "step_rehearsed".into();
             object
         }
@@ -185,11 +189,7 @@ fn done_json(plan: &Plan, rehearsal: &DryRun, stored: Option<&str>) -> Json {
         DryRunOutcome::Failed(failure) => ("failed", Some(failure.message())),
         DryRunOutcome::Stopped => ("stopped", None),
     };
-    let steps: Vec<Json> = rehearsal
-        .steps
-        .iter()
-        .map(|s| step_json(Some(plan), s))
-        .collect();
+    let steps: Vec<Json> = rehearsal.steps.iter().map(|s| step_json(plan, s)).collect();
     json!({
         "event": "dry_run_done", "plan": rehearsal.plan, "database": rehearsal.database,
         "outcome": outcome, "error": error, "stored_run": stored,
@@ -199,7 +199,7 @@ fn done_json(plan: &Plan, rehearsal: &DryRun, stored: Option<&str>) -> Json {
 
 /// A step's result as JSON: its state (`rehearsed`, `not_rehearsed`, `failed`, `stopped`,
 /// `not_started`), why when it was not rehearsed or failed, and its counts.
-fn step_json(plan: Option<&Plan>, step: &StepRehearsal) -> Json {
+fn step_json(plan: &Plan, step: &StepRehearsal) -> Json {
     let (state, reason, code) = match &step.ended {
         Rehearsed::Done => ("rehearsed", None, None),
         Rehearsed::NotRehearsed(why) => ("not_rehearsed", Some(why.as_str()), None),
@@ -218,18 +218,15 @@ fn step_json(plan: Option<&Plan>, step: &StepRehearsal) -> Json {
         .iter()
         .map(|l| json!({"key": l.key, "error": l.error, "row": parsed(&l.row)}))
         .collect();
-    let mut object = json!({
+    json!({
         "step": step.name, "kind": step.kind, "state": state, "reason": reason, "code": code,
+        "statement": one_off_sql(plan, &step.name),
         "batches": step.batches, "rows_matched": step.rows_matched,
         "rows_changed": step.rows_changed, "rows_set_aside": step.rows_set_aside,
         "seconds": step.duration.as_secs_f64(),
         "longest_batch_seconds": step.longest_batch.as_secs_f64(),
         "examples": examples, "set_aside": set_aside, "notes": step.notes,
-    });
-    if let Some(sql) = plan.and_then(|p| one_off_sql(p, &step.name)) {
-        object["statement"] = sql.into();
-    }
-    object
+    })
 }
 
 /// The statement of the plan's one-off step `name`.

@@ -613,3 +613,48 @@ async fn flags_that_mean_nothing_in_a_dry_run_are_refused() {
         "a refused dry run created state tables"
     );
 }
+
+/// `--max-duration` (or a signal) stops a dry run with steps left: exit 75, the counts so far,
+/// and nothing changed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn max_duration_stops_it_with_partial_counts() {
+    let db = own_db(Backend::Postgres).await;
+    let table = db.table("counters");
+    db.counter_table(&table, 1..=100).await;
+    // Each batch sleeps 50 ms: 100 batches one at a time take 5 s at least.
+    let plan = db.step_plan(
+        &table,
+        "batch_size = 1\nadaptive = false",
+        &format!(
+            "name = \"slow\"\ntable = \"{table}\"\nkey = \"id\"\n\
+             sql = \"UPDATE {table} SET hits = hits + 1 WHERE id BETWEEN :start AND :end \
+             AND (SELECT pg_sleep(0.05)) IS NOT NULL\""
+        ),
+    );
+    let before = rows_of(&db, &table).await;
+    let out = run_cmd(&[
+        "run",
+        path_str(&plan),
+        "--dry-run",
+        "--json",
+        "--concurrency",
+        "1",
+        "--max-duration",
+        "1s",
+    ]);
+    let stdout = text(&out.stdout);
+    assert_eq!(out.status.code(), Some(75), "{stdout}{}", text(&out.stderr));
+    let done: Json = serde_json::from_str(stdout.lines().last().unwrap_or_default())
+        .unwrap_or_else(|e| panic!("no JSON ({e}): {stdout}"));
+    assert_eq!(done["outcome"], "stopped", "{done}");
+    let slow = step(&done, "slow");
+    assert_eq!(slow["state"], "stopped", "{slow}");
+    let batches = count(&slow["batches"]);
+    assert!((1..100).contains(&batches), "{slow}");
+    assert_eq!(count(&slow["rows_changed"]), batches, "{slow}");
+    assert_unchanged(
+        &before,
+        &rows_of(&db, &table).await,
+        "the dry run changed rows",
+    );
+}

@@ -128,19 +128,24 @@ async fn builder(db: &TestDb, table: &str) -> i64 {
     pid.expect("a builder")
 }
 
+/// Runs the plan of a slow concurrent build and kills godwit with SIGKILL once the build is
+/// under way; returns the index's name, the plan, and the server session that builds it.
+async fn kill_during_build(db: &TestDb) -> (String, std::path::PathBuf, i64) {
+    let (table, sql) = slow_index_table(db).await;
+    let plan = index_plan(db, &sql);
+    let mut run = spawn(&["run", path_str(&plan)]);
+    let session = builder(db, &table).await;
+    run.kill().expect("kill -9");
+    let _ = run.wait();
+    (db.table("slow_idx"), plan, session)
+}
+
 /// kill -9 while the index builds, and the server session ended too (a server restart, an
 /// administrator): the index is left invalid, and the resumed run builds it again.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn r15_build_killed_with_its_session_is_built_again_on_resume() {
     let db = TestDb::new(Backend::Postgres).await;
-    let (table, sql) = slow_index_table(&db).await;
-    let index = db.table("slow_idx");
-    let plan = index_plan(&db, &sql);
-
-    let mut run = spawn(&["run", path_str(&plan)]);
-    let session = builder(&db, &table).await;
-    run.kill().expect("kill -9");
-    let _ = run.wait();
+    let (index, plan, session) = kill_during_build(&db).await;
     // A killed client does not stop its server session's build: end it as a crash would.
     db.exec(&format!("SELECT pg_terminate_backend({session})"))
         .await;
@@ -169,14 +174,7 @@ async fn r15_build_killed_with_its_session_is_built_again_on_resume() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn r15_build_still_running_after_a_kill_is_waited_for() {
     let db = TestDb::new(Backend::Postgres).await;
-    let (table, sql) = slow_index_table(&db).await;
-    let index = db.table("slow_idx");
-    let plan = index_plan(&db, &sql);
-
-    let mut run = spawn(&["run", path_str(&plan)]);
-    let session = builder(&db, &table).await;
-    run.kill().expect("kill -9");
-    let _ = run.wait();
+    let (index, plan, session) = kill_during_build(&db).await;
     let (oid, valid) = index_state(&db, &index)
         .await
         .expect("the build in progress has its index");
