@@ -658,3 +658,35 @@ async fn max_duration_stops_it_with_partial_counts() {
         "the dry run changed rows",
     );
 }
+
+/// A row a transform refuses with `on_row_error = "fail"` fails the dry run as it would fail
+/// the run, naming the row's key and its batch's range.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_row_a_transform_refuses_fails_it() {
+    let db = own_db(Backend::Sqlite).await;
+    let table = db.table("counters");
+    db.counter_table(&table, 1..=30).await;
+    let plan = db.step_plan(
+        &table,
+        "batch_size = 10\nadaptive = false",
+        &format!(
+            "name = \"lua\"\ntable = \"{table}\"\nkey = \"id\"\ncolumns = [\"hits\"]\n\
+             lua = '''\nfunction transform(row)\n  if row.id == 17 then error(\"cannot count 17\") end\n  \
+             return {{ hits = row.hits + 1 }}\nend\n'''"
+        ),
+    );
+    let before = rows_of(&db, &table).await;
+    let (code, done, stderr) = dry_run(&plan);
+    assert_eq!(code, Some(1), "{done}\n{stderr}");
+    assert!(
+        stderr.contains("step \"lua\", keys 11..=20")
+            && stderr.contains("the row with key 17")
+            && stderr.contains("cannot count 17"),
+        "{stderr}"
+    );
+    assert_unchanged(
+        &before,
+        &rows_of(&db, &table).await,
+        "the dry run changed rows",
+    );
+}

@@ -31,7 +31,7 @@ use crate::failure::{Failure, FailureKind};
 use crate::pace::{RunPace, Slots, StepPace};
 use crate::retry::{backoff, yield_backoff};
 use crate::run::{prepare, Prepared, MAX_CLAIM_AHEAD};
-use crate::step::batch_failure;
+use crate::step::{batch_failure, key_kind};
 use crate::stop::{StopLevel, StopSignal};
 use crate::{default_concurrency, Error};
 
@@ -331,8 +331,8 @@ impl OneOffsBefore {
             return None;
         }
         Some(format!(
-            "{missing}; the step comes after {}: what that step would create is not there \
-             during a dry run",
+            "{missing}; the step comes after {}: what a one-off step would create is not \
+             there during a dry run",
             self.0.join(" and ")
         ))
     }
@@ -385,8 +385,6 @@ impl StepRun {
             StepKind::Once { sql } => run.once(sql).await,
             _ => run.walked().await,
         };
-        run.examples.sort_by_key(|(n, _)| *n);
-        run.set_aside.sort_by_key(|(n, _)| *n);
         let mut out = run.out;
         out.examples = run.examples.into_iter().map(|(_, e)| e).collect();
         out.set_aside = run.set_aside.into_iter().map(|(_, l)| l).collect();
@@ -437,35 +435,17 @@ impl StepRun {
 
     /// A step whose key is walked: its batches, `concurrency` at a time.
     async fn walked(&mut self) -> Rehearsed {
-        let Some(walk) = self.work.walk().cloned() else {
-            return Rehearsed::NotRehearsed("the step has no key to walk".into());
-        };
         let settings = self.step.settings.clone();
-        let mut walker = match open_walker(self.work.walk_url(), settings.batch_timeout).await {
-            Ok(conn) => conn,
-            Err(e) => return self.start_failed(&e),
+        let Walk {
+            walk,
+            mut walker,
+            upper,
+            kind,
+        } = match self.start_walk().await {
+            Ok(Some(started)) => started,
+            Ok(None) => return Rehearsed::Done,
+            Err(ended) => return ended,
         };
-        if let Some(ended) = self.missing_before(walker.as_mut()).await {
-            return ended;
-        }
-        let upper = match walk.upper_key(walker.as_mut()).await {
-            Ok(upper) => upper,
-            Err(e) => return self.start_failed(&e),
-        };
-        let Some(upper) = upper.filter(|v| !v.is_null()) else {
-            return Rehearsed::Done;
-        };
-        let Some(kind) = KeyKind::of(&upper) else {
-            let failure = Failure::new(
-                FailureKind::Plan,
-                format!(
-                    "step {:?}: the key column holds {upper:?}; keys must be integers, text, UUIDs, dates or timestamps",
-                    self.step.name
-                ),
-            );
-            return Rehearsed::Failed(failure);
-        };
-        self.work.set_key_kind(kind);
         let pace = StepPace::new(&settings);
         let _watching = pace.watch(self.ctx.pool.url());
         let mut flight = Flight {
@@ -524,6 +504,8 @@ impl StepRun {
                 self.ctx.permits.clone().acquire_owned().await
             };
             let Some(Ok(permit)) = unless_stopped(&mut stop, StopLevel::Drain, slot).await else {
+                // Not started: the step did not finish.
+                flight.queue.push_front(range);
                 break;
             };
             let keys = (kind.encode(&range.first), kind.encode(&range.last));
@@ -542,27 +524,76 @@ impl StepRun {
             job.n_rows = range.n_rows;
             flight.tasks.spawn(rehearse_batch(job, Some(permit)));
         }
-        // The batches in flight end (they roll back either way); a second signal drops them,
-        // and their connections with them, which rolls them back on the server.
-        loop {
-            let joined =
-                unless_stopped(&mut stop, StopLevel::Abort, flight.tasks.join_next()).await;
-            match joined {
-                Some(Some(joined)) => ended = ended.or(self.joined(joined, &pace)),
-                Some(None) => break,
-                None => {
-                    flight.tasks.abort_all();
-                    while flight.tasks.join_next().await.is_some() {}
-                    break;
-                }
-            }
-        }
-        let stopped = stop.level() >= StopLevel::Drain && !flight.finished();
+        let aborted = self.land(&mut flight, &mut ended, &pace).await;
+        let stopped = aborted || (stop.level() >= StopLevel::Drain && !flight.finished());
         ended.unwrap_or(if stopped {
             Rehearsed::Stopped
         } else {
             Rehearsed::Done
         })
+    }
+
+    /// Opens the step's key walk and fixes its range, as a run's first worker does. `None`
+    /// when no row is in it; `Err` is how the step ends instead (what a one-off step before it
+    /// would create is missing, the database failed).
+    async fn start_walk(&mut self) -> Result<Option<Walk>, Rehearsed> {
+        let Some(walk) = self.work.walk().cloned() else {
+            return Err(Rehearsed::NotRehearsed(
+                "the step has no key to walk".into(),
+            ));
+        };
+        let timeout = self.step.settings.batch_timeout;
+        let mut walker = open_walker(self.work.walk_url(), timeout)
+            .await
+            .map_err(|e| self.start_failed(&e))?;
+        if let Some(ended) = self.missing_before(walker.as_mut()).await {
+            return Err(ended);
+        }
+        let upper = walk
+            .upper_key(walker.as_mut())
+            .await
+            .map_err(|e| self.start_failed(&e))?;
+        let Some(upper) = upper.filter(|v| !v.is_null()) else {
+            return Ok(None);
+        };
+        let kind = key_kind(&self.step.name, &upper)
+            .map_err(|problem| Rehearsed::Failed(Failure::new(FailureKind::Plan, problem)))?;
+        self.work.set_key_kind(kind);
+        Ok(Some(Walk {
+            walk,
+            walker,
+            upper,
+            kind,
+        }))
+    }
+
+    /// Waits for the batches in flight (they roll back either way), noting how they ended in
+    /// `ended`; a second signal drops them instead, and their connections with them, which
+    /// rolls them back on the server. Returns whether it dropped any.
+    async fn land(
+        &mut self,
+        flight: &mut Flight,
+        ended: &mut Option<Rehearsed>,
+        pace: &StepPace,
+    ) -> bool {
+        let mut stop = self.ctx.stop.clone();
+        loop {
+            let joined =
+                unless_stopped(&mut stop, StopLevel::Abort, flight.tasks.join_next()).await;
+            match joined {
+                Some(Some(joined)) => {
+                    let end = self.joined(joined, pace);
+                    *ended = ended.take().or(end);
+                }
+                Some(None) => return false,
+                None => {
+                    let aborted = !flight.tasks.is_empty();
+                    flight.tasks.abort_all();
+                    while flight.tasks.join_next().await.is_some() {}
+                    return aborted;
+                }
+            }
+        }
     }
 
     /// For a step after a one-off step: what the one-off step would create and the step needs
@@ -709,6 +740,14 @@ impl StepRun {
         let context = format!("step {:?}: cannot start its rehearsal", self.step.name);
         Rehearsed::Failed(Failure::from_error(FailureKind::Database, context, e))
     }
+}
+
+/// A step's key walk, started: its SQL, its connection, its highest key and the key's kind.
+struct Walk {
+    walk: godwit_batch::KeyWalk,
+    walker: Box<dyn Conn>,
+    upper: Value,
+    kind: KeyKind,
 }
 
 /// A step's batches between walking and ending.
