@@ -171,9 +171,16 @@ pub(crate) async fn find(conn: &mut dyn Conn, sql: &str) -> Result<Option<Invali
     let Some((index, table)) = index_built(sql) else {
         return Ok(None);
     };
-    let rows = conn
+    let rows = match conn
         .query(LOOKUP, &[Value::Text(index), Value::Text(table)])
-        .await?;
+        .await
+    {
+        Ok(rows) => rows,
+        // PostgreSQL before 12 has no `pg_stat_progress_create_index`, so cannot tell a build
+        // left over from one going on: the statement runs as it is, as it always did there.
+        Err(e) if e.code() == Some("42P01") => return Ok(None),
+        Err(e) => return Err(e),
+    };
     let Some(row) = rows.first() else {
         return Ok(None);
     };
