@@ -30,6 +30,7 @@ pub use crate::error::{BatchError, Error, ErrorKind};
 pub use crate::key::{columns_target_lacks, key_problem, KeyProblem};
 pub use crate::refused::DeadLetter;
 pub use crate::script::build_transform;
+pub use crate::transform::RowChange;
 pub use crate::verify::{verify, RangeDifference, SetAside, StepCheck};
 pub use crate::walk::{open_walker, KeyRange, KeyWalk};
 pub use crate::work::{needs_autocommit, Started, Work, Written};

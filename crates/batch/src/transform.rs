@@ -20,6 +20,7 @@ use godwit_driver::{
     quote_ident, ColumnInfo, Conn, Error, Row, SqlForms, SqlType, TableInfo, UpdateFromRows, Value,
 };
 use godwit_plan::{Convert, Locking, OnRowError, Step, StepKind};
+use godwit_transform::json::row_line;
 use godwit_transform::{Outcome, Rows, Transform};
 use tokio::sync::OnceCell;
 
@@ -89,6 +90,31 @@ pub(crate) struct RowsDone {
     pub(crate) dead_letters: Vec<DeadLetter>,
     /// Rows an optimistic write found changed since they were read, and transformed again.
     pub(crate) rows_redone: u64,
+    /// The batch's first few changed rows, as examples.
+    pub(crate) examples: Vec<RowChange>,
+}
+
+/// How many changed rows a batch keeps as examples: a few show what a transform does, and
+/// keeping them costs nothing worth counting.
+const EXAMPLES: usize = 3;
+
+/// A row a transform changes, as an example of what it does: its key, and the columns it
+/// changes as they were and as they become, each as a JSON object.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RowChange {
+    /// The row's key, as messages show keys.
+    pub key: String,
+    /// The changed columns before, as a JSON object.
+    pub before: String,
+    /// The same columns after, as a JSON object.
+    pub after: String,
+}
+
+/// Keeps `change` as an example while `examples` holds fewer than [`EXAMPLES`].
+fn keep_example(examples: &mut Vec<RowChange>, change: impl FnOnce() -> RowChange) {
+    if examples.len() < EXAMPLES {
+        examples.push(change());
+    }
 }
 
 impl RowStep {
@@ -199,10 +225,15 @@ impl RowStep {
         for (values, outcome) in input.rows.iter().zip(outcomes) {
             match shape.changes(values, outcome, &self.convert) {
                 Ok(None) => {}
-                Ok(Some((names, new_values))) => groups
-                    .entry(names)
-                    .or_default()
-                    .push((values[0].clone(), new_values)),
+                Ok(Some((names, new_values))) => {
+                    keep_example(&mut done.examples, || {
+                        shape.example(values, &names, &new_values)
+                    });
+                    groups
+                        .entry(names)
+                        .or_default()
+                        .push((values[0].clone(), new_values));
+                }
                 Err(problem) => {
                     let key = key_text(&values[0]);
                     let letter =
@@ -416,6 +447,24 @@ impl Shape {
             return Ok(None);
         }
         Ok(Some((names, new_values)))
+    }
+
+    /// `values`, a row as read, as an example of a change to the columns `names`.
+    fn example(&self, values: &[Value], names: &[String], new_values: &[Value]) -> RowChange {
+        let old: Vec<Value> = names
+            .iter()
+            .map(|n| {
+                self.names
+                    .iter()
+                    .position(|read| read == n)
+                    .map_or(Value::Null, |i| values[i].clone())
+            })
+            .collect();
+        RowChange {
+            key: key_text(&values[0]),
+            before: row_line(names, &old),
+            after: row_line(names, new_values),
+        }
     }
 
     /// One statement writing `rows` (key, new values in `names` order).

@@ -9,6 +9,7 @@
 
 use std::path::Path;
 use std::sync::OnceLock;
+use std::time::Duration;
 
 use godwit_driver::{rewrite_params, Conn, DbUrl, Dialect, Error, KeyKind, Result, Value};
 use godwit_plan::{Step, StepKind};
@@ -17,7 +18,7 @@ use crate::copy::{CopyStart, CopyStep};
 use crate::error::BatchError;
 use crate::refused::DeadLetter;
 use crate::script::build_transform;
-use crate::transform::{ReadAhead, RowStep};
+use crate::transform::{ReadAhead, RowChange, RowStep};
 use crate::walk::KeyWalk;
 
 /// A step's batches, prepared once per process.
@@ -68,6 +69,8 @@ pub struct Written {
     /// Rows an optimistic transform found changed since it read them, and transformed again
     /// under lock.
     pub rows_redone: u64,
+    /// A transform step's first few changed rows, before and after, as examples.
+    pub examples: Vec<RowChange>,
 }
 
 impl Work {
@@ -132,6 +135,18 @@ impl Work {
         &self.walk_url
     }
 
+    /// Whether the step is a one-off statement that runs outside a transaction (it refuses
+    /// one, or the database commits it on its own): [`Work::start`] runs it.
+    pub fn runs_outside_transaction(&self) -> bool {
+        matches!(
+            self.what,
+            What::Once {
+                outside_tx: true,
+                ..
+            }
+        )
+    }
+
     /// The kind of the step's key, once its walk started.
     pub fn key_kind(&self) -> Option<KeyKind> {
         self.key_kind.get().copied()
@@ -169,6 +184,7 @@ impl Work {
             // CREATE INDEX CONCURRENTLY and VACUUM refuse transactions: run, then record.
             // `check` tells users such statements must be idempotent.
             (What::Once { sql, outside_tx }, _) if *outside_tx => {
+                clear_interrupted_build(conn, sql).await?;
                 Begun::Ran(conn.execute_unprepared(sql).await?)
             }
             (What::Copy(copy), Some((start, end))) => {
@@ -196,6 +212,7 @@ impl Work {
     ) -> Result<Written, BatchError> {
         let missing = || Error::permanent("a chunked batch has no key range in the state tables");
         let mut rows_redone = 0;
+        let mut examples = Vec::new();
         let (rows, mut refused) = match (&self.what, started.0) {
             (_, Begun::Ran(rows)) => (rows, Vec::new()),
             (What::Once { sql, .. }, Begun::Range(_)) => {
@@ -212,11 +229,13 @@ impl Work {
             (What::Rows(step), Begun::Range(range)) => {
                 let (start, end) = range.ok_or_else(missing)?;
                 let done = step.run(conn, start, end).await?;
+                examples = done.examples;
                 (done.rows_written, done.dead_letters)
             }
             (What::Rows(step), Begun::Ahead(ahead)) => {
                 let done = step.write_ahead(conn, *ahead).await?;
                 rows_redone = done.rows_redone;
+                examples = done.examples;
                 (done.rows_written, done.dead_letters)
             }
             (What::Copy(copy), Begun::Copy(first, end)) => {
@@ -237,7 +256,44 @@ impl Work {
             rows,
             refused,
             rows_redone,
+            examples,
         })
+    }
+}
+
+/// How often a one-off build waits to see whether another session's build of its index ended.
+const BUILD_POLL: Duration = Duration::from_secs(1);
+
+/// Before a one-off statement that builds an index outside a transaction runs (again: the step
+/// is not recorded done): drops the INVALID index an interrupted earlier run of it left, which
+/// `IF NOT EXISTS` would skip (recording the step done with an index no query uses) and a
+/// statement without it would fail on. An invalid index holds nothing a query could use, so
+/// dropping it loses nothing. While another session still builds it (a process killed while
+/// its server session went on), this waits for that build to end instead: it may yet make
+/// the index valid, and then the statement finds it there.
+async fn clear_interrupted_build(conn: &mut dyn Conn, sql: &str) -> Result<()> {
+    let mut waiting = None;
+    loop {
+        let Some(index) = conn.invalid_index(sql).await? else {
+            return Ok(());
+        };
+        let Some(session) = index.building else {
+            tracing::warn!(
+                index = %format!("{}.{}", index.schema, index.name),
+                table = %index.table,
+                "an interrupted build left this index invalid: dropping it (DROP INDEX CONCURRENTLY) and building it again"
+            );
+            return conn.drop_invalid_index(&index).await;
+        };
+        if waiting != Some(session) {
+            tracing::warn!(
+                index = %format!("{}.{}", index.schema, index.name),
+                session,
+                "the index is invalid while another session still builds it; waiting for that build to end"
+            );
+            waiting = Some(session);
+        }
+        tokio::time::sleep(BUILD_POLL).await;
     }
 }
 

@@ -196,6 +196,10 @@ pub(crate) struct RunArgs {
     /// Forget the stored progress of this plan's run and start over (changed rows stay changed).
     #[arg(long)]
     pub(crate) restart: bool,
+    /// Rehearse: run every batch of every step in a transaction that is rolled back, and print
+    /// what would change; writes no data and no progress (see docs/operations.md).
+    #[arg(long)]
+    pub(crate) dry_run: bool,
     #[command(flatten)]
     pub(crate) work: WorkArgs,
 }

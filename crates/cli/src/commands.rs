@@ -49,7 +49,7 @@ fn run_error_code(e: &godwit::RunError) -> u8 {
 
 /// Says why a run (or `submit`, `verify`) could not start, naming the plan file once: a
 /// message that begins with its own `file:line:col` is printed as it is.
-fn run_failed_to_start(path: &std::path::Path, e: &godwit::RunError) -> u8 {
+pub(crate) fn run_failed_to_start(path: &std::path::Path, e: &godwit::RunError) -> u8 {
     let message = e.to_string();
     let file = path.display().to_string();
     if message.starts_with(&format!("{file}:")) {
@@ -63,7 +63,7 @@ fn run_failed_to_start(path: &std::path::Path, e: &godwit::RunError) -> u8 {
 /// SIGINT or SIGTERM once: stop claiming and let batches in flight commit, for at most
 /// `grace`. Twice, or when the grace period is over: abort them (they roll back and are
 /// released for another process).
-fn watch_signals(stop: StopHandle, quiet: bool, grace: Duration) {
+pub(crate) fn watch_signals(stop: StopHandle, quiet: bool, grace: Duration) {
     tokio::spawn(async move {
         use tokio::signal::unix::{signal, SignalKind};
         let (Ok(mut int), Ok(mut term)) = (
@@ -112,6 +112,9 @@ async fn run(args: RunArgs) -> anyhow::Result<u8> {
         Err(code) => return Ok(code),
     };
     let mode = Mode::pick(args.work.json, args.work.quiet);
+    if args.dry_run {
+        return crate::dry_run::dry_run(&plan, &args, mode).await;
+    }
     let options = RunOptions {
         concurrency: args.concurrency.map(|n| n as usize),
         restart: if args.restart {
@@ -177,6 +180,18 @@ async fn serve_metrics(addr: Option<&str>, mode: Mode) -> Result<Option<Metrics>
     Ok(Some(metrics))
 }
 
+/// Stops claiming batches once `budget` (`--max-duration`) has passed, as the first signal does.
+pub(crate) fn stop_after(stop: &StopHandle, budget: Option<Duration>) {
+    let Some(budget) = budget else {
+        return;
+    };
+    let stop = stop.clone();
+    tokio::spawn(async move {
+        tokio::time::sleep(budget).await;
+        stop.request(StopLevel::Drain);
+    });
+}
+
 /// How long a run may take, and its batches after a signal.
 struct Limits {
     max_duration: Option<Duration>,
@@ -198,13 +213,7 @@ async fn execute(
     } = limits;
     let (stop, signal) = godwit::stop_pair();
     watch_signals(stop.clone(), mode == Mode::Quiet, grace);
-    if let Some(budget) = max_duration {
-        let stop = stop.clone();
-        tokio::spawn(async move {
-            tokio::time::sleep(budget).await;
-            stop.request(StopLevel::Drain);
-        });
-    }
+    stop_after(&stop, max_duration);
     let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
     let renderer = progress::Renderer::spawn(mode, rx);
     // The metrics count each event as the scheduler sends it, before the progress output

@@ -45,6 +45,7 @@ macro_rules! print {
 
 mod args;
 mod commands;
+mod dry_run;
 mod ops;
 mod progress;
 mod serve;

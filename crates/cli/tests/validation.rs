@@ -3,7 +3,7 @@
 
 mod common;
 
-use common::{path_str, run_cmd, text, Backend, TestDb};
+use common::{own_db, path_str, run_cmd, text, Backend, TestDb};
 
 /// Every problem in a plan is listed with file, line and column, for `run` and `check` alike.
 #[test]
@@ -293,24 +293,6 @@ fn r11_passwords_of_unparsable_urls_never_appear() {
     }
 }
 
-/// A database of the test's own for runs: the shared test database's `godwit_*` tables may
-/// have been moved to a newer version by another build. PostgreSQL: a schema
-/// ([`common::isolated_db`]); MariaDB: a database, dropped by [`OwnDb::drop_mysql`].
-enum OwnDb {
-    Pg(common::IsolatedDb),
-    MySql(TestDb),
-}
-
-impl std::ops::Deref for OwnDb {
-    type Target = TestDb;
-    fn deref(&self) -> &TestDb {
-        match self {
-            OwnDb::Pg(db) => db,
-            OwnDb::MySql(db) => db,
-        }
-    }
-}
-
 /// A text column's value: MariaDB may hand it over as bytes.
 fn stored_text(value: &godwit_driver::Value) -> String {
     match value {
@@ -319,27 +301,6 @@ fn stored_text(value: &godwit_driver::Value) -> String {
             .as_str()
             .map(str::to_string)
             .unwrap_or_else(|| format!("{other:?}")),
-    }
-}
-
-async fn own_db(backend: Backend) -> OwnDb {
-    match backend {
-        Backend::MySql => {
-            let mut db = TestDb::new(backend).await;
-            db.exec(&format!("CREATE DATABASE {}", db.tag)).await;
-            let (server, _) = db.url.rsplit_once('/').expect("a database in the URL");
-            db.url = format!("{server}/{}", db.tag);
-            OwnDb::MySql(db)
-        }
-        _ => OwnDb::Pg(common::isolated_db(backend).await),
-    }
-}
-
-impl OwnDb {
-    async fn drop_mysql(&self) {
-        if let OwnDb::MySql(db) = self {
-            db.exec(&format!("DROP DATABASE {}", db.tag)).await;
-        }
     }
 }
 

@@ -7,7 +7,9 @@ use std::time::Duration;
 use godwit_driver::forms::{
     aliases, flat_params, leading_words, outside_key, read_aliases, values_source,
 };
-use godwit_driver::{ColumnInfo, Conflict, Dialect, SqlForms, SqlType, UpdateFromRows, Value};
+use godwit_driver::{
+    ColumnInfo, Conflict, Dialect, Error, SqlForms, SqlType, UpdateFromRows, Value,
+};
 
 /// MySQL's forms.
 pub(crate) struct MySqlForms;
@@ -183,6 +185,30 @@ impl SqlForms for MySqlForms {
             words.first().map(String::as_str).unwrap_or(""),
             "CREATE" | "ALTER" | "DROP" | "RENAME" | "TRUNCATE"
         )
+    }
+
+    /// Besides DDL, MySQL and MariaDB commit on their own for statements such as `GRANT`,
+    /// `LOCK TABLES`, `ANALYZE TABLE` or a procedure that commits: only plain reads and
+    /// writes are known to be undone by a rollback.
+    fn outlives_rollback(&self, sql: &str) -> Option<&'static str> {
+        if self.needs_autocommit(sql) {
+            return Some("MySQL and MariaDB commit DDL on their own, so a rollback cannot undo it");
+        }
+        let words = leading_words(sql);
+        let first = words.first().map(String::as_str).unwrap_or("");
+        let undone = matches!(
+            first,
+            "INSERT" | "UPDATE" | "DELETE" | "REPLACE" | "SELECT" | "WITH" | "VALUES" | "TABLE"
+        );
+        (!undone).then_some(
+            "MySQL and MariaDB commit some statements on their own (GRANT, LOCK TABLES, a procedure that commits, …); only INSERT, UPDATE, DELETE, REPLACE and SELECT are known to roll back",
+        )
+    }
+
+    /// By error number: no such table, unknown column, no such function or procedure, no
+    /// such database.
+    fn missing_object(&self, error: &Error) -> bool {
+        matches!(error.code(), Some("1146" | "1054" | "1305" | "1049"))
     }
 }
 

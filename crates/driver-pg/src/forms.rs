@@ -5,7 +5,7 @@
 use std::time::Duration;
 
 use godwit_driver::forms::{aliases, leading_words, on_conflict_clause, VERSION_ALIAS};
-use godwit_driver::{ColumnInfo, Conflict, Dialect, SqlForms, UpdateFromRows, Value};
+use godwit_driver::{ColumnInfo, Conflict, Dialect, Error, SqlForms, UpdateFromRows, Value};
 
 use crate::pg_text::pg_text;
 
@@ -140,6 +140,28 @@ impl SqlForms for PgForms {
             || (w(0) == "CREATE" && w(1) == "UNIQUE" && w(3) == "CONCURRENTLY")
             || (w(0) == "CREATE" && w(1) == "DATABASE")
             || (w(0) == "ALTER" && w(1) == "SYSTEM")
+    }
+
+    fn outlives_rollback(&self, sql: &str) -> Option<&'static str> {
+        if !self.needs_autocommit(sql) {
+            return None;
+        }
+        let words = leading_words(sql);
+        Some(if words.first().is_some_and(|w| w == "VACUUM") {
+            "PostgreSQL refuses VACUUM inside a transaction"
+        } else if words.iter().any(|w| w == "CONCURRENTLY") {
+            "PostgreSQL refuses CONCURRENTLY inside a transaction (such a build commits in steps of its own)"
+        } else {
+            "PostgreSQL refuses it inside a transaction"
+        })
+    }
+
+    /// By SQLSTATE: undefined table, column, object, function, schema.
+    fn missing_object(&self, error: &Error) -> bool {
+        matches!(
+            error.code(),
+            Some("42P01" | "42703" | "42704" | "42883" | "3F000")
+        )
     }
 
     fn exact_types(&self) -> bool {

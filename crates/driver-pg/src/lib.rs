@@ -6,6 +6,7 @@
 #![deny(missing_docs)]
 
 mod forms;
+mod invalid_index;
 mod pg_text;
 mod replication;
 
@@ -18,7 +19,7 @@ use godwit_driver::sqlx_conn::{
 };
 use godwit_driver::{
     quote_ident, ColumnInfo, Conn, ConnectOptions, DbUrl, Dialect, Error, ErrorKind, IndexInfo,
-    RawRows, Replication, Result, Row, SqlForms, TableInfo, TxOptions, Value,
+    InvalidIndex, RawRows, Replication, Result, Row, SqlForms, TableInfo, TxOptions, Value,
 };
 use sqlx::error::DatabaseError;
 use sqlx::postgres::{PgConnectOptions, PgQueryResult, PgRow, PgValueRef};
@@ -373,6 +374,14 @@ godwit_driver::impl_sqlx_conn! {
     async fn primary_lag(&mut self) -> Result<Replication> {
         let rows = self.conn.query(replication::PRIMARY_LAG, &[]).await?;
         Ok(replication::primary_lag(rows.first()))
+    }
+
+    async fn invalid_index(&mut self, sql: &str) -> Result<Option<InvalidIndex>> {
+        invalid_index::find(self, sql).await
+    }
+
+    async fn drop_invalid_index(&mut self, index: &InvalidIndex) -> Result<()> {
+        invalid_index::drop(self, index).await
     }
 
     async fn end_session(&mut self, session: i64) -> Result<()> {

@@ -4,7 +4,7 @@
 use godwit_driver::forms::{
     aliases, flat_params, leading_words, on_conflict_clause, read_aliases, values_source,
 };
-use godwit_driver::{ColumnInfo, Conflict, Dialect, SqlForms, UpdateFromRows, Value};
+use godwit_driver::{ColumnInfo, Conflict, Dialect, Error, SqlForms, UpdateFromRows, Value};
 
 /// SQLite's forms.
 pub(crate) struct SqliteForms;
@@ -66,5 +66,18 @@ impl SqlForms for SqliteForms {
 
     fn needs_autocommit(&self, sql: &str) -> bool {
         leading_words(sql).first().is_some_and(|w| w == "VACUUM")
+    }
+
+    fn outlives_rollback(&self, sql: &str) -> Option<&'static str> {
+        self.needs_autocommit(sql)
+            .then_some("SQLite refuses VACUUM inside a transaction")
+    }
+
+    /// SQLite gives every such error the same code (SQLITE_ERROR): by its message.
+    fn missing_object(&self, error: &Error) -> bool {
+        let message = error.message();
+        ["no such table", "no such column", "no such function"]
+            .iter()
+            .any(|m| message.contains(m))
     }
 }

@@ -9,7 +9,7 @@
 
 use std::time::Duration;
 
-use crate::{quote_ident, ColumnInfo, Dialect, Value};
+use crate::{quote_ident, ColumnInfo, Dialect, Error, Value};
 
 /// What an insert does with a row whose unique key the table holds already.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -171,6 +171,16 @@ pub trait SqlForms: Send + Sync {
     /// Whether `sql` cannot run atomically inside a transaction: the database refuses it
     /// there, or commits it on its own.
     fn needs_autocommit(&self, sql: &str) -> bool;
+
+    /// Why a transaction that is rolled back would not undo all of `sql`: the database
+    /// refuses it inside a transaction, or may commit it on its own. `None` when a rollback
+    /// undoes it (what a statement does outside the database, a sequence it advances, is not
+    /// the database's to say). A dry run runs only such statements.
+    fn outlives_rollback(&self, sql: &str) -> Option<&'static str>;
+
+    /// Whether `error` says that a table, column or other object the statement names does
+    /// not exist.
+    fn missing_object(&self, error: &Error) -> bool;
 
     /// Whether two columns with the same [`ColumnInfo::data_type`] and [`ColumnInfo::cast`]
     /// hold exactly the same values (length and precision included), so that a copy between

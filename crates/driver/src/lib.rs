@@ -297,6 +297,25 @@ pub trait Conn: Send {
         Ok(())
     }
 
+    /// The index that the statement `sql`, built outside a transaction, names, when it exists
+    /// and is INVALID (see [`InvalidIndex`]): an earlier run of `sql` was interrupted, and
+    /// running it again would skip the build (`IF NOT EXISTS`) or fail on the name. `None`
+    /// when `sql` builds no named index that way, or the index does not exist or is valid;
+    /// always `None` where an interrupted build leaves nothing behind.
+    async fn invalid_index(&mut self, _sql: &str) -> Result<Option<InvalidIndex>> {
+        Ok(None)
+    }
+
+    /// Drops an index found by [`Conn::invalid_index`] without blocking the table's readers
+    /// and writers; outside a transaction.
+    async fn drop_invalid_index(&mut self, index: &InvalidIndex) -> Result<()> {
+        Err(Error::permanent(format!(
+            "{} cannot drop the invalid index {}",
+            self.dialect().name(),
+            index.name
+        )))
+    }
+
     /// As a replica: how far this server lags behind its primary. [`Replication::Unknown`]
     /// when it is no replica, or its replication does not run.
     async fn replica_lag(&mut self) -> Result<Replication> {
@@ -315,6 +334,22 @@ pub trait Conn: Send {
             self.dialect().name()
         )))
     }
+}
+
+/// An index left INVALID by a build that did not finish: PostgreSQL's `CREATE INDEX
+/// CONCURRENTLY` commits the index before building it and marks it valid only at its end, so a
+/// crash, a cancel or a unique build that met a duplicate leaves one that no query uses but
+/// every write maintains.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct InvalidIndex {
+    /// The schema holding the index.
+    pub schema: String,
+    /// The index's name.
+    pub name: String,
+    /// The table it is on.
+    pub table: String,
+    /// The server session building it now, if one is: then it is unfinished, not left over.
+    pub building: Option<i64>,
 }
 
 /// Rows in a database's own wire form, read by [`Conn::read_raw`] and written by

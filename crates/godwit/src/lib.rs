@@ -32,6 +32,12 @@ pub use godwit_sched::{
     Restart, RunOptions, RunOutcome, RunStart, StepCheck, StopHandle, StopLevel, StopSignal,
     WorkerEvent, WorkerOptions, WorkerOutcome,
 };
+
+/// `godwit run --dry-run`: every batch run in a transaction that is rolled back, nothing
+/// recorded, and what would change counted per step.
+pub use godwit_sched::{
+    dry_run, DryRun, DryRunEvent, DryRunOptions, DryRunOutcome, Rehearsed, StepRehearsal,
+};
 pub use godwit_state as state;
 
 pub use crate::ops::{set_run, wait_run, SettingsChange, Waited};

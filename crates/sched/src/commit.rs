@@ -1,11 +1,13 @@
 //! Where a batch commits: its transaction opens here, the batch's work (`godwit_batch::Work`)
 //! writes in it, and the batch's done record and dead letters are recorded with it (or just
-//! after it, with a separate state database) before it commits.
+//! after it, with a separate state database) before it commits. A dry run's batch opens the
+//! same transaction here and rolls it back (`rehearse`).
 
 use std::time::{Duration, Instant};
 
-use godwit_batch::BatchError;
+use godwit_batch::{BatchError, Work, Written};
 use godwit_driver::{Conn, TxOptions};
+use godwit_plan::Settings;
 use godwit_state::{BatchOutcome, ClaimedBatch, DeadLetter, StateStore};
 
 use crate::ctx::StepCtx;
@@ -17,6 +19,43 @@ use crate::retry::with_retries;
 /// seconds and detects a cycle at once: there the batch does not wait at all. MySQL: one
 /// second.
 pub(crate) const LOCK_TIMEOUT: Duration = Duration::from_millis(100);
+
+/// How a batch's transaction is opened.
+fn batch_tx(settings: &Settings, async_commit: bool) -> TxOptions {
+    TxOptions {
+        statement_timeout: Some(settings.batch_timeout),
+        // Yield to the application: a batch that meets a row lock gives up soon, rolls back
+        // (freeing the rows it holds for whoever waits on them) and tries again later, so it
+        // never sits in a lock queue, or a deadlock, with an application's transaction.
+        lock_timeout: Some(LOCK_TIMEOUT),
+        async_commit,
+    }
+}
+
+/// Rehearses a batch (`godwit run --dry-run`): what [`execute`] does, in a transaction opened
+/// the same way, rolled back instead of recorded and committed. `start` and `end` are the
+/// batch's keys as the state tables would hold them (`None` for a one-off step). A one-off
+/// statement that runs outside a transaction is refused here, never run: nothing could undo it.
+/// On error the transaction may still be open: the caller rolls back or drops the connection.
+pub(crate) async fn rehearse(
+    work: &Work,
+    settings: &Settings,
+    conn: &mut dyn Conn,
+    start: Option<&str>,
+    end: Option<&str>,
+) -> Result<Written, BatchError> {
+    if work.runs_outside_transaction() {
+        return Err(godwit_driver::Error::permanent(
+            "a statement that runs outside a transaction cannot be rehearsed: nothing would undo it",
+        )
+        .into());
+    }
+    let begun = work.start(conn, start, end).await?;
+    conn.begin(batch_tx(settings, false)).await?;
+    let written = work.write(conn, begun).await?;
+    conn.rollback().await?;
+    Ok(written)
+}
 
 /// How a batch ended when it did not fail.
 pub(crate) enum Executed {
@@ -36,17 +75,10 @@ pub(crate) async fn execute(
     batch: &ClaimedBatch,
 ) -> Result<Executed, BatchError> {
     let run = ctx.run();
-    let tx = TxOptions {
-        statement_timeout: Some(ctx.settings().batch_timeout),
-        // Yield to the application: a batch that meets a row lock gives up soon, rolls back
-        // (freeing the rows it holds for whoever waits on them) and tries again later, so it
-        // never sits in a lock queue, or a deadlock, with an application's transaction.
-        lock_timeout: Some(LOCK_TIMEOUT),
-        // Safe only when the done record shares the batch's transaction: a crash then loses
-        // the batch and its record together. The step's final record commits synchronously,
-        // which flushes every earlier commit.
-        async_commit: run.exactly_once(),
-    };
+    // Committing asynchronously is safe only when the done record shares the batch's
+    // transaction: a crash then loses the batch and its record together. The step's final
+    // record commits synchronously, which flushes every earlier commit.
+    let tx = batch_tx(ctx.settings(), run.exactly_once());
     let started = Instant::now();
     // The transaction opens here and only here, for every kind of step: what must come
     // before it (a statement that refuses one, a copy's first read) runs first.

@@ -282,15 +282,29 @@ impl StepCtx {
 
     /// Names the batch in messages: step, key range and attempt.
     pub(crate) fn describe(&self, batch: &ClaimedBatch) -> String {
-        let range = match (batch.start_key(), batch.end_key()) {
-            (Some(a), Some(b)) => format!(", keys {a}..={b}"),
-            _ => String::new(),
-        };
-        format!(
-            "step {:?}{range}, attempt {}/{}",
-            self.step.name,
-            batch.attempts() + 1,
-            self.step.settings.max_attempts
+        describe_batch(
+            &self.step,
+            batch.start_key().zip(batch.end_key()),
+            batch.attempts(),
         )
     }
+}
+
+/// Names a batch of `step` in messages: the step, the key range (none for a one-off step) and
+/// the attempt, after `failed_attempts` attempts failed.
+pub(crate) fn describe_batch(
+    step: &Step,
+    range: Option<(&str, &str)>,
+    failed_attempts: i64,
+) -> String {
+    let range = match range {
+        Some((a, b)) => format!(", keys {a}..={b}"),
+        None => String::new(),
+    };
+    format!(
+        "step {:?}{range}, attempt {}/{}",
+        step.name,
+        failed_attempts + 1,
+        step.settings.max_attempts
+    )
 }

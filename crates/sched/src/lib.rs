@@ -16,6 +16,7 @@
 mod claim;
 mod commit;
 mod ctx;
+mod dry_run;
 mod events;
 mod failure;
 mod heartbeat;
@@ -32,6 +33,9 @@ mod worker;
 use std::fmt;
 use std::sync::Arc;
 
+pub use crate::dry_run::{
+    dry_run, DryRun, DryRunEvent, DryRunOptions, DryRunOutcome, Rehearsed, StepRehearsal,
+};
 pub use crate::events::{Event, EventSink};
 pub use crate::failure::{Failure, FailureKind};
 pub use crate::run::{run, submit};

@@ -24,12 +24,12 @@ use crate::stop::{StopLevel, StopSignal};
 use crate::{default_concurrency, Error, Event, EventSink, RunOptions, RunOutcome};
 
 /// The most new batches one claim takes.
-const MAX_CLAIM_AHEAD: usize = 16;
+pub(crate) const MAX_CLAIM_AHEAD: usize = 16;
 
 /// The plan's databases and what checking them found, before anything is recorded.
-struct Prepared {
-    pool: ConnPool,
-    dialect: Dialect,
+pub(crate) struct Prepared {
+    pub(crate) pool: ConnPool,
+    pub(crate) dialect: Dialect,
     state_url: DbUrl,
     exactly_once: bool,
 }
@@ -37,7 +37,7 @@ struct Prepared {
 /// Judges the plan against its database as `check` does (`godwit_check`), and refuses it on
 /// any problem, before anything is recorded. Steps after a one-off step are judged on what the
 /// plan says; their tables are checked when they start (`step::init`).
-async fn prepare(plan: &Plan) -> Result<Prepared, Error> {
+pub(crate) async fn prepare(plan: &Plan) -> Result<Prepared, Error> {
     let data_url = DbUrl::new(plan.database.clone());
     let state_url = DbUrl::new(plan.state_url());
     let exactly_once = state_url == data_url;

@@ -134,12 +134,7 @@ async fn init(ctx: &StepCtx, conn: &mut dyn Conn) -> Result<StepRecord, StartErr
                 let (kind, encoded) = match &upper {
                     None | Some(Value::Null) => (None, None),
                     Some(v) => {
-                        let kind = KeyKind::of(v).ok_or_else(|| {
-                            StartError::Plan(format!(
-                                "step {:?}: the key column holds {v:?}; keys must be integers, text, UUIDs, dates or timestamps",
-                                ctx.name()
-                            ))
-                        })?;
+                        let kind = key_kind(ctx.name(), v).map_err(StartError::Plan)?;
                         (Some(kind), Some(kind.encode(v)?))
                     }
                 };
@@ -159,6 +154,16 @@ async fn init(ctx: &StepCtx, conn: &mut dyn Conn) -> Result<StepRecord, StartErr
         ctx.work().set_key_kind(kind);
     }
     Ok(record)
+}
+
+/// The kind of the key of `step`, from a value of it (its highest); why not when it holds no
+/// key that can be walked.
+pub(crate) fn key_kind(step: &str, value: &Value) -> Result<KeyKind, String> {
+    KeyKind::of(value).ok_or_else(|| {
+        format!(
+            "step {step:?}: the key column holds {value:?}; keys must be integers, text, UUIDs, dates or timestamps"
+        )
+    })
 }
 
 /// Counts the step's rows in the background so that the first batch does not wait for it.
@@ -645,7 +650,7 @@ async fn yielded(ctx: &StepCtx, batch: &ClaimedBatch, lock: &godwit_driver::Erro
 }
 
 /// A batch's error as the step's failure: which part failed, after `context` (the batch).
-fn batch_failure(context: String, e: &BatchError) -> Failure {
+pub(crate) fn batch_failure(context: String, e: &BatchError) -> Failure {
     match e {
         BatchError::Database(e) => Failure::from_error(FailureKind::Database, context, e),
         BatchError::Transform(e) => Failure::from_error(FailureKind::Transform, context, e),

@@ -20,7 +20,7 @@ use godwit_driver::{ColumnInfo, Conn, Error, Row, Value};
 use godwit_plan::{Locking, OnRowError};
 use godwit_transform::Rows;
 
-use super::{RowStep, RowsDone, Shape, MAX_PARAMS};
+use super::{keep_example, RowChange, RowStep, RowsDone, Shape, MAX_PARAMS};
 use crate::error::BatchError;
 use crate::refused::{key_text, refuse_row, DeadLetter};
 use crate::savepoint;
@@ -46,6 +46,8 @@ struct Planned {
     dead_letters: Vec<DeadLetter>,
     /// About how much memory the changed rows hold.
     bytes: u64,
+    /// The first few changed rows, as examples.
+    examples: Vec<RowChange>,
 }
 
 /// Rows read without locks: as the transform sees them, and what a write checks for each.
@@ -203,6 +205,9 @@ impl RowStep {
             match shape.changes(values, outcome, &self.convert) {
                 Ok(None) => {}
                 Ok(Some((names, mut new_values))) => {
+                    keep_example(&mut planned.examples, || {
+                        shape.example(values, &names, &new_values)
+                    });
                     new_values.extend(checks);
                     planned.bytes += row_bytes(&new_values);
                     planned
@@ -231,6 +236,9 @@ impl RowStep {
         done: &mut RowsDone,
     ) -> Result<(), BatchError> {
         done.dead_letters.extend(planned.dead_letters);
+        for example in planned.examples {
+            keep_example(&mut done.examples, || example);
+        }
         for (names, rows) in &planned.groups {
             let width = rows.first().map_or(1, |(_, values)| values.len() + 1);
             for chunk in rows.chunks((MAX_PARAMS / width).max(1)) {

@@ -506,6 +506,47 @@ impl Drop for IsolatedDb {
     }
 }
 
+/// A database of the test's own for runs: no other test's `godwit_*` tables (or their version,
+/// which another build may have moved on) are in it. PostgreSQL and SQLite: an [`IsolatedDb`];
+/// MariaDB: a database, dropped by [`OwnDb::drop_mysql`].
+pub enum OwnDb {
+    Isolated(IsolatedDb),
+    MySql(TestDb),
+}
+
+impl std::ops::Deref for OwnDb {
+    type Target = TestDb;
+    fn deref(&self) -> &TestDb {
+        match self {
+            OwnDb::Isolated(db) => db,
+            OwnDb::MySql(db) => db,
+        }
+    }
+}
+
+pub async fn own_db(backend: Backend) -> OwnDb {
+    match backend {
+        Backend::MySql => {
+            let mut db = TestDb::new(backend).await;
+            db.exec(&format!("CREATE DATABASE {}", db.tag)).await;
+            let (server, _) = db.url.rsplit_once('/').expect("a database in the URL");
+            db.url = format!("{server}/{}", db.tag);
+            OwnDb::MySql(db)
+        }
+        _ => OwnDb::Isolated(isolated_db(backend).await),
+    }
+}
+
+impl OwnDb {
+    /// Drops a MariaDB test's database; nothing for the others, whose schema or file goes
+    /// with them.
+    pub async fn drop_mysql(&self) {
+        if let OwnDb::MySql(db) = self {
+            db.exec(&format!("DROP DATABASE {}", db.tag)).await;
+        }
+    }
+}
+
 /// Starts `cmd` (from [`godwit`], with its own arguments and environment) with both output
 /// streams read line by line, like [`spawn_watched`].
 pub fn spawn_watched_cmd(mut cmd: Command) -> Watched {
