@@ -47,6 +47,7 @@ mod args;
 mod commands;
 mod ops;
 mod progress;
+mod report;
 mod serve;
 mod target;
 
