@@ -170,9 +170,13 @@ fn cards(out: &mut String, report: &Report) {
     let batches: i64 = report.steps.iter().map(|s| s.batches).sum();
     let retries: i64 = report.steps.iter().map(|s| s.retries).sum();
     let failed: i64 = report.steps.iter().map(|s| s.batches_failed).sum();
+    let retried = match retries {
+        1 => "1 retry".to_string(),
+        n => format!("{} retries", thousands(n)),
+    };
     let batch_note = match failed {
-        0 => format!("{} retries", thousands(retries)),
-        n => format!("{} retries, {} failed", thousands(retries), thousands(n)),
+        0 => retried,
+        n => format!("{retried}, {} failed", thousands(n)),
     };
     card(out, "Batches", &thousands(batches), &batch_note);
     let skipped: i64 = report.steps.iter().map(|s| s.rows_skipped).sum();

@@ -213,7 +213,11 @@ pub(crate) fn throughput(report: &Report) -> String {
                 .iter()
                 .filter(|m| m.step == step.name)
                 .collect();
-            (i, step, line_points(&marks, bucket, total))
+            let span = step.started_ms.map(|from| {
+                let to = step.finished_ms.unwrap_or(report.clock.end_ms());
+                (since_start(report, from), since_start(report, to))
+            });
+            (i, step, line_points(&marks, bucket, total, span))
         })
         .filter(|(_, _, points)| !points.is_empty())
         .collect();
@@ -280,8 +284,17 @@ fn axis_rate(v: f64) -> String {
 }
 
 /// A step's line: each bucket's rate at the bucket's middle, falling to 0 across buckets in
-/// which none of its batches finished.
-fn line_points(marks: &[&ThroughputMark], bucket: f64, total: f64) -> Vec<(f64, f64)> {
+/// which none of its batches finished. A step done within one bucket is a level line across
+/// its `span` (seconds since the run's start), not a point no one would see.
+fn line_points(
+    marks: &[&ThroughputMark],
+    bucket: f64,
+    total: f64,
+    span: Option<(f64, f64)>,
+) -> Vec<(f64, f64)> {
+    if let ([only], Some((from, to))) = (marks, span) {
+        return vec![(from, only.rows_per_second), (to, only.rows_per_second)];
+    }
     let mut points: Vec<(f64, f64)> = Vec::new();
     let mut last_at: Option<f64> = None;
     for m in marks {
@@ -406,7 +419,7 @@ mod tests {
         };
         let marks = [mark(0.0, 10.0), mark(1.0, 10.0), mark(5.0, 20.0)];
         let refs: Vec<&ThroughputMark> = marks.iter().collect();
-        let points = line_points(&refs, 1.0, 10.0);
+        let points = line_points(&refs, 1.0, 10.0, Some((0.0, 5.5)));
         assert_eq!(
             points,
             vec![
@@ -417,5 +430,7 @@ mod tests {
                 (5.5, 20.0)
             ]
         );
+        let points = line_points(&refs[..1], 1.0, 10.0, Some((0.2, 0.6)));
+        assert_eq!(points, vec![(0.2, 10.0), (0.6, 10.0)]);
     }
 }

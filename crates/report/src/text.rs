@@ -134,11 +134,18 @@ pub(crate) fn html_escape(s: &str) -> String {
 }
 
 /// Text made safe inside a Markdown table cell or paragraph: its punctuation taken literally,
-/// no line break (which would end the row), no HTML.
+/// no line break (which would end the row), no HTML. An underscore inside a word
+/// (`customer_phones`) emphasizes nothing and stays as it is, for names to read well.
 pub(crate) fn md_escape(s: &str) -> String {
+    let chars: Vec<char> = s.chars().collect();
+    let in_word = |i: usize| {
+        let word = |c: Option<&char>| c.is_some_and(|c| c.is_alphanumeric());
+        i > 0 && word(chars.get(i - 1)) && word(chars.get(i + 1))
+    };
     let mut out = String::with_capacity(s.len());
-    for c in s.chars() {
+    for (i, &c) in chars.iter().enumerate() {
         match c {
+            '_' if in_word(i) => out.push(c),
             '\\' | '`' | '*' | '_' | '[' | ']' | '<' | '>' | '|' | '#' | '~' | '!' => {
                 out.push('\\');
                 out.push(c);
@@ -189,5 +196,6 @@ mod tests {
             "&lt;script&gt;&#39;a&#39; &amp; &quot;b&quot;&lt;/script&gt;"
         );
         assert_eq!(md_escape("a|b\n*c*"), "a\\|b \\*c\\*");
+        assert_eq!(md_escape("customer_phones _x_"), "customer_phones \\_x\\_");
     }
 }

@@ -53,10 +53,12 @@ impl RecentRate {
         }
     }
 
-    /// Counts a batch of `rows` that started at `started_ms` and finished at `finished_ms`.
+    /// Counts a batch of `rows` that started at `started_ms` and finished at `finished_ms`
+    /// (or batches summed: the rows of all, the start of the first, a time in the window
+    /// they finished in).
     pub fn record(&mut self, started_ms: i64, finished_ms: i64, rows: i64) {
         self.batches
-            .push_back((started_ms.min(finished_ms), finished_ms, rows.max(0)));
+            .push_back((started_ms, finished_ms, rows.max(0)));
     }
 
     /// Rows per second at `now_ms`: the rows of the batches finished in the window before it,
