@@ -157,11 +157,13 @@ pub struct EtaMark {
 pub struct ThroughputMark {
     /// The step's name.
     pub step: String,
-    /// The bucket's start (RFC 3339, UTC).
+    /// Where the bucket starts, or the step if it started later (RFC 3339, UTC).
     pub at: String,
-    /// Seconds since the run started.
+    /// The same in seconds since the run started.
     pub at_seconds: f64,
-    /// Rows of the batches done in the bucket over the part of it the step ran in.
+    /// How long the step ran in the bucket, in seconds.
+    pub span_seconds: f64,
+    /// Rows of the batches done in the bucket over the time the step ran in it.
     pub rows_per_second: f64,
 }
 
@@ -295,8 +297,9 @@ fn throughput_marks(
             let span_ms = if to > from { to - from } else { bucket_ms };
             ThroughputMark {
                 step: p.step.clone(),
-                at: text::timestamp(p.at_ms),
-                at_seconds: seconds(p.at_ms - run_start),
+                at: text::timestamp(from),
+                at_seconds: seconds(from - run_start),
+                span_seconds: seconds(span_ms),
                 rows_per_second: round1(p.rows as f64 * 1000.0 / span_ms.max(1) as f64),
             }
         })
@@ -374,6 +377,7 @@ mod tests {
                 .into(),
                 at: text::timestamp(t0 + s * 1000),
                 at_seconds: s as f64,
+                span_seconds: 1.0,
                 rows_per_second: 16_000.0 + (s % 7) as f64 * 100.0,
             })
             .collect();

@@ -213,11 +213,7 @@ pub(crate) fn throughput(report: &Report) -> String {
                 .iter()
                 .filter(|m| m.step == step.name)
                 .collect();
-            let span = step.started_ms.map(|from| {
-                let to = step.finished_ms.unwrap_or(report.clock.end_ms());
-                (since_start(report, from), since_start(report, to))
-            });
-            (i, step, line_points(&marks, bucket, total, span))
+            (i, step, line_points(&marks, bucket, total))
         })
         .filter(|(_, _, points)| !points.is_empty())
         .collect();
@@ -283,30 +279,27 @@ fn axis_rate(v: f64) -> String {
     }
 }
 
-/// A step's line: each bucket's rate at the bucket's middle, falling to 0 across buckets in
-/// which none of its batches finished. A step done within one bucket is a level line across
-/// its `span` (seconds since the run's start), not a point no one would see.
-fn line_points(
-    marks: &[&ThroughputMark],
-    bucket: f64,
-    total: f64,
-    span: Option<(f64, f64)>,
-) -> Vec<(f64, f64)> {
-    if let ([only], Some((from, to))) = (marks, span) {
+/// A step's line: each bucket's rate at the middle of the time the step ran in it, falling to
+/// 0 across buckets in which none of its batches finished. A step done within one bucket is a
+/// level line across that time, not a point no one would see.
+fn line_points(marks: &[&ThroughputMark], bucket: f64, total: f64) -> Vec<(f64, f64)> {
+    if let [only] = marks {
+        let (from, to) = (only.at_seconds, only.at_seconds + only.span_seconds);
         return vec![(from, only.rows_per_second), (to, only.rows_per_second)];
     }
     let mut points: Vec<(f64, f64)> = Vec::new();
-    let mut last_at: Option<f64> = None;
+    let mut last_end: Option<f64> = None;
     for m in marks {
-        let at = m.at_seconds;
-        if let Some(prev) = last_at {
-            if at - prev > bucket * 1.5 {
-                points.push((prev + bucket * 1.5, 0.0));
-                points.push((at - bucket * 0.5, 0.0));
+        let end = m.at_seconds + m.span_seconds;
+        if let Some(prev) = last_end {
+            if m.at_seconds - prev > bucket * 0.5 {
+                points.push((prev + bucket * 0.5, 0.0));
+                points.push((m.at_seconds - bucket * 0.5, 0.0));
             }
         }
-        points.push(((at + bucket / 2.0).clamp(0.0, total), m.rows_per_second));
-        last_at = Some(at);
+        let middle = m.at_seconds + m.span_seconds / 2.0;
+        points.push((middle.clamp(0.0, total), m.rows_per_second));
+        last_end = Some(end);
     }
     points
 }
@@ -415,11 +408,12 @@ mod tests {
             step: "s".into(),
             at: String::new(),
             at_seconds: at,
+            span_seconds: 1.0,
             rows_per_second: r,
         };
         let marks = [mark(0.0, 10.0), mark(1.0, 10.0), mark(5.0, 20.0)];
         let refs: Vec<&ThroughputMark> = marks.iter().collect();
-        let points = line_points(&refs, 1.0, 10.0, Some((0.0, 5.5)));
+        let points = line_points(&refs, 1.0, 10.0);
         assert_eq!(
             points,
             vec![
@@ -430,7 +424,14 @@ mod tests {
                 (5.5, 20.0)
             ]
         );
-        let points = line_points(&refs[..1], 1.0, 10.0, Some((0.2, 0.6)));
-        assert_eq!(points, vec![(0.2, 10.0), (0.6, 10.0)]);
+        let short = ThroughputMark {
+            at_seconds: 0.25,
+            span_seconds: 0.5,
+            ..mark(0.0, 10.0)
+        };
+        assert_eq!(
+            line_points(&[&short], 1.0, 10.0),
+            vec![(0.25, 10.0), (0.75, 10.0)]
+        );
     }
 }
