@@ -453,21 +453,8 @@ fn json_event(steps: &mut HashMap<String, StepProgress>, event: &Event) {
     outln!("{line}");
 }
 
-/// 1234567 → "1,234,567".
-pub(crate) fn thousands(n: i64) -> String {
-    let digits = n.unsigned_abs().to_string();
-    let mut out = String::with_capacity(digits.len() + digits.len() / 3 + 1);
-    if n < 0 {
-        out.push('-');
-    }
-    for (i, c) in digits.chars().enumerate() {
-        if i > 0 && (digits.len() - i).is_multiple_of(3) {
-            out.push(',');
-        }
-        out.push(c);
-    }
-    out
-}
+/// 1234567 → "1,234,567", as the report writes counts.
+pub(crate) use godwit::report::thousands;
 
 /// The status of a plan whose run was never started.
 pub(crate) fn not_started(plan: &godwit::plan::Plan) -> RunStatus {
@@ -590,14 +577,6 @@ fn thousands_u64(n: u64) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn groups_thousands() {
-        assert_eq!(thousands(0), "0");
-        assert_eq!(thousands(999), "999");
-        assert_eq!(thousands(1000), "1,000");
-        assert_eq!(thousands(-1234567), "-1,234,567");
-    }
 
     /// 60 s at 1,000 rows/s, then 60 s at 250 rows/s: the ETA follows the slower rate at
     /// once the window holds only slow batches, where the average since the start (625

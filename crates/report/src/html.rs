@@ -215,10 +215,7 @@ fn cards(out: &mut String, report: &Report) {
 }
 
 fn steps_table(out: &mut String, report: &Report) {
-    let one_day = match report.clock.started_ms {
-        Some(a) => same_day(a, report.clock.end_ms()),
-        None => true,
-    };
+    let one_day = report.clock.one_day();
     out.push_str(
         "<section id=\"steps\"><h2>Steps</h2><table><thead><tr><th>Step</th><th>State</th>\
          <th>Start (UTC)</th><th>End</th><th class=\"num\">Duration</th><th class=\"num\">Estimated</th>\
@@ -233,27 +230,15 @@ fn steps_table(out: &mut String, report: &Report) {
 }
 
 fn step_row(out: &mut String, step: &StepReport, i: usize, one_day: bool) {
-    let when = |ms: Option<i64>| match ms {
-        Some(ms) if one_day => time_of_day(ms),
-        Some(ms) => date_time(ms),
-        None => "–".to_string(),
-    };
-    let estimated = match step.estimated_seconds {
-        Some(e) => {
-            let compared = step
-                .duration_seconds
-                .filter(|_| step.state == "done")
-                .and_then(|d| versus(d, e).map(|v| (d > e, v)));
-            match compared {
-                Some((over, v)) => format!(
-                    "{} <span class=\"{}\">{v}</span>",
-                    duration(e),
-                    if over { "over" } else { "under" }
-                ),
-                None => duration(e),
-            }
-        }
-        None => "<span class=\"quiet\">–</span>".to_string(),
+    let c = step.cells(one_day);
+    let estimated = match (step.estimated_seconds, step.against_estimate()) {
+        (Some(e), Some((over, v))) => format!(
+            "{} <span class=\"{}\">{v}</span>",
+            duration(e),
+            if over { "over" } else { "under" }
+        ),
+        (Some(e), None) => duration(e),
+        (None, _) => "<span class=\"quiet\">–</span>".to_string(),
     };
     let state = html_escape(&step.state);
     let _ = write!(
@@ -268,16 +253,7 @@ fn step_row(out: &mut String, step: &StepReport, i: usize, one_day: bool) {
          <td class=\"num\">{}</td><td class=\"num\">{estimated}</td><td class=\"num rows\">{}</td>\
          <td class=\"num\">{}</td><td class=\"num batches\">{}</td><td class=\"num retries\">{}</td>\
          <td class=\"num skipped\">{}</td><td class=\"num\">{}</td><td class=\"num\">{}</td></tr>",
-        when(step.started_ms),
-        when(step.finished_ms),
-        step.duration_seconds.map_or("–".to_string(), duration),
-        thousands(step.rows),
-        step.rows_per_second.map_or("–".to_string(), rate),
-        thousands(step.batches),
-        thousands(step.retries),
-        thousands(step.rows_skipped),
-        step.longest_batch_seconds.map_or("–".to_string(), duration),
-        step.workers.len()
+        c.start, c.end, c.duration, c.rows, c.rate, c.batches, c.retries, c.skipped, c.longest, c.workers
     );
     // Below the step's row, across the table: a long message would squeeze the columns.
     if let Some(error) = &step.error {

@@ -24,6 +24,7 @@ use serde::Serialize;
 
 pub use crate::html::html;
 pub use crate::markdown::markdown;
+pub use crate::text::thousands;
 
 /// A run's durations and counts, per step, with the estimate made beforehand.
 #[derive(Debug, Clone, Serialize, PartialEq)]
@@ -70,6 +71,53 @@ impl Clock {
     fn end_ms(&self) -> i64 {
         self.finished_ms.unwrap_or(self.now_ms)
     }
+
+    /// Whether the run's time lies within one UTC day, so that its times go without a date.
+    fn one_day(&self) -> bool {
+        self.started_ms
+            .is_none_or(|start| text::same_day(start, self.end_ms()))
+    }
+}
+
+impl StepReport {
+    /// How the step's duration compares with its estimate, once it is done: whether it took
+    /// longer, and by how much (`+12%`).
+    fn against_estimate(&self) -> Option<(bool, String)> {
+        let estimated = self.estimated_seconds?;
+        let actual = self.duration_seconds.filter(|_| self.state == "done")?;
+        text::versus(actual, estimated).map(|v| (actual > estimated, v))
+    }
+
+    /// The step's figures as both tables write them; `one_day`: times without their date.
+    fn cells(&self, one_day: bool) -> StepCells {
+        let dash = || "–".to_string();
+        StepCells {
+            start: text::table_time(self.started_ms, one_day),
+            end: text::table_time(self.finished_ms, one_day),
+            duration: self.duration_seconds.map_or_else(dash, text::duration),
+            rows: text::thousands(self.rows),
+            rate: self.rows_per_second.map_or_else(dash, text::rate),
+            batches: text::thousands(self.batches),
+            retries: text::thousands(self.retries),
+            skipped: text::thousands(self.rows_skipped),
+            longest: self.longest_batch_seconds.map_or_else(dash, text::duration),
+            workers: self.workers.len().to_string(),
+        }
+    }
+}
+
+/// A step's figures in the words of the Markdown and HTML tables.
+struct StepCells {
+    start: String,
+    end: String,
+    duration: String,
+    rows: String,
+    rate: String,
+    batches: String,
+    retries: String,
+    skipped: String,
+    longest: String,
+    workers: String,
 }
 
 /// The estimate made before the run started.

@@ -3,7 +3,7 @@
 
 use std::fmt::Write;
 
-use crate::text::{date_time, duration, md_escape, rate, same_day, thousands, time_of_day, versus};
+use crate::text::{date_time, duration, md_escape, same_day, thousands, time_of_day, versus};
 use crate::{Report, StepReport};
 
 /// The report as Markdown (GitHub-flavoured: a pipe table). Names and messages are escaped,
@@ -58,10 +58,7 @@ pub fn markdown(report: &Report) -> String {
          | Skipped rows | Longest batch | Workers |\n\
          | --- | --- | --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |\n",
     );
-    let one_day = match (report.clock.started_ms, report.clock.end_ms()) {
-        (Some(a), b) => same_day(a, b),
-        _ => true,
-    };
+    let one_day = report.clock.one_day();
     for step in &report.steps {
         let _ = writeln!(out, "{}", step_row(step, one_day));
     }
@@ -100,37 +97,26 @@ pub fn markdown(report: &Report) -> String {
 }
 
 fn step_row(step: &StepReport, one_day: bool) -> String {
-    let when = |ms: Option<i64>| match ms {
-        Some(ms) if one_day => time_of_day(ms),
-        Some(ms) => date_time(ms),
-        None => "–".to_string(),
-    };
-    let estimated = match step.estimated_seconds {
-        Some(e) => {
-            let against = step
-                .duration_seconds
-                .filter(|_| step.state == "done")
-                .and_then(|d| versus(d, e))
-                .map(|v| format!(" ({v})"))
-                .unwrap_or_default();
-            format!("{}{against}", duration(e))
-        }
-        None => "–".to_string(),
+    let c = step.cells(one_day);
+    let estimated = match (step.estimated_seconds, step.against_estimate()) {
+        (Some(e), Some((_, v))) => format!("{} ({v})", duration(e)),
+        (Some(e), None) => duration(e),
+        (None, _) => "–".to_string(),
     };
     let cells = [
         md_escape(&step.name),
         step.state.clone(),
-        when(step.started_ms),
-        when(step.finished_ms),
-        step.duration_seconds.map_or("–".to_string(), duration),
+        c.start,
+        c.end,
+        c.duration,
         estimated,
-        thousands(step.rows),
-        step.rows_per_second.map_or("–".to_string(), rate),
-        thousands(step.batches),
-        thousands(step.retries),
-        thousands(step.rows_skipped),
-        step.longest_batch_seconds.map_or("–".to_string(), duration),
-        step.workers.len().to_string(),
+        c.rows,
+        c.rate,
+        c.batches,
+        c.retries,
+        c.skipped,
+        c.longest,
+        c.workers,
     ];
     format!("| {} |", cells.join(" | "))
 }

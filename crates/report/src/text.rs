@@ -24,6 +24,16 @@ pub(crate) fn time_of_day(ms: i64) -> String {
         .map_or_else(|| ms.to_string(), |t| t.format("%H:%M:%S").to_string())
 }
 
+/// A time in a table: the time of day when the run's times lie within one day (`one_day`), the
+/// date and time otherwise; a dash for none.
+pub(crate) fn table_time(ms: Option<i64>, one_day: bool) -> String {
+    match ms {
+        Some(ms) if one_day => time_of_day(ms),
+        Some(ms) => date_time(ms),
+        None => "–".to_string(),
+    }
+}
+
 /// Whether two times fall on the same UTC day.
 pub(crate) fn same_day(a: i64, b: i64) -> bool {
     a.div_euclid(86_400_000) == b.div_euclid(86_400_000)
@@ -78,8 +88,8 @@ pub(crate) fn short_duration(seconds: f64) -> String {
     }
 }
 
-/// 1234567 → `1,234,567`.
-pub(crate) fn thousands(n: i64) -> String {
+/// 1234567 → `1,234,567`, as godwit writes counts for people (here and in the progress bars).
+pub fn thousands(n: i64) -> String {
     let digits = n.unsigned_abs().to_string();
     let mut out = String::with_capacity(digits.len() + digits.len() / 3 + 1);
     if n < 0 {
@@ -180,6 +190,14 @@ mod tests {
         assert_eq!(timestamp(1_700_000_000_123), "2023-11-14T22:13:20.123Z");
         assert_eq!(date_time(1_700_000_000_123), "2023-11-14 22:13:20");
         assert!(same_day(1_700_000_000_000, 1_700_000_000_000 + 3_600_000));
+    }
+
+    #[test]
+    fn groups_thousands() {
+        assert_eq!(thousands(0), "0");
+        assert_eq!(thousands(999), "999");
+        assert_eq!(thousands(1000), "1,000");
+        assert_eq!(thousands(-1234567), "-1,234,567");
     }
 
     #[test]
