@@ -38,12 +38,13 @@ h2 { font-size: .8rem; text-transform: uppercase; letter-spacing: .08em; color: 
 .card .v { font-size: 1.45rem; font-weight: 650; font-variant-numeric: tabular-nums; margin-top: .15rem; }
 .card .s { color: var(--quiet); font-size: .8rem; }
 section { background: var(--panel); border: 1px solid var(--line); border-radius: 10px; padding: 1.1rem 1.2rem; margin-top: 1.2rem; overflow-x: auto; }
-table { width: 100%; border-collapse: collapse; font-size: .9rem; }
-th { text-align: left; color: var(--quiet); font-weight: 500; font-size: .78rem; padding: .35rem .5rem; border-bottom: 1px solid var(--line); white-space: nowrap; }
-td { padding: .45rem .5rem; border-bottom: 1px solid var(--line); vertical-align: top; }
+table { width: 100%; border-collapse: collapse; font-size: .88rem; }
+th { text-align: left; color: var(--quiet); font-weight: 500; font-size: .78rem; padding: .35rem .4rem; border-bottom: 1px solid var(--line); vertical-align: bottom; }
+td { padding: .45rem .4rem; border-bottom: 1px solid var(--line); vertical-align: top; }
 tr:last-child td { border-bottom: 0; }
 .num { text-align: right; font-variant-numeric: tabular-nums; white-space: nowrap; }
 .name { font-weight: 600; overflow-wrap: anywhere; }
+#steps td.name, td.when { white-space: nowrap; }
 .quiet { color: var(--quiet); }
 .small { font-size: .85rem; margin: 0 0 .5rem; }
 .over { color: var(--bad); } .under { color: var(--ok); }
@@ -218,7 +219,7 @@ fn steps_table(out: &mut String, report: &Report) {
     let one_day = report.clock.one_day();
     out.push_str(
         "<section id=\"steps\"><h2>Steps</h2><table><thead><tr><th>Step</th><th>State</th>\
-         <th>Start (UTC)</th><th>End</th><th class=\"num\">Duration</th><th class=\"num\">Estimated</th>\
+         <th>Ran (UTC)</th><th class=\"num\">Duration</th><th class=\"num\">Estimated</th>\
          <th class=\"num\">Rows</th><th class=\"num\">Rows/s</th><th class=\"num\">Batches</th>\
          <th class=\"num\">Retries</th><th class=\"num\">Skipped</th><th class=\"num\">Longest batch</th>\
          <th class=\"num\">Workers</th></tr></thead><tbody>",
@@ -249,7 +250,7 @@ fn step_row(out: &mut String, step: &StepReport, i: usize, one_day: bool) {
     );
     let _ = write!(
         out,
-        "</td><td><span class=\"state {state}\">{state}</span></td><td>{}</td><td>{}</td>\
+        "</td><td><span class=\"state {state}\">{state}</span></td><td class=\"when\">{}–{}</td>\
          <td class=\"num\">{}</td><td class=\"num\">{estimated}</td><td class=\"num rows\">{}</td>\
          <td class=\"num\">{}</td><td class=\"num batches\">{}</td><td class=\"num retries\">{}</td>\
          <td class=\"num skipped\">{}</td><td class=\"num\">{}</td><td class=\"num\">{}</td></tr>",
@@ -259,7 +260,7 @@ fn step_row(out: &mut String, step: &StepReport, i: usize, one_day: bool) {
     if let Some(error) = &step.error {
         let _ = write!(
             out,
-            "<tr class=\"error-row\"><td colspan=\"13\" class=\"error\">{}</td></tr>",
+            "<tr class=\"error-row\"><td colspan=\"12\" class=\"error\">{}</td></tr>",
             html_escape(error)
         );
     }

@@ -130,6 +130,18 @@ fn time_ticks(max: f64, count: usize) -> (f64, Vec<f64>) {
     (max, (0..=n).map(|i| i as f64 * step).collect())
 }
 
+/// [`time_ticks`] for a value axis: the last tick at or past `max`, and the axis ending there.
+fn time_ticks_past(max: f64, count: usize) -> (f64, Vec<f64>) {
+    let (_, mut values) = time_ticks(max, count);
+    let step = values.get(1).copied().unwrap_or(1.0);
+    if let Some(&last) = values.last() {
+        if last < max {
+            values.push(last + step);
+        }
+    }
+    (values.last().copied().unwrap_or(1.0), values)
+}
+
 /// The run's length in seconds, the x axis of every chart.
 fn run_seconds(report: &Report) -> f64 {
     match report.clock.started_ms {
@@ -313,7 +325,7 @@ pub(crate) fn eta(step: &StepReport, i: usize, width: f64) -> String {
         .flat_map(|p| [p.eta_seconds, p.actual_seconds_left])
         .flatten()
         .fold(0.0, f64::max);
-    let (y_max, y_ticks) = time_ticks(highest, 4);
+    let (y_max, y_ticks) = time_ticks_past(highest, 4);
     let x_from = points.first().map_or(0.0, |p| p.at_seconds);
     let x_to = points
         .last()
@@ -400,6 +412,11 @@ mod tests {
         assert_eq!(max, 40.2);
         assert_eq!(values, vec![0.0, 10.0, 20.0, 30.0, 40.0]);
         assert_eq!(time_ticks(7200.0, 8).1[1], 900.0);
+        assert_eq!(
+            time_ticks_past(7.4, 4),
+            (8.0, vec![0.0, 2.0, 4.0, 6.0, 8.0])
+        );
+        assert_eq!(time_ticks_past(6.0, 4).0, 6.0);
     }
 
     #[test]
