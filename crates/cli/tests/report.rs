@@ -177,6 +177,13 @@ end
     check_eta_history(&db, &run, &json).await;
     check_markdown(&db, &plan, &json);
     check_html(&db, &plan, &run).await;
+
+    // A run not stored there: exit 1, naming the database without its password.
+    let missing = run_cmd(&["report", "--database", &db.url, "--run", "no-such-run"]);
+    let said = text(&missing.stderr);
+    assert_eq!(missing.status.code(), Some(1), "{said}");
+    assert!(said.contains("no run of \"no-such-run\""), "{said}");
+    assert!(!said.contains(":godwit@"), "a password printed: {said}");
 }
 
 /// Every number of the JSON report against the state tables.
