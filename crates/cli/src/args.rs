@@ -72,6 +72,35 @@ pub(crate) enum Command {
     /// Serve the web dashboard and its JSON API over a state database (read-only unless
     /// given --token-file).
     Serve(ServeArgs),
+    /// Describe the durations of the plan's run for release notes: per step its start, end,
+    /// rows, rate, batches, retries, skipped rows, longest batch, workers, and the estimate
+    /// made beforehand (Markdown, JSON, or one self-contained HTML page).
+    Report(ReportArgs),
+}
+
+#[derive(Debug, clap::Args)]
+pub(crate) struct ReportArgs {
+    #[command(flatten)]
+    pub(crate) target: TargetArgs,
+    /// `md`: a table to paste into release notes; `json`: one object; `html`: one page with
+    /// charts that fetches nothing.
+    #[arg(long, value_enum, default_value_t = ReportFormat::Md)]
+    pub(crate) format: ReportFormat,
+    /// Write the report to FILE instead of stdout.
+    #[arg(long, short = 'o', value_name = "FILE")]
+    pub(crate) output: Option<PathBuf>,
+}
+
+/// The forms of `godwit report`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub(crate) enum ReportFormat {
+    /// Markdown.
+    #[value(alias = "markdown")]
+    Md,
+    /// JSON.
+    Json,
+    /// One HTML page.
+    Html,
 }
 
 #[derive(Debug, clap::Args)]

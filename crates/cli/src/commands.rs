@@ -33,6 +33,7 @@ pub(crate) async fn dispatch(args: Args) -> anyhow::Result<u8> {
         Command::DeadLetters(a) => dead_letters(a).await,
         Command::Verify(a) => verify(a).await,
         Command::Serve(a) => crate::serve::serve(a).await,
+        Command::Report(a) => crate::report::report(a).await,
     }
 }
 

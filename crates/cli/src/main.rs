@@ -48,6 +48,7 @@ mod commands;
 mod dry_run;
 mod ops;
 mod progress;
+mod report;
 mod serve;
 mod target;
 

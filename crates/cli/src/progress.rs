@@ -5,7 +5,7 @@ use std::collections::HashMap;
 use std::io::IsTerminal;
 use std::time::{Duration, Instant};
 
-use godwit::state::{RunSettings, RunStatus, StepStatus};
+use godwit::state::{RecentRate, RunSettings, RunStatus, StepStatus};
 use godwit::{Event, RunError, RunOutcome};
 use indicatif::{MultiProgress, ProgressBar, ProgressDrawTarget, ProgressStyle};
 use serde_json::json;
@@ -15,6 +15,8 @@ use tokio::sync::{mpsc, oneshot};
 const PLAIN_EVERY: Duration = Duration::from_secs(5);
 /// At most one `batch_done` JSON event per step this often; the others are counted in it.
 const JSON_BATCH_EVERY: Duration = Duration::from_secs(1);
+/// How often the bars' rate and ETA are computed again between batches.
+const BAR_REFRESH_EVERY: Duration = Duration::from_secs(1);
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Mode {
@@ -44,8 +46,10 @@ struct StepProgress {
     rows_done: i64,
     rows_total: Option<i64>,
     batches: i64,
-    started: Option<Instant>,
-    rows_at_start: i64,
+    /// This process's batches of the last 30 seconds, which the rate and ETA shown come
+    /// from (as `status` takes them from every worker's): not indicatif's own estimate, nor
+    /// the average since the start, which lags behind a run that slows down or speeds up.
+    recent: RecentRate,
     bar: Option<ProgressBar>,
     last_json: Option<Instant>,
     unreported_batches: i64,
@@ -67,26 +71,37 @@ impl Renderer {
             let multi = MultiProgress::with_draw_target(ProgressDrawTarget::stderr());
             let mut steps: HashMap<String, StepProgress> = HashMap::new();
             let mut order: Vec<String> = Vec::new();
+            let origin = Instant::now();
             let mut tick = tokio::time::interval(PLAIN_EVERY);
             tick.tick().await;
+            // The bars' rate and ETA age between batches too: a step that stalls must not
+            // keep showing the rate it had.
+            let mut refresh = tokio::time::interval(BAR_REFRESH_EVERY);
             loop {
                 tokio::select! {
                     event = rx.recv() => match event {
-                        Some(event) => handle(mode, &multi, &mut steps, &mut order, event),
+                        Some(event) => handle(mode, &multi, &mut steps, &mut order, event, ms_since(origin)),
                         None => break,
                     },
                     _ = tick.tick() => {
                         if mode == Mode::Plain {
+                            let now_ms = ms_since(origin);
                             for name in &order {
-                                if let Some(p) = steps.get(name).filter(|p| !p.done) {
-                                    eprintln!("{}", plain_line(name, p));
+                                if let Some(p) = steps.get_mut(name).filter(|p| !p.done) {
+                                    eprintln!("{}", plain_line(name, p, now_ms));
                                 }
                             }
                         }
                     }
+                    _ = refresh.tick(), if mode == Mode::Human => {
+                        let now_ms = ms_since(origin);
+                        for p in steps.values_mut().filter(|p| !p.done) {
+                            p.refresh_bar(now_ms);
+                        }
+                    }
                     _ = &mut stopped => {
                         while let Ok(event) = rx.try_recv() {
-                            handle(mode, &multi, &mut steps, &mut order, event);
+                            handle(mode, &multi, &mut steps, &mut order, event, ms_since(origin));
                         }
                         break;
                     }
@@ -122,24 +137,62 @@ impl Renderer {
     }
 }
 
-fn rate(p: &StepProgress) -> f64 {
-    let secs = p.started.map_or(0.0, |s| s.elapsed().as_secs_f64());
-    if secs > 0.0 {
-        (p.rows_done - p.rows_at_start) as f64 / secs
-    } else {
-        0.0
+impl StepProgress {
+    /// Counts a batch of `rows` that ended at `now_ms` (on the renderer's clock) after
+    /// `duration`.
+    fn batch_done(&mut self, rows: i64, duration: Duration, now_ms: i64) {
+        self.rows_done += rows;
+        self.batches += 1;
+        let took = i64::try_from(duration.as_millis()).unwrap_or(i64::MAX);
+        self.recent
+            .record(now_ms.saturating_sub(took), now_ms, rows);
+    }
+
+    /// The recent rate at `now_ms`, and the ETA it gives for the rows left of the step's
+    /// count (`None` before the rows are counted, or with no batch done in the window).
+    fn projection(&mut self, now_ms: i64) -> (f64, Option<f64>) {
+        let rate = self.recent.rows_per_second(now_ms);
+        let eta = self
+            .rows_total
+            .and_then(|total| godwit::state::eta_seconds(total - self.rows_done, rate));
+        (rate, eta)
+    }
+
+    /// Writes the rate and ETA at `now_ms` into the bar, if there is one.
+    fn refresh_bar(&mut self, now_ms: i64) {
+        let (rate, eta) = self.projection(now_ms);
+        if let Some(bar) = &self.bar {
+            let mut message = format!("{} rows/s", thousands(rate as i64));
+            if self.rows_total.is_some() {
+                message.push_str(&format!("  ETA {}", eta.map_or("?".to_string(), eta_text)));
+            }
+            bar.set_message(message);
+        }
     }
 }
 
-fn plain_line(name: &str, p: &StepProgress) -> String {
-    let r = rate(p);
+/// Milliseconds since `origin`, the renderer's clock for rates.
+fn ms_since(origin: Instant) -> i64 {
+    i64::try_from(origin.elapsed().as_millis()).unwrap_or(i64::MAX)
+}
+
+/// An ETA for people: `45s`, `12m 05s`, `2h 03m`.
+fn eta_text(seconds: f64) -> String {
+    let s = seconds.round() as u64;
+    if s < 60 {
+        format!("{s}s")
+    } else if s < 3600 {
+        format!("{}m {:02}s", s / 60, s % 60)
+    } else {
+        format!("{}h {:02}m", s / 3600, s / 60 % 60)
+    }
+}
+
+fn plain_line(name: &str, p: &mut StepProgress, now_ms: i64) -> String {
+    let (r, eta) = p.projection(now_ms);
     match p.rows_total {
         Some(total) if total > 0 => {
-            let eta = if r > 0.0 {
-                format!(", ETA {:.0}s", (total - p.rows_done).max(0) as f64 / r)
-            } else {
-                String::new()
-            };
+            let eta = eta.map_or(String::new(), |e| format!(", ETA {e:.0}s"));
             format!(
                 "{name}: {}/{} rows ({:.0}%), {} rows/s{eta}",
                 thousands(p.rows_done),
@@ -156,21 +209,17 @@ fn plain_line(name: &str, p: &StepProgress) -> String {
     }
 }
 
-/// The bar's look: a bar with ETA once the step's rows are counted, a counter until then.
+/// The bar's look: a bar with the rate and ETA once the step's rows are counted, a counter
+/// until then. Both come in the message ([`StepProgress::refresh_bar`]), not from indicatif's
+/// `{eta}` and `{per_sec}`, so that the bars project as `status` does.
 fn bar_style(counted: bool) -> ProgressStyle {
     let template = if counted {
-        "{prefix:<20} [{bar:30}] {human_pos}/{human_len} rows  {rate}  ETA {eta}"
+        "{prefix:<20} [{bar:30}] {human_pos}/{human_len} rows  {msg}"
     } else {
-        "{prefix:<20} {spinner} {human_pos} rows  {rate}  (counting rows…)"
+        "{prefix:<20} {spinner} {human_pos} rows  {msg}  (counting rows…)"
     };
     ProgressStyle::with_template(template)
         .unwrap_or_else(|_| ProgressStyle::default_bar())
-        .with_key(
-            "rate",
-            |state: &indicatif::ProgressState, w: &mut dyn std::fmt::Write| {
-                let _ = write!(w, "{} rows/s", thousands(state.per_sec() as i64));
-            },
-        )
         .progress_chars("=> ")
 }
 
@@ -179,7 +228,6 @@ fn bar_for(multi: &MultiProgress, name: &str, p: &StepProgress) -> ProgressBar {
     bar.set_style(bar_style(p.rows_total.is_some()));
     bar.set_prefix(crate::escape_controls(name).into_owned());
     bar.set_position(p.rows_done.max(0) as u64);
-    bar.reset_eta();
     bar.enable_steady_tick(Duration::from_millis(200));
     bar
 }
@@ -190,6 +238,7 @@ fn handle(
     steps: &mut HashMap<String, StepProgress>,
     order: &mut Vec<String>,
     event: Event,
+    now_ms: i64,
 ) {
     if mode == Mode::Json {
         json_event(steps, &event);
@@ -216,12 +265,11 @@ fn handle(
             let mut p = StepProgress {
                 rows_done,
                 rows_total,
-                rows_at_start: rows_done,
-                started: Some(Instant::now()),
                 ..StepProgress::default()
             };
             if mode == Mode::Human {
                 p.bar = Some(bar_for(multi, &step, &p));
+                p.refresh_bar(now_ms);
             }
             if mode == Mode::Plain {
                 eprintln!("{step}: started");
@@ -238,15 +286,21 @@ fn handle(
                     bar.set_length(rows_total.max(0) as u64);
                     bar.set_style(bar_style(true));
                 }
+                p.refresh_bar(now_ms);
             }
         }
-        Event::BatchDone { step, rows, .. } => {
+        Event::BatchDone {
+            step,
+            rows,
+            duration,
+            ..
+        } => {
             if let Some(p) = steps.get_mut(&step) {
-                p.rows_done += rows;
-                p.batches += 1;
+                p.batch_done(rows, duration, now_ms);
                 if let Some(bar) = &p.bar {
                     bar.inc(rows.max(0) as u64);
                 }
+                p.refresh_bar(now_ms);
             }
         }
         Event::BatchRetry { error, delay, .. } => {
@@ -399,21 +453,8 @@ fn json_event(steps: &mut HashMap<String, StepProgress>, event: &Event) {
     outln!("{line}");
 }
 
-/// 1234567 → "1,234,567".
-pub(crate) fn thousands(n: i64) -> String {
-    let digits = n.unsigned_abs().to_string();
-    let mut out = String::with_capacity(digits.len() + digits.len() / 3 + 1);
-    if n < 0 {
-        out.push('-');
-    }
-    for (i, c) in digits.chars().enumerate() {
-        if i > 0 && (digits.len() - i).is_multiple_of(3) {
-            out.push(',');
-        }
-        out.push(c);
-    }
-    out
-}
+/// 1234567 → "1,234,567", as the report writes counts.
+pub(crate) use godwit::report::thousands;
 
 /// The status of a plan whose run was never started.
 pub(crate) fn not_started(plan: &godwit::plan::Plan) -> RunStatus {
@@ -537,12 +578,52 @@ fn thousands_u64(n: u64) -> String {
 mod tests {
     use super::*;
 
+    /// 60 s at 1,000 rows/s, then 60 s at 250 rows/s: the ETA follows the slower rate at
+    /// once the window holds only slow batches, where the average since the start (625
+    /// rows/s) would still promise 72 s.
     #[test]
-    fn groups_thousands() {
-        assert_eq!(thousands(0), "0");
-        assert_eq!(thousands(999), "999");
-        assert_eq!(thousands(1000), "1,000");
-        assert_eq!(thousands(-1234567), "-1,234,567");
+    fn the_eta_follows_the_recent_rate_not_the_average() {
+        let mut p = StepProgress {
+            rows_total: Some(120_000),
+            ..StepProgress::default()
+        };
+        for s in 1..=60 {
+            p.batch_done(1000, Duration::from_secs(1), s * 1000);
+        }
+        assert_eq!(p.projection(60_000), (1000.0, Some(60.0)));
+        for s in 61..=120 {
+            p.batch_done(250, Duration::from_secs(1), s * 1000);
+        }
+        assert_eq!(p.rows_done, 75_000);
+        assert_eq!(p.projection(120_000), (250.0, Some(180.0)));
+        // Half-way through the slow part the window holds both: the ETA is already later
+        // than the fast part's.
+        let mut halfway = StepProgress {
+            rows_total: Some(120_000),
+            ..StepProgress::default()
+        };
+        for s in 1..=75 {
+            halfway.batch_done(
+                if s <= 60 { 1000 } else { 250 },
+                Duration::from_secs(1),
+                s * 1000,
+            );
+        }
+        // The window (from 45 s, inclusive) holds 16 fast batches and 15 slow ones, from
+        // the start of the first of them at 44 s.
+        let (rate, eta) = halfway.projection(75_000);
+        assert_eq!(rate, (16.0 * 1000.0 + 15.0 * 250.0) / 31.0);
+        // 56,250 rows left: later than the 60 s the fast part promised 15 s ago.
+        assert_eq!(eta, Some(88.3));
+        // A stall: no batch in the window, no ETA (the bar shows `?`).
+        assert_eq!(p.projection(200_000), (0.0, None));
+    }
+
+    #[test]
+    fn etas_read_naturally() {
+        assert_eq!(eta_text(45.4), "45s");
+        assert_eq!(eta_text(725.0), "12m 05s");
+        assert_eq!(eta_text(7380.0), "2h 03m");
     }
 
     #[test]

@@ -15,7 +15,8 @@
 //!
 //! The pieces live in their own crates and are re-exported here: [`plan`] (the plan file),
 //! [`driver`] (one interface over PostgreSQL, MySQL/MariaDB and SQLite), [`state`] (progress
-//! records and claims), the judge of a plan ([`check`]) and the scheduler ([`run`]).
+//! records and claims), the judge of a plan ([`check`]), the scheduler ([`run`]) and the
+//! report of a run's durations ([`report`]).
 #![deny(missing_docs)]
 
 pub mod demo;
@@ -27,6 +28,8 @@ mod status;
 pub use godwit_check as check;
 pub use godwit_driver as driver;
 pub use godwit_plan as plan;
+/// `godwit report`: a run's durations as Markdown, JSON or one HTML page.
+pub use godwit_report as report;
 pub use godwit_sched::{
     default_concurrency, run, stop_pair, submit, verify, work, Event, EventSink, RangeDifference,
     Restart, RunOptions, RunOutcome, RunStart, StepCheck, StopHandle, StopLevel, StopSignal,
@@ -42,7 +45,8 @@ pub use godwit_state as state;
 
 pub use crate::ops::{set_run, wait_run, SettingsChange, Waited};
 pub use crate::status::{
-    control, control_reply, control_run, dead_letters, list_runs, status, status_run, ControlReply,
+    control, control_reply, control_run, dead_letters, list_runs, report_run, status, status_run,
+    ControlReply,
 };
 
 /// The error type of the scheduler: an invalid plan (nothing changed) or an unreachable

@@ -122,6 +122,22 @@ pub async fn status_run(url: &DbUrl, run: &str) -> Result<Option<RunStatus>, god
     }
 }
 
+/// The report of the run named `run` in the state database at `url` (`godwit report`): its
+/// durations and counts per step, read from the state tables without changing anything.
+/// `Ok(None)` when no such run is stored.
+///
+/// # Errors
+/// When the state database cannot be reached.
+pub async fn report_run(
+    url: &DbUrl,
+    run: &str,
+) -> Result<Option<godwit_report::Report>, godwit_driver::Error> {
+    match reader(url).await? {
+        Some(store) => godwit_report::build(&store, run).await,
+        None => Ok(None),
+    }
+}
+
 /// Opens the state tables for reading, or `None` when there are none: reading must not create
 /// them in someone's database.
 async fn reader(url: &DbUrl) -> Result<Option<StateStore>, godwit_driver::Error> {

@@ -26,14 +26,17 @@ mod claim;
 mod control;
 mod dead_letters;
 mod digest;
+mod estimates;
 mod fence;
 mod history;
 mod pace;
+mod rate;
 mod record;
 mod runs;
 mod schema;
 mod status;
 mod steps;
+mod timings;
 mod workers;
 
 use std::collections::HashMap;
@@ -43,10 +46,13 @@ use godwit_driver::{
     number_placeholders, Conn, DbUrl, Dialect, Error, ErrorKind, Result, Row, Value,
 };
 
-pub use crate::history::{BatchError, Throughput, ThroughputPoint};
+pub use crate::estimates::{Estimate, RecordedEstimate, StepEstimate};
+pub use crate::history::{BatchError, EtaPoint, StepEtaHistory, Throughput, ThroughputPoint};
 pub use crate::pace::{RunControl, RunSettings};
+pub use crate::rate::{eta_seconds, RecentRate, RATE_WINDOW_MS};
 pub use crate::schema::SCHEMA_VERSION;
 pub use crate::status::{RunStatus, StepStatus, WorkerStatus, LIVE_WINDOW_MS};
+pub use crate::timings::{RunTimings, StepTimings, WorkerShare};
 
 /// The database code of the error a process gets when the run it works on was restarted by
 /// another process (`--restart`): its claims and records belong to a generation that is gone.

@@ -148,12 +148,7 @@ impl StateStore {
         let (run, known) = (run.to_string(), self.version);
         self.with_conn(move |conn| {
             Box::pin(async move {
-                // Older tables lack what later versions added: read around it.
-                let columns = status::Columns {
-                    sized: schema::at_least(conn, known, 2).await?,
-                    skipped: schema::at_least(conn, known, 3).await?,
-                    pace: schema::at_least(conn, known, 5).await?,
-                };
+                let columns = status::Columns::read(conn, known).await?;
                 status::read(conn, run, columns).await
             })
         })

@@ -7,7 +7,7 @@ use godwit_driver::{number_placeholders, Conn, Dialect, Error, Result, Value};
 
 /// The version of the state tables this build writes. A later release that changes them
 /// migrates from this number; an older release refuses newer tables.
-pub const SCHEMA_VERSION: i64 = 7;
+pub const SCHEMA_VERSION: i64 = 8;
 
 /// SQL for "now" in milliseconds on the state database's clock.
 pub(crate) fn now_ms(dialect: Dialect) -> &'static str {
@@ -29,6 +29,7 @@ fn ddl(dialect: Dialect) -> Vec<String> {
         batches_table(&forms),
         workers_table(&forms),
         dead_letters_table(&forms),
+        estimates_table(&forms),
     ];
     if !forms.inline_indexes {
         statements.extend(separate_indexes());
@@ -207,6 +208,28 @@ fn dead_letters_table(forms: &TableForms) -> String {
     )
 }
 
+// One row per step of each `godwit estimate`, and one (position 0, no step) for the whole
+// plan, whose projection is not the sum of its steps' (steps run side by side). The estimate's
+// id groups its rows; `godwit report` reads the last one recorded before the run started.
+fn estimates_table(forms: &TableForms) -> String {
+    let TableForms { engine, .. } = forms;
+    format!(
+        "CREATE TABLE IF NOT EXISTS godwit_estimates (
+  run VARCHAR(191) NOT NULL,
+  estimate VARCHAR(64) NOT NULL,
+  position INT NOT NULL,
+  step VARCHAR(191),
+  recorded_ms BIGINT NOT NULL,
+  projected_seconds DOUBLE PRECISION NOT NULL,
+  low_seconds DOUBLE PRECISION NOT NULL,
+  high_seconds DOUBLE PRECISION NOT NULL,
+  rows_estimate BIGINT,
+  sampled_batches BIGINT,
+  PRIMARY KEY (run, estimate, position)
+){engine}"
+    )
+}
+
 /// The indexes PostgreSQL and SQLite create apart from their tables (MySQL's are inline).
 fn separate_indexes() -> [String; 2] {
     [
@@ -347,6 +370,8 @@ async fn migrate(conn: &mut dyn Conn) -> Result<()> {
         conn.execute_unprepared("ALTER TABLE godwit_runs ADD COLUMN throttle_notified_ms BIGINT")
             .await?;
     }
+    // Version 8: `godwit_estimates` is new, made with the other tables above; nothing older
+    // changes.
     Ok(())
 }
 

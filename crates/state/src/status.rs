@@ -6,6 +6,7 @@
 use godwit_driver::{number_placeholders, Conn, Result, Row, Value};
 use serde::Serialize;
 
+use crate::rate::{eta_seconds, RATE_WINDOW_MS};
 use crate::{get_text, schema, RunSettings};
 
 /// How far a run has come: the object `godwit status --json` prints.
@@ -67,9 +68,10 @@ pub struct StepStatus {
     pub rows_skipped: i64,
     /// Rows the step will cover, counted when it started; `null` until counted.
     pub rows_total_estimate: Option<i64>,
-    /// Recent rate over the last 30 seconds of work (the whole step once done).
+    /// Recent rate over the last 30 seconds of work ([`RecentRate`](crate::RecentRate)'s
+    /// definition, over every worker's batches); the whole step's once done.
     pub rows_per_second: f64,
-    /// Seconds left at the recent rate; `null` when unknown.
+    /// Seconds left: the rows left at the recent rate; `null` when unknown.
     pub eta_seconds: Option<f64>,
     /// Rows per batch now (adaptive sizing changes it); `null` for a one-off step, and for a
     /// chunked step that found no row to walk.
@@ -81,8 +83,6 @@ pub struct StepStatus {
     pub error: Option<String>,
 }
 
-const RATE_WINDOW_MS: i64 = 30_000;
-
 /// What the state tables hold, by their version.
 #[derive(Debug, Clone, Copy)]
 pub(crate) struct Columns {
@@ -92,6 +92,19 @@ pub(crate) struct Columns {
     pub(crate) skipped: bool,
     /// `godwit set`'s settings and `godwit_steps.throttled` (version 5).
     pub(crate) pace: bool,
+}
+
+impl Columns {
+    /// What the tables hold: those of version `known` when the store was opened, or of a
+    /// later one if another process has migrated them since. Older tables lack what later
+    /// versions added, and readers read around it.
+    pub(crate) async fn read(conn: &mut dyn Conn, known: i64) -> Result<Columns> {
+        Ok(Columns {
+            sized: schema::at_least(conn, known, 2).await?,
+            skipped: schema::at_least(conn, known, 3).await?,
+            pace: schema::at_least(conn, known, 5).await?,
+        })
+    }
 }
 
 pub(crate) async fn read(
@@ -126,17 +139,21 @@ pub(crate) async fn read(
 }
 
 /// The run's own row, read with the state database's clock.
-struct RunRow {
-    state: String,
-    error: Option<String>,
+pub(crate) struct RunRow {
+    pub(crate) state: String,
+    pub(crate) error: Option<String>,
+    /// When a worker first took the run up; `None` for a run only submitted.
+    pub(crate) started_ms: Option<i64>,
+    /// When it ended (done, failed, cancelled); `None` while it goes on.
+    pub(crate) finished_ms: Option<i64>,
     elapsed_ms: i64,
     /// "Now" on the state database's clock, which every rate and age here is measured by.
-    now_ms: i64,
+    pub(crate) now_ms: i64,
     settings: RunSettings,
 }
 
 /// `pace`: whether the tables have `godwit set`'s settings (version 5).
-async fn read_run(conn: &mut dyn Conn, run: &str, pace: bool) -> Result<Option<RunRow>> {
+pub(crate) async fn read_run(conn: &mut dyn Conn, run: &str, pace: bool) -> Result<Option<RunRow>> {
     let d = conn.dialect();
     let now = schema::now_ms(d);
     let settings = if pace {
@@ -148,7 +165,8 @@ async fn read_run(conn: &mut dyn Conn, run: &str, pace: bool) -> Result<Option<R
         .query(
             &number_placeholders(
                 &format!(
-                    "SELECT state, error, started_ms, COALESCE(finished_ms, {now}), {now}{settings} \
+                    "SELECT state, error, started_ms, COALESCE(finished_ms, {now}), {now}, \
+                     finished_ms{settings} \
                      FROM godwit_runs WHERE run = ?"
                 ),
                 d,
@@ -167,16 +185,22 @@ async fn read_run(conn: &mut dyn Conn, run: &str, pace: bool) -> Result<Option<R
     Ok(Some(RunRow {
         state: get_text(run_row.get(0)).unwrap_or_default(),
         error: get_text(run_row.get(1)),
+        started_ms: run_row.get(2).as_i64(),
+        finished_ms: run_row.get(5).as_i64(),
         elapsed_ms,
         now_ms: run_row.get(4).as_i64().unwrap_or_default(),
-        settings: RunSettings::read(run_row, 5),
+        settings: RunSettings::read(run_row, 6),
     }))
 }
 
 /// The run's steps in plan order: name, state, rows_total, started_ms, finished_ms, error,
 /// batch_size, whether it walks no key (a one-off step, or nothing to walk), throttled; NULL
 /// for what older tables lack.
-async fn read_steps(conn: &mut dyn Conn, run: &str, columns: Columns) -> Result<Vec<Row>> {
+pub(crate) async fn read_steps(
+    conn: &mut dyn Conn,
+    run: &str,
+    columns: Columns,
+) -> Result<Vec<Row>> {
     let d = conn.dialect();
     let batch_size = if columns.sized { "batch_size" } else { "NULL" };
     let throttled = if columns.pace { "throttled" } else { "NULL" };
@@ -195,8 +219,10 @@ async fn read_steps(conn: &mut dyn Conn, run: &str, columns: Columns) -> Result<
 }
 
 /// Per step: the step, batches done, batches failed, rows done, rows done in the rate window,
-/// the first claim in that window, rows skipped.
-async fn count_batches(
+/// the first claim in that window, rows skipped; then, for `godwit report`, rows affected,
+/// retries (failed attempts that were or will be tried again; the last attempt of a batch
+/// failed for good was not) and the longest done batch's time in milliseconds.
+pub(crate) async fn count_batches(
     conn: &mut dyn Conn,
     run: &str,
     now_ms: i64,
@@ -222,7 +248,10 @@ async fn count_batches(
                    CAST(SUM(CASE WHEN state = 'done' THEN n_rows ELSE 0 END) AS {int}), \
                    CAST(SUM(CASE WHEN state = 'done' AND finished_ms >= ? THEN n_rows ELSE 0 END) AS {int}), \
                    MIN(CASE WHEN state = 'done' AND finished_ms >= ? THEN claimed_ms END), \
-                   {skipped} \
+                   {skipped}, \
+                   CAST(SUM(CASE WHEN state = 'done' THEN COALESCE(rows_affected, 0) ELSE 0 END) AS {int}), \
+                   CAST(SUM(CASE WHEN state = 'failed' AND attempts > 0 THEN attempts - 1 ELSE attempts END) AS {int}), \
+                   MAX(CASE WHEN state = 'done' THEN duration_ms END) \
                  FROM godwit_batches WHERE run = ? GROUP BY step"
             ), d),
         &[
@@ -259,9 +288,7 @@ fn step_status(step: &Row, counts: &[Row], now_ms: i64, run_running: bool) -> St
     };
     let eta_seconds = match (state.as_str(), rows_total) {
         ("done", _) => Some(0.0),
-        (_, Some(total)) if rows_per_second > 0.0 => {
-            Some(((total - rows_done).max(0) as f64 / rows_per_second * 10.0).round() / 10.0)
-        }
+        (_, Some(total)) => eta_seconds(total - rows_done, rows_per_second),
         _ => None,
     };
     StepStatus {

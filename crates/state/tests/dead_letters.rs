@@ -502,6 +502,7 @@ async fn version_2_tables_are_migrated(backend: &str) {
     let mut conn = connect(db).await;
     for statement in [
         "DROP TABLE godwit_dead_letters",
+        "DROP TABLE godwit_estimates",
         "ALTER TABLE godwit_batches DROP COLUMN rows_skipped",
         "ALTER TABLE godwit_runs DROP COLUMN probe_baseline",
         "ALTER TABLE godwit_runs DROP COLUMN throttle_notified_ms",
@@ -545,7 +546,7 @@ async fn version_2_tables_are_migrated(backend: &str) {
         other => other.as_str().expect("text").to_string(),
     };
     assert_eq!(version, SCHEMA_VERSION.to_string());
-    assert_eq!(SCHEMA_VERSION, 7);
+    assert_eq!(SCHEMA_VERSION, 8);
     let batches = conn.table_info("godwit_batches").await.unwrap().unwrap();
     assert!(batches.column("rows_skipped").is_some());
     let runs = conn.table_info("godwit_runs").await.unwrap().unwrap();
@@ -556,6 +557,10 @@ async fn version_2_tables_are_migrated(backend: &str) {
     assert!(
         runs.column("throttle_notified_ms").is_some(),
         "version 7: when the run's throttle was last announced"
+    );
+    assert!(
+        conn.table_info("godwit_estimates").await.unwrap().is_some(),
+        "version 8: the estimates"
     );
     // Migrating again (another process, a restart) changes nothing.
     drop(store(db).await);

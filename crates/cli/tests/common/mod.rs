@@ -4,6 +4,7 @@
 //! `scripts/test.sh`); a missing variable or server fails the test, it never skips.
 #![allow(dead_code)]
 
+pub mod browser;
 pub mod fleet;
 pub mod http;
 pub mod pg_cluster;
