@@ -11,6 +11,9 @@
 # beside it), and whether pgbench's balances still add up afterwards.
 #
 #   bench/oltp.sh [SCALE] [RATE] [SECONDS]     (defaults 10 = 1M accounts, 200/s, 30 s)
+#
+# ONLY=REGEX runs only the contenders whose label matches (the idle load always runs), for
+# example `ONLY=guard` to compare two builds' latency guards (GODWIT_BIN names each build).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 scale=${1:-10}
@@ -92,6 +95,7 @@ now() { date +%s.%N; }
 beside() {
   local label=$1 t0 t1 cmd done_rows=""
   shift
+  if [ -n "${ONLY:-}" ] && ! [[ $label =~ $ONLY ]]; then return; fi
   fresh
   load
   sleep 1
