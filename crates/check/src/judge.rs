@@ -4,6 +4,7 @@
 use godwit_driver::{references_param, Conn, ConnectOptions, DbUrl, Dialect};
 use godwit_plan::{CopySpec, Locking, Plan, Step, StepKind};
 
+use crate::findings;
 use crate::judgement::{Depth, Judgement, StepJudgement};
 use crate::latency::guard_ok;
 use crate::probes::{key_ok, rows_ok, try_batch, Walked};
@@ -68,11 +69,8 @@ async fn judge_step(judged: &mut StepJudgement<'_>, conn: &mut dyn Conn) {
     let deferred = godwit_plan::runs_after_one_off(judged.plan, step);
     match &step.kind {
         StepKind::Once { sql } => {
-            if godwit_batch::needs_autocommit(sql, dialect) {
-                judged.warning(
-                    "non-transactional",
-                    "this statement cannot run atomically with its progress record (the database refuses it inside a transaction, or commits it on its own): a crash right after it runs it again, so make it idempotent (IF NOT EXISTS / IF EXISTS)",
-                );
+            if judged.depth == Depth::Full {
+                findings::once_findings(judged, conn, sql).await;
             }
         }
         StepKind::Chunked {
@@ -90,7 +88,10 @@ async fn judge_step(judged: &mut StepJudgement<'_>, conn: &mut dyn Conn) {
                 try_batch(conn, table, key, filter.as_deref(), sql).await
             {
                 judged.problem("invalid-sql", plan_key, &message, None);
+                return;
             }
+            let walked = (table.as_str(), key.as_str(), filter.as_deref());
+            findings::chunked_findings(judged, conn, walked, sql).await;
         }
         StepKind::Transform {
             table,
@@ -113,6 +114,14 @@ async fn judge_step(judged: &mut StepJudgement<'_>, conn: &mut dyn Conn) {
                     filter: filter.as_deref(),
                 };
                 rows_ok(judged, conn, &walked).await;
+                if judged.depth == Depth::Full && judged.out.valid {
+                    let writes = findings::Writes {
+                        table,
+                        verb: findings::Verb::Update,
+                        columns: columns.clone(),
+                    };
+                    findings::write_findings(judged, conn, &writes).await;
+                }
             }
         }
         StepKind::Copy(copy) => {

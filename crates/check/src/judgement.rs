@@ -245,15 +245,30 @@ impl StepJudgement<'_> {
         });
     }
 
-    /// Advice that leaves the plan valid.
-    pub(crate) fn warning(&mut self, code: &str, message: &str) {
+    /// Advice that leaves the plan valid: a warning with what the database showed and how to
+    /// fix it.
+    pub(crate) fn finding(
+        &mut self,
+        code: &str,
+        message: String,
+        evidence: Option<String>,
+        fix: Option<String>,
+    ) {
+        let duplicate = self
+            .out
+            .findings
+            .iter()
+            .any(|f| f.step == self.step.name && f.code == code && f.message == message);
+        if duplicate {
+            return;
+        }
         self.out.findings.push(Finding {
             step: self.step.name.clone(),
             code: code.to_string(),
             severity: "warning".into(),
-            message: message.to_string(),
-            evidence: None,
-            fix: None,
+            message,
+            evidence,
+            fix,
         });
     }
 }

@@ -14,10 +14,12 @@
 mod error;
 pub mod forms;
 mod ident;
+mod numbers;
 mod placeholders;
 mod replication;
 #[cfg(feature = "sqlx")]
 pub mod sqlx_conn;
+pub mod tokens;
 mod types;
 mod url;
 mod value;
@@ -31,6 +33,7 @@ pub use async_trait::async_trait;
 pub use crate::error::{cap_message, Error, ErrorKind, Result, MAX_MESSAGE};
 pub use crate::forms::{Conflict, SqlForms, UpdateFromRows};
 pub use crate::ident::quote_ident;
+pub use crate::numbers::thousands;
 pub use crate::placeholders::{number_placeholders, references_param, rewrite_params, Rewritten};
 pub use crate::replication::Replication;
 pub use crate::types::{exact_float, normalize_decimal, SqlType};

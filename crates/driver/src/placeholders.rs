@@ -144,7 +144,7 @@ fn scan<'a>(sql: &'a str, dialect: Dialect, mut emit: impl FnMut(Piece<'a>)) {
 
 /// The index just past a quoted run starting at `start`; a doubled quote stays inside, and so
 /// does a backslash-escaped one where the dialect allows backslash escapes.
-fn end_of_quoted(sql: &str, start: usize, quote: u8, backslash: bool) -> usize {
+pub(crate) fn end_of_quoted(sql: &str, start: usize, quote: u8, backslash: bool) -> usize {
     let bytes = sql.as_bytes();
     let mut i = start + 1;
     while i < bytes.len() {
@@ -166,7 +166,7 @@ fn end_of_quoted(sql: &str, start: usize, quote: u8, backslash: bool) -> usize {
 
 /// The index just past a PostgreSQL dollar-quoted string (`$tag$ … $tag$`) starting at `start`,
 /// or `None` when the `$` does not open one (`$1`).
-fn dollar_quote_end(sql: &str, start: usize) -> Option<usize> {
+pub(crate) fn dollar_quote_end(sql: &str, start: usize) -> Option<usize> {
     let rest = &sql[start + 1..];
     let tag_len = rest
         .bytes()

@@ -88,21 +88,7 @@ pub(crate) fn short_duration(seconds: f64) -> String {
     }
 }
 
-/// 1234567 → `1,234,567`, as godwit writes counts for people (here and in the progress bars).
-pub fn thousands(n: i64) -> String {
-    let digits = n.unsigned_abs().to_string();
-    let mut out = String::with_capacity(digits.len() + digits.len() / 3 + 1);
-    if n < 0 {
-        out.push('-');
-    }
-    for (i, c) in digits.chars().enumerate() {
-        if i > 0 && (digits.len() - i).is_multiple_of(3) {
-            out.push(',');
-        }
-        out.push(c);
-    }
-    out
-}
+pub use godwit_driver::thousands;
 
 /// A rate: whole numbers with thousands separators from 100 up, one decimal below.
 pub(crate) fn rate(rows_per_second: f64) -> String {

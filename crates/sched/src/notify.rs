@@ -15,6 +15,7 @@
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use godwit_driver::thousands;
 use godwit_plan::Plan;
 use godwit_state::{RunStatus, StateStore};
 use serde_json::{json, Value};
@@ -211,22 +212,6 @@ fn seconds(s: f64) -> String {
         (0, 0, sec) => format!("{sec}s"),
         (0, m, sec) => format!("{m}m {sec}s"),
         (h, m, _) => format!("{h}h {m}m"),
-    }
-}
-
-fn thousands(n: i64) -> String {
-    let digits = n.unsigned_abs().to_string();
-    let mut out = String::new();
-    for (i, c) in digits.chars().enumerate() {
-        if i > 0 && (digits.len() - i).is_multiple_of(3) {
-            out.push(',');
-        }
-        out.push(c);
-    }
-    if n < 0 {
-        format!("-{out}")
-    } else {
-        out
     }
 }
 
