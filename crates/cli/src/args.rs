@@ -76,6 +76,33 @@ pub(crate) enum Command {
     /// rows, rate, batches, retries, skipped rows, longest batch, workers, and the estimate
     /// made beforehand (Markdown, JSON, or one self-contained HTML page).
     Report(ReportArgs),
+    /// Project the plan's duration from a sample of its batches, each rehearsed in a
+    /// transaction that is rolled back (changes no data); with a threshold, a go/no-go
+    /// (exit 3 for no-go).
+    Estimate(EstimateArgs),
+}
+
+#[derive(Debug, clap::Args)]
+pub(crate) struct EstimateArgs {
+    /// The plan file (TOML).
+    pub(crate) plan: PathBuf,
+    /// Batches to rehearse per step, spread over its key range.
+    #[arg(long, default_value_t = 20, value_parser = clap::value_parser!(u64).range(1..=10_000))]
+    pub(crate) sample: u64,
+    /// The longest the run may take: over it the verdict is no-go (exit 3). Overrides the
+    /// plan's `[expect] max_duration`.
+    #[arg(long, value_name = "DUR", value_parser = parse_duration)]
+    pub(crate) threshold: Option<Duration>,
+    /// Batches in flight, as the run will have them (default: the run's default).
+    #[arg(long, value_parser = clap::value_parser!(u64).range(1..=1024))]
+    pub(crate) concurrency: Option<u64>,
+    /// Print one JSON object.
+    #[arg(long)]
+    pub(crate) json: bool,
+    /// Do not keep the estimate in the state database (where `godwit report` shows it
+    /// beside the run's actual durations).
+    #[arg(long)]
+    pub(crate) no_record: bool,
 }
 
 #[derive(Debug, clap::Args)]

@@ -34,6 +34,7 @@ pub(crate) async fn dispatch(args: Args) -> anyhow::Result<u8> {
         Command::Verify(a) => verify(a).await,
         Command::Serve(a) => crate::serve::serve(a).await,
         Command::Report(a) => crate::report::report(a).await,
+        Command::Estimate(a) => crate::estimate::estimate(a).await,
     }
 }
 

@@ -44,6 +44,7 @@ pub(crate) async fn dry_run(plan: &Plan, args: &RunArgs, mode: Mode) -> anyhow::
     let printer = tokio::spawn(print_events(mode, rx, plan.clone()));
     let options = godwit::DryRunOptions {
         concurrency: args.concurrency.map(|n| n as usize),
+        sample: None,
     };
     let rehearsal = godwit::dry_run(plan, options, signal, move |event| {
         let _ = tx.send(event);

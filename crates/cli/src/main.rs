@@ -46,6 +46,7 @@ macro_rules! print {
 mod args;
 mod commands;
 mod dry_run;
+mod estimate;
 mod ops;
 mod progress;
 mod report;
@@ -65,6 +66,8 @@ pub(crate) mod exit {
     pub const FAILED: u8 = 1;
     /// The plan or the command line is invalid; nothing was changed.
     pub const INVALID: u8 = 2;
+    /// `estimate`: the projection is over the threshold (no-go).
+    pub const NO_GO: u8 = 3;
     /// Stopped with work left (time budget or signal); running again resumes. For `wait`: its
     /// timeout passed before the run ended.
     pub const STOPPED: u8 = 75;

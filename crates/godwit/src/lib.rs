@@ -41,9 +41,11 @@ pub use godwit_sched::{
 pub use godwit_sched::{
     dry_run, DryRun, DryRunEvent, DryRunOptions, DryRunOutcome, Rehearsed, StepRehearsal,
 };
+/// `godwit estimate`: a plan's duration projected from a sample of rehearsed batches.
+pub use godwit_sched::{estimate, EstimateOptions, Estimated};
 pub use godwit_state as state;
 
-pub use crate::ops::{set_run, wait_run, SettingsChange, Waited};
+pub use crate::ops::{record_estimate, set_run, wait_run, SettingsChange, Waited};
 pub use crate::status::{
     control, control_reply, control_run, dead_letters, list_runs, report_run, status, status_run,
     ControlReply,

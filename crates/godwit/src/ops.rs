@@ -56,6 +56,22 @@ pub async fn set_run(
     Ok(settings.map(|settings| SettingsChange { settings, ..found }))
 }
 
+/// Keeps `estimate` of `plan` in its state database (creating the state tables if need be),
+/// for `godwit report` to show beside the run's actual durations; returns when it was
+/// recorded, on the state database's clock.
+///
+/// # Errors
+/// When the state database cannot be reached or written.
+pub async fn record_estimate(
+    plan: &godwit_plan::Plan,
+    estimate: &godwit_state::Estimate,
+) -> Result<i64, godwit_driver::Error> {
+    let url = DbUrl::new(plan.state_url().to_string());
+    let conn = godwit_db::connect(&url, &ConnectOptions::default()).await?;
+    let store = StateStore::open(&url, conn).await?;
+    store.record_estimate(&plan.name, estimate).await
+}
+
 /// How [`wait_run`] ended.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Waited {

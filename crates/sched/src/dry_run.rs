@@ -28,12 +28,19 @@ use tokio::task::JoinSet;
 use crate::commit::rehearse;
 use crate::ctx::{describe_batch, POLL};
 use crate::failure::{Failure, FailureKind};
-use crate::pace::{RunPace, Slots, StepPace};
+use crate::pace::{between, RunPace, Slots, StepPace};
 use crate::retry::{backoff, yield_backoff};
 use crate::run::{prepare, Prepared, MAX_CLAIM_AHEAD};
 use crate::step::{batch_failure, key_kind};
 use crate::stop::{StopLevel, StopSignal};
 use crate::{default_concurrency, Error};
+
+/// Batches rehearsed one at a time from the start of a sampled step before its sample, for
+/// adaptive sizing to settle as it does at the start of a run.
+const SETTLING_BATCHES: usize = 3;
+
+/// The most of a step's rows an estimate's sample rehearses (besides the settling batches).
+const SAMPLE_SHARE: f64 = 0.02;
 
 /// How many changed rows a step's report shows as examples, and how many rows set aside.
 const EXAMPLES: usize = 3;
@@ -47,6 +54,9 @@ const PROGRESS_EVERY: Duration = Duration::from_secs(1);
 pub struct DryRunOptions {
     /// Batches in flight at once; `None` picks the database's default, as a run does.
     pub concurrency: Option<usize>,
+    /// Rehearse only about this many batches per step, spread over its key range, in waves of
+    /// `concurrency` (what `godwit estimate` times), instead of every batch.
+    pub sample: Option<usize>,
 }
 
 /// What a dry run found.
@@ -105,6 +115,12 @@ pub struct StepRehearsal {
     pub set_aside: Vec<DeadLetter>,
     /// What the run would do besides (dropping an invalid index an interrupted build left).
     pub notes: Vec<String>,
+    /// With [`DryRunOptions::sample`]: the rows the run would cover (what `status` counts as
+    /// the step's total).
+    pub rows_total: Option<i64>,
+    /// With [`DryRunOptions::sample`]: each wave of sampled batches, run side by side, as
+    /// (rows, how long the wave took).
+    pub waves: Vec<(i64, Duration)>,
 }
 
 /// How a step's rehearsal ended.
@@ -159,7 +175,7 @@ pub enum DryRunEvent {
         reason: String,
     },
     /// A step's rehearsal ended.
-    StepEnded(StepRehearsal),
+    StepEnded(Box<StepRehearsal>),
 }
 
 /// Rehearses `plan`: judged as `run` judges it, then every step's batches run and rolled
@@ -193,6 +209,8 @@ pub async fn dry_run(
         pace: RunPace::new(Slots::new(permits.clone(), concurrency), concurrency),
         permits,
         claim_ahead: concurrency.clamp(1, MAX_CLAIM_AHEAD),
+        sample: options.sample.map(|n| n.max(1)),
+        concurrency,
         stop,
         events: Arc::new(events),
     });
@@ -214,7 +232,7 @@ pub async fn dry_run(
                 Rehearsed::Stopped => outcome = DryRunOutcome::Stopped,
                 _ => {}
             }
-            (ctx.events)(DryRunEvent::StepEnded(rehearsal.clone()));
+            (ctx.events)(DryRunEvent::StepEnded(Box::new(rehearsal.clone())));
             rehearsal
         };
         ended.insert(step.name.clone(), rehearsal);
@@ -256,6 +274,9 @@ struct DryCtx {
     pace: RunPace,
     permits: Arc<Semaphore>,
     claim_ahead: usize,
+    /// Batches per step to sample (`godwit estimate`), or `None` for all of them.
+    sample: Option<usize>,
+    concurrency: usize,
     stop: StopSignal,
     events: Arc<dyn Fn(DryRunEvent) + Send + Sync>,
 }
@@ -281,7 +302,30 @@ impl StepRehearsal {
             examples: Vec::new(),
             set_aside: Vec::new(),
             notes: Vec::new(),
+            rows_total: None,
+            waves: Vec::new(),
         }
+    }
+}
+
+/// A step's rehearsal with nothing in it yet, for tests of what is made of rehearsals.
+#[cfg(test)]
+pub(crate) fn test_rehearsal(name: &str) -> StepRehearsal {
+    StepRehearsal {
+        name: name.to_string(),
+        kind: "sql",
+        ended: Rehearsed::Done,
+        batches: 0,
+        rows_matched: 0,
+        rows_changed: 0,
+        rows_set_aside: 0,
+        duration: Duration::ZERO,
+        longest_batch: Duration::ZERO,
+        examples: Vec::new(),
+        set_aside: Vec::new(),
+        notes: Vec::new(),
+        rows_total: None,
+        waves: Vec::new(),
     }
 }
 
@@ -381,8 +425,9 @@ impl StepRun {
             set_aside: Vec::new(),
             last_progress: Instant::now(),
         };
-        let ended = match &step.kind {
-            StepKind::Once { sql } => run.once(sql).await,
+        let ended = match (&step.kind, ctx.sample) {
+            (StepKind::Once { sql }, _) => run.once(sql).await,
+            (_, Some(n)) => run.sampled(n).await,
             _ => run.walked().await,
         };
         let mut out = run.out;
@@ -531,6 +576,149 @@ impl StepRun {
         } else {
             Rehearsed::Done
         })
+    }
+
+    /// About `n` batches of the step (fewer where they would cover more than 2% of its rows),
+    /// spread evenly over its key range, rehearsed in waves of
+    /// `concurrency` side by side, each wave timed (`godwit estimate`). The first batches from
+    /// the start of the range come first, one at a time and not counted, so that adaptive
+    /// sizing settles on the size the run would use. Keys that cannot be spread (text) are
+    /// sampled as consecutive batches from the start.
+    async fn sampled(&mut self, n: usize) -> Rehearsed {
+        let settings = self.step.settings.clone();
+        let Walk {
+            walk,
+            mut walker,
+            upper,
+            kind,
+        } = match self.start_walk().await {
+            Ok(Some(started)) => started,
+            Ok(None) => {
+                self.out.rows_total = Some(0);
+                return Rehearsed::Done;
+            }
+            Err(ended) => return ended,
+        };
+        match walk.count(walker.as_mut(), &upper).await {
+            Ok(total) => self.out.rows_total = Some(total),
+            Err(e) => return self.start_failed(&e),
+        }
+        let pace = StepPace::new(&settings);
+        let mut after: Option<Value> = None;
+        // Settling: a run's first batches, one at a time, as the sizer learns the step.
+        for _ in 0..SETTLING_BATCHES {
+            let size = pace.batch_size(&self.ctx.pace);
+            let range = match walk
+                .next_ranges(walker.as_mut(), kind, after.as_ref(), &upper, size, 1)
+                .await
+            {
+                Ok(ranges) => ranges.into_iter().next(),
+                Err(e) => return self.start_failed(&e),
+            };
+            let Some(range) = range else { break };
+            after = Some(range.last.clone());
+            let done = match self.sample_job(kind, &range) {
+                Ok(job) => rehearse_batch(job, None).await,
+                Err(ended) => return ended,
+            };
+            if let Ok((_, took)) = &done.result {
+                pace.observe(u64::try_from(done.n_rows).unwrap_or(0), *took);
+            }
+            if let Some(ended) = self.note(done) {
+                return ended;
+            }
+            if range.reaches_end {
+                return Rehearsed::Done;
+            }
+        }
+        let low = after.clone().unwrap_or_else(|| upper.clone());
+        let spread = between(&low, &upper, 0.5).is_some();
+        if !spread {
+            self.out.notes.push("keys of this type cannot be spread over their range: the batches right after the first ones were sampled".into());
+        }
+        // The sample is kept to a small share of the step's rows, so that estimating takes a
+        // small share of the run's time: at most `n` batches, at least one wave.
+        let size = pace.batch_size(&self.ctx.pace).max(1);
+        let total = self.out.rows_total.unwrap_or(0).max(0) as f64;
+        let per_wave = (size as f64) * self.ctx.concurrency as f64;
+        let affordable = ((total * SAMPLE_SHARE) / per_wave).floor().max(1.0) as usize;
+        let waves = n.div_ceil(self.ctx.concurrency).min(affordable);
+        let n = n.min(waves * self.ctx.concurrency);
+        let mut point = 0usize;
+        let mut stop = self.ctx.stop.clone();
+        for _ in 0..waves {
+            if stop.level() >= StopLevel::Drain {
+                return Rehearsed::Stopped;
+            }
+            let size = pace.batch_size(&self.ctx.pace);
+            let mut ranges = Vec::new();
+            for _ in 0..self.ctx.concurrency.min(n - point) {
+                let at = (point as f64 + 0.5) / n as f64;
+                point += 1;
+                let from = if spread {
+                    between(&low, &upper, at)
+                } else {
+                    after.clone()
+                };
+                let range = match walk
+                    .next_ranges(walker.as_mut(), kind, from.as_ref(), &upper, size, 1)
+                    .await
+                {
+                    Ok(ranges) => ranges.into_iter().next(),
+                    Err(e) => return self.start_failed(&e),
+                };
+                if let Some(range) = range {
+                    after = Some(range.last.clone());
+                    ranges.push(range);
+                }
+            }
+            if ranges.is_empty() {
+                break;
+            }
+            let started = Instant::now();
+            let mut tasks = JoinSet::new();
+            for range in &ranges {
+                match self.sample_job(kind, range) {
+                    Ok(job) => {
+                        tasks.spawn(rehearse_batch(job, None));
+                    }
+                    Err(ended) => return ended,
+                }
+            }
+            let mut rows = 0;
+            let mut ended = None;
+            while let Some(joined) = unless_stopped(&mut stop, StopLevel::Abort, tasks.join_next())
+                .await
+                .flatten()
+            {
+                if let Ok(done) = &joined {
+                    rows += done.n_rows;
+                }
+                ended = ended.or(self.joined(joined, &pace));
+            }
+            if let Some(ended) = ended {
+                return ended;
+            }
+            self.out.waves.push((rows, started.elapsed()));
+        }
+        Rehearsed::Done
+    }
+
+    /// A sampled batch's job.
+    fn sample_job(&mut self, kind: KeyKind, range: &KeyRange) -> Result<BatchJob, Rehearsed> {
+        let (Ok(first), Ok(last)) = (kind.encode(&range.first), kind.encode(&range.last)) else {
+            return Err(Rehearsed::Failed(Failure::new(
+                FailureKind::Internal,
+                format!(
+                    "step {:?}: a key of the walk cannot be encoded",
+                    self.step.name
+                ),
+            )));
+        };
+        let number = self.out.batches + 1;
+        let mut job = self.batch_job(number, Some((first, last)));
+        job.n_rows = range.n_rows;
+        Ok(job)
     }
 
     /// Opens the step's key walk and fixes its range, as a run's first worker does. `None`

@@ -17,6 +17,7 @@ mod claim;
 mod commit;
 mod ctx;
 mod dry_run;
+mod estimate;
 mod events;
 mod failure;
 mod heartbeat;
@@ -36,6 +37,7 @@ use std::sync::Arc;
 pub use crate::dry_run::{
     dry_run, DryRun, DryRunEvent, DryRunOptions, DryRunOutcome, Rehearsed, StepRehearsal,
 };
+pub use crate::estimate::{estimate, EstimateOptions, Estimated};
 pub use crate::events::{Event, EventSink};
 pub use crate::failure::{Failure, FailureKind};
 pub use crate::run::{run, submit};

@@ -174,7 +174,7 @@ pub(crate) async fn row_probes(
 }
 
 /// The key `at` (0 to 1) of the way from `low` to `high`, for the key types that have one.
-fn between(low: &Value, high: &Value, at: f64) -> Option<Value> {
+pub(crate) fn between(low: &Value, high: &Value, at: f64) -> Option<Value> {
     let at = at.clamp(0.0, 1.0);
     Some(match (low, high) {
         (Value::Int(a), Value::Int(b)) => {

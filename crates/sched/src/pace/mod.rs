@@ -20,6 +20,7 @@ use godwit_plan::{Plan, Settings, StepKind};
 use godwit_state::{RunSettings, StateStore};
 use tokio::task::JoinHandle;
 
+pub(crate) use crate::pace::guard::between;
 use crate::pace::guard::{Guarding, Lowered, Probe};
 use crate::pace::health::{watch, Health, Signal};
 use crate::pace::rate::Rate;
