@@ -252,6 +252,18 @@ fn check_shape(cx: &mut Ctx<'_>, t: &DeTable<'_>, header: &Span) {
                 "`locking` applies to transform steps (`lua`, `lua_file` or `command`), not to `sql` steps: the database locks what a statement changes while it runs",
             );
         }
+        // What a script does per row means nothing to a statement: accepted, it would do
+        // nothing. (In [defaults] they are for the plan's transforms and copies.)
+        if script_key.is_none() {
+            for key in ["on_row_error", "row_timeout", "lua_memory"] {
+                if has(key) {
+                    cx.error(
+                        &at(key),
+                        format!("`{key}` applies to transforms and copies, which handle rows one by one, not to `sql` steps: a statement changes its rows all at once or fails"),
+                    );
+                }
+            }
+        }
     }
     if has("table") {
         if !has("key") {
@@ -497,6 +509,20 @@ mod tests {
              p.toml:14:1: step \"b\": `locking` applies to transform steps (`lua`, `lua_file` or `command`), not to `sql` steps: the database locks what a statement changes while it runs\n\
              p.toml:21:1: step \"c\": `locking` applies to transform steps, not to copies (steps with `into`): a copy reads its source without locks and only inserts into its target\n\
              p.toml:27:11: step \"d\": `locking` must be a string, not a boolean",
+        );
+    }
+
+    /// Per-row keys on a `sql` step would do nothing: refused where written; in [defaults]
+    /// they are for the plan's transforms.
+    #[test]
+    fn per_row_keys_on_sql_steps_are_refused() {
+        check_steps(
+            "[defaults]\non_row_error = \"skip\"\n\
+             [[steps]]\nname = \"a\"\nsql = \"SELECT 1\"\non_row_error = \"skip\"\n\
+             [[steps]]\nname = \"b\"\ntable = \"t\"\nkey = \"id\"\nsql = \"UPDATE t SET a = 1 WHERE id BETWEEN :start AND :end\"\nrow_timeout = \"1s\"\nlua_memory = \"1MiB\"\n",
+            "p.toml:8:1: step \"a\": `on_row_error` applies to transforms and copies, which handle rows one by one, not to `sql` steps: a statement changes its rows all at once or fails\n\
+             p.toml:14:1: step \"b\": `row_timeout` applies to transforms and copies, which handle rows one by one, not to `sql` steps: a statement changes its rows all at once or fails\n\
+             p.toml:15:1: step \"b\": `lua_memory` applies to transforms and copies, which handle rows one by one, not to `sql` steps: a statement changes its rows all at once or fails",
         );
     }
 
