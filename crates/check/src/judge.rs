@@ -129,6 +129,15 @@ async fn judge_step(judged: &mut StepJudgement<'_>, conn: &mut dyn Conn) {
                 script_ok(judged, script);
             }
             copy_ok(judged, copy, conn, deferred).await;
+            if judged.depth == Depth::Full && judged.out.valid && !deferred {
+                // What each inserted row costs in the target: its row triggers.
+                let writes = findings::Writes {
+                    table: &copy.into,
+                    verb: findings::Verb::Insert,
+                    columns: Vec::new(),
+                };
+                findings::write_findings(judged, conn, &writes).await;
+            }
         }
     }
 }

@@ -33,6 +33,9 @@ async fn corpus(db: &OwnDb) {
             "CREATE TRIGGER fx_tracked_touch BEFORE UPDATE ON fx_tracked FOR EACH ROW EXECUTE FUNCTION fx_touch()".into(),
             "CREATE TABLE fx_prefixes (old text PRIMARY KEY, new text)".into(),
             "INSERT INTO fx_prefixes SELECT '0' || (900 + g), '0' || (300 + g) FROM generate_series(0, 99) g".into(),
+            "CREATE TABLE fx_audit (id bigint PRIMARY KEY, customer_id bigint, total int)".into(),
+            "CREATE FUNCTION fx_stamp() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN NEW.total := NEW.total + 1; RETURN NEW; END $$".into(),
+            "CREATE TRIGGER fx_audit_stamp BEFORE INSERT ON fx_audit FOR EACH ROW EXECUTE FUNCTION fx_stamp()".into(),
         ],
         Backend::MySql => vec![
             "CREATE TABLE fx_customers (id BIGINT PRIMARY KEY, legacy_id BIGINT, phone VARCHAR(20), email VARCHAR(64), note VARCHAR(64))".into(),
@@ -183,6 +186,7 @@ async fn postgres_slow_plans_flagged_good_plans_not() {
             ("ddl", "sql = \"CREATE INDEX fx_email ON fx_customers (email)\"".into()),
             ("alter", "sql = \"ALTER TABLE fx_customers ALTER COLUMN legacy_id SET NOT NULL\"".into()),
             ("drop", "sql = \"DROP INDEX CONCURRENTLY fx_customers_phone_email\"".into()),
+            ("copy", "table = \"fx_orders\"\nkey = \"id\"\ninto = \"fx_audit\"".into()),
         ],
     );
     let (code, got, json) = check(&slow, &[]);
@@ -200,6 +204,7 @@ async fn postgres_slow_plans_flagged_good_plans_not() {
             ("ddl", &["blocking-ddl"]),
             ("alter", &["blocking-ddl"]),
             ("drop", &["non-transactional"]),
+            ("copy", &["row-triggers"]),
         ],
         &json,
     );
@@ -240,6 +245,7 @@ async fn postgres_slow_plans_flagged_good_plans_not() {
             ("ddl", "sql = \"CREATE INDEX CONCURRENTLY IF NOT EXISTS fx_email ON fx_customers (email)\"".into()),
             ("small-ddl", "sql = \"CREATE INDEX fx_prefixes_new ON fx_prefixes (new)\"".into()),
             ("add-column", "sql = \"ALTER TABLE fx_customers ADD COLUMN IF NOT EXISTS region int DEFAULT 0\"".into()),
+            ("copy", "table = \"fx_orders\"\nkey = \"id\"\ninto = \"fx_orders_ix\"".into()),
         ],
     );
     let (code, got, json) = check(&good, &["--deny-warnings"]);

@@ -51,8 +51,16 @@ impl Notifier {
         let client = reqwest::Client::builder()
             .timeout(ATTEMPT_TIMEOUT)
             .user_agent(concat!("godwit/", env!("CARGO_PKG_VERSION")))
-            .build()
-            .ok()?;
+            .build();
+        let client = match client {
+            Ok(client) => client,
+            Err(e) => {
+                // Without a client no message can go out: say so once rather than lose them
+                // all in silence (the run itself goes on).
+                tracing::error!(error = %e, "notifications are off: the HTTP client cannot start");
+                return None;
+            }
+        };
         Some(Arc::new(Notifier {
             plan: plan.name.clone(),
             urls: plan.notify.clone(),
