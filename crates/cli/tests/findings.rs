@@ -154,6 +154,27 @@ fn assert_codes(
     }
 }
 
+/// A transform step, which `check` judges by what it writes.
+fn transform_step() -> String {
+    "table = \"fx_customers\"\nkey = \"id\"\ncolumns = [\"note\"]\nlua = \"function transform(row) return { note = 'n' } end\"".into()
+}
+
+/// `check` on a plan of slow steps: valid (exit 0), and exit 1 with `--deny-warnings`, as a
+/// CI pipeline uses it; its codes per step and its JSON.
+fn check_slow(path: &std::path::Path) -> (BTreeMap<String, BTreeSet<String>>, Json) {
+    let (code, got, json) = check(path, &[]);
+    assert_eq!(code, 0, "findings leave the plan valid");
+    assert_eq!(check(path, &["--deny-warnings"]).0, 1);
+    (got, json)
+}
+
+/// `check --deny-warnings` on a plan of good steps: nothing flagged, exit 0.
+fn assert_none_flagged(path: &std::path::Path) {
+    let (code, got, json) = check(path, &["--deny-warnings"]);
+    assert_codes(&got, &[], &json);
+    assert_eq!(code, 0);
+}
+
 /// The finding of `step` with `code`.
 fn finding<'a>(json: &'a Json, step: &str, code: &str) -> &'a Json {
     json["findings"]
@@ -189,8 +210,7 @@ async fn postgres_slow_plans_flagged_good_plans_not() {
             ("copy", "table = \"fx_orders\"\nkey = \"id\"\ninto = \"fx_audit\"".into()),
         ],
     );
-    let (code, got, json) = check(&slow, &[]);
-    assert_eq!(code, 0, "findings leave the plan valid");
+    let (got, json) = check_slow(&slow);
     assert_codes(
         &got,
         &[
@@ -230,7 +250,6 @@ async fn postgres_slow_plans_flagged_good_plans_not() {
     );
 
     // `--deny-warnings`, for CI pipelines: exit 1 on any warning.
-    assert_eq!(check(&slow, &["--deny-warnings"]).0, 1);
 
     let good = plan(
         &db,
@@ -241,16 +260,14 @@ async fn postgres_slow_plans_flagged_good_plans_not() {
             ("one-index", sql_step("fx_orders_ix", "UPDATE fx_orders_ix SET customer_id = customer_id + 1 WHERE id BETWEEN :start AND :end")),
             ("derive", sql_step("fx_orders", "INSERT INTO fx_orders_ix (id, customer_id, total) SELECT id + 1000000, customer_id, total FROM fx_orders WHERE id BETWEEN :start AND :end ON CONFLICT DO NOTHING")),
             ("delete-child", sql_step("fx_child", "DELETE FROM fx_child WHERE id BETWEEN :start AND :end AND parent_id < 0")),
-            ("transform", "table = \"fx_customers\"\nkey = \"id\"\ncolumns = [\"note\"]\nlua = \"function transform(row) return { note = 'n' } end\"".into()),
+            ("transform", transform_step()),
             ("ddl", "sql = \"CREATE INDEX CONCURRENTLY IF NOT EXISTS fx_email ON fx_customers (email)\"".into()),
             ("small-ddl", "sql = \"CREATE INDEX fx_prefixes_new ON fx_prefixes (new)\"".into()),
             ("add-column", "sql = \"ALTER TABLE fx_customers ADD COLUMN IF NOT EXISTS region int DEFAULT 0\"".into()),
             ("copy", "table = \"fx_orders\"\nkey = \"id\"\ninto = \"fx_orders_ix\"".into()),
         ],
     );
-    let (code, got, json) = check(&good, &["--deny-warnings"]);
-    assert_codes(&got, &[], &json);
-    assert_eq!(code, 0);
+    assert_none_flagged(&good);
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -270,8 +287,7 @@ async fn mariadb_slow_plans_flagged_good_plans_not() {
             ("ddl", "sql = \"ALTER TABLE fx_customers MODIFY note VARCHAR(200)\"".into()),
         ],
     );
-    let (code, got, json) = check(&slow, &[]);
-    assert_eq!(code, 0);
+    let (got, json) = check_slow(&slow);
     assert_codes(
         &got,
         &[
@@ -289,7 +305,6 @@ async fn mariadb_slow_plans_flagged_good_plans_not() {
         .contains("ADD INDEX (`legacy_id`)"));
     assert!(fix(&json, "correlated", "correlated-subquery").contains("`customer_id`"));
     assert!(fix(&json, "ddl", "blocking-ddl").contains("ALGORITHM=INPLACE, LOCK=NONE"));
-    assert_eq!(check(&slow, &["--deny-warnings"]).0, 1);
 
     let good = plan(
         &db,
@@ -298,13 +313,11 @@ async fn mariadb_slow_plans_flagged_good_plans_not() {
             ("phones", sql_step("fx_customers", "UPDATE fx_customers c JOIN fx_prefixes p ON p.old = SUBSTRING(c.phone, 1, 4) SET c.note = p.new WHERE c.id BETWEEN :start AND :end")),
             ("correlated-indexed", sql_step("fx_customers", "UPDATE fx_customers c SET note = (SELECT count(*) FROM fx_orders_ix o WHERE o.customer_id = c.id) WHERE c.id BETWEEN :start AND :end")),
             ("join-by-key", sql_step("fx_orders", "UPDATE fx_orders o JOIN fx_customers c ON c.id = o.customer_id SET o.total = LENGTH(c.email) WHERE o.id BETWEEN :start AND :end")),
-            ("transform", "table = \"fx_customers\"\nkey = \"id\"\ncolumns = [\"note\"]\nlua = \"function transform(row) return { note = 'n' } end\"".into()),
+            ("transform", transform_step()),
             ("ddl", "sql = \"ALTER TABLE fx_customers ADD INDEX IF NOT EXISTS fx_email (email)\"".into()),
         ],
     );
-    let (code, got, json) = check(&good, &["--deny-warnings"]);
-    assert_codes(&got, &[], &json);
-    assert_eq!(code, 0);
+    assert_none_flagged(&good);
     db.drop_mysql().await;
 }
 
@@ -325,8 +338,7 @@ async fn sqlite_slow_plans_flagged_good_plans_not() {
             ("offset", sql_step("fx_customers", "UPDATE fx_customers SET note = 'y' WHERE id IN (SELECT id FROM fx_customers WHERE id BETWEEN :start AND :end LIMIT -1 OFFSET 10)")),
         ],
     );
-    let (code, got, json) = check(&slow, &[]);
-    assert_eq!(code, 0);
+    let (got, json) = check_slow(&slow);
     assert_codes(
         &got,
         &[
@@ -343,7 +355,6 @@ async fn sqlite_slow_plans_flagged_good_plans_not() {
     assert!(fix(&json, "range-on-unindexed", "missing-index-filter").contains("(\"legacy_id\")"));
     assert!(fix(&json, "correlated", "correlated-subquery").contains("(\"customer_id\")"));
     assert!(fix(&json, "automatic-index", "full-scan-join").contains("(\"customer_id\")"));
-    assert_eq!(check(&slow, &["--deny-warnings"]).0, 1);
 
     let good = plan(
         &db,
@@ -352,11 +363,9 @@ async fn sqlite_slow_plans_flagged_good_plans_not() {
             ("phones", sql_step("fx_customers", "UPDATE fx_customers SET note = (SELECT p.new FROM fx_prefixes p WHERE p.old = substr(fx_customers.phone, 1, 4)) WHERE id BETWEEN :start AND :end")),
             ("correlated-indexed", sql_step("fx_customers", "UPDATE fx_customers SET note = (SELECT count(*) FROM fx_orders_ix o WHERE o.customer_id = fx_customers.id) WHERE id BETWEEN :start AND :end")),
             ("delete-child", sql_step("fx_child", "DELETE FROM fx_child WHERE id BETWEEN :start AND :end AND parent_id < 0")),
-            ("transform", "table = \"fx_customers\"\nkey = \"id\"\ncolumns = [\"note\"]\nlua = \"function transform(row) return { note = 'n' } end\"".into()),
+            ("transform", transform_step()),
             ("ddl", "sql = \"CREATE INDEX IF NOT EXISTS fx_email ON fx_customers (email)\"".into()),
         ],
     );
-    let (code, got, json) = check(&good, &["--deny-warnings"]);
-    assert_codes(&got, &[], &json);
-    assert_eq!(code, 0);
+    assert_none_flagged(&good);
 }

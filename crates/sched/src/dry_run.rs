@@ -289,9 +289,13 @@ impl DryCtx {
 
 impl StepRehearsal {
     fn new(step: &Step, ended: Rehearsed) -> StepRehearsal {
+        StepRehearsal::named(&step.name, kind_name(step), ended)
+    }
+
+    fn named(name: &str, kind: &'static str, ended: Rehearsed) -> StepRehearsal {
         StepRehearsal {
-            name: step.name.clone(),
-            kind: kind_name(step),
+            name: name.to_string(),
+            kind,
             ended,
             batches: 0,
             rows_matched: 0,
@@ -311,22 +315,7 @@ impl StepRehearsal {
 /// A step's rehearsal with nothing in it yet, for tests of what is made of rehearsals.
 #[cfg(test)]
 pub(crate) fn test_rehearsal(name: &str) -> StepRehearsal {
-    StepRehearsal {
-        name: name.to_string(),
-        kind: "sql",
-        ended: Rehearsed::Done,
-        batches: 0,
-        rows_matched: 0,
-        rows_changed: 0,
-        rows_set_aside: 0,
-        duration: Duration::ZERO,
-        longest_batch: Duration::ZERO,
-        examples: Vec::new(),
-        set_aside: Vec::new(),
-        notes: Vec::new(),
-        rows_total: None,
-        waves: Vec::new(),
-    }
+    StepRehearsal::named(name, "sql", Rehearsed::Done)
 }
 
 fn kind_name(step: &Step) -> &'static str {
