@@ -4,6 +4,7 @@
 use godwit_driver::{references_param, Conn, ConnectOptions, DbUrl, Dialect};
 use godwit_plan::{CopySpec, Locking, Plan, Step, StepKind};
 
+use crate::ensure;
 use crate::findings;
 use crate::judgement::{Depth, Judgement, StepJudgement};
 use crate::latency::guard_ok;
@@ -67,6 +68,9 @@ async fn judge_step(judged: &mut StepJudgement<'_>, conn: &mut dyn Conn) {
     // yet: the plan's tables are asked about when the step starts (`run` checks its key then).
     let step = judged.step;
     let deferred = godwit_plan::runs_after_one_off(judged.plan, step);
+    if judged.depth == Depth::Full && !deferred {
+        ensure_now(judged, conn).await;
+    }
     match &step.kind {
         StepKind::Once { sql } => {
             if judged.depth == Depth::Full {
@@ -137,6 +141,39 @@ async fn judge_step(judged: &mut StepJudgement<'_>, conn: &mut dyn Conn) {
                     columns: Vec::new(),
                 };
                 findings::write_findings(judged, conn, &writes).await;
+            }
+        }
+    }
+}
+
+/// Asks each of the step's `ensure` queries now, to show how much work is left (an info
+/// finding `ensure`); one that fails is a problem of the plan, found before a run that would
+/// fail on it only once every batch is done.
+async fn ensure_now(judged: &mut StepJudgement<'_>, conn: &mut dyn Conn) {
+    let step = judged.step;
+    for (i, ensure) in step.ensure.iter().enumerate() {
+        let index = i + 1;
+        let line = ensure.location.line;
+        match ensure::ask(conn, ensure).await {
+            Ok(answer) => {
+                let now = if answer.holds {
+                    "holds already"
+                } else {
+                    "does not hold yet"
+                };
+                let why = answer
+                    .not_boolean
+                    .map(|why| format!(" ({why})"))
+                    .unwrap_or_default();
+                let message = format!(
+                    "ensure {index} (line {line}) {now}: it returns {}{why}",
+                    answer.shown
+                );
+                judged.note("ensure", message, Some(ensure.sql.trim().to_string()));
+            }
+            Err(e) => {
+                let what = format!("ensure {index} (line {line}) fails: {e}");
+                judged.problem("invalid-ensure", "ensure", &what, None);
             }
         }
     }

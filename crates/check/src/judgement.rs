@@ -273,6 +273,21 @@ impl StepJudgement<'_> {
     }
 }
 
+impl StepJudgement<'_> {
+    /// Information that is neither a problem nor a warning (severity `info`): what a step's
+    /// `ensure` returns now.
+    pub(crate) fn note(&mut self, code: &str, message: String, evidence: Option<String>) {
+        self.out.findings.push(Finding {
+            step: self.step.name.clone(),
+            code: code.to_string(),
+            severity: "info".into(),
+            message,
+            evidence,
+            fix: None,
+        });
+    }
+}
+
 /// How far judging goes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Depth {

@@ -16,6 +16,7 @@
 //! scheduler asks the database about it when the step starts.
 #![deny(missing_docs)]
 
+pub mod ensure;
 mod findings;
 mod judge;
 mod judgement;

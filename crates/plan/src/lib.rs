@@ -31,9 +31,9 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 pub use crate::model::{
-    Convert, CopySpec, Locking, OnConflict, OnRowError, Plan, Script, Settings, Step, StepKind,
-    Walked, WrittenUrl, DEFAULT_MAX_BATCH_SIZE, DEFAULT_MAX_REPLICA_LAG, DEFAULT_MIN_BATCH_SIZE,
-    DEFAULT_NOTIFY_THROTTLED_AFTER, DEFAULT_TARGET_BATCH_TIME,
+    Convert, CopySpec, Ensure, Locking, OnConflict, OnRowError, Plan, Script, Settings, Step,
+    StepKind, Walked, WrittenUrl, DEFAULT_MAX_BATCH_SIZE, DEFAULT_MAX_REPLICA_LAG,
+    DEFAULT_MIN_BATCH_SIZE, DEFAULT_NOTIFY_THROTTLED_AFTER, DEFAULT_TARGET_BATCH_TIME,
 };
 
 /// A byte range in the plan text.

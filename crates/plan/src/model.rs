@@ -201,6 +201,19 @@ pub struct Step {
     /// `convert`: per column, what a transform or copy writes instead of a value the column
     /// cannot hold without loss (by default such a row fails).
     pub convert: BTreeMap<String, Convert>,
+    /// `ensure`: queries that must each return true once the step's batches are done, or the
+    /// step fails with what they returned.
+    pub ensure: Vec<Ensure>,
+}
+
+/// One post-condition of a step: a query run on the plan's database once the step's batches
+/// are done, whose first column of its first row must be true.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Ensure {
+    /// The query.
+    pub sql: String,
+    /// Where it was written (the string itself, within a list).
+    pub location: Location,
 }
 
 impl Step {

@@ -30,6 +30,9 @@ pub enum FailureKind {
     /// The state store's work failed for good: claiming a batch (with the key walk that finds
     /// its range).
     State,
+    /// A post-condition (`ensure`) did not hold once every batch of the step was done, or
+    /// could not be asked.
+    Ensure,
     /// A step failed in another process; only the message it recorded is known here.
     Elsewhere,
     /// A task of this process ended unexpectedly: a bug.

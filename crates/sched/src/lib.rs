@@ -17,6 +17,7 @@ mod claim;
 mod commit;
 mod ctx;
 mod dry_run;
+mod ensure;
 mod estimate;
 mod events;
 mod failure;

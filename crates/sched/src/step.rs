@@ -14,6 +14,7 @@ use tokio::task::JoinSet;
 use crate::claim::{claim_next, release, release_queued, still_ours, ClaimCache, Claimed};
 use crate::commit::{execute, Executed};
 use crate::ctx::{RunCtx, StepCtx, POLL};
+use crate::ensure::ensure_holds;
 use crate::failure::{Failure, FailureKind};
 use crate::retry::{backoff, with_retries, yield_backoff};
 use crate::stop::{StopLevel, StopSignal};
@@ -345,14 +346,14 @@ impl Flight {
             self.note(joined);
             return;
         }
-        let run = self.ctx.run();
-        match run.state().complete_step(run.name(), self.ctx.name()).await {
-            Ok(StepCompletion::Done) => self.result = Some(StepResult::Done),
-            Ok(StepCompletion::Failed(message)) => {
+        match self.complete().await {
+            Ok(Err(unmet)) => self.result = Some(StepResult::Failed(unmet)),
+            Ok(Ok(StepCompletion::Done)) => self.result = Some(StepResult::Done),
+            Ok(Ok(StepCompletion::Failed(message))) => {
                 let failure = Failure::new(FailureKind::Elsewhere, message);
                 self.result = Some(StepResult::Failed(failure));
             }
-            Ok(StepCompletion::Waiting) => {
+            Ok(Ok(StepCompletion::Waiting)) => {
                 self.cache.forget_cursor();
                 tokio::select! {
                     _ = tokio::time::sleep(IDLE_POLL) => {}
@@ -364,6 +365,29 @@ impl Flight {
                 tokio::time::sleep(IDLE_POLL).await;
             }
         }
+    }
+
+    /// Marks the step done when every batch is done and its `ensure` queries hold (asked
+    /// first, so that a crash between the two asks them again); a post-condition that does
+    /// not hold fails the step.
+    async fn complete(&mut self) -> Result<Result<StepCompletion, Failure>, godwit_driver::Error> {
+        let run = self.ctx.run();
+        if !self.ctx.step().ensure.is_empty() {
+            let finishing = run
+                .state()
+                .step_finishing(run.name(), self.ctx.name())
+                .await?;
+            if finishing != StepCompletion::Done {
+                return Ok(Ok(finishing));
+            }
+            if let Err(unmet) = ensure_holds(&self.ctx).await {
+                return Ok(Err(unmet));
+            }
+        }
+        Ok(Ok(run
+            .state()
+            .complete_step(run.name(), self.ctx.name())
+            .await?))
     }
 
     /// A claim failed: try again after a while, or fail the step; breaks when another process

@@ -80,7 +80,16 @@ impl StateStore {
     /// Decides whether a step whose walk is exhausted is finished, and marks it done or failed.
     pub async fn complete_step(&self, run: &str, step: &str) -> Result<StepCompletion> {
         let (run, step) = (run.to_string(), step.to_string());
-        self.with_conn(move |conn| Box::pin(complete_step(conn, run, step)))
+        self.with_conn(move |conn| Box::pin(complete_step(conn, run, step, true)))
+            .await
+    }
+
+    /// What [`StateStore::complete_step`] would decide, without marking the step done:
+    /// `Done` here means every batch is done and the step may be marked done once its
+    /// post-conditions (`ensure`) hold. A failed batch marks the step failed all the same.
+    pub async fn step_finishing(&self, run: &str, step: &str) -> Result<StepCompletion> {
+        let (run, step) = (run.to_string(), step.to_string());
+        self.with_conn(move |conn| Box::pin(complete_step(conn, run, step, false)))
             .await
     }
 
@@ -155,7 +164,12 @@ async fn read_step(conn: &mut dyn Conn, run: String, step: String) -> Result<Ste
     })
 }
 
-async fn complete_step(conn: &mut dyn Conn, run: String, step: String) -> Result<StepCompletion> {
+async fn complete_step(
+    conn: &mut dyn Conn,
+    run: String,
+    step: String,
+    mark: bool,
+) -> Result<StepCompletion> {
     let d = conn.dialect();
     let rows = conn
         .query(
@@ -173,24 +187,31 @@ async fn complete_step(conn: &mut dyn Conn, run: String, step: String) -> Result
         None => {
             // Only a walk that really ended, with every batch it numbered present: a worker's
             // idea of the cursor can be stale (a claim lost in a server crash rewinds it).
-            conn.execute(
-                &number_placeholders(
-                    &format!(
-                        "UPDATE godwit_steps SET state = 'done', finished_ms = {now} \
-                         WHERE run = ? AND step = ? AND state <> 'done' AND exhausted = 1 \
-                         AND next_batch = (SELECT COUNT(*) FROM godwit_batches b \
-                                           WHERE b.run = ? AND b.step = ?)"
-                    ),
-                    d,
-                ),
-                &[
-                    text(run.clone()),
-                    text(step.clone()),
-                    text(run.clone()),
-                    text(step.clone()),
-                ],
-            )
-            .await?;
+            let finished = "exhausted = 1 AND next_batch = (SELECT COUNT(*) FROM godwit_batches b \
+                            WHERE b.run = ? AND b.step = ?)";
+            let params = [
+                text(run.clone()),
+                text(step.clone()),
+                text(run.clone()),
+                text(step.clone()),
+            ];
+            if !mark {
+                let q = format!(
+                    "SELECT 1 FROM godwit_steps \
+                     WHERE run = ? AND step = ? AND (state = 'done' OR ({finished}))"
+                );
+                let rows = conn.query(&number_placeholders(&q, d), &params).await?;
+                return Ok(if rows.is_empty() {
+                    StepCompletion::Waiting
+                } else {
+                    StepCompletion::Done
+                });
+            }
+            let q = format!(
+                "UPDATE godwit_steps SET state = 'done', finished_ms = {now} \
+                 WHERE run = ? AND step = ? AND state <> 'done' AND {finished}"
+            );
+            conn.execute(&number_placeholders(&q, d), &params).await?;
             let record = read_step(conn, run, step).await?;
             Ok(if record.state == "done" {
                 StepCompletion::Done

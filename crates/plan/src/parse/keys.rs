@@ -56,6 +56,7 @@ const STEP_KEYS: &[&str] = &[
     "target_key",
     "on_conflict",
     "convert",
+    "ensure",
 ];
 /// Every key of every section, for suggestions across sections (a key may come twice).
 fn all_keys() -> impl Iterator<Item = &'static str> {

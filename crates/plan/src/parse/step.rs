@@ -10,7 +10,7 @@ use toml::de::{DeTable, DeValue};
 use super::context::Ctx;
 use super::keys::Section;
 use super::{key_span, keys_in_file_order, Span};
-use crate::model::{Convert, CopySpec, OnConflict, Script, Settings, Step, StepKind};
+use crate::model::{Convert, CopySpec, Ensure, OnConflict, Script, Settings, Step, StepKind};
 use crate::order::NamedStep;
 use crate::Location;
 
@@ -49,6 +49,7 @@ pub(super) fn read_step(
     let convert = cx.convert(t);
     let on_conflict = read_on_conflict(cx, t);
     let script = cx.script(t);
+    let ensure = read_ensure(cx, t);
     check_shape(cx, t, &header);
     cx.step = None;
 
@@ -74,8 +75,44 @@ pub(super) fn read_step(
         location: cx.loc(&header),
         key_locations,
         convert,
+        ensure,
     };
     (named, Some(step))
+}
+
+/// `ensure`: one query, or a list of them, none empty.
+fn read_ensure(cx: &mut Ctx<'_>, t: &DeTable<'_>) -> Vec<Ensure> {
+    let Some(value) = t.get("ensure") else {
+        return Vec::new();
+    };
+    let written = match value.get_ref() {
+        DeValue::String(sql) => vec![(sql.to_string(), value.span())],
+        DeValue::Array(_) => cx.strings(t, "ensure").unwrap_or_default(),
+        _ => {
+            let message = "`ensure` must be a query, or an array of queries, each returning true \
+                           in its first column once the step is done";
+            cx.error(&value.span(), message.to_string());
+            return Vec::new();
+        }
+    };
+    if written.is_empty() {
+        cx.error(
+            &value.span(),
+            "`ensure` must name at least one query".to_string(),
+        );
+    }
+    let mut out = Vec::with_capacity(written.len());
+    for (sql, span) in written {
+        if sql.trim().is_empty() {
+            cx.error(&span, "an `ensure` query must not be empty".to_string());
+            continue;
+        }
+        out.push(Ensure {
+            sql,
+            location: cx.loc(&span),
+        });
+    }
+    out
 }
 
 /// The values of an array of strings, without their spans.
