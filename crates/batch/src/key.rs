@@ -30,7 +30,8 @@ pub(crate) async fn existing_table(
         .ok_or_else(|| Error::permanent(format!("{what} {table} does not exist")))
 }
 
-/// Checks that `table.key` exists and has a unique index leading with it.
+/// Checks that `table.key` exists and has a unique index leading with it, and that no row the
+/// step walks (those matching `filter`, its `where`) has a NULL key.
 ///
 /// # Errors
 /// When the database cannot be asked.
@@ -38,6 +39,7 @@ pub async fn key_problem(
     conn: &mut dyn Conn,
     table: &str,
     key: &str,
+    filter: Option<&str>,
 ) -> Result<Option<KeyProblem>> {
     let dialect = conn.dialect();
     let Some(info) = conn.table_info(table).await? else {
@@ -56,20 +58,11 @@ pub async fn key_problem(
             fix: None,
         }));
     };
-    if column.nullable {
-        // A unique index admits any number of NULLs, and no key range contains NULL: such
-        // rows would be left out without a word.
-        return Ok(Some(KeyProblem {
-            code: "nullable-key",
-            message: format!(
-                "the key {table}.{key} allows NULL, and rows with a NULL key are in no key range; declare it NOT NULL or choose another key"
-            ),
-            plan_key: "key",
-            fix: None,
-        }));
-    }
     let (indexed, unique) = info.key_index(key);
     if unique {
+        if column.nullable {
+            return null_keys(conn, table, key, filter).await;
+        }
         return Ok(None);
     }
     let fix = format!(
@@ -94,6 +87,46 @@ pub async fn key_problem(
         message: format!("the key {table}.{key} {what}"),
         plan_key: "key",
         fix: Some(fix),
+    }))
+}
+
+/// A key column that allows NULL (as SQLite's `TEXT PRIMARY KEY` does unless declared `NOT
+/// NULL`) is walked when no row the step walks holds NULL in it: a unique index admits any
+/// number of NULLs, and no key range contains NULL, so such rows would be left out without a
+/// word. Counted through the key's index.
+async fn null_keys(
+    conn: &mut dyn Conn,
+    table: &str,
+    key: &str,
+    filter: Option<&str>,
+) -> Result<Option<KeyProblem>> {
+    let dialect = conn.dialect();
+    let column = quote_ident(dialect, key);
+    let also = filter.map(|f| format!(" AND ({f})")).unwrap_or_default();
+    let sql = format!(
+        "SELECT COUNT(*) FROM {} WHERE {column} IS NULL{also}",
+        quote_ident(dialect, table)
+    );
+    let rows = conn.query(&sql, &[]).await?;
+    let nulls = rows
+        .first()
+        .and_then(|r| r.values().first())
+        .and_then(godwit_driver::Value::as_i64)
+        .unwrap_or(0);
+    if nulls == 0 {
+        return Ok(None);
+    }
+    let rows = if nulls == 1 { "row has" } else { "rows have" };
+    Ok(Some(KeyProblem {
+        code: "nullable-key",
+        message: format!(
+            "{} {rows} a NULL key {table}.{key}, and a NULL is in no key range: set a key on {}, leave {} out with `where = \"{key} IS NOT NULL\"`, or choose another key",
+            godwit_driver::thousands(nulls),
+            if nulls == 1 { "it" } else { "them" },
+            if nulls == 1 { "it" } else { "them" },
+        ),
+        plan_key: "key",
+        fix: None,
     }))
 }
 

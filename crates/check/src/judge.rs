@@ -84,7 +84,7 @@ async fn judge_step(judged: &mut StepJudgement<'_>, conn: &mut dyn Conn) {
             sql,
         } => {
             range_parameters(judged, sql, dialect);
-            let walkable = !deferred && key_ok(judged, conn, table, key).await;
+            let walkable = !deferred && key_ok(judged, conn, table, key, filter.as_deref()).await;
             if !walkable || judged.depth == Depth::BeforeRun {
                 return;
             }
@@ -110,7 +110,7 @@ async fn judge_step(judged: &mut StepJudgement<'_>, conn: &mut dyn Conn) {
             {
                 judged.problem("single-writer", "locking", SINGLE_WRITER, None);
             }
-            if !deferred && key_ok(judged, conn, table, key).await {
+            if !deferred && key_ok(judged, conn, table, key, filter.as_deref()).await {
                 let walked = Walked {
                     table,
                     key,
@@ -271,7 +271,7 @@ async fn copy_ok(
         None if deferred => return,
         None => target,
     };
-    if !key_ok(judged, conn, table, key).await {
+    if !key_ok(judged, conn, table, key, copy.filter.as_deref()).await {
         return;
     }
     let named = columns.clone().unwrap_or_default();

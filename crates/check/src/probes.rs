@@ -20,8 +20,9 @@ pub(crate) async fn key_ok(
     conn: &mut dyn Conn,
     table: &str,
     key: &str,
+    filter: Option<&str>,
 ) -> bool {
-    match godwit_batch::key_problem(conn, table, key).await {
+    match godwit_batch::key_problem(conn, table, key, filter).await {
         Ok(None) => true,
         Ok(Some(p)) => {
             judged.problem(p.code, p.plan_key, &p.message, p.fix);

@@ -596,7 +596,8 @@ async fn run_refuses_what_check_reports(backend: Backend) {
     table_without_index(&db, &noindex).await;
     let nullable = db.table("agree_nullable");
     db.exec(&format!(
-        "CREATE TABLE {nullable} (id INT UNIQUE, hits INT NOT NULL DEFAULT 0)"
+        "CREATE TABLE {nullable} (id INT UNIQUE, hits INT NOT NULL DEFAULT 0); \
+         INSERT INTO {nullable} (id) VALUES (1), (NULL), (3)"
     ))
     .await;
     let missing = db.table("agree_missing");

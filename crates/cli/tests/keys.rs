@@ -160,9 +160,76 @@ async fn timestamptz_and_date_keys(backend: Backend) {
     assert_each_once(&rows, dates.len());
 }
 
+/// A key column that allows NULL but holds none is walked (SQLite's `TEXT PRIMARY KEY` allows
+/// NULL unless declared `NOT NULL`); with NULL keys in it the run is refused, saying how many
+/// rows have one, unless `where` leaves them out.
+async fn nullable_keys(backend: Backend) {
+    let db = TestDb::new(backend).await;
+    let declared = match backend {
+        // PostgreSQL and MariaDB make a primary key's columns NOT NULL: a unique key is
+        // their nullable kind.
+        Backend::MySql => "VARCHAR(20) UNIQUE",
+        Backend::Postgres => "TEXT UNIQUE",
+        Backend::Sqlite => "TEXT PRIMARY KEY",
+    };
+    let plan = |table: &str, filter: &str| {
+        db.plan(
+            "plan.toml",
+            &format!(
+                "name = \"{table}\"\ndatabase = \"{}\"\n\n[defaults]\nbatch_size = 3\n\n\
+                 [[steps]]\nname = \"count\"\ntable = \"{table}\"\nkey = \"k\"\n{filter}\
+                 sql = \"UPDATE {table} SET hits = hits + 1 WHERE k BETWEEN :start AND :end\"\n",
+                db.url
+            ),
+        )
+    };
+    let keys = ["'a'", "'b'", "'c'", "'d'", "'e'", "'f'", "'g'"];
+    for (name, nulls) in [("nullable", 0), ("nulls", 2)] {
+        let table = db.table(name);
+        db.exec(&format!(
+            "CREATE TABLE {table} (k {declared}, hits INT NOT NULL DEFAULT 0)"
+        ))
+        .await;
+        let mut values: Vec<String> = keys.iter().map(|k| format!("({k})")).collect();
+        values.extend((0..nulls).map(|_| "(NULL)".to_string()));
+        db.exec(&format!(
+            "INSERT INTO {table} (k) VALUES {}",
+            values.join(", ")
+        ))
+        .await;
+        let out = run_cmd(&["run", path_str(&plan(&table, "")), "--quiet"]);
+        let err = text(&out.stderr);
+        if nulls == 0 {
+            assert_eq!(out.status.code(), Some(0), "{err}");
+        } else {
+            assert_eq!(out.status.code(), Some(2), "{err}");
+            assert!(
+                err.contains(&format!("2 rows have a NULL key {table}.k")),
+                "{err}"
+            );
+            assert_eq!(
+                db.scalar(&format!("SELECT SUM(hits) FROM {table}")).await,
+                0
+            );
+            let filtered = plan(&table, "where = \"k IS NOT NULL\"\n");
+            let out = run_cmd(&["run", path_str(&filtered), "--quiet"]);
+            assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+        }
+        let hit = db
+            .scalar(&format!("SELECT COUNT(*) FROM {table} WHERE hits = 1"))
+            .await;
+        assert_eq!(hit, keys.len() as i64, "every non-NULL key once");
+        let others = db
+            .scalar(&format!("SELECT COUNT(*) FROM {table} WHERE hits <> 1"))
+            .await;
+        assert_eq!(others, nulls);
+    }
+}
+
 per_backend!(
     text_keys,
     uuid_keys,
     timestamp_keys,
-    timestamptz_and_date_keys
+    timestamptz_and_date_keys,
+    nullable_keys
 );

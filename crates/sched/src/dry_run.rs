@@ -800,7 +800,9 @@ impl StepRun {
         let Some(walked) = self.step.kind.walked() else {
             return Ok(None);
         };
-        if let Some(p) = godwit_batch::key_problem(walker, walked.table, walked.key).await? {
+        if let Some(p) =
+            godwit_batch::key_problem(walker, walked.table, walked.key, walked.filter).await?
+        {
             return Ok(Some(format!("{} ({})", p.message, p.code)));
         }
         match &self.step.kind {

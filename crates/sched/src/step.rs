@@ -127,7 +127,9 @@ async fn init(ctx: &StepCtx, conn: &mut dyn Conn) -> Result<StepRecord, StartErr
                 // Checked before the run when the table existed then; a table made by a
                 // one-off step of the plan is checked now.
                 if let Some(w) = ctx.step().kind.walked() {
-                    if let Some(p) = godwit_batch::key_problem(conn, w.table, w.key).await? {
+                    if let Some(p) =
+                        godwit_batch::key_problem(conn, w.table, w.key, w.filter).await?
+                    {
                         return Err(StartError::Plan(format!("{} ({})", p.message, p.code)));
                     }
                 }
