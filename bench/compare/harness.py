@@ -37,9 +37,9 @@ TICK = os.sysconf("SC_CLK_TCK")
 DB_NAME = "godwit_cmp"
 REDIS_PORT = 6395
 
-# The tuning found best for godwit on this workload (bench/results: a sweep of batch sizes,
-# batch times and concurrency); "godwit, best" runs with it.
-BEST = {"where": "length(phone) = 11", "args": ["--concurrency", "8"], "defaults": {"target_batch_time": "250ms"}}
+# The tuning found best for godwit on this workload (a sweep of batch sizes, batch times and
+# concurrency, `--contenders sweep`; see the results notes); "godwit-best" runs with it.
+BEST = {"where": "length(phone) = 11", "args": [], "defaults": {"target_batch_time": "500ms"}}
 
 
 def log(msg):
@@ -151,6 +151,12 @@ class Postgres:
             if not c.execute("SELECT 1 FROM pg_database WHERE datname = %s", (DB_NAME,)).fetchone():
                 c.execute(f'CREATE DATABASE "{DB_NAME}"')
         self.godwit_url = self.url
+        # Commands get the URL without its password (argv is visible to every user), and the
+        # password in their environment.
+        self.password = urllib.parse.unquote(parts.password or "")
+        self.cli_url = urllib.parse.urlunsplit(parts._replace(
+            path="/" + DB_NAME, netloc=parts.netloc.split("@")[-1] if not parts.username else
+            f"{parts.username}@{parts.netloc.split('@')[-1]}"))
 
     def connect(self):
         return psycopg.connect(self.url, autocommit=True)
@@ -217,13 +223,13 @@ class Postgres:
                       "WHERE datname = current_database() AND application_name = 'bench-contender'")
 
     def single_argv(self):
-        return ["psql", self.url, "-v", "ON_ERROR_STOP=1", "-qAt", "-c", phones.single_statement("postgres")]
+        return ["psql", self.cli_url, "-v", "ON_ERROR_STOP=1", "-qAt", "-c", phones.single_statement("postgres")]
 
     def keyset_argv(self):
-        return ["psql", self.url, "-v", "ON_ERROR_STOP=1", "-qAt", "-c", "CALL bench_keyset_loop(1000)"]
+        return ["psql", self.cli_url, "-v", "ON_ERROR_STOP=1", "-qAt", "-c", "CALL bench_keyset_loop(1000)"]
 
     def env(self):
-        return {}
+        return {"PGPASSWORD": self.password}
 
     def cpu(self):
         return server_cpu("postgres")
@@ -458,11 +464,11 @@ class Load(threading.Thread):
 
     def run(self):
         k = 0
-        env = dict(os.environ, PGAPPNAME="bench-load")
+        env = dict(os.environ, PGAPPNAME="bench-load", **self.db.env())
         while not self.stop_flag.is_set():
             k += 1
             p = subprocess.run(
-                ["pgbench", self.db.url, "-n", "-R", str(self.rate), "-T", "5", "-c", "2", "-j", "1",
+                ["pgbench", self.db.cli_url, "-n", "-R", str(self.rate), "-T", "5", "-c", "2", "-j", "1",
                  "--max-tries=1", "--failures-detailed", "-D", f"rows={self.rows}",
                  "-f", f"{HERE / 'load-read.sql'}@1", "-f", f"{HERE / 'load-write.sql'}@1",
                  "-l", f"--log-prefix={self.dir / f'seg{k}'}"],
@@ -658,6 +664,9 @@ SWEEP = {
     "godwit-c8-t250": dict(WHERE, args=["--concurrency", "8"], defaults={"target_batch_time": "250ms"}),
     "godwit-c2-t250": dict(WHERE, args=["--concurrency", "2"], defaults={"target_batch_time": "250ms"}),
     "godwit-sql-c8": {"args": ["--concurrency", "8"]},
+    "godwit-t50-c8": dict(WHERE, args=["--concurrency", "8"], defaults={"target_batch_time": "50ms"}),
+    "godwit-t50-c2": dict(WHERE, args=["--concurrency", "2"], defaults={"target_batch_time": "50ms"}),
+    "godwit-t20": dict(WHERE, defaults={"target_batch_time": "20ms"}),
 }
 OTHERS = {
     "single": "one monolithic UPDATE (one transaction)",
@@ -785,10 +794,11 @@ def offset_series(db, work, sizes, cap):
     for n in sizes:
         db.build_source(n)
         db.fresh_copy(n)
-        subprocess.run(db.single_argv(), check=True, stdout=subprocess.DEVNULL)
+        subprocess.run(db.single_argv(), check=True, stdout=subprocess.DEVNULL, env=dict(os.environ, **db.env()))
         reference = checksum(db)
         db.fresh_copy(n)
-        job = Command([sys.executable, str(HERE / "offset_script.py"), db.url, "1000"], env={"PYTHONPATH": str(HERE)})
+        job = Command([sys.executable, str(HERE / "offset_script.py"), "1000"],
+                      env={"PYTHONPATH": str(HERE), "BENCH_PG_URL": db.url})
         tree = TreeSampler(job.roots)
         t0 = time.time()
         job.start()
@@ -902,7 +912,7 @@ def main():
     ap.add_argument("--sizes", default="", help="comma-separated row counts (default 1000000; --quick 100000)")
     ap.add_argument("--big-size", type=int, default=0, help="also run godwit, single and keyset loop at this size "
                     "on PostgreSQL (e.g. 10000000)")
-    ap.add_argument("--offset-sizes", default="", help="OFFSET script sizes (default 25k..200k; --quick 5k..20k; "
+    ap.add_argument("--offset-sizes", default="", help="OFFSET script sizes (default 25k..100k; --quick 5k..20k; "
                     "'none')")
     ap.add_argument("--offset-cap", type=int, default=300)
     ap.add_argument("--kill", default="single,godwit,keyset-loop,celery-set-1k", help="contenders killed halfway")
@@ -912,14 +922,16 @@ def main():
     ap.add_argument("--load-rate", type=int, default=200, help="pgbench -R beside each contender; 0 for none")
     ap.add_argument("--idle-seconds", type=int, default=20)
     ap.add_argument("--godwit", required=True)
-    ap.add_argument("--pg", required=True)
-    ap.add_argument("--mysql", required=True)
+    # The servers' URLs come from the environment (scripts/test-services.sh), not the command
+    # line, which any user of the machine can read.
+    ap.add_argument("--pg", default=os.environ.get("GODWIT_TEST_PG"))
+    ap.add_argument("--mysql", default=os.environ.get("GODWIT_TEST_MYSQL"))
     ap.add_argument("--out", default=str(ROOT / "bench" / "results"))
     args = ap.parse_args()
 
     sizes = [int(s) for s in (args.sizes or ("100000" if args.quick else "1000000")).split(",")]
     offset_sizes = [] if args.offset_sizes == "none" else [int(s) for s in (args.offset_sizes or ("5000,10000,20000" if args.quick
-                                                             else "25000,50000,100000,200000")).split(",")]
+                                                             else "25000,50000,100000")).split(",")]
     if args.quick:
         args.idle_seconds = min(args.idle_seconds, 8)
     labels = [c for c in args.contenders.split(",") if c and c != "sweep"] or \
@@ -957,54 +969,61 @@ def main():
         return stem
 
     references = {}
+
+    def run_size(db, rows, big):
+        db.build_source(rows)
+        if db.dialect == "postgres" and args.load_rate and report["idle_load"] is None:
+            db.fresh_copy(rows)
+            load = Load(db, rows, args.load_rate, work)
+            t0 = time.time()
+            load.start()
+            time.sleep(args.idle_seconds)
+            load.stop()
+            report["idle_load"] = load.figures(t0 + 0.5, time.time())
+            log(f"idle load: p99 {report['idle_load']['p99_ms']} ms")
+        todo = [c for c in labels if applicable(db, c) and (not big or c in ("single", "godwit", "keyset-loop"))]
+        for rnd in range(args.rounds):
+            order = todo[rnd % len(todo):] + todo[:rnd % len(todo)]
+            for label in order:
+                r = measure(db, work, label, rows, args.godwit, args.load_rate, timeout=args.cap)
+                r["round"] = rnd + 1
+                key = (db.dialect, rows)
+                if label == "single" and not r.get("error"):
+                    references.setdefault(key, r["checksum"])
+                report["results"].append(r)
+                log(f"{db.name} {rows:,} {label}: {r['seconds']} s, {r['peak_rss_mib']} MiB"
+                    + (f", load p99 {r['load']['p99_ms']} ms" if r.get("load") else "")
+                    + (f" ERROR {r['error']}" if r.get("error") else ""))
+        for r in report["results"]:
+            if (r["database"], r["rows"]) == (db.dialect, rows) and "checksum" in r:
+                r["same_data"] = r["checksum"] == references.get((db.dialect, rows)) and r["left"] == 0
+        save()
+        if db.dialect == "postgres" and not big:
+            for label in kills:
+                base = [r for r in report["results"] if (r["database"], r["rows"], r["contender"]) ==
+                        (db.dialect, rows, label) and not r.get("error")]
+                if not base:
+                    continue
+                # Without the load beside it a contender runs faster than it did: at 40% of its
+                # measured time the single statement is about halfway.
+                k = kill_test(db, work, label, rows, args.godwit, base[0]["seconds"] * 0.4)
+                k["uninterrupted_s"] = base[0]["seconds"]
+                k["same_data"] = k["checksum"] == references.get((db.dialect, rows)) and k["left"] == 0
+                report["kills"].append(k)
+                log(f"kill -9 {label}: {k['finish_after_restart_s']} s to finish, "
+                    f"{k['updated_twice_or_rolled_back']} updates beyond the rows")
+            save()
+
     for db in dbs:
-        for rows in sizes + ([args.big_size] if args.big_size and db.dialect == "postgres" else []):
-            big = rows == args.big_size and rows not in sizes
-            db.build_source(rows)
-            if db.dialect == "postgres" and args.load_rate and report["idle_load"] is None:
-                db.fresh_copy(rows)
-                load = Load(db, rows, args.load_rate, work)
-                t0 = time.time()
-                load.start()
-                time.sleep(args.idle_seconds)
-                load.stop()
-                report["idle_load"] = load.figures(t0 + 0.5, time.time())
-                log(f"idle load: p99 {report['idle_load']['p99_ms']} ms")
-            todo = [c for c in labels if applicable(db, c) and (not big or c in ("single", "godwit", "keyset-loop"))]
-            for rnd in range(args.rounds):
-                order = todo[rnd % len(todo):] + todo[:rnd % len(todo)]
-                for label in order:
-                    r = measure(db, work, label, rows, args.godwit, args.load_rate, timeout=args.cap)
-                    r["round"] = rnd + 1
-                    key = (db.dialect, rows)
-                    if label == "single" and not r.get("error"):
-                        references.setdefault(key, r["checksum"])
-                    report["results"].append(r)
-                    log(f"{db.name} {rows:,} {label}: {r['seconds']} s, {r['peak_rss_mib']} MiB"
-                        + (f", load p99 {r['load']['p99_ms']} ms" if r.get("load") else "")
-                        + (f" ERROR {r['error']}" if r.get("error") else ""))
-            for r in report["results"]:
-                if (r["database"], r["rows"]) == (db.dialect, rows) and "checksum" in r:
-                    r["same_data"] = r["checksum"] == references.get((db.dialect, rows)) and r["left"] == 0
-            save()
-            if db.dialect == "postgres" and not big:
-                for label in kills:
-                    base = [r for r in report["results"] if (r["database"], r["rows"], r["contender"]) ==
-                            (db.dialect, rows, label) and not r.get("error")]
-                    if not base:
-                        continue
-                    # Without the load beside it a contender runs faster than it did: at 40% of its
-                    # measured time the single statement is about halfway.
-                    k = kill_test(db, work, label, rows, args.godwit, base[0]["seconds"] * 0.4)
-                    k["uninterrupted_s"] = base[0]["seconds"]
-                    k["same_data"] = k["checksum"] == references.get((db.dialect, rows)) and k["left"] == 0
-                    report["kills"].append(k)
-                    log(f"kill -9 {label}: {k['finish_after_restart_s']} s to finish, "
-                        f"{k['updated_twice_or_rolled_back']} updates beyond the rows")
-                save()
-        if db.dialect == "postgres" and offset_sizes and "offset" not in args.contenders.split(",-"):
-            report["offset"] = offset_series(db, work, offset_sizes, args.offset_cap)
-            save()
+        for rows in sizes:
+            run_size(db, rows, False)
+    pg = next((db for db in dbs if db.dialect == "postgres"), None)
+    if pg and offset_sizes:
+        report["offset"] = offset_series(pg, work, offset_sizes, args.offset_cap)
+        save()
+    # The big size comes last, so that a long run at it leaves the rest measured.
+    if pg and args.big_size:
+        run_size(pg, args.big_size, True)
     # Where the data of the databases agree, say so: the same generated rows end the same.
     sums = {(r["database"], r["rows"]): r["checksum"] for r in report["results"] if r["contender"] == "single"
             and "checksum" in r}

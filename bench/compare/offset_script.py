@@ -4,8 +4,9 @@ Each page of 1,000 rows is read in key order, its old numbers are rewritten in P
 page is written row by row and committed. Reading page k makes the database walk past the k
 pages before it, so the whole run grows with the square of the table's size.
 
-    python offset_script.py DATABASE_URL [PAGE]
+    BENCH_PG_URL=postgres://… python offset_script.py [PAGE]
 """
+import os
 import sys
 
 import psycopg
@@ -32,4 +33,4 @@ def main(url, page):
 
 
 if __name__ == "__main__":
-    main(sys.argv[1], int(sys.argv[2]) if len(sys.argv) > 2 else 1000)
+    main(os.environ["BENCH_PG_URL"], int(sys.argv[1]) if len(sys.argv) > 1 else 1000)
