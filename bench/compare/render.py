@@ -195,7 +195,9 @@ def markdown(report, svg_name):
         out.append("| ---: | ---: | ---: | ---: | --- |")
         for o in report["offset"]:
             rate = f"{o['rows'] // 3 / o['seconds']:,.0f}" if o["finished"] else "–"
-            out.append(f"| {o['rows']:,} | {o['seconds']}{'' if o['finished'] else ' (stopped)'} | {rate} | "
+            if o.get("done"):
+                rate = f"{o['done'] / o['seconds']:,.0f} ({o['done']:,} rows done)"
+            out.append(f"| {o['rows']:,} | {o['seconds']}{'' if o['finished'] else ' (stopped at the cap)'} | {rate} | "
                        f"{o['peak_rss_mib']} | {'yes' if o['same_data'] else ('–' if o['same_data'] is None else '**no**')} |")
         out.append("")
     if report.get("same_across_databases"):
