@@ -28,10 +28,11 @@ def fmt(x, digits=2):
 
 
 def groups(report):
+    """Results by database and size, the single statement first."""
     seen = {}
     for r in report["results"]:
         seen.setdefault((r["database"], r["rows"]), []).append(r)
-    return seen
+    return {k: sorted(v, key=lambda r: r["contender"] != "single") for k, v in seen.items()}
 
 
 def ratio(r, rows):
@@ -43,15 +44,16 @@ def svg(report):
     bar_h, gap, left, width = 18, 6, 250, 440
     lines, y = [], 40
     data = [(k, v) for k, v in groups(report).items()]
-    off = [o for o in report.get("offset", []) if o["finished"]]
-    all_s = [r.get("projected_s") or r["seconds"] for _, rows in data for r in rows if not r.get("error")] + [o["seconds"] for o in off]
+    off = [o for o in report.get("offset", []) if o["finished"] or o.get("projected_min_s")]
+    all_s = [r.get("projected_s") or r["seconds"] for _, rows in data for r in rows if not r.get("error")] + [o["seconds"] if o["finished"] else o["projected_min_s"] for o in off]
     lo = 10 ** math.floor(math.log10(max(min(all_s), 0.01)))
     hi = 10 ** math.ceil(math.log10(max(all_s)))
     scale = lambda s: width * (math.log10(s) - math.log10(lo)) / (math.log10(hi) - math.log10(lo))  # noqa: E731
     body = []
     for (db, n), rows in data:
+        side = " — a second run, no load" if any(r.get("note", "").startswith("second") for r in rows) else ""
         body.append(f'<text x="10" y="{y + 12}" font-weight="bold">{NAMES[db]}, {n:,} customers '
-                    f'({n // 3:,} rewritten)</text>')
+                    f'({n // 3:,} rewritten){side}</text>')
         y += bar_h + gap
         for r in rows:
             if r.get("error"):
@@ -72,10 +74,12 @@ def svg(report):
                     f'(grows as N²)</text>')
         y += bar_h + gap
         for o in off:
-            w = max(scale(o["seconds"]), 1)
+            secs = o["seconds"] if o["finished"] else o["projected_min_s"]
+            label = f'{secs:.2f} s' if o["finished"] else f'≥ {secs:,.0f} s (stopped at {o["seconds"]:.0f} s, its rate so far)'
+            w = max(scale(secs), 1)
             body.append(f'<text x="{left - 8}" y="{y + 13}" text-anchor="end">OFFSET, {o["rows"]:,} rows</text>')
             body.append(f'<rect x="{left}" y="{y}" width="{w:.1f}" height="{bar_h}" fill="#be123c"/>')
-            body.append(f'<text x="{left + w + 6:.1f}" y="{y + 13}">{o["seconds"]:.2f} s</text>')
+            body.append(f'<text x="{left + w + 6:.1f}" y="{y + 13}">{escape(label)}</text>')
             y += bar_h + gap
         y += gap * 2
     ticks = []
@@ -158,7 +162,12 @@ def markdown(report, svg_name):
             cells.append("–" if r.get("capped") else ("yes" if r.get("same_data") else "**no**"))
             out.append("| " + " | ".join(cells) + " |")
         out.append("")
-        if idle and db == "postgres":
+        for r in rows:
+            if r.get("note"):
+                out.append(f"- `{r['contender']}`: {r['note']}.")
+        if any(r.get("note") for r in rows):
+            out.append("")
+        if idle and db == "postgres" and any(r.get("load") for r in rows):
             end = report.get("idle_load_end")
             out.append(f"Idle load (no migration, {report['load_rate']} transactions/s, half single-row reads "
                        f"and half single-row writes of `customers`): p50 {idle['p50_ms']} ms, p99 "
