@@ -520,6 +520,7 @@ class XactSampler(threading.Thread):
 
     def run(self):
         if self.db.longest_xact() is None:
+            self.longest = None
             return
         while not self.stop_flag.is_set():
             try:
@@ -531,7 +532,7 @@ class XactSampler(threading.Thread):
     def stop(self):
         self.stop_flag.set()
         self.join()
-        return round(self.longest, 3)
+        return None if self.longest is None else round(self.longest, 3)
 
 
 # --- contenders ------------------------------------------------------------------------------
@@ -670,7 +671,7 @@ GODWIT = {
                      ("postgres", "mariadb", "sqlite")),
     "godwit-best": ("godwit at its best settings found: " + ", ".join(
         [f"where = {json.dumps(BEST['where'])}"] + [f"{k} = {json.dumps(v)}" for k, v in BEST["defaults"].items()]
-        + [" ".join(BEST["args"])]), BEST, ("postgres",)),
+        + ([" ".join(BEST["args"])] if BEST["args"] else [])), BEST, ("postgres",)),
     "godwit-guard": ('godwit with the latency guard, `max_latency_increase = "2x"`, filter in the SQL',
                      {"top": {"max_latency_increase": "2x"}}, ("postgres",)),
 }

@@ -63,7 +63,7 @@ def svg(report):
             x = ratio(r, rows)
             label = f'{secs:.2f} s · {x:.2f}x · {r["peak_rss_mib"]:.0f} MiB' if x else f'{secs:.2f} s'
             if r.get("capped"):
-                label += " (projected from its rate)"
+                label += " (projected)"
             body.append(f'<text x="{left - 8}" y="{y + 13}" text-anchor="end">{escape(r["contender"])}</text>')
             body.append(f'<rect x="{left}" y="{y}" width="{w:.1f}" height="{bar_h}" fill="{colour(r["contender"])}"/>')
             body.append(f'<text x="{left + w + 6:.1f}" y="{y + 13}">{label}</text>')
@@ -89,7 +89,7 @@ def svg(report):
         ticks.append(f'<line x1="{x:.1f}" y1="30" x2="{x:.1f}" y2="{y}" stroke="#e5e7eb"/>')
         ticks.append(f'<text x="{x:.1f}" y="{y + 14}" text-anchor="middle" fill="#6b7280">{t:g} s</text>')
         t *= 10
-    total_w = left + width + 260
+    total_w = left + width + 320
     lines.append(f'<svg xmlns="http://www.w3.org/2000/svg" width="{total_w}" height="{y + 40}" '
                  f'font-family="sans-serif" font-size="12">')
     lines.append(f'<rect width="{total_w}" height="{y + 40}" fill="white"/>')
@@ -99,7 +99,9 @@ def svg(report):
     lines += ticks + body
     lines.append(f'<text x="10" y="{y + 32}" fill="#6b7280">{report["date"]}, {m["cores"]} cores, '
                  f'{m["memory_gib"]} GiB, godwit {m["godwit_commit"]}; load average {report["loadavg_start"]} '
-                 f'at start (a shared machine); one run, contenders one after another</text>')
+                 f'at start (a shared machine); contenders one after another in one run'
+                 + (', groups marked otherwise in a second' if any(r.get("note", "").startswith("second")
+                                                                 for r in report["results"]) else "") + '</text>')
     lines.append("</svg>")
     return "\n".join(lines) + "\n"
 
