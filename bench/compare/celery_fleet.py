@@ -24,6 +24,9 @@ from phones import batch_statement, rewrite
 app = Celery("celery_fleet", broker=os.environ["BENCH_REDIS_URL"], backend=os.environ["BENCH_REDIS_URL"])
 app.conf.update(
     task_acks_late=True,
+    # Late acks alone still acknowledge a task whose worker process is killed under it (the
+    # parent sees the child die first): without this, a kill -9 of the fleet can lose a task.
+    task_reject_on_worker_lost=True,
     worker_prefetch_multiplier=1,
     task_serializer="json",
     result_serializer="json",

@@ -806,7 +806,7 @@ def kill_test(db, work, label, rows, bin_path, at_seconds):
     time.sleep(1.5)
     updated = db.updated()
     return {"database": db.dialect, "rows": rows, "contender": label, "killed_after_s": round(t_kill - t0, 2),
-            "done_at_kill": phones.to_rewrite(rows) - left_at_kill,
+            "done_at_kill": phones.to_rewrite(rows) - left_at_kill, "ended_before_kill": left_at_kill == 0,
             "finish_after_restart_s": round(t1 - t_restart, 2), "total_s": round(t1 - t0 - (t_restart - t_kill), 2),
             "updated_twice_or_rolled_back": (updated - phones.to_rewrite(rows)) if updated is not None else None,
             "left": remaining(db), "checksum": checksum(db), "error": error}

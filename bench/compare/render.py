@@ -192,7 +192,8 @@ def markdown(report, svg_name):
                    "(uninterrupted) | row updates beyond the rows to change | same data |")
         out.append("| --- | ---: | ---: | ---: | ---: | ---: | --- |")
         for k in report["kills"]:
-            out.append(f"| {k['contender']} | {k['killed_after_s']} | {k['done_at_kill']:,} | "
+            ended = " (it had ended: no test)" if k.get("ended_before_kill") else ""
+            out.append(f"| {k['contender']} | {k['killed_after_s']}{ended} | {k['done_at_kill']:,} | "
                        f"{k['finish_after_restart_s']} | {k['total_s']} ({k['uninterrupted_s']}) | "
                        f"{k['updated_twice_or_rolled_back']:,} | {'yes' if k['same_data'] else '**no**'} |")
         out.append("")
