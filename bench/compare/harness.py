@@ -649,6 +649,10 @@ def godwit_plan(db, work, label, extra):
     top = "".join(f"{k} = {json.dumps(v)}\n" for k, v in extra.get("top", {}).items())
     where = f'where = "{extra["where"]}"\n' if extra.get("where") else ""
     path = work / f"plan-{db.dialect}-{label}.toml"
+    if extra.get("lua_file"):
+        body = f'columns = ["phone"]\nlua_file = "{extra["lua_file"]}"\n'
+    else:
+        body = f'sql = """\n{sql}\n"""\n'
     path.write_text(f'''name = "cmp-{label}"
 database = "{db.godwit_url}"
 {top}{"[defaults]" if defaults else ""}
@@ -657,10 +661,7 @@ database = "{db.godwit_url}"
 name = "rewrite-phones"
 table = "customers"
 key = "id"
-{where}sql = """
-{sql}
-"""
-''')
+{where}{body}''')
     return path
 
 
@@ -672,6 +673,10 @@ GODWIT = {
     "godwit-best": ("godwit at its best settings found: " + ", ".join(
         [f"where = {json.dumps(BEST['where'])}"] + [f"{k} = {json.dumps(v)}" for k, v in BEST["defaults"].items()]
         + ([" ".join(BEST["args"])] if BEST["args"] else [])), BEST, ("postgres",)),
+    "godwit-lua": ("godwit at its defaults with the rewrite as a Lua transform (examples/transforms/phones.lua), "
+                   "the filter in `where`",
+                   {"where": "length(phone) = 11", "lua_file": str(ROOT / "examples" / "transforms" / "phones.lua")},
+                   ("postgres", "mariadb", "sqlite")),
     "godwit-guard": ('godwit with the latency guard, `max_latency_increase = "2x"`, filter in the SQL',
                      {"top": {"max_latency_increase": "2x"}}, ("postgres",)),
 }
