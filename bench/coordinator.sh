@@ -112,6 +112,8 @@ name = "$1"
 database = "${2:-$url}"
 [defaults]
 batch_size = 1
+# Fixed: batches sized by time would grow these empty batches to the whole table.
+adaptive = false
 [[steps]]
 name = "noop"
 table = "bench_claims"
