@@ -307,6 +307,20 @@ mod tests {
     use super::*;
 
     #[test]
+    fn keys_for_a_claim_only_on_postgres() {
+        let walk = KeyWalk::new(Dialect::Postgres, "Orders", "id", Some("state = 1"));
+        assert_eq!(
+            walk.keys_from("$9", "$3", "$4").as_deref(),
+            Some(
+                "SELECT \"id\" AS godwit_key FROM \"Orders\" WHERE \"id\" >= $9 AND \"id\" <= $3 \
+                 AND (state = 1) ORDER BY \"id\" LIMIT $4"
+            )
+        );
+        let walk = KeyWalk::new(Dialect::MySql, "orders", "id", None);
+        assert_eq!(walk.keys_from("?", "?", "?"), None);
+    }
+
+    #[test]
     fn walks_by_key_without_offset() {
         let walk = KeyWalk::new(
             Dialect::Postgres,
