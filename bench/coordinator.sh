@@ -21,6 +21,19 @@
 # under 10 s), per second.
 #
 # The database is $GODWIT_BENCH_PG if set, else the test database of scripts/test-services.sh.
+# 32×1 needs about 128 connections; a server of the benchmark's own, with more of them, keeps
+# it off a shared one, e.g. (Debian's PostgreSQL 15):
+#
+#   pg_createcluster 15 bench --port 5441 -- --auth-host=trust
+#   echo "max_connections = 300" > /etc/postgresql/15/bench/conf.d/90-bench.conf
+#   pg_ctlcluster 15 bench start && createdb -h 127.0.0.1 -p 5441 -U postgres godwit_bench
+#   GODWIT_BENCH_PG=postgres://postgres@127.0.0.1:5441/godwit_bench bench/coordinator.sh
+#
+# The godwit binary is this tree's release build, or $GODWIT_BIN. To compare builds side by
+# side in one run, GODWIT_BINS="LABEL=PATH LABEL=PATH …" runs every godwit configuration with
+# each of them in turn (the same repetition, one after the other), labelled. CONFIGS="1x8 8x4"
+# runs only those godwit configurations (default: 1x8 1x32 4x8 8x4 32x1 and the 4x8 async
+# diagnostic, "4x8a").
 set -euo pipefail
 cd "$(dirname "$0")/.."
 rows=${1:-200000}
@@ -28,8 +41,25 @@ secs=${2:-10}
 repeats=${3:-3}
 eval "$(scripts/test-services.sh)"
 url=${GODWIT_BENCH_PG:-$GODWIT_TEST_PG}
-cargo build --release -q -p godwit-cli
-bin=target/release/godwit
+declare -A bins=()
+bin_labels=()
+if [[ -n ${GODWIT_BINS:-} ]]; then
+  for pair in $GODWIT_BINS; do
+    bins[${pair%%=*}]=${pair#*=}
+    bin_labels+=("${pair%%=*}")
+  done
+else
+  if [[ -z ${GODWIT_BIN:-} ]]; then
+    cargo build --release -q -p godwit-cli
+  fi
+  bins[godwit]=${GODWIT_BIN:-target/release/godwit}
+  bin_labels=(godwit)
+fi
+for b in "${bin_labels[@]}"; do
+  [[ -x ${bins[$b]} ]] || { echo "no godwit binary at ${bins[$b]}" >&2; exit 1; }
+done
+bin=${bins[${bin_labels[0]}]}
+configs=${CONFIGS:-1x8 1x32 4x8 8x4 32x1 4x8a}
 out=$(mktemp -d)
 trap 'rm -rf "$out"' EXIT
 
@@ -82,6 +112,8 @@ name = "$1"
 database = "${2:-$url}"
 [defaults]
 batch_size = 1
+# Fixed: batches sized by time would grow these empty batches to the whole table.
+adaptive = false
 [[steps]]
 name = "noop"
 table = "bench_claims"
@@ -98,13 +130,15 @@ declare -A rates=()
 sep='?'
 [[ $url == *'?'* ]] && sep='&'
 
-# godwit_run LABEL PROCESSES CONCURRENCY REPEAT [URL]
+# godwit_run BINARY LABEL PROCESSES CONCURRENCY REPEAT [URL]
 godwit_run() {
-  local label=$1 procs=$2 conc=$3 rep=$4 run_url=${5:-$url}
+  local who=$1 label=$2 procs=$3 conc=$4 rep=$5 run_url=${6:-$url}
+  local bin=${bins[$who]}
+  label="$who $label"
   local run="bench-coord-${label//[^a-z0-9]/-}-r$rep"
   if ((procs * (conc + 3) > max_conn)); then
-    printf '%-26s skipped: needs ~%d connections, the server has %d free\n' \
-      "godwit $label" $((procs * (conc + 3))) "$max_conn"
+    printf '%-32s skipped: needs ~%d connections, the server has %d free\n' \
+      "$label" $((procs * (conc + 3))) "$max_conn"
     return
   fi
   plan "$run" "$run_url"
@@ -119,7 +153,7 @@ godwit_run() {
     wait "${pids[$i]}" || rc=$?
     if [[ $rc != 0 && $rc != 75 ]]; then
       failed=1
-      echo "godwit $label process $i exited $rc:" >&2
+      echo "$label process $i exited $rc:" >&2
       cat "$out/$run.$i.err" >&2
     fi
   done
@@ -137,7 +171,7 @@ SQL
   read -r n_done span rate <<<"$line"
   rate=${rate:-0}
   ((failed)) && rate=0
-  printf '%-26s run %d: %7d batches in %6.2fs, %6d/s\n' "godwit $label" "$rep" "$n_done" \
+  printf '%-32s run %d: %7d batches in %6.2fs, %6d/s\n' "$label" "$rep" "$n_done" \
     "$(echo "${span:-0} / 1000" | bc -l)" "$rate"
   rates[$label]+="$rate "
   forget "$run"
@@ -184,9 +218,16 @@ for ((rep = 1; rep <= repeats; rep++)); do
   commit_latency "$rep"
   for config in "${godwit_configs[@]}"; do
     read -r label procs conc <<<"$config"
-    godwit_run "$label" "$procs" "$conc" "$rep"
+    [[ " $configs " == *" $label "* ]] || continue
+    for who in "${bin_labels[@]}"; do
+      godwit_run "$who" "$label" "$procs" "$conc" "$rep"
+    done
   done
-  godwit_run "4x8 async" 4 8 "$rep" "$url$sep""options[synchronous_commit]=off"
+  if [[ " $configs " == *" 4x8a "* ]]; then
+    for who in "${bin_labels[@]}"; do
+      godwit_run "$who" "4x8 async" 4 8 "$rep" "$url$sep""options[synchronous_commit]=off"
+    done
+  fi
   pgbench_run 8 "$rep"
   pgbench_run 32 "$rep"
 done
@@ -195,17 +236,20 @@ median() { tr ' ' '\n' | grep . | sort -n | awk '{ v[NR] = $1 } END { print (NR 
 base8=$(median <<<"${rates[pgbench 8 clients]}")
 base32=$(median <<<"${rates[pgbench 32 clients]}")
 echo
-printf '%-28s %8s %9s  %s\n' "what (processes x concurrency)" "median/s" "vs pgbench" "runs"
-for label in "godwit 1x8" "godwit 1x32" "godwit 4x8" "godwit 8x4" "godwit 32x1" "godwit 4x8 async" \
-  "pgbench 8 clients" "pgbench 32 clients"; do
-  key=${label#godwit }
+printf '%-34s %8s %9s  %s\n' "what (processes x concurrency)" "median/s" "vs pgbench" "runs"
+labels=()
+for c in "1x8" "1x32" "4x8" "8x4" "32x1" "4x8 async"; do
+  for who in "${bin_labels[@]}"; do labels+=("$who $c"); done
+done
+for label in "${labels[@]}" "pgbench 8 clients" "pgbench 32 clients"; do
+  key=$label
   [[ -n ${rates[$key]:-} ]] || continue
   m=$(median <<<"${rates[$key]}")
   case $label in
-    *1x8 | "pgbench 8"*) base=$base8 ;;
+    *" 1x8" | "pgbench 8"*) base=$base8 ;;
     *) base=$base32 ;;
   esac
-  printf '%-28s %8.0f %8.2fx  %s\n' "$label" "$m" "$(echo "$m / $base" | bc -l)" "${rates[$key]}"
+  printf '%-34s %8.0f %8.2fx  %s\n' "$label" "$m" "$(echo "$m / $base" | bc -l)" "${rates[$key]}"
 done
 echo "(godwit at 8 workers is compared with pgbench at 8 clients, the rest with 32 clients)"
 printf '%-28s %8.2f ms       %s\n' "one synchronous commit" "$(median <<<"${rates[commit]}")" "${rates[commit]}"

@@ -21,6 +21,9 @@ pub struct KeyWalk {
     first_groups_sql: String,
     next_groups_sql: String,
     count_sql: String,
+    /// For a claim that walks in its own statement: the quoted table, the quoted key and the
+    /// filter (` AND (…)` or nothing), on PostgreSQL only.
+    keys_from: Option<(String, String, String)>,
 }
 
 /// The keys of the next batch.
@@ -92,7 +95,21 @@ impl KeyWalk {
                 &p(5),
             ),
             count_sql: format!("SELECT COUNT(*) FROM {t} WHERE {k} <= {}{and_filter}", p(1)),
+            keys_from: (dialect == Dialect::Postgres).then(|| (t.clone(), k.clone(), and_filter.clone())),
         }
+    }
+
+    /// The walk's key scan as a subquery of another statement, for a claim that walks under
+    /// the lock of the step's cursor row in one statement: the keys from `from` to `upper`
+    /// (both inclusive), at most `limit` of them, in key order, as the column `godwit_key`.
+    /// The three are SQL expressions (placeholders of the statement, a subquery). `None` on a
+    /// database other than PostgreSQL, whose claims cannot walk in the same statement.
+    pub fn keys_from(&self, from: &str, upper: &str, limit: &str) -> Option<String> {
+        let (t, k, and_filter) = self.keys_from.as_ref()?;
+        Some(format!(
+            "SELECT {k} AS godwit_key FROM {t} WHERE {k} >= {from} AND {k} <= {upper}{and_filter} \
+             ORDER BY {k} LIMIT {limit}"
+        ))
     }
 
     /// The next ranges after `after` (from the start when `None`), up to `batches` of them
@@ -288,6 +305,20 @@ pub async fn open_walker(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn keys_for_a_claim_only_on_postgres() {
+        let walk = KeyWalk::new(Dialect::Postgres, "Orders", "id", Some("state = 1"));
+        assert_eq!(
+            walk.keys_from("$9", "$3", "$4").as_deref(),
+            Some(
+                "SELECT \"id\" AS godwit_key FROM \"Orders\" WHERE \"id\" >= $9 AND \"id\" <= $3 \
+                 AND (state = 1) ORDER BY \"id\" LIMIT $4"
+            )
+        );
+        let walk = KeyWalk::new(Dialect::MySql, "orders", "id", None);
+        assert_eq!(walk.keys_from("?", "?", "?"), None);
+    }
 
     #[test]
     fn walks_by_key_without_offset() {

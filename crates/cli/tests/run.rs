@@ -210,6 +210,69 @@ async fn two_processes_share_one_run(backend: Backend) {
     assert_eq!(bad, 0);
 }
 
+/// Eight processes started together on one step of small batches: their claims queue on the
+/// step's cursor row (PostgreSQL, state in the plan's database), so none loses a race and
+/// walks again, the batches are numbered without a gap, their key ranges follow each other
+/// without overlap, and every row is counted once.
+async fn eight_processes_queue_on_the_cursor(backend: Backend) {
+    let db = TestDb::new(backend).await;
+    let table = db.table("queued");
+    db.counter_table(&table, 1..=6000).await;
+    let plan = db.plan(
+        "plan.toml",
+        &counter_plan(&db, &table, "", None).replace("batch_size = 7", "batch_size = 5"),
+    );
+    let fleet: Vec<_> = (0..8)
+        .map(|_| {
+            common::godwit()
+                .args(["run", path_str(&plan), "--concurrency", "2", "--quiet"])
+                // The claim loop logs each race it loses at debug level.
+                .env("RUST_LOG", "godwit_sched=debug")
+                .stdout(std::process::Stdio::null())
+                .stderr(std::process::Stdio::piped())
+                .spawn()
+                .expect("spawn godwit")
+        })
+        .collect();
+    let mut lost = 0;
+    for child in fleet {
+        let out = child.wait_with_output().expect("wait");
+        let err = text(&out.stderr);
+        assert_eq!(out.status.code(), Some(0), "{err}");
+        lost += err.matches("claimed the range first").count();
+    }
+    let wrong = db
+        .scalar(&format!("SELECT COUNT(*) FROM {table} WHERE hits <> 1"))
+        .await;
+    assert_eq!(wrong, 0, "rows not counted exactly once");
+    // Batch n + 1 starts right after batch n ends: no range claimed twice, none skipped.
+    let ranges = db
+        .query(&format!(
+            "SELECT batch, CAST(start_key AS BIGINT), CAST(end_key AS BIGINT), n_rows, worker \
+             FROM godwit_batches WHERE run = '{table}' AND state = 'done' ORDER BY batch"
+        ))
+        .await;
+    assert_eq!(ranges.len(), 1200);
+    let mut workers = std::collections::BTreeSet::new();
+    for (i, r) in ranges.iter().enumerate() {
+        let i = i as i64;
+        assert_eq!(r[0].as_i64(), Some(i), "batch numbers have a gap");
+        assert_eq!(r[1].as_i64(), Some(i * 5 + 1), "batch {i} starts elsewhere");
+        assert_eq!(r[2].as_i64(), Some(i * 5 + 5), "batch {i} ends elsewhere");
+        assert_eq!(r[3].as_i64(), Some(5));
+        workers.insert(format!("{:?}", r[4]));
+    }
+    assert!(
+        workers.len() >= 4,
+        "only {} processes ran batches: the claims did not compete",
+        workers.len()
+    );
+    assert_eq!(
+        lost, 0,
+        "claims lost races for the cursor instead of waiting for it"
+    );
+}
+
 /// A permanent error fails the run at once with exit 1, naming step, key range and code;
 /// `status` shows the failure.
 async fn permanent_error_fails_with_context(backend: Backend) {
@@ -720,6 +783,13 @@ async fn r11_killed_inside_the_done_record_commits_nothing(backend: Backend) {
         ),
         (Some(30), Some(1), Some(1))
     );
+}
+
+mod eight_processes_queue_on_the_cursor {
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn pg() {
+        super::eight_processes_queue_on_the_cursor(super::Backend::Postgres).await
+    }
 }
 
 mod killed_inside_the_done_record {

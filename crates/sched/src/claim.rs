@@ -6,8 +6,8 @@ use std::collections::VecDeque;
 use std::time::{Duration, Instant};
 
 use godwit_batch::open_walker;
-use godwit_driver::{Conn, Error, ErrorKind};
-use godwit_state::{ClaimedBatch, NewBatch, StepRecord};
+use godwit_driver::{Conn, Error, ErrorKind, KeyKind};
+use godwit_state::{ClaimedBatch, NewBatch, StepRecord, WalkedClaim};
 
 use crate::ctx::StepCtx;
 use crate::retry::with_retries;
@@ -98,6 +98,11 @@ pub(crate) async fn release(ctx: &StepCtx, batch: &ClaimedBatch) {
 /// otherwise new ranges (several at once: one walk, one claim and one commit for up to
 /// `claim_ahead` batches). `None` when nothing is left to claim now. The instant is when the
 /// batch was claimed.
+///
+/// Where the state lives in the database the walk reads (PostgreSQL, integer keys) the claim
+/// is one statement that waits for the step's cursor row and walks from it
+/// ([`walked_claim`]); elsewhere it reads the cursor, walks, and advances the cursor only if
+/// no other worker did meanwhile, reading it again when one did.
 async fn claim(
     ctx: &StepCtx,
     conn: &mut dyn Conn,
@@ -109,6 +114,9 @@ async fn claim(
     let run = ctx.run();
     let (state, name, worker) = (run.state(), ctx.name(), run.worker());
     let lease = ctx.settings().lease;
+    // Whether the one-statement claim may be tried (it steps aside once per call when the
+    // cursor row was not there to take, for the record to say why).
+    let mut walk_in_claim = walks_state_database(ctx);
     loop {
         let check_due = cache
             .abandoned_checked
@@ -131,6 +139,38 @@ async fn claim(
             cache.record = Some(record);
             return Ok(None);
         }
+        if walk_in_claim {
+            match walked_claim(ctx, conn, &record).await? {
+                Some(WalkedClaim::Claimed { batches, exhausted }) => {
+                    let last = batches
+                        .last()
+                        .map(|b| (b.number(), b.end_key().map(str::to_string)));
+                    if let Some((number, end_key)) = last {
+                        cache.record = Some(StepRecord {
+                            cursor_key: end_key,
+                            next_batch: number + 1,
+                            exhausted,
+                            ..record
+                        });
+                    }
+                    return Ok(queue_ahead(ctx, cache, batches));
+                }
+                Some(WalkedClaim::Exhausted) => {
+                    // Look for abandoned batches, then find the record exhausted.
+                    cache.exhausted = true;
+                    cache.record = Some(StepRecord {
+                        exhausted: true,
+                        ..record
+                    });
+                    continue;
+                }
+                Some(WalkedClaim::NotHere) | None => {
+                    // Walked to its end by another worker, or restarted: read it again.
+                    walk_in_claim = false;
+                    continue;
+                }
+            }
+        }
         let Some(new) = next_ranges(ctx, conn, &record).await? else {
             state.mark_exhausted(run.name(), name, &record).await?;
             continue;
@@ -150,18 +190,84 @@ async fn claim(
                 exhausted: last,
                 ..record
             });
-            let now = Instant::now();
-            let mut claimed = claimed.into_iter();
-            let first = claimed.next();
-            for ahead in claimed {
-                // Ours until run: the heartbeat keeps their leases.
-                run.track(&ahead, lease);
-                cache.queue.push_back((ahead, now));
-            }
-            return Ok(first.map(|b| (b, now)));
+            return Ok(queue_ahead(ctx, cache, claimed));
         }
-        // Another worker advanced the cursor first: read it again.
+        // Another worker advanced the cursor first: read it again (and nothing else: the
+        // abandoned batches keep their own schedule).
+        tracing::debug!(
+            step = name,
+            "another worker claimed the range first; reading the cursor again"
+        );
     }
+}
+
+/// Keeps all but the first of `claimed` in the step's queue, tracked for the heartbeat, and
+/// returns the first.
+fn queue_ahead(
+    ctx: &StepCtx,
+    cache: &mut ClaimCache,
+    claimed: Vec<ClaimedBatch>,
+) -> Option<(ClaimedBatch, Instant)> {
+    let run = ctx.run();
+    let lease = ctx.settings().lease;
+    let now = Instant::now();
+    let mut claimed = claimed.into_iter();
+    let first = claimed.next();
+    for ahead in claimed {
+        // Ours until run: the heartbeat keeps their leases.
+        run.track(&ahead, lease);
+        cache.queue.push_back((ahead, now));
+    }
+    first.map(|b| (b, now))
+}
+
+/// Whether the step's claims can walk in their own statement: the state lives in the plan's
+/// database, the step walks that database (not a copy's source elsewhere), on PostgreSQL,
+/// by an integer key.
+fn walks_state_database(ctx: &StepCtx) -> bool {
+    let work = ctx.work();
+    let run = ctx.run();
+    run.exactly_once()
+        && work.walk_url() == run.pool().url()
+        && work.key_kind() == Some(KeyKind::Int)
+        && work
+            .walk()
+            .is_some_and(|w| w.keys_from("1", "1", "1").is_some())
+}
+
+/// The claim that locks the step's cursor row, walks from it and inserts the batch rows in
+/// one statement on the walker's connection (which carries the walk's planner settings).
+/// `None` when the step's upper key does not say where to stop.
+async fn walked_claim(
+    ctx: &StepCtx,
+    conn: &mut dyn Conn,
+    record: &StepRecord,
+) -> Result<Option<WalkedClaim>, Error> {
+    let (Some(walk), Some(kind)) = (ctx.work().walk(), ctx.work().key_kind()) else {
+        return Ok(None);
+    };
+    let Some(upper) = record.upper_key.as_deref() else {
+        return Ok(None);
+    };
+    let Some(upper) = kind.decode(upper)?.as_i64() else {
+        return Ok(None);
+    };
+    let run = ctx.run();
+    let batch_size = ctx.pace().batch_size(run.pace());
+    run.state()
+        .claim_walked(
+            conn,
+            run.name(),
+            ctx.name(),
+            |from, upper, limit| walk.keys_from(from, upper, limit),
+            upper,
+            i64::try_from(batch_size).unwrap_or(i64::MAX),
+            run.claim_ahead(),
+            run.worker(),
+            ctx.settings().lease,
+        )
+        .await
+        .map(Some)
 }
 
 /// The batches after the step's cursor, as the key walk finds them: up to `claim_ahead` of

@@ -1,9 +1,14 @@
 //! The claim protocol: how a worker takes a batch, across processes and machines.
 //!
 //! * A new batch is claimed by advancing the step's cursor (`godwit_steps.next_batch`,
-//!   `cursor_key`) with a compare-and-set on `next_batch` and inserting the batch rows in the
-//!   same short transaction ([`StateStore::claim_new_batches`]), so two workers never claim
-//!   overlapping ranges; a walk that found no more keys marks the step exhausted the same way
+//!   `cursor_key`) and inserting the batch rows in one short transaction, so two workers never
+//!   claim overlapping ranges. Where the state lives in the database whose key is walked
+//!   (PostgreSQL, integer keys), one statement locks the cursor row, walks from it, moves it
+//!   and inserts the rows ([`StateStore::claim_walked`]): a competing claim waits for the row
+//!   and then takes the next ranges, instead of failing. Elsewhere the worker reads the
+//!   cursor, walks, and advances it with a compare-and-set on `next_batch`
+//!   ([`StateStore::claim_new_batches`]), reading it again when another worker was first; a
+//!   walk that found no more keys marks the step exhausted the same way
 //!   ([`StateStore::mark_exhausted`]).
 //! * A claim carries a random token and a lease on the state database's clock; a batch whose
 //!   lease ran out (its worker died or froze), or that was given back, is claimed again with a
@@ -20,6 +25,26 @@ use crate::fence::{ensure_generation, fence, fence_params, is_current, restarted
 use crate::{
     get_text, lease_ms, opt_text, schema, text, ClaimedBatch, NewBatch, StateStore, StepRecord,
 };
+
+/// What a claim that walked under the cursor row's lock ([`StateStore::claim_walked`]) did.
+#[derive(Debug)]
+pub enum WalkedClaim {
+    /// It claimed these batches.
+    Claimed {
+        /// The batches, in key order.
+        batches: Vec<ClaimedBatch>,
+        /// Whether the last of them reaches the end of the walk.
+        exhausted: bool,
+    },
+    /// The walk found no key after the cursor: the step is marked walked to its end.
+    Exhausted,
+    /// No cursor row to take: the step was walked to its end already, or the run is of
+    /// another generation now. The step's record says which.
+    NotHere,
+}
+
+/// The largest number of ranges one walked claim takes (the rows of its token list).
+const MAX_WALKED: usize = 64;
 
 impl StateStore {
     /// Claims the consecutive ranges `batches` at once, advancing the step's cursor past the
@@ -79,6 +104,142 @@ impl StateStore {
             })
         })
         .await
+    }
+
+    /// Claims the next ranges of a step in one statement on `conn`, a connection (outside a
+    /// transaction) to the database that holds both the state tables and the walked key, on
+    /// PostgreSQL with an integer key: the statement locks the step's cursor row, walks up to
+    /// `batches` ranges of `batch_size` keys from it (`keys`, given the SQL of the first key,
+    /// the upper key and the limit, returns the key scan: `KeyWalk::keys_from`), moves the
+    /// cursor past them, inserts their rows with tokens and leases, and commits.
+    ///
+    /// A claim by another process meanwhile waits for the cursor row and then walks from
+    /// where this one left it, so no claim is lost to a race, and none re-reads or re-walks.
+    /// The row stays locked only while the statement runs in the server (the walk included,
+    /// which reads the same database), never across a round trip to the client. The commit is
+    /// asynchronous (see [`StateStore::claim_new_batches`]) unless the claim ends the walk.
+    #[allow(clippy::too_many_arguments)]
+    pub async fn claim_walked(
+        &self,
+        conn: &mut dyn Conn,
+        run: &str,
+        step: &str,
+        keys: impl FnOnce(&str, &str, &str) -> Option<String>,
+        upper: i64,
+        batch_size: i64,
+        batches: usize,
+        worker: &str,
+        lease: Duration,
+    ) -> Result<WalkedClaim> {
+        let batches = batches.clamp(1, MAX_WALKED);
+        let batch_size = batch_size.max(1);
+        let limit = batch_size.saturating_mul(batches as i64);
+        // The first key after the cursor: integer keys are walked from cursor + 1 (a cursor
+        // at i64::MAX is the upper key itself, so the walk has ended and the row is not
+        // taken); a step not walked yet starts at the smallest key.
+        let from = "coalesce((SELECT cursor_key::bigint + 1 FROM cur), \
+                    '-9223372036854775808'::bigint)";
+        let Some(keys) = keys(from, "$3", "$4") else {
+            return Ok(WalkedClaim::NotHere);
+        };
+        let mine = self.generation(run);
+        let mut params = vec![
+            text(run),
+            text(step),
+            Value::Int(upper),
+            Value::Int(limit),
+            Value::Int(batch_size),
+            text(worker),
+            lease_ms(lease),
+        ];
+        let fenced = match &mine {
+            Some(generation) => {
+                params.push(text(generation.clone()));
+                " AND EXISTS (SELECT 1 FROM godwit_runs g WHERE g.run = $1 AND g.generation = $8)"
+            }
+            None => "",
+        };
+        let mut rows = Vec::with_capacity(batches);
+        for i in 0..batches {
+            let token = uuid::Uuid::new_v4().simple().to_string();
+            rows.push(format!(
+                "(${}::bigint, ${})",
+                params.len() + 1,
+                params.len() + 2
+            ));
+            params.extend([Value::Int(i as i64), text(token)]);
+        }
+        let now = schema::now_ms(Dialect::Postgres);
+        // FOR NO KEY UPDATE: what the UPDATE of the row takes anyway, so claims queue on it
+        // while readers of the row do not wait. After the wait the row is read as the claim
+        // before left it. The commit is synchronous only for the claim that ends the walk
+        // (set_config local to this statement's transaction), which flushes the claims before.
+        let q = format!(
+            "WITH cur AS ( \
+               SELECT next_batch, cursor_key FROM godwit_steps \
+               WHERE run = $1 AND step = $2 AND exhausted = 0{fenced} \
+               FOR NO KEY UPDATE), \
+             keys AS ( \
+               SELECT godwit_key, row_number() OVER (ORDER BY godwit_key) AS n \
+               FROM ({keys}) l WHERE EXISTS (SELECT 1 FROM cur)), \
+             ranges AS ( \
+               SELECT (n - 1) / $5 AS i, min(godwit_key) AS first_key, max(godwit_key) AS last_key, \
+                 count(*) AS n_rows \
+               FROM keys GROUP BY 1), \
+             walked AS ( \
+               SELECT count(*) AS n_batches, max(last_key) AS last_key, \
+                 coalesce(sum(n_rows), 0) < $4 OR coalesce(max(last_key) = $3, false) AS ends \
+               FROM ranges), \
+             moved AS ( \
+               UPDATE godwit_steps s SET cursor_key = coalesce(w.last_key::text, s.cursor_key), \
+                 next_batch = s.next_batch + w.n_batches, \
+                 exhausted = CASE WHEN w.ends THEN 1 ELSE 0 END \
+               FROM cur, walked w \
+               WHERE s.run = $1 AND s.step = $2 \
+               RETURNING s.next_batch - w.n_batches AS first_batch, w.ends), \
+             claimed AS ( \
+               INSERT INTO godwit_batches (run, step, batch, start_key, end_key, n_rows, state, \
+                 token, worker, lease_until_ms, attempts, claimed_ms) \
+               SELECT $1, $2, m.first_batch + r.i, r.first_key::text, r.last_key::text, r.n_rows, \
+                 'claimed', v.token, $6, {now} + $7, 0, {now} \
+               FROM moved m, ranges r JOIN (VALUES {}) AS v (i, token) ON v.i = r.i \
+               RETURNING batch, token, start_key, end_key, n_rows) \
+             SELECT c.batch, c.token, c.start_key, c.end_key, c.n_rows, \
+               CASE WHEN m.ends THEN 1 ELSE 0 END, \
+               set_config('synchronous_commit', CASE WHEN m.ends THEN 'on' ELSE 'off' END, true) \
+             FROM moved m LEFT JOIN claimed c ON true \
+             ORDER BY c.batch",
+            rows.join(", ")
+        );
+        let found = conn.query(&q, &params).await?;
+        let Some(first) = found.first() else {
+            return Ok(WalkedClaim::NotHere);
+        };
+        let exhausted = first.get(5).as_i64() == Some(1);
+        let mut claimed = Vec::with_capacity(found.len());
+        for row in &found {
+            let Some(batch) = row.get(0).as_i64() else {
+                continue;
+            };
+            claimed.push(ClaimedBatch {
+                run: run.to_string(),
+                generation: mine.clone(),
+                step: step.to_string(),
+                batch,
+                token: get_text(row.get(1)).unwrap_or_default(),
+                start_key: get_text(row.get(2)),
+                end_key: get_text(row.get(3)),
+                n_rows: row.get(4).as_i64().unwrap_or_default(),
+                attempts: 0,
+            });
+        }
+        if claimed.is_empty() {
+            return Ok(WalkedClaim::Exhausted);
+        }
+        Ok(WalkedClaim::Claimed {
+            batches: claimed,
+            exhausted,
+        })
     }
 
     /// Marks the walk of a step finished, if the cursor is still where `record` saw it.

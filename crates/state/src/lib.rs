@@ -9,8 +9,10 @@
 //! Claims follow one protocol across processes and machines:
 //!
 //! * each step has a cursor row (`godwit_steps.next_batch`, `cursor_key`); a new batch is claimed
-//!   by advancing the cursor with a compare-and-set on `next_batch` and inserting the batch row
-//!   in the same short transaction, so two workers never claim overlapping ranges;
+//!   by advancing the cursor and inserting the batch row in the same short transaction, under
+//!   the row's lock (one statement that also walks, where the state lives in the walked
+//!   PostgreSQL database) or with a compare-and-set on `next_batch`, so two workers never claim
+//!   overlapping ranges;
 //! * a claim carries a random token and a lease on the state database's clock; a batch whose
 //!   lease ran out (its worker died or froze) is claimed again with a new token;
 //! * the done record only matches the batch row that still carries the worker's token, so a
@@ -46,6 +48,7 @@ use godwit_driver::{
     number_placeholders, Conn, DbUrl, Dialect, Error, ErrorKind, Result, Row, Value,
 };
 
+pub use crate::claim::WalkedClaim;
 pub use crate::estimates::{Estimate, RecordedEstimate, StepEstimate};
 pub use crate::history::{BatchError, EtaPoint, StepEtaHistory, Throughput, ThroughputPoint};
 pub use crate::pace::{RunControl, RunSettings};

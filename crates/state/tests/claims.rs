@@ -8,7 +8,7 @@ use std::time::Duration;
 use common::{connect, db, range, run_name, spec, started_step, store, ClaimOne, Db, LEASE};
 use godwit_driver::Error;
 use godwit_state::{
-    BatchOutcome, Control, Restart, RunStart, RunState, StateStore, StepCompletion,
+    BatchOutcome, Control, Restart, RunStart, RunState, StateStore, StepCompletion, WalkedClaim,
 };
 
 async fn claims_are_compare_and_set_and_fenced(backend: &str) {
@@ -338,6 +338,135 @@ async fn several_batches_in_one_claim(backend: &str) {
         .expect("claim the rest");
     assert_eq!(tail.len(), 2);
     assert!(state.step_record(&run, "s").await.unwrap().exhausted);
+}
+
+/// A claim that walks in its own statement (PostgreSQL, state beside the walked table) waits
+/// for a cursor row another transaction holds, then claims the ranges after where that one
+/// left the cursor, instead of failing; it marks the walk's end, and claims nothing for a run
+/// of another generation.
+#[tokio::test]
+async fn pg_a_walked_claim_waits_for_the_cursor_row() {
+    let db = db("pg").await;
+    let state = store(&db).await;
+    let (run, _) = started_step(&state, "100").await;
+    let table = format!("walked_{}", &run.replace('-', "_"));
+    let mut walker = connect(&db).await;
+    walker
+        .execute_unprepared(&format!(
+            "CREATE TABLE {table} (id bigint PRIMARY KEY); \
+             INSERT INTO {table} SELECT generate_series(1, 100)"
+        ))
+        .await
+        .unwrap();
+    let ranges = |claimed: &WalkedClaim| match claimed {
+        WalkedClaim::Claimed { batches, exhausted } => (
+            batches
+                .iter()
+                .map(|b| {
+                    (
+                        b.number(),
+                        b.start_key().unwrap().to_string(),
+                        b.end_key().unwrap().to_string(),
+                    )
+                })
+                .collect::<Vec<_>>(),
+            *exhausted,
+        ),
+        other => panic!("claimed nothing: {other:?}"),
+    };
+    let first = walked(&state, walker.as_mut(), &run, &table, 2).await;
+    assert_eq!(
+        ranges(&first),
+        (
+            vec![(0, "1".into(), "10".into()), (1, "11".into(), "20".into())],
+            false
+        )
+    );
+
+    // Another transaction holds the cursor row and moves it past three more batches.
+    let mut holder = connect(&db).await;
+    holder.begin(Default::default()).await.unwrap();
+    holder
+        .execute(
+            "UPDATE godwit_steps SET next_batch = 5, cursor_key = '50' WHERE run = $1 AND step = 's'",
+            &[godwit_driver::Value::Text(run.clone())],
+        )
+        .await
+        .unwrap();
+    let mut watcher = connect(&db).await;
+    let (second, ()) = tokio::join!(walked(&state, walker.as_mut(), &run, &table, 2), async {
+        // The claim is seen waiting for the row lock (not failing) before the holder commits.
+        let waiting = "SELECT count(*) FROM pg_stat_activity \
+                       WHERE wait_event_type = 'Lock' AND query LIKE 'WITH cur AS%'";
+        let started = std::time::Instant::now();
+        loop {
+            let rows = watcher.query(waiting, &[]).await.unwrap();
+            if rows[0].get(0).as_i64() == Some(1) {
+                break;
+            }
+            assert!(
+                started.elapsed() < Duration::from_secs(20),
+                "the claim never waited for the row"
+            );
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        holder.commit().await.unwrap();
+    });
+    assert_eq!(
+        ranges(&second),
+        (
+            vec![(5, "51".into(), "60".into()), (6, "61".into(), "70".into())],
+            false
+        ),
+        "the claim walks from where the holder left the cursor"
+    );
+
+    // The rest, then nothing: the step is marked walked to its end.
+    let rest = walked(&state, walker.as_mut(), &run, &table, 4).await;
+    let (rest, exhausted) = ranges(&rest);
+    assert_eq!(rest.last(), Some(&(9, "91".into(), "100".into())));
+    assert!(exhausted);
+    assert!(state.step_record(&run, "s").await.unwrap().exhausted);
+    let after = walked(&state, walker.as_mut(), &run, &table, 4).await;
+    assert!(matches!(after, WalkedClaim::NotHere), "{after:?}");
+
+    // A run restarted by another process: the cursor row is not this generation's to take.
+    let (run2, _) = started_step(&state, "100").await;
+    let other = store(&db).await;
+    other
+        .begin_run(&spec(&run2, "v1"), Restart::Forget)
+        .await
+        .unwrap();
+    other
+        .init_step(&run2, "s", Some("int"), Some("100"), false)
+        .await
+        .unwrap();
+    let fenced = walked(&state, walker.as_mut(), &run2, &table, 2).await;
+    assert!(matches!(fenced, WalkedClaim::NotHere), "{fenced:?}");
+    walker
+        .execute_unprepared(&format!("DROP TABLE {table}"))
+        .await
+        .unwrap();
+}
+
+/// A walked claim of up to `batches` ranges of 10 keys of `table`, up to the key 100.
+async fn walked(
+    state: &StateStore,
+    conn: &mut dyn godwit_driver::Conn,
+    run: &str,
+    table: &str,
+    batches: usize,
+) -> WalkedClaim {
+    let keys = |from: &str, upper: &str, limit: &str| {
+        Some(format!(
+            "SELECT id AS godwit_key FROM {table} WHERE id >= {from} AND id <= {upper} \
+             ORDER BY id LIMIT {limit}"
+        ))
+    };
+    state
+        .claim_walked(conn, run, "s", keys, 100, 10, batches, "w", LEASE)
+        .await
+        .unwrap()
 }
 
 /// A server crash can lose the last (asynchronous) claims and rewind a step's cursor while a
