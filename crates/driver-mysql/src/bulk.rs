@@ -406,21 +406,27 @@ fn write_value(out: &mut Vec<u8>, scratch: &mut String, value: &Value, hex: bool
             let _ = write!(scratch, "{}", u.hyphenated());
             scratch.as_bytes()
         }
+        // Written by hand: chrono's `format` parses its pattern for every value.
         Value::Date(d) => {
-            let _ = write!(scratch, "{}", d.format("%Y-%m-%d"));
+            push_date(scratch, *d);
             scratch.as_bytes()
         }
         Value::Time(t) => {
-            let _ = write!(scratch, "{}", t.format("%H:%M:%S%.6f"));
+            push_time(scratch, *t);
             scratch.as_bytes()
         }
         Value::Timestamp(t) => {
-            let _ = write!(scratch, "{}", t.format("%Y-%m-%d %H:%M:%S%.6f"));
+            push_date(scratch, t.date());
+            scratch.push(' ');
+            push_time(scratch, t.time());
             scratch.as_bytes()
         }
         // The session's time zone is UTC, as for the INSERT's bound values.
         Value::TimestampTz(t) => {
-            let _ = write!(scratch, "{}", t.naive_utc().format("%Y-%m-%d %H:%M:%S%.6f"));
+            let t = t.naive_utc();
+            push_date(scratch, t.date());
+            scratch.push(' ');
+            push_time(scratch, t.time());
             scratch.as_bytes()
         }
         Value::TextArray(items) => {
@@ -447,6 +453,39 @@ fn write_value(out: &mut Vec<u8>, scratch: &mut String, value: &Value, hex: bool
             26 => out.extend_from_slice(b"\\Z"),
             _ => out.push(b),
         }
+    }
+}
+
+/// `YYYY-MM-DD` (a year outside 0 to 9999, which MySQL cannot hold, as chrono writes it).
+fn push_date(out: &mut String, d: NaiveDate) {
+    let year = d.year();
+    if (0..=9999).contains(&year) {
+        push_digits(out, year as u32, 4);
+    } else {
+        out.push_str(&d.format("%Y").to_string());
+    }
+    out.push('-');
+    push_digits(out, d.month(), 2);
+    out.push('-');
+    push_digits(out, d.day(), 2);
+}
+
+/// `HH:MM:SS.ffffff`.
+fn push_time(out: &mut String, t: NaiveTime) {
+    push_digits(out, t.hour(), 2);
+    out.push(':');
+    push_digits(out, t.minute(), 2);
+    out.push(':');
+    push_digits(out, t.second(), 2);
+    out.push('.');
+    push_digits(out, (t.nanosecond() / 1_000).min(999_999), 6);
+}
+
+/// `n` in `width` decimal digits, zero-padded (`n` has at most `width` digits).
+fn push_digits(out: &mut String, n: u32, width: u32) {
+    for at in (0..width).rev() {
+        let digit = (n / 10u32.pow(at)) % 10;
+        out.push(char::from(b'0' + digit as u8));
     }
 }
 
@@ -688,13 +727,21 @@ mod tests {
             &Value::TimestampTz(t.and_utc()),
             false,
         );
+        for v in [
+            Value::Date(NaiveDate::from_ymd_opt(987, 1, 2).unwrap()),
+            Value::Time(NaiveTime::from_hms_micro_opt(7, 8, 9, 10).unwrap()),
+        ] {
+            out.push(b' ');
+            write_value(&mut out, &mut String::new(), &v, false);
+        }
         for f in [0.1, 1.7976931348623157e308, 5e-324] {
             out.push(b' ');
             write_value(&mut out, &mut String::new(), &Value::Float(f), false);
         }
         assert_eq!(
             String::from_utf8(out).unwrap(),
-            "2024-02-29 23:59:58.0001202024-02-29 23:59:58.000120 0.1 1.7976931348623157e308 5e-324"
+            "2024-02-29 23:59:58.0001202024-02-29 23:59:58.000120 0987-01-02 07:08:09.000010 \
+             0.1 1.7976931348623157e308 5e-324"
         );
     }
 }
