@@ -2793,3 +2793,234 @@ async fn postgres_copies_into_views_and_ruled_tables_insert() {
         assert_eq!(db.scalar(&format!("SELECT COUNT(*) FROM {ruled}")).await, 0);
     }
 }
+
+// --- 9. MySQL/MariaDB's bulk path ------------------------------------------------------------
+
+/// Runs godwit with `RUST_LOG` set (the copy's path is logged at debug level).
+fn gw_logged(args: &[&str], log: &str) -> Out {
+    let mut cmd = godwit();
+    cmd.args(args).env("RUST_LOG", log);
+    let mut watched = KillOnDrop(spawn_watched_cmd(cmd));
+    let code = watched.finish(Duration::from_secs(90));
+    Out {
+        code,
+        stdout: watched.stdout_lines.join("\n"),
+        stderr: watched.stderr_text(),
+    }
+}
+
+const LOAD_DATA: &str = "rows decoded and fitted, LOAD DATA LOCAL INFILE";
+
+/// A MariaDB table of every type the bulk path writes, with the values that its text format
+/// must escape (tab, newline, carriage return, backslash, NUL, Ctrl-Z, a literal `\N`), NULLs,
+/// extremes and fractions; and how each column is printed for comparing (by the database:
+/// hex for bytes, CAST for the rest, the instant of a TIMESTAMP in seconds since 1970).
+fn mariadb_bulk_table(name: &str) -> (String, Vec<String>, &'static str) {
+    let create = format!(
+        "CREATE TABLE {name} (id BIGINT PRIMARY KEY, i BIGINT, u BIGINT UNSIGNED, \
+         d DECIMAL(30,10), f DOUBLE, t TEXT, v VARCHAR(20), b BLOB, vb VARBINARY(8), \
+         j JSON, dt DATE, tm TIME(6), ts DATETIME(6), tz TIMESTAMP(6) NULL, flag BOOLEAN) \
+         ENGINE=InnoDB DEFAULT CHARSET=utf8mb4"
+    );
+    let rows = vec![
+        "(1, -9223372036854775808, 18446744073709551615, 12345678901234567890.0123456789, \
+         1.7976931348623157e308, CONCAT('tab\\there', CHAR(10), 'nl\\rcr\\\\bs', CHAR(0), 'nul', \
+         CHAR(26), 'z \\\\N \u{1F600}'), '\\\\N', X'00FF090A5C4E', X'', \
+         '{\"a\":[1,{\"b\":null}],\"big\":12345678901234567890,\"s\":\"x\\\\\"y\\\\ttab\"}', \
+         '2024-02-29', '838:59:59.999999', '2024-02-29 23:59:59.999999', \
+         '2038-01-19 03:14:07.999999', 1)"
+            .to_string(),
+        "(2, 9223372036854775807, 0, -0.0000000001, -0.1, '', '', X'', X'00', '[]', \
+         '1000-01-01', '-838:59:59.000001', '1000-01-01 00:00:00.000001', \
+         '1970-01-01 00:00:01.000001', 0)"
+            .to_string(),
+        "(3, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL)"
+            .to_string(),
+        "(4, 0, 1, 99999999999999999999.9999999999, 5e-324, 'N', 'h\u{e9}llo \u{1F469}\u{200D}\u{1F467}', \
+         X'5C', X'0D0A1A', 'null', '9999-12-31', '00:00:00', '9999-12-31 23:59:59.999999', \
+         '2000-06-01 12:00:00', 2)"
+            .to_string(),
+    ];
+    let shown = "CAST(id AS CHAR), CAST(i AS CHAR), CAST(u AS CHAR), CAST(d AS CHAR), \
+                 CAST(f AS CHAR), HEX(t), HEX(v), HEX(b), HEX(vb), JSON_COMPACT(j), CAST(dt AS CHAR), \
+                 CAST(tm AS CHAR), CAST(ts AS CHAR), CAST(UNIX_TIMESTAMP(tz) AS CHAR), \
+                 CAST(flag AS CHAR)";
+    (create, rows, shown)
+}
+
+/// Into MariaDB, a copy whose rows pass through godwit is written with `LOAD DATA LOCAL
+/// INFILE`, and every value arrives exactly as it was: escaped text, NUL and emoji, bytes,
+/// NULLs, decimals with their scale, `DATETIME(6)` and `TIMESTAMP(6)` fractions (the same
+/// instant), JSON, the extremes of BIGINT and BIGINT UNSIGNED.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mariadb_bulk_path_keeps_every_value() {
+    let db = db_for(Backend::MySql).await;
+    let (src, dst) = (db.table("load_src"), db.table("load_dst"));
+    let (create, rows, shown) = mariadb_bulk_table(&src);
+    db.exec(&create).await;
+    db.exec(&mariadb_bulk_table(&dst).0).await;
+    db.exec(&format!("INSERT INTO {src} VALUES {}", rows.join(", ")))
+        .await;
+    // Ordinary rows enough for several batches and slices.
+    db.exec(&format!(
+        "INSERT INTO {src} (id, i, d, t, b, j, ts) SELECT seq, seq * 7, seq / 7, \
+         CONCAT('row ', seq, '\\t\\\\'), UNHEX(HEX(seq)), JSON_OBJECT('k', seq), \
+         TIMESTAMP('2001-01-01') + INTERVAL seq * 1001 MICROSECOND FROM seq_10_to_2000"
+    ))
+    .await;
+    let plan = copy_plan(
+        &db,
+        &format!("{}_load", db.tag),
+        "batch_size = 500",
+        &[format!(
+            "name = \"copy\"\ntable = \"{src}\"\nkey = \"id\"\ninto = \"{dst}\""
+        )],
+    );
+    let out = gw_logged(&["run", path_str(&plan)], "godwit_batch=debug");
+    assert_eq!(out.code, Some(0), "{out}");
+    assert!(out.stderr.contains(LOAD_DATA), "{out}");
+    let from = snapshot(&db, &format!("SELECT {shown} FROM {src} ORDER BY id")).await;
+    let into = snapshot(&db, &format!("SELECT {shown} FROM {dst} ORDER BY id")).await;
+    assert_eq!(from.len(), 1995);
+    // Some values the escaping must keep, as stored.
+    assert_eq!(
+        from[0][5].as_deref(),
+        Some(
+            "7461620968657265\
+              0A6E6C0D63725C6273006E75\
+              6C1A7A205C4E20F09F9880"
+        )
+    );
+    assert_eq!(from[0][6].as_deref(), Some("5C4E"));
+    for (i, (a, b)) in from.iter().zip(&into).enumerate() {
+        assert_eq!(a, b, "row {i}");
+    }
+    assert_eq!(from.len(), into.len());
+    let out = gw(&["verify", path_str(&plan)]);
+    assert_eq!(out.code, Some(0), "{out}");
+}
+
+/// The first lines of `text` that hold `needle`, with the timing and progress left out.
+fn lines_with<'a>(text: &'a str, needle: &str) -> Vec<&'a str> {
+    text.lines().filter(|l| l.contains(needle)).collect()
+}
+
+/// A batch that LOAD DATA cannot write exactly (it would turn a duplicate key or an
+/// out-of-range value into a warning and skip or clamp the row) is rolled back and written
+/// with INSERT, which fails with the database's own error, the same as where the bulk path
+/// is off (`local-infile=false`); nothing of the batch stays.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mariadb_bulk_bad_value_fails_as_insert_does() {
+    let db = db_for(Backend::MySql).await;
+    for (case, target, existing, needle) in [
+        ("dup", "v INT", "(2, 0)", "1062"),
+        ("range", "v TINYINT", "", "1264"),
+    ] {
+        let src = db.table(&format!("bad_{case}_src"));
+        let dst = db.table(&format!("bad_{case}_dst"));
+        db.exec(&format!(
+            "CREATE TABLE {src} (id BIGINT PRIMARY KEY, v INT) ENGINE=InnoDB"
+        ))
+        .await;
+        db.exec(&format!(
+            "INSERT INTO {src} VALUES (1, 1), (2, 1000), (3, 3)"
+        ))
+        .await;
+        let mut errors = Vec::new();
+        for url in [db.url.clone(), format!("{}?local-infile=false", db.url)] {
+            db.exec(&format!("DROP TABLE IF EXISTS {dst}")).await;
+            db.exec(&format!(
+                "CREATE TABLE {dst} (id BIGINT PRIMARY KEY, {target}) ENGINE=InnoDB"
+            ))
+            .await;
+            if !existing.is_empty() {
+                db.exec(&format!("INSERT INTO {dst} VALUES {existing}"))
+                    .await;
+            }
+            let name = format!("{}_bad_{case}_{}", db.tag, errors.len());
+            let plan = db.plan(
+                &format!("{name}.toml"),
+                &format!(
+                    "name = \"{name}\"\ndatabase = \"{url}\"\n\n[[steps]]\nname = \"copy\"\n\
+                     table = \"{src}\"\nkey = \"id\"\ninto = \"{dst}\"\n"
+                ),
+            );
+            let out = gw_logged(
+                &["run", path_str(&plan)],
+                "warn,godwit_batch=debug,godwit_driver_mysql=debug",
+            );
+            assert_eq!(out.code, Some(1), "{case}: {out}");
+            let bulk = !url.contains('?');
+            // With the bulk path on, LOAD DATA ran and gave the slice back.
+            assert_eq!(
+                out.stderr
+                    .contains("LOAD DATA did not load the rows exactly"),
+                bulk,
+                "{case}: {out}"
+            );
+            // The load was given back: the slice was written with INSERT.
+            assert!(!out.stderr.contains(LOAD_DATA), "{case}: {out}");
+            assert!(
+                out.stderr
+                    .contains("rows decoded and fitted, multi-row INSERT"),
+                "{case}: {out}"
+            );
+            // The failed batch left nothing behind.
+            let rows = db.scalar(&format!("SELECT COUNT(*) FROM {dst}")).await;
+            assert_eq!(rows, i64::from(!existing.is_empty()), "{case}: {out}");
+            let error: Vec<String> = lines_with(&out.stderr, needle)
+                .into_iter()
+                .map(|l| l.replace(&name, "PLAN"))
+                .collect();
+            assert!(!error.is_empty(), "{case} (bulk {bulk}): {out}");
+            errors.push(error);
+        }
+        assert_eq!(errors[0], errors[1], "{case}: the same error either way");
+    }
+}
+
+/// With the bulk path turned off on the client (`local-infile=false` in the URL), a copy into
+/// MariaDB says so once, at warning level and without the password, and writes with INSERT.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mariadb_bulk_path_refused_falls_back_to_insert() {
+    let db = db_for(Backend::MySql).await;
+    let (src, dst) = (db.table("refused_src"), db.table("refused_dst"));
+    for t in [&src, &dst] {
+        db.exec(&format!(
+            "CREATE TABLE {t} (id BIGINT PRIMARY KEY, s TEXT, d DECIMAL(10,3)) ENGINE=InnoDB"
+        ))
+        .await;
+    }
+    db.exec(&format!(
+        "INSERT INTO {src} SELECT seq, CONCAT('a\\tb', seq), seq / 1000 FROM seq_1_to_900"
+    ))
+    .await;
+    let name = format!("{}_refused", db.tag);
+    let url = format!("{}?local-infile=false", db.url);
+    let plan = db.plan(
+        &format!("{name}.toml"),
+        &format!(
+            "name = \"{name}\"\ndatabase = \"{url}\"\n\n[defaults]\nbatch_size = 100\n\n[[steps]]\nname = \"copy\"\ntable = \"{src}\"\nkey = \"id\"\n\
+             into = \"{dst}\"\n"
+        ),
+    );
+    // Several connections, one line.
+    let out = gw_logged(
+        &["run", path_str(&plan), "--concurrency", "3"],
+        "warn,godwit_batch=debug",
+    );
+    assert_eq!(out.code, Some(0), "{out}");
+    let said = lines_with(&out.stderr, "write with INSERT, not LOAD DATA");
+    assert_eq!(said.len(), 1, "{out}");
+    assert!(said[0].contains("local-infile off"), "{out}");
+    if let Some(password) = common::password_of(&db.url) {
+        assert!(!out.stderr.contains(&format!(":{password}@")), "{out}");
+    }
+    assert!(!out.stderr.contains(LOAD_DATA), "{out}");
+    let same = db
+        .scalar(&format!(
+            "SELECT COUNT(*) FROM {src} s JOIN {dst} d ON d.id = s.id AND d.s = s.s AND d.d = s.d"
+        ))
+        .await;
+    assert_eq!(same, 900);
+}

@@ -547,6 +547,7 @@ async fn restart_fences_the_old_plan(backend: Backend, separate_state: bool) {
             &godwit_driver::DbUrl::new(url.clone()),
             &godwit_driver::ConnectOptions {
                 create_if_missing: true,
+                ..Default::default()
             },
         )
         .await

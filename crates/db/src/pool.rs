@@ -19,6 +19,8 @@ use godwit_driver::{Conn, ConnectOptions, DbUrl, Result};
 pub struct ConnPool {
     url: DbUrl,
     lease: Duration,
+    /// Connections open on a client with the database's bulk path ([`ConnectOptions::bulk_load`]).
+    bulk_load: bool,
     idle: Mutex<Vec<(Box<dyn Conn>, Instant)>>,
 }
 
@@ -28,8 +30,16 @@ impl ConnPool {
         ConnPool {
             url,
             lease,
+            bulk_load: false,
             idle: Mutex::new(Vec::new()),
         }
+    }
+
+    /// The pool, its connections opened with the database's bulk path when `on` (a plan
+    /// that copies into the database).
+    pub fn with_bulk_load(mut self, on: bool) -> ConnPool {
+        self.bulk_load = on;
+        self
     }
 
     /// The database the pool connects to.
@@ -60,7 +70,11 @@ impl ConnPool {
     }
 
     async fn connect(&self) -> Result<Box<dyn Conn>> {
-        let mut conn = crate::connect(&self.url, &ConnectOptions::default()).await?;
+        let options = ConnectOptions {
+            bulk_load: self.bulk_load,
+            ..ConnectOptions::default()
+        };
+        let mut conn = crate::connect(&self.url, &options).await?;
         // At least a second: the databases count the limit in whole seconds or milliseconds,
         // and zero would mean none. SQLite has no such limit (one machine, one file: a frozen
         // process holds the write lock until it resumes).

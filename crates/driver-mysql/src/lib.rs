@@ -4,11 +4,16 @@
 //! (1205) and too many connections (1040, 1203) are transient; statement timeouts (MySQL 3024,
 //! MariaDB 1969) are timeouts; lost connections (2006, 2013, 1927, 1053) mean connect again.
 //!
+//! A connection opened for a plan that copies into the database (`ConnectOptions::bulk_load`)
+//! runs over mysql_async instead of sqlx (`bulk.rs`), alike in every statement, so that a
+//! copy's slices can be sent with `LOAD DATA LOCAL INFILE` in the batch's transaction.
+//!
 //! The batch time limit uses MariaDB's `max_statement_time`, which covers every statement. MySQL's
 //! `max_execution_time` only covers `SELECT`, so on MySQL a stuck `UPDATE` ends at
 //! `innodb_lock_wait_timeout` instead.
 #![deny(missing_docs)]
 
+mod bulk;
 mod forms;
 mod replication;
 
@@ -34,7 +39,7 @@ pub fn forms() -> &'static dyn SqlForms {
 
 /// A connection to a MySQL or MariaDB server.
 pub struct MySqlConn {
-    conn: SqlxConn<MySqlBackend>,
+    conn: Engine,
     mariadb: bool,
     /// The statement time limit last set on the session, to avoid setting it per batch.
     statement_timeout: Option<Duration>,
@@ -44,21 +49,89 @@ pub struct MySqlConn {
     id: Option<i64>,
 }
 
-/// Connects to the server named by a `mysql://` or `mariadb://` URL.
+/// The client a connection runs on.
+enum Engine {
+    Sqlx(SqlxConn<MySqlBackend>),
+    /// mysql_async, which can also send `LOAD DATA LOCAL INFILE`.
+    Async(bulk::AsyncConn),
+}
+
+impl Engine {
+    async fn execute(&mut self, sql: &str, params: &[Value]) -> Result<u64> {
+        match self {
+            Engine::Sqlx(c) => c.execute(sql, params).await,
+            Engine::Async(c) => c.execute(sql, params).await,
+        }
+    }
+
+    async fn query(&mut self, sql: &str, params: &[Value]) -> Result<Vec<Row>> {
+        match self {
+            Engine::Sqlx(c) => c.query(sql, params).await,
+            Engine::Async(c) => c.query(sql, params).await,
+        }
+    }
+
+    async fn execute_unprepared(&mut self, sql: &str) -> Result<u64> {
+        match self {
+            Engine::Sqlx(c) => c.execute_unprepared(sql).await,
+            Engine::Async(c) => c.execute_unprepared(sql).await,
+        }
+    }
+
+    async fn prepare(&mut self, sql: &str) -> Result<()> {
+        match self {
+            Engine::Sqlx(c) => c.prepare(sql).await,
+            Engine::Async(c) => c.prepare(sql).await,
+        }
+    }
+
+    async fn begin(&mut self, sql: &str) -> Result<()> {
+        match self {
+            Engine::Sqlx(c) => c.begin(sql).await,
+            Engine::Async(c) => c.begin(sql).await,
+        }
+    }
+
+    async fn commit(&mut self) -> Result<()> {
+        match self {
+            Engine::Sqlx(c) => c.commit().await,
+            Engine::Async(c) => c.commit().await,
+        }
+    }
+
+    async fn rollback(&mut self) -> Result<()> {
+        match self {
+            Engine::Sqlx(c) => c.rollback().await,
+            Engine::Async(c) => c.rollback().await,
+        }
+    }
+}
+
+/// Connects to the server named by a `mysql://` or `mariadb://` URL; over mysql_async when
+/// `options.bulk_load` asks for the bulk path and the URL has no option only sqlx reads.
 ///
 /// # Errors
 /// When the URL is malformed or the server cannot be reached.
-pub async fn connect(url: &DbUrl, _options: &ConnectOptions) -> Result<MySqlConn> {
+pub async fn connect(url: &DbUrl, options: &ConnectOptions) -> Result<MySqlConn> {
     // sqlx only knows the `mysql` scheme; MariaDB users often write `mariadb://`.
     let raw = url.expose();
     let normalized = match raw.strip_prefix("mariadb://") {
         Some(rest) => format!("mysql://{rest}"),
         None => raw.to_string(),
     };
-    let opts = MySqlConnectOptions::from_str(&normalized)
-        .map_err(|e| Error::config(format!("invalid MySQL URL {url}: {e}")))?
-        .disable_statement_logging();
-    let conn = SqlxConn::connect(&opts, format!("cannot connect to {url}")).await?;
+    let bulk = match options.bulk_load {
+        true => bulk::connect(url, &normalized).await?,
+        false => None,
+    };
+    let conn = match bulk {
+        Some(conn) => Engine::Async(conn),
+        None => {
+            let opts = MySqlConnectOptions::from_str(&normalized)
+                .map_err(|e| Error::config(format!("invalid MySQL URL {url}: {e}")))?
+                .disable_statement_logging();
+            Engine::Sqlx(SqlxConn::connect(&opts, format!("cannot connect to {url}")).await?)
+        }
+    };
     let mut conn = MySqlConn {
         conn,
         mariadb: false,
@@ -202,17 +275,8 @@ impl Backend for MySqlBackend {
     fn classify_database(db: Box<dyn DatabaseError>) -> Error {
         let mysql = db.try_downcast_ref::<MySqlDatabaseError>();
         let number = mysql.map(MySqlDatabaseError::number);
-        // The SQLSTATE: classes 22 (data) and 23 (constraints) are a row's values refused.
-        let refused = mysql
-            .and_then(MySqlDatabaseError::code)
-            .is_some_and(|s| s.starts_with("22") || s.starts_with("23"));
-        let kind = match number {
-            Some(1213 | 1205 | 1040 | 1203 | 1614) => ErrorKind::Transient,
-            Some(3024 | 1969 | 1317) => ErrorKind::Timeout,
-            Some(2006 | 2013 | 1927 | 1053 | 2002 | 2003) => ErrorKind::Connection,
-            _ => ErrorKind::Permanent,
-        };
-        database_error(kind, number.map(|n| n.to_string()), db.message(), refused)
+        let state = mysql.and_then(MySqlDatabaseError::code);
+        server_error(number, state, db.message())
     }
 
     // MySQL has no UUID or array type (MariaDB's UUID accepts text): every value is bound in
@@ -228,6 +292,19 @@ impl Backend for MySqlBackend {
     fn rows_affected(result: &MySqlQueryResult) -> u64 {
         result.rows_affected()
     }
+}
+
+/// An error the server sent, by its number and SQLSTATE, whichever client received it.
+fn server_error(number: Option<u16>, state: Option<&str>, message: &str) -> Error {
+    // The SQLSTATE: classes 22 (data) and 23 (constraints) are a row's values refused.
+    let refused = state.is_some_and(|s| s.starts_with("22") || s.starts_with("23"));
+    let kind = match number {
+        Some(1213 | 1205 | 1040 | 1203 | 1614) => ErrorKind::Transient,
+        Some(3024 | 1969 | 1317) => ErrorKind::Timeout,
+        Some(2006 | 2013 | 1927 | 1053 | 2002 | 2003) => ErrorKind::Connection,
+        _ => ErrorKind::Permanent,
+    };
+    database_error(kind, number.map(|n| n.to_string()), message, refused)
 }
 
 /// Classifies by the server's error number ([`MySqlBackend`]).
@@ -326,8 +403,49 @@ fn schema_and_table(table: &str) -> (Value, Value) {
     }
 }
 
-godwit_driver::impl_sqlx_conn! {
-    MySqlConn, Dialect::MySql, forms();
+#[godwit_driver::async_trait]
+impl Conn for MySqlConn {
+    fn dialect(&self) -> Dialect {
+        Dialect::MySql
+    }
+
+    fn forms(&self) -> &'static dyn SqlForms {
+        forms()
+    }
+
+    async fn execute(&mut self, sql: &str, params: &[Value]) -> Result<u64> {
+        self.conn.execute(sql, params).await
+    }
+
+    async fn query(&mut self, sql: &str, params: &[Value]) -> Result<Vec<Row>> {
+        self.conn.query(sql, params).await
+    }
+
+    async fn execute_unprepared(&mut self, sql: &str) -> Result<u64> {
+        self.conn.execute_unprepared(sql).await
+    }
+
+    async fn commit(&mut self) -> Result<()> {
+        self.conn.commit().await
+    }
+
+    async fn rollback(&mut self) -> Result<()> {
+        self.conn.rollback().await
+    }
+
+    /// `LOAD DATA LOCAL INFILE` from memory, on a connection opened for it (`bulk.rs`);
+    /// `Ok(None)` when the rows were not loaded exactly or the bulk path is off.
+    async fn copy_in(
+        &mut self,
+        table: &str,
+        columns: &[String],
+        rows: &[Vec<Value>],
+    ) -> Result<Option<u64>> {
+        match &mut self.conn {
+            Engine::Async(c) => c.load(table, columns, rows).await,
+            Engine::Sqlx(_) => Ok(None),
+        }
+    }
 
     fn session_id(&self) -> Option<i64> {
         self.id
@@ -468,10 +586,18 @@ godwit_driver::impl_sqlx_conn! {
                 }),
             }
         }
+        // LOAD DATA into a base table only (a view may not take it as an INSERT would).
+        let kind = self
+            .query(
+                "SELECT TABLE_TYPE FROM information_schema.TABLES \
+                 WHERE TABLE_SCHEMA = COALESCE(?, DATABASE()) AND TABLE_NAME = ?",
+                &params,
+            )
+            .await?;
         Ok(Some(TableInfo {
             columns,
             indexes,
-            bulk_load: false,
+            bulk_load: kind.first().is_some_and(|r| text(r.get(0)) == "BASE TABLE"),
         }))
     }
 

@@ -175,8 +175,8 @@ pub struct TableInfo {
     pub indexes: Vec<IndexInfo>,
     /// Whether rows may be loaded with the database's bulk path ([`Conn::copy_in`],
     /// [`Conn::copy_in_raw`]): a PostgreSQL table, not a view, without `INSERT` rules (which
-    /// `COPY` ignores) and without row-level security (which refuses `COPY`). `false` where
-    /// the database has no bulk path.
+    /// `COPY` ignores) and without row-level security (which refuses `COPY`); a MySQL/MariaDB
+    /// base table. `false` where the database has no bulk path.
     pub bulk_load: bool,
 }
 
@@ -239,8 +239,10 @@ pub trait Conn: Send {
 
     /// Loads `rows` (values in `columns` order, already of the columns' types) into `table` in
     /// the open transaction through the database's bulk-load path: PostgreSQL's
-    /// `COPY … FROM STDIN`, which the server parses with far less work per row than an
-    /// `INSERT`. `Ok(None)` where the database has no such path; the caller then inserts.
+    /// `COPY … FROM STDIN`, MySQL/MariaDB's `LOAD DATA LOCAL INFILE` (on a connection opened
+    /// with [`ConnectOptions::bulk_load`]), which the server parses with far less work per row
+    /// than an `INSERT`. `Ok(None)` where the database has no such path, or (MySQL) when the
+    /// rows were not loaded exactly and nothing of them was kept; the caller then inserts.
     async fn copy_in(
         &mut self,
         _table: &str,
@@ -373,4 +375,7 @@ pub struct ConnectOptions {
     /// SQLite only: create the database file when it does not exist. Off by default, so a typo
     /// in a path is an error rather than a new empty database.
     pub create_if_missing: bool,
+    /// MySQL/MariaDB only: open the connection on the client that can send `LOAD DATA LOCAL
+    /// INFILE`, the bulk path of copies into the database ([`Conn::copy_in`]).
+    pub bulk_load: bool,
 }

@@ -78,6 +78,7 @@ pub async fn prepare(dir: &Path, rows: u64) -> Result<Demo, Error> {
         &DbUrl::new(url.clone()),
         &ConnectOptions {
             create_if_missing: true,
+            ..Default::default()
         },
     )
     .await?;

@@ -60,6 +60,7 @@ impl TestDb {
             &url,
             &ConnectOptions {
                 create_if_missing: true,
+                ..Default::default()
             },
         )
         .await

@@ -47,7 +47,12 @@ pub(crate) async fn prepare(plan: &Plan) -> Result<Prepared, Error> {
         .map(|s| s.settings.lease)
         .max()
         .unwrap_or(Duration::from_secs(30));
-    let pool = ConnPool::new(data_url.clone(), longest_lease);
+    // A copy writes into the plan's database: its connections can then bulk-load.
+    let copies = plan
+        .steps
+        .iter()
+        .any(|s| matches!(s.kind, godwit_plan::StepKind::Copy(_)));
+    let pool = ConnPool::new(data_url.clone(), longest_lease).with_bulk_load(copies);
     let mut probe = pool
         .take()
         .await

@@ -16,6 +16,8 @@
 //! PostgreSQL database into such columns rows stay in their binary wire form and are loaded
 //! with binary `COPY` (`Copied::Raw`); other rows with `on_conflict = "error"` are loaded with
 //! text `COPY` (`Conn::copy_in`). `COPY` only into plain tables (`TableInfo::bulk_load`).
+//! Into MySQL/MariaDB, rows with `on_conflict = "error"` go through `Conn::copy_in` too
+//! (`LOAD DATA LOCAL INFILE`), which hands a slice back when it could not load it exactly.
 
 //!
 //! Here: the step as prepared once, and a batch from start to end (`start`, `write_batch`).

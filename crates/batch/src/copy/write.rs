@@ -3,7 +3,7 @@
 
 use std::collections::BTreeMap;
 
-use godwit_driver::{Conflict, Conn, Error, SqlForms, TableInfo, Value};
+use godwit_driver::{Conflict, Conn, Dialect, Error, SqlForms, TableInfo, Value};
 use godwit_plan::OnConflict;
 
 use super::{key_of, Copied, CopyStep};
@@ -183,10 +183,15 @@ impl CopyStep {
             )));
         }
         if self.on_conflict == OnConflict::Error && write.bulk_load {
-            // The bulk path where the database has one (PostgreSQL's COPY): no statement to
-            // plan, no parameters to bind, one pass of the server's input functions.
+            // The bulk path where the database has one (PostgreSQL's COPY, MySQL's LOAD DATA
+            // LOCAL INFILE): no statement to plan, no parameters to bind, one pass of the
+            // server's input functions. MySQL's loads only what it loads exactly; else the
+            // INSERT below runs and fails with the database's own error.
             if let Some(written) = conn.copy_in(&self.into, names, rows).await? {
-                self.took("rows decoded and fitted, text COPY");
+                self.took(match write.forms.dialect() {
+                    Dialect::MySql => "rows decoded and fitted, LOAD DATA LOCAL INFILE",
+                    _ => "rows decoded and fitted, text COPY",
+                });
                 return Ok(written);
             }
         }

@@ -61,6 +61,7 @@ impl TestDb {
             &DbUrl::new(self.url.clone()),
             &ConnectOptions {
                 create_if_missing: true,
+                ..Default::default()
             },
         )
         .await
@@ -176,7 +177,7 @@ const PASSWORD_VARS: [(&str, &str); 2] = [
 ];
 
 /// The password of `scheme://user:password@host/…`, if it has one.
-fn password_of(url: &str) -> Option<&str> {
+pub fn password_of(url: &str) -> Option<&str> {
     let (_, rest) = url.split_once("://")?;
     let (user_info, _) = rest.rsplit_once('@')?;
     user_info.split_once(':').map(|(_, password)| password)

@@ -136,6 +136,7 @@ pub async fn connect_url(url: &DbUrl) -> Box<dyn Conn> {
         url,
         &ConnectOptions {
             create_if_missing: true,
+            ..Default::default()
         },
     )
     .await
