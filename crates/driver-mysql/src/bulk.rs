@@ -245,11 +245,9 @@ impl AsyncConn {
         result
     }
 
+    /// After COMMIT or ROLLBACK (see [`godwit_driver::transaction_ended`]).
     fn end_transaction(&mut self, result: &Result<()>) {
-        if result
-            .as_ref()
-            .map_or_else(|e| e.kind() == ErrorKind::Connection, |_| true)
-        {
+        if godwit_driver::transaction_ended(result) {
             self.in_tx = false;
         }
     }

@@ -30,7 +30,7 @@ use std::time::Duration;
 #[doc(hidden)]
 pub use async_trait::async_trait;
 
-pub use crate::error::{cap_message, Error, ErrorKind, Result, MAX_MESSAGE};
+pub use crate::error::{cap_message, transaction_ended, Error, ErrorKind, Result, MAX_MESSAGE};
 pub use crate::forms::{Conflict, SqlForms, UpdateFromRows};
 pub use crate::ident::quote_ident;
 pub use crate::numbers::thousands;

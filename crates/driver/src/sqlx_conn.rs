@@ -313,14 +313,9 @@ where
         result
     }
 
-    /// After COMMIT or ROLLBACK: the transaction is over when the statement succeeded or the
-    /// connection is gone. Otherwise (SQLite busy on COMMIT, say) it may still be open, and
-    /// the caller's rollback must reach the database.
+    /// After COMMIT or ROLLBACK (see [`crate::transaction_ended`]).
     fn end_transaction(&mut self, result: &Result<()>) {
-        if result
-            .as_ref()
-            .map_or_else(|e| e.kind() == ErrorKind::Connection, |_| true)
-        {
+        if crate::transaction_ended(result) {
             self.in_tx = false;
         }
     }
