@@ -145,6 +145,15 @@ impl fmt::Display for Error {
 
 impl std::error::Error for Error {}
 
+/// After `COMMIT` or `ROLLBACK`: whether the transaction is over, which it is when the
+/// statement succeeded or the connection is gone. Otherwise (SQLite busy on `COMMIT`, say) it
+/// may still be open, and the caller's rollback must reach the database.
+pub fn transaction_ended(result: &Result<()>) -> bool {
+    result
+        .as_ref()
+        .map_or_else(|e| e.kind() == ErrorKind::Connection, |_| true)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -178,13 +187,4 @@ mod tests {
         );
         assert!(capped.ends_with("(6 more bytes cut)"), "{capped}");
     }
-}
-
-/// After `COMMIT` or `ROLLBACK`: whether the transaction is over, which it is when the
-/// statement succeeded or the connection is gone. Otherwise (SQLite busy on `COMMIT`, say) it
-/// may still be open, and the caller's rollback must reach the database.
-pub fn transaction_ended(result: &Result<()>) -> bool {
-    result
-        .as_ref()
-        .map_or_else(|e| e.kind() == ErrorKind::Connection, |_| true)
 }
