@@ -299,7 +299,9 @@ fn server_error(number: Option<u16>, state: Option<&str>, message: &str) -> Erro
     // The SQLSTATE: classes 22 (data) and 23 (constraints) are a row's values refused.
     let refused = state.is_some_and(|s| s.starts_with("22") || s.starts_with("23"));
     let kind = match number {
-        Some(1213 | 1205 | 1040 | 1203 | 1614) => ErrorKind::Transient,
+        // 1467: InnoDB could not take a table's AUTO-INC lock within the lock wait (a bulk
+        // load beside another holds it to its statement's end), retried like a lock timeout.
+        Some(1213 | 1205 | 1040 | 1203 | 1614 | 1467) => ErrorKind::Transient,
         Some(3024 | 1969 | 1317) => ErrorKind::Timeout,
         Some(2006 | 2013 | 1927 | 1053 | 2002 | 2003) => ErrorKind::Connection,
         _ => ErrorKind::Permanent,
